@@ -1,0 +1,108 @@
+"""One hierarchy of radiology errors, each with a stable `code` the API returns as JSON.
+
+Services raise these; the API's exception handler turns them into
+`{"detail": ..., "code": ...}` with the class's HTTP status. Messages never contain
+patient data, only UIDs and ids.
+"""
+
+from __future__ import annotations
+
+
+class RadiologyError(Exception):
+    """Base of every error PACS-lite reports to a client."""
+
+    status_code = 400
+    code = "radiology_error"
+    default_detail = "The radiology request could not be processed."
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail
+        super().__init__(self.detail)
+
+
+class InvalidUID(RadiologyError):
+    code = "invalid_uid"
+    default_detail = "A UID must be digits and dots, without empty or zero-led components, at most 64 characters."
+
+
+class UnsupportedFileType(RadiologyError):
+    code = "unsupported_file_type"
+    status_code = 415
+    default_detail = "Only DICOM Part 10 files (with preamble) and JPEG images are accepted."
+
+
+class EmptyFile(RadiologyError):
+    code = "empty_file"
+    default_detail = "The file is empty."
+
+
+class InvalidDicom(RadiologyError):
+    code = "invalid_dicom"
+    default_detail = "The DICOM file could not be read."
+
+
+class TruncatedFile(RadiologyError):
+    code = "truncated_file"
+    default_detail = "The file ends before its content does."
+
+
+class InvalidJpeg(RadiologyError):
+    code = "invalid_jpeg"
+    default_detail = "The JPEG image could not be read."
+
+
+class MissingUID(RadiologyError):
+    code = "missing_uid"
+    default_detail = "The DICOM file lacks a required UID."
+
+
+class UIDMismatch(RadiologyError):
+    code = "uid_mismatch"
+    default_detail = "A UID sent with the image does not match the file's."
+
+
+class InvalidFilename(RadiologyError):
+    code = "invalid_filename"
+    default_detail = "The filename has nothing usable left after removing unsafe characters."
+
+
+class FileTooLarge(RadiologyError):
+    code = "file_too_large"
+    status_code = 413
+    default_detail = "The file is larger than this server accepts."
+
+
+class ImageConflict(RadiologyError):
+    code = "image_conflict"
+    status_code = 409
+    default_detail = "An image with this UID is already stored with different content."
+
+
+class StudyMismatch(RadiologyError):
+    code = "study_mismatch"
+    status_code = 409
+    default_detail = "The image belongs to another study than the one attached to this order."
+
+
+class SeriesConflict(RadiologyError):
+    code = "series_conflict"
+    status_code = 409
+    default_detail = "This series UID already belongs to another study."
+
+
+class StudyConflict(RadiologyError):
+    code = "study_conflict"
+    status_code = 409
+    default_detail = "This study UID already belongs to another order."
+
+
+class ImmutableImage(RadiologyError):
+    code = "image_immutable"
+    status_code = 409
+    default_detail = "Stored images cannot be changed or deleted."
+
+
+class StorageFailure(RadiologyError):
+    code = "storage_unavailable"
+    status_code = 503
+    default_detail = "The image store could not be reached; nothing was saved."

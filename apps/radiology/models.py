@@ -1,0 +1,216 @@
+"""PACS-lite's records: the EMR's radiology order, and the Study / Series / Image it stores.
+
+Policy: image bytes live in STORAGES["radiology"] (filesystem, S3 or MinIO), never in the
+database; a row only names its file by `file_key`. Images are immutable once stored:
+their file, checksum and UIDs cannot change (guarded here and by database triggers) and
+nothing deletes them: every foreign key to them PROTECTs. Patient name and id on a study
+are a snapshot taken when the study was created, not a link the EMR can rewrite.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.radiology.errors import ImmutableImage
+
+DICOM_MIME_TYPE = "application/dicom"
+JPEG_MIME_TYPE = "image/jpeg"
+UID_MAX_LENGTH = 64
+
+
+class Modality(models.TextChoices):
+    CR = "CR", "Computed radiography"
+    DX = "DX", "Digital radiography"
+    CT = "CT", "Computed tomography"
+    MR = "MR", "Magnetic resonance"
+    US = "US", "Ultrasound"
+    MG = "MG", "Mammography"
+    XA = "XA", "X-ray angiography"
+    NM = "NM", "Nuclear medicine"
+    PT = "PT", "PET"
+    OT = "OT", "Other"
+
+
+def generate_accession_number() -> str:
+    """Make an accession number that fits DICOM's 16-character SH value."""
+    return f"R{uuid.uuid4().hex[:12].upper()}"
+
+
+class RadiologyOrder(models.Model):
+    """The EMR's request for an imaging exam; its images form exactly one study."""
+
+    class Status(models.TextChoices):
+        ORDERED = "ordered", "Ordered"
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    visit = models.ForeignKey("emr.Visit", on_delete=models.PROTECT, related_name="radiology_orders")
+    modality = models.CharField(max_length=16, choices=Modality.choices)
+    exam_requested = models.CharField(max_length=255)
+    clinical_notes = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ORDERED, db_index=True)
+    ordering_doctor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="radiology_orders"
+    )
+    accession_number = models.CharField(max_length=16, unique=True, default=generate_accession_number)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Order {self.pk} ({self.modality} {self.exam_requested})"
+
+
+class RadiologyStudy(models.Model):
+    """One study per order, keyed by its DICOM StudyInstanceUID (or a generated 2.25 UID)."""
+
+    radiology_order = models.OneToOneField(RadiologyOrder, on_delete=models.PROTECT, related_name="study")
+    study_uid = models.CharField(max_length=UID_MAX_LENGTH, unique=True)
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.TimeField(null=True, blank=True)
+    study_description = models.CharField(max_length=255, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    accession_number = models.CharField(max_length=16, blank=True)
+    referring_physician_name = models.CharField(max_length=255, blank=True)
+    patient_name = models.CharField(max_length=255, blank=True)
+    patient_id = models.CharField(max_length=64, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "radiology studies"
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["-created_at", "-id"], name="rad_study_newest"),
+            models.Index(fields=["patient_id"], name="rad_study_patient"),
+            models.Index(fields=["modality"], name="rad_study_modality"),
+            models.Index(fields=["study_date"], name="rad_study_date"),
+            models.Index(fields=["accession_number"], name="rad_study_accession"),
+        ]
+
+    def __str__(self) -> str:
+        return self.study_uid
+
+
+class RadiologySeries(models.Model):
+    """A series within a study, keyed by its DICOM SeriesInstanceUID (or a generated 2.25 UID)."""
+
+    study = models.ForeignKey(RadiologyStudy, on_delete=models.PROTECT, related_name="series")
+    series_uid = models.CharField(max_length=UID_MAX_LENGTH, unique=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    series_description = models.CharField(max_length=255, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    series_date = models.DateField(null=True, blank=True)
+    series_time = models.TimeField(null=True, blank=True)
+    body_part_examined = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["series_number", "id"]
+        verbose_name_plural = "radiology series"
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["study", "series_number"], name="rad_series_study_number"),
+            models.Index(fields=["modality"], name="rad_series_modality"),
+        ]
+
+    def __str__(self) -> str:
+        return self.series_uid
+
+
+class RadiologyImageQuerySet(models.QuerySet["RadiologyImage"]):
+    """Bulk updates and deletes are refused: stored images are immutable."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise ImmutableImage()
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ImmutableImage()
+
+
+class RadiologyImage(models.Model):
+    """One stored file (a DICOM instance or a JPEG), immutable once created."""
+
+    # Fields no one may change once the row exists; database triggers guard them too
+    # (migration 0002), so even raw SQL or a bulk update from a shell cannot.
+    IMMUTABLE_FIELDS: ClassVar[tuple[str, ...]] = ("series_id", "image_uid", "file_key", "file_size", "checksum")
+
+    series = models.ForeignKey(RadiologySeries, on_delete=models.PROTECT, related_name="images")
+    image_uid = models.CharField(max_length=UID_MAX_LENGTH, unique=True)
+    sop_class_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    transfer_syntax_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(default=1)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    file_key = models.CharField(max_length=1024, unique=True)
+    filename = models.CharField(max_length=255)
+    file_size = models.BigIntegerField()
+    mime_type = models.CharField(max_length=64)
+    checksum = models.CharField(max_length=64, help_text="SHA-256 of the stored bytes, hex, computed server-side")
+    image_metadata = models.JSONField(default=dict, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="radiology_images"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = RadiologyImageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["instance_number", "id"]
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["series", "instance_number"], name="rad_image_series_number"),
+        ]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.CheckConstraint(condition=Q(file_size__gt=0), name="rad_image_file_size_positive"),
+            models.CheckConstraint(
+                condition=Q(mime_type__in=[DICOM_MIME_TYPE, JPEG_MIME_TYPE]), name="rad_image_mime_type_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.image_uid
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableImage()
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ImmutableImage()
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.mime_type == DICOM_MIME_TYPE
+
+
+class ViewerToken(models.Model):
+    """The record of one viewer token: which study it opens, for whom, until when.
+
+    The token itself (a signed string in the viewer URL) is never stored; its id is, so a
+    token can be revoked and its use audited.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    study = models.ForeignKey(RadiologyStudy, on_delete=models.PROTECT, related_name="viewer_tokens")
+    issued_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    issued_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-issued_at"]
+
+    def __str__(self) -> str:
+        return str(self.id)

@@ -1,0 +1,398 @@
+"""PACSLiteService: the seed's service calls, and the one ingest path every way in uses.
+
+Upload sync, DICOMweb STOW-RS and bulk import all end in `PACSLiteService.ingest_image`.
+Order of work in ingest, and why:
+1. the incoming stream is spooled to a temporary file while it is hashed, so nothing
+   holds the whole file in memory and the checksum is the server's own;
+2. the bytes say what the file is (DICOM preamble or JPEG signature) and the header
+   gives the UIDs and fields; everything is validated before anything is written;
+3. the file is written to the store *outside* any database transaction (a slow upload
+   to S3 must not hold locks), at a key no one else can take (see storage.py);
+4. study, series and image rows are created in one transaction; if that fails, the file
+   written in step 3 is removed, so there is never a file without its row nor a row
+   without its file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.radiology import signing, storage
+from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, parse_image_file, sniff_mime_type
+from apps.radiology.errors import (
+    EmptyFile,
+    FileTooLarge,
+    ImageConflict,
+    MissingUID,
+    SeriesConflict,
+    StudyConflict,
+    StudyMismatch,
+    UIDMismatch,
+)
+from apps.radiology.models import (
+    DICOM_MIME_TYPE,
+    RadiologyImage,
+    RadiologyOrder,
+    RadiologySeries,
+    RadiologyStudy,
+)
+from apps.radiology.uids import generate_uid, validate_uid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    """What a client says about an image besides its bytes.
+
+    For DICOM every UID given here must agree with the file's header; for a JPEG (which
+    has none) the UIDs given are used and the missing ones generated.
+    """
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    image_uid: str | None = None
+    study_description: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    image: RadiologyImage
+    created: bool
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    path: Path
+    size: int
+    checksum: str
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class _ResolvedUIDs:
+    study_uid: str
+    series_uid: str
+    image_uid: str
+
+
+class PACSLiteService:
+    """The seed's service: study and series creation, storage, URLs, and ingest."""
+
+    # --- The seed's calls ---------------------------------------------------------------
+
+    @staticmethod
+    def create_study_for_order(
+        *,
+        radiology_order: RadiologyOrder,
+        study_uid: str | None = None,
+        study_description: str = "",
+        modality: str = "",
+        study_date: dt.date | None = None,
+        **extra: Any,
+    ) -> RadiologyStudy:
+        """Return the order's study, creating it (with a patient snapshot) on first use.
+
+        An order has exactly one study: asking for another study UID is StudyMismatch, and
+        a study UID that already belongs to another order is StudyConflict.
+        """
+        if study_uid is not None:
+            validate_uid(study_uid, field="study_uid")
+        existing = RadiologyStudy.objects.filter(radiology_order=radiology_order).first()
+        if existing is not None:
+            if study_uid is not None and existing.study_uid != study_uid:
+                raise StudyMismatch()
+            return existing
+        study_uid = study_uid or generate_uid()
+        if RadiologyStudy.objects.filter(study_uid=study_uid).exists():
+            raise StudyConflict()
+        patient = radiology_order.visit.patient
+        try:
+            with transaction.atomic():
+                return RadiologyStudy.objects.create(
+                    radiology_order=radiology_order,
+                    study_uid=study_uid,
+                    study_description=study_description or radiology_order.exam_requested,
+                    modality=modality or radiology_order.modality,
+                    study_date=study_date or timezone.localdate(),
+                    accession_number=extra.pop("accession_number", "") or radiology_order.accession_number,
+                    patient_name=patient.full_name,
+                    patient_id=patient.hospital_number,
+                    patient_birth_date=patient.date_of_birth,
+                    patient_sex=patient.sex,
+                    **extra,
+                )
+        except IntegrityError:
+            # Another request created the order's study (or took the UID) a moment ago.
+            existing = RadiologyStudy.objects.filter(radiology_order=radiology_order).first()
+            if existing is not None and existing.study_uid == study_uid:
+                return existing
+            if existing is not None:
+                raise StudyMismatch() from None
+            raise StudyConflict() from None
+
+    @staticmethod
+    def create_series_for_study(
+        *,
+        study: RadiologyStudy,
+        series_uid: str | None = None,
+        series_number: int | None = None,
+        series_description: str = "",
+        modality: str = "",
+        **extra: Any,
+    ) -> RadiologySeries:
+        """Return the series with this UID in the study, creating it if new.
+
+        A series UID already used by another study is SeriesConflict: a series never
+        moves between studies (that would move a patient's images to another patient).
+        """
+        if series_uid is not None:
+            validate_uid(series_uid, field="series_uid")
+        else:
+            series_uid = generate_uid()
+        try:
+            with transaction.atomic():
+                series, _created = RadiologySeries.objects.get_or_create(
+                    series_uid=series_uid,
+                    defaults={
+                        "study": study,
+                        "series_number": series_number,
+                        "series_description": series_description,
+                        "modality": modality or study.modality,
+                        **extra,
+                    },
+                )
+        except IntegrityError:
+            series = RadiologySeries.objects.get(series_uid=series_uid)
+        if series.study_id != study.pk:
+            raise SeriesConflict()
+        return series
+
+    @staticmethod
+    def generate_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename: str) -> str:
+        """radiology/{study_uid}/{series_uid}/{image_uid}/{safe base name of filename}."""
+        return storage.build_file_key(
+            study_uid=study_uid, series_uid=series_uid, image_uid=image_uid, filename=filename
+        )
+
+    @staticmethod
+    def store_image(*, file_content: bytes | IO[bytes], file_key: str, content_type: str) -> str:
+        """Write bytes (or a readable stream) to a new object; return the key actually used.
+
+        Never overwrites: if `file_key` is taken the store picks a free key beside it.
+        """
+        if isinstance(file_content, bytes | bytearray):
+            with tempfile.SpooledTemporaryFile(max_size=storage.STREAM_CHUNK_SIZE) as buffer:
+                buffer.write(file_content)
+                buffer.seek(0)
+                return storage.save_new_object(file_key, buffer, content_type=content_type)
+        return storage.save_new_object(file_key, file_content, content_type=content_type)
+
+    @staticmethod
+    def generate_viewer_url(*, study_uid: str, user: AbstractBaseUser, expires_in: int | None = None) -> str:
+        """A viewer URL carrying a signed token that grants read of this one study."""
+        study = RadiologyStudy.objects.get(study_uid=study_uid)
+        return signing.viewer_url(study=study, user=user, expires_in=expires_in)
+
+    @staticmethod
+    def generate_image_url(
+        *, image: RadiologyImage, user: AbstractBaseUser, expires_in: int | None = None, base_url: str = ""
+    ) -> str:
+        """A signed, expiring URL that serves exactly this image's stored bytes."""
+        return signing.image_url(image=image, expires_in=expires_in, base_url=base_url)
+
+    # --- The one ingest path ------------------------------------------------------------
+
+    @staticmethod
+    def ingest_image(
+        *,
+        order: RadiologyOrder,
+        stream: IO[bytes],
+        filename: str,
+        uploaded_by: AbstractBaseUser | None,
+        declared: DeclaredImage | None = None,
+    ) -> IngestResult:
+        """Store one DICOM or JPEG file under `order`; see the module docstring for the order of work.
+
+        Idempotent: the same image UID with the same bytes returns the stored image
+        (created=False); with other bytes it is ImageConflict and the stored file is untouched.
+        """
+        declared = declared or DeclaredImage()
+        storage.safe_filename(filename)  # refuse an unusable name before reading any bytes
+        settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-") as spool_file:
+            spooled = _spool(stream, spool_file)
+            parsed = parse_image_file(spooled.path, spooled.mime_type)
+            uids = _resolve_uids(parsed, declared)
+            existing = _existing_image(uids.image_uid, spooled.checksum, order)
+            if existing is not None:
+                return IngestResult(image=existing, created=False)
+            _check_study_and_series(order, uids)
+            file_key = storage.build_file_key(
+                study_uid=uids.study_uid, series_uid=uids.series_uid, image_uid=uids.image_uid, filename=filename
+            )
+            spool_file.seek(0)
+            stored_key = storage.save_new_object(file_key, spool_file, content_type=spooled.mime_type)
+        try:
+            image = _create_rows(
+                order=order,
+                parsed=parsed,
+                declared=declared,
+                uids=uids,
+                spooled=spooled,
+                stored_key=stored_key,
+                filename=filename,
+                uploaded_by=uploaded_by,
+            )
+        except BaseException:
+            # The rows did not commit: take the file back out so no file lingers without its row.
+            if not RadiologyImage.objects.filter(file_key=stored_key).exists():
+                storage.delete_object(stored_key)
+            existing = _existing_image(uids.image_uid, spooled.checksum, order)
+            if existing is not None:  # a concurrent ingest of the same bytes won the race
+                return IngestResult(image=existing, created=False)
+            raise
+        logger.info("radiology image %s stored in study %s", image.pk, uids.study_uid)
+        return IngestResult(image=image, created=True)
+
+
+def _spool(stream: IO[bytes], spool_file: IO[bytes]) -> _Spooled:
+    """Copy the stream to disk in chunks, hashing as it goes; decide the type from the head."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    limit = settings.RADIOLOGY_MAX_UPLOAD_SIZE
+    while chunk := stream.read(storage.STREAM_CHUNK_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise FileTooLarge()
+        if len(head) < SNIFF_LENGTH:
+            head += chunk[: SNIFF_LENGTH - len(head)]
+        digest.update(chunk)
+        spool_file.write(chunk)
+    spool_file.flush()
+    if size == 0:
+        raise EmptyFile()
+    return _Spooled(path=Path(spool_file.name), size=size, checksum=digest.hexdigest(), mime_type=sniff_mime_type(head))
+
+
+def _resolve_uids(parsed: ParsedImage, declared: DeclaredImage) -> _ResolvedUIDs:
+    """The file's UIDs for DICOM (declared ones must agree); declared or generated for JPEG."""
+    resolved: dict[str, str] = {}
+    for name in ("study_uid", "series_uid", "image_uid"):
+        from_file = getattr(parsed, name)
+        from_client = getattr(declared, name)
+        if from_client is not None:
+            validate_uid(from_client, field=name)
+        if parsed.mime_type == DICOM_MIME_TYPE:
+            if from_file is None:
+                raise MissingUID(f"The DICOM file has no {name}.")
+            validate_uid(from_file, field=name)
+            if from_client is not None and from_client != from_file:
+                raise UIDMismatch(f"{name} sent does not match the file's.")
+            resolved[name] = from_file
+        else:
+            resolved[name] = from_client or generate_uid()
+    return _ResolvedUIDs(**resolved)
+
+
+def _existing_image(image_uid: str, checksum: str, order: RadiologyOrder) -> RadiologyImage | None:
+    """The stored image if this exact file is already in, under this order; else None.
+
+    Raises ImageConflict when the UID is stored with other bytes or under another order.
+    """
+    existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=image_uid).first()
+    if existing is None:
+        return None
+    if existing.checksum != checksum:
+        raise ImageConflict()
+    if existing.series.study.radiology_order_id != order.pk:
+        raise ImageConflict("An image with this UID is already stored under another order.")
+    return existing
+
+
+def _check_study_and_series(order: RadiologyOrder, uids: _ResolvedUIDs) -> None:
+    """Refuse, before any byte is written, an image that belongs to another study or order."""
+    order_study_uid = RadiologyStudy.objects.filter(radiology_order=order).values_list("study_uid", flat=True).first()
+    if order_study_uid is not None and order_study_uid != uids.study_uid:
+        raise StudyMismatch()
+    if order_study_uid is None and RadiologyStudy.objects.filter(study_uid=uids.study_uid).exists():
+        raise StudyConflict()
+    series_study_uid = (
+        RadiologySeries.objects.filter(series_uid=uids.series_uid).values_list("study__study_uid", flat=True).first()
+    )
+    if series_study_uid is not None and series_study_uid != uids.study_uid:
+        raise SeriesConflict()
+
+
+def _create_rows(
+    *,
+    order: RadiologyOrder,
+    parsed: ParsedImage,
+    declared: DeclaredImage,
+    uids: _ResolvedUIDs,
+    spooled: _Spooled,
+    stored_key: str,
+    filename: str,
+    uploaded_by: AbstractBaseUser | None,
+) -> RadiologyImage:
+    """Create or reuse study and series and create the image row, all in one transaction."""
+    with transaction.atomic():
+        # Lock the order so two first images of one order cannot both create its study.
+        RadiologyOrder.objects.select_for_update().filter(pk=order.pk).first()
+        modality = parsed.modality or declared.modality
+        study = PACSLiteService.create_study_for_order(
+            radiology_order=order,
+            study_uid=uids.study_uid,
+            study_description=parsed.study_description or declared.study_description,
+            modality=modality,
+            study_date=parsed.study_date,
+            study_time=parsed.study_time,
+            accession_number=parsed.accession_number,
+            referring_physician_name=parsed.referring_physician_name,
+        )
+        series = PACSLiteService.create_series_for_study(
+            study=study,
+            series_uid=uids.series_uid,
+            series_number=parsed.series_number if parsed.series_number is not None else declared.series_number,
+            series_description=parsed.series_description or declared.series_description,
+            modality=modality,
+            series_date=parsed.series_date,
+            series_time=parsed.series_time,
+            body_part_examined=parsed.body_part_examined,
+        )
+        instance_number = parsed.instance_number if parsed.instance_number is not None else declared.instance_number
+        if instance_number is None:
+            instance_number = RadiologyImage.objects.filter(series=series).count() + 1
+        return RadiologyImage.objects.create(
+            series=series,
+            image_uid=uids.image_uid,
+            sop_class_uid=parsed.sop_class_uid,
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            instance_number=instance_number,
+            number_of_frames=parsed.number_of_frames,
+            rows=parsed.rows,
+            columns=parsed.columns,
+            file_key=stored_key,
+            filename=filename[:255],
+            file_size=spooled.size,
+            mime_type=spooled.mime_type,
+            checksum=spooled.checksum,
+            image_metadata=parsed.metadata,
+            uploaded_by=uploaded_by,
+        )

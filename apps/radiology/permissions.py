@@ -1,0 +1,46 @@
+"""Who may read radiology data: the seed's CanViewRadiologyRequest, and who may upload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+DOCTOR_GROUP = "Doctor"
+RADIOLOGY_TECH_GROUP = "Radiology Tech"
+
+
+def _in_groups(user: AbstractBaseUser | AnonymousUser, names: tuple[str, ...]) -> bool:
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    return user.groups.filter(name__in=names).exists()
+
+
+def can_view_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Doctors, radiology techs and superusers may read every radiology endpoint."""
+    return _in_groups(user, (DOCTOR_GROUP, RADIOLOGY_TECH_GROUP))
+
+
+def can_upload_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Only radiology techs (and superusers) add images."""
+    return _in_groups(user, (RADIOLOGY_TECH_GROUP,))
+
+
+class CanViewRadiologyRequest(BasePermission):
+    """The seed's permission: Doctor or Radiology Tech (or superuser)."""
+
+    message = "Only doctors and radiology technicians may view radiology images."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return can_view_radiology(request.user)
+
+
+class CanUploadRadiology(BasePermission):
+    message = "Only radiology technicians may upload radiology images."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return can_upload_radiology(request.user)

@@ -1,0 +1,185 @@
+"""The only module that touches the image store: STORAGES["radiology"] via django-storages.
+
+Filesystem (default) or S3/MinIO. Two rules hold on both:
+- an existing object is never overwritten: a second writer to the same key gets a fresh
+  key beside it (the filesystem backend opens with O_EXCL; the S3 backend below writes
+  with `If-None-Match: *`), so a race can never replace a stored patient image;
+- errors of the store surface as StorageFailure, so callers handle one exception type.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.utils.text import get_valid_filename
+from storages.backends.s3 import S3Storage
+
+from apps.radiology.errors import InvalidFilename, StorageFailure
+from apps.radiology.uids import validate_uid
+
+logger = logging.getLogger(__name__)
+
+STORAGE_ALIAS = "radiology"
+KEY_PREFIX = "radiology"
+MAX_FILENAME_LENGTH = 128
+STREAM_CHUNK_SIZE = 64 * 1024
+_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def radiology_storage() -> Storage:
+    """The configured store of radiology files."""
+    return storages[STORAGE_ALIAS]
+
+
+def is_s3(storage: Storage | None = None) -> bool:
+    return isinstance(storage or radiology_storage(), S3Storage)
+
+
+def safe_filename(original: str) -> str:
+    """Reduce a client's filename to a safe base name for a storage key.
+
+    Directory parts of either separator (`../`, `C:\\exports\\`) go, control characters
+    go, and what remains passes Django's get_valid_filename (letters, digits, `-_.`).
+    Raises InvalidFilename when nothing usable is left.
+    """
+    base = re.split(r"[\\/]", original or "")[-1]
+    base = _UNSAFE_CHARACTERS.sub("", base).strip().lstrip(".")
+    try:
+        cleaned = get_valid_filename(base)
+    except SuspiciousFileOperation as exc:
+        raise InvalidFilename() from exc
+    cleaned = cleaned.lstrip(".")
+    if not any(character.isalnum() for character in cleaned):
+        raise InvalidFilename()
+    if len(cleaned) > MAX_FILENAME_LENGTH:
+        stem, dot, extension = cleaned.rpartition(".")
+        if dot and 0 < len(extension) <= 16:
+            cleaned = f"{stem[: MAX_FILENAME_LENGTH - len(extension) - 1]}.{extension}"
+        else:
+            cleaned = cleaned[:MAX_FILENAME_LENGTH]
+    return cleaned
+
+
+def build_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename: str) -> str:
+    """radiology/{study_uid}/{series_uid}/{image_uid}/{safe filename}, e.g.
+    radiology/1.2.3.4/1.2.3.4.1/1.2.3.4.1.1/chest_pa.dcm"""
+    validate_uid(study_uid, field="study_uid")
+    validate_uid(series_uid, field="series_uid")
+    validate_uid(image_uid, field="image_uid")
+    return f"{KEY_PREFIX}/{study_uid}/{series_uid}/{image_uid}/{safe_filename(filename)}"
+
+
+def save_new_object(key: str, content: IO[bytes], *, content_type: str) -> str:
+    """Stream `content` to a new object at `key` (or beside it if taken); return the key used."""
+    upload = File(content, name=os.path.basename(key))
+    upload.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
+    try:
+        return radiology_storage().save(key, upload)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
+        raise StorageFailure() from exc
+
+
+def delete_object(key: str) -> None:
+    """Remove an object this process wrote and no row references (clean-up after a failure)."""
+    try:
+        radiology_storage().delete(key)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        # Logged, not raised: the caller is already failing; verify_radiology_storage finds orphans.
+        logger.error("radiology storage clean-up failed for %s: %s", key, type(exc).__name__)
+
+
+def object_exists(key: str) -> bool:
+    try:
+        return radiology_storage().exists(key)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def open_object(key: str) -> IO[bytes] | None:
+    """Open a stored object for streaming reads; None if it is missing."""
+    try:
+        return radiology_storage().open(key, "rb")
+    except FileNotFoundError:
+        return None
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def iter_object_chunks(key: str, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield a stored object's bytes chunk by chunk (never all at once)."""
+    handle = open_object(key)
+    if handle is None:
+        raise StorageFailure(f"Stored object {key} is missing.")
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
+
+
+class RadiologyS3Storage(S3Storage):
+    """S3/MinIO backend that refuses to overwrite: each write is a conditional PUT.
+
+    django-storages checks existence and then uploads, which leaves a window in which two
+    writers of one key both succeed and the later bytes replace the earlier. S3, MinIO and
+    moto honour `If-None-Match: *` on PUT, so the store itself arbitrates. s3transfer's
+    managed upload does not pass that header, hence a single streamed put_object (objects
+    here are far below S3's 5 GB single-PUT limit).
+    """
+
+    max_attempts = 5
+
+    def _save(self, name: str, content: Any) -> str:
+        params = self._get_write_parameters(name, content)
+        for _attempt in range(self.max_attempts):
+            if hasattr(content, "seek"):
+                content.seek(0)
+            try:
+                self.connection.meta.client.put_object(
+                    Bucket=self.bucket_name,
+                    Key=self._normalize_name(name),
+                    Body=content,
+                    IfNoneMatch="*",
+                    **params,
+                )
+                return name
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status not in (409, 412):
+                    raise
+                name = self.get_available_name(name)
+        raise StorageFailure("Could not find a free key for the object.")
+
+
+def presigned_get_url(key: str, *, expires_in: int, content_type: str, filename: str) -> str:
+    """A short-lived S3 GET URL that answers with our content type and no shared caching.
+
+    Only reached after the app checked its own signature: moto (and a misconfigured
+    MinIO) may not check expiry, so the app's signature is the real gate.
+    """
+    parameters = {
+        "ResponseContentType": content_type,
+        "ResponseCacheControl": "private, no-store, max-age=0",
+        "ResponseContentDisposition": f'inline; filename="{filename}"',
+    }
+    try:
+        return radiology_storage().url(key, parameters=parameters, expire=expires_in)
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def object_size(key: str) -> int | None:
+    """Size in bytes of a stored object; None if missing."""
+    try:
+        return radiology_storage().size(key)
+    except FileNotFoundError:
+        return None
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc

@@ -1,0 +1,220 @@
+"""Settings for the EMR host and PACS-lite, read from the environment.
+
+Every name is listed in .env.example. With nothing set and DJANGO_DEBUG=1 the app runs
+on SQLite under var/ with images on the filesystem under var/media (what `make run` uses).
+With DJANGO_DEBUG unset or 0 the server refuses to start without a secret key and allowed hosts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
+    # Development only: a fixed, clearly-labelled key so sessions survive restarts of `make run`.
+    SECRET_KEY = "insecure-development-key-never-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"] if DEBUG else [])
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is required when DJANGO_DEBUG is off")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "storages",
+    "apps.emr",
+    "apps.radiology",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env_str("DATABASE_URL")
+if not _database_url:
+    # The embedded default: one SQLite file under var/, created on first use.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _database_url = f"sqlite:///{VAR_DIR / 'pacs-lite.sqlite3'}"
+DATABASES = {
+    "default": dj_database_url.parse(
+        _database_url,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("DJANGO_TIME_ZONE", "Africa/Lagos")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# The seed's MEDIA_ROOT / MEDIA_URL. Nothing routes MEDIA_URL: radiology files are only
+# ever served through signed, expiring URLs (see apps/radiology/storage.py).
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT") or VAR_DIR / "media")
+MEDIA_URL = env_str("MEDIA_URL", "/media/radiology/")
+
+# --- Radiology storage ------------------------------------------------------------------
+# RADIOLOGY_STORAGE picks the backend of STORAGES["radiology"]: "filesystem" (default),
+# "s3" (AWS S3 or MinIO), or the seed's dotted path 'storages.backends.s3boto3.S3Boto3Storage'.
+SEED_S3_BACKEND = "storages.backends.s3boto3.S3Boto3Storage"
+# django-storages' S3 backend with conditional writes (never overwrites): see apps/radiology/storage.py.
+S3_BACKEND = "apps.radiology.storage.RadiologyS3Storage"
+FILESYSTEM_BACKEND = "django.core.files.storage.FileSystemStorage"
+_storage_choice = (env_str("RADIOLOGY_STORAGE") or "filesystem").strip()
+_storage_aliases = {
+    "filesystem": FILESYSTEM_BACKEND,
+    FILESYSTEM_BACKEND: FILESYSTEM_BACKEND,
+    "s3": S3_BACKEND,
+    "minio": S3_BACKEND,
+    SEED_S3_BACKEND: S3_BACKEND,
+    S3_BACKEND: S3_BACKEND,
+}
+if _storage_choice not in _storage_aliases:
+    raise ImproperlyConfigured(
+        f"RADIOLOGY_STORAGE must be filesystem, s3, minio or {SEED_S3_BACKEND}, not {_storage_choice!r}"
+    )
+RADIOLOGY_STORAGE = _storage_aliases[_storage_choice]
+
+# The seed's names; MINIO_* fill in for AWS_* when set (self-hosted MinIO).
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID") or env_str("MINIO_ACCESS_KEY")
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY") or env_str("MINIO_SECRET_KEY")
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME", "radiology")
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
+AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL") or env_str("MINIO_ENDPOINT_URL")
+AWS_S3_USE_SSL = env_bool("AWS_S3_USE_SSL", True)
+
+
+def s3_storage_options() -> dict[str, object]:
+    """Options of the S3 backend: v4 signatures, private objects, never overwrite."""
+    return {
+        "access_key": AWS_ACCESS_KEY_ID,
+        "secret_key": AWS_SECRET_ACCESS_KEY,
+        "bucket_name": AWS_STORAGE_BUCKET_NAME,
+        "region_name": AWS_S3_REGION_NAME,
+        "endpoint_url": AWS_S3_ENDPOINT_URL,
+        "use_ssl": AWS_S3_USE_SSL,
+        # Without s3v4 boto3 signs custom endpoints in us-east-1 with the old query auth.
+        "signature_version": "s3v4",
+        # MinIO and moto want path-style addressing; AWS accepts it too.
+        "addressing_style": "path" if AWS_S3_ENDPOINT_URL else None,
+        "default_acl": None,
+        "querystring_auth": True,
+        "file_overwrite": False,
+    }
+
+
+def filesystem_storage_options() -> dict[str, object]:
+    """Options of the filesystem backend: files under MEDIA_ROOT, no public base URL."""
+    return {"location": str(MEDIA_ROOT), "base_url": None}
+
+
+if RADIOLOGY_STORAGE == S3_BACKEND:
+    if not AWS_STORAGE_BUCKET_NAME:
+        raise ImproperlyConfigured("AWS_STORAGE_BUCKET_NAME is required with RADIOLOGY_STORAGE=s3")
+    _radiology_storage = {"BACKEND": S3_BACKEND, "OPTIONS": s3_storage_options()}
+else:
+    _radiology_storage = {"BACKEND": FILESYSTEM_BACKEND, "OPTIONS": filesystem_storage_options()}
+
+STORAGES = {
+    "default": {"BACKEND": FILESYSTEM_BACKEND, "OPTIONS": {"location": str(VAR_DIR / "default-media")}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "radiology": _radiology_storage,
+}
+
+# --- Radiology behaviour ----------------------------------------------------------------
+RADIOLOGY_SIGNED_URLS = env_bool("RADIOLOGY_SIGNED_URLS", True)
+RADIOLOGY_URL_EXPIRES = env_int("RADIOLOGY_URL_EXPIRES", 3600, minimum=1)
+RADIOLOGY_MAX_URL_EXPIRES = env_int("RADIOLOGY_MAX_URL_EXPIRES", 86400, minimum=1)
+# Lifetime of the presigned S3 URL a checked signed link redirects to.
+RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SECONDS", 30, minimum=1)
+# Where ingest spools incoming bytes while hashing and checking them (never in memory).
+RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
+# Largest single file accepted by ingest (413 above it); default 2 GiB.
+RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
+# The self-hosted OHIF viewer; empty selects the built-in lightweight viewer (seed: None).
+OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://localhost:3000/viewer")
+# Absolute base of links handed out (signed image URLs); empty means "from the request".
+PACS_PUBLIC_URL = (env_str("PACS_PUBLIC_URL") or "").rstrip("/")
+
+DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "PACS-lite API",
+    "DESCRIPTION": "Radiology image store of the EMR: studies, series, images, signed URLs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Log records never carry patient names, ids or file contents: only database ids and UIDs.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+}

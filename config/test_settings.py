@@ -1,0 +1,15 @@
+"""Settings for the test suite: the real settings with a throwaway key and debug-style hosts.
+
+DATABASE_URL and RADIOLOGY_STORAGE still come from the environment, so .ci/run can run
+the same suite against PostgreSQL.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-key-not-a-secret")
+os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+
+from config.settings import *  # noqa: F403
+
+# Fast hashing for the many users the tests create.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
