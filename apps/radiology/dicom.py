@@ -35,6 +35,8 @@ BULK_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
 _BULK_SENTINEL = "pacs-lite:bulk"
+# What pydicom warns when a file ends inside an undefined-length element.
+_EOF_WARNING = "End of file reached before delimiter"
 # Secondary Capture Image Storage: how a JPEG photo is presented to DICOM tools.
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_BASELINE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.50"
@@ -91,10 +93,14 @@ def parse_dicom(path: Path) -> ParsedImage:
     """Read a DICOM Part 10 file's header; reject it if it is truncated or unreadable."""
     file_size = path.stat().st_size
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             # pydicom warns (rather than fails) on many malformed files; we decide below.
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("always")
             dataset = pydicom.dcmread(str(path), defer_size=BULK_THRESHOLD)
+            # An undefined-length element (encapsulated pixel data) cut short makes pydicom
+            # warn and return an *empty* data set, which would otherwise pass as "no UIDs".
+            if any(_EOF_WARNING in str(warning.message) for warning in caught):
+                raise TruncatedFile()
             _check_complete(dataset, file_size)
             metadata = dicom_json(dataset)
             fields = _dicom_fields(dataset)
