@@ -194,10 +194,13 @@ PACS_PUBLIC_URL = (env_str("PACS_PUBLIC_URL") or "").rstrip("/")
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 
 REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
+    "EXCEPTION_HANDLER": "apps.radiology.exceptions.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": None,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -208,6 +211,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Radiology image store of the EMR: studies, series, images, signed URLs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1 schemas are plain JSON Schema, so tests validate real responses with jsonschema.
+    "OAS_VERSION": "3.1.0",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Log records never carry patient names, ids or file contents: only database ids and UIDs.

@@ -3,8 +3,14 @@ only through signed, expiring URLs."""
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.radiology.views import ObtainTokenView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/auth/token/", ObtainTokenView.as_view(), name="api-token"),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/radiology/", include("apps.radiology.urls")),
 ]

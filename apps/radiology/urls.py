@@ -1,11 +1,17 @@
 """Routes under /api/v1/radiology/."""
 
 from django.urls import path
+from rest_framework.routers import SimpleRouter
 
-from apps.radiology import file_views
+from apps.radiology import file_views, views
 
 app_name = "radiology"
 
+router = SimpleRouter()
+router.register("studies", views.StudyViewSet, basename="study")
+router.register("images", views.ImageViewSet, basename="image")
+
 urlpatterns = [
     path("files/<int:image_id>/<str:filename>", file_views.signed_image, name="signed-image"),
+    *router.urls,
 ]

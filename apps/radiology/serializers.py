@@ -1,0 +1,95 @@
+"""Serializers that carry data in the seed's JSON shapes; no logic beyond formatting."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+
+
+class StudySerializer(serializers.ModelSerializer):
+    """The seed's study list item."""
+
+    class Meta:
+        model = RadiologyStudy
+        fields = [
+            "id",
+            "study_uid",
+            "radiology_order",
+            "study_description",
+            "modality",
+            "study_date",
+            "patient_name",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class StudyImageSerializer(serializers.ModelSerializer):
+    """An image in the study's images endpoint, with its signed URL (made by the view)."""
+
+    image_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RadiologyImage
+        fields = ["id", "image_uid", "filename", "file_size", "mime_type", "instance_number", "image_url"]
+        read_only_fields = fields
+
+    def get_image_url(self, image: RadiologyImage) -> str:
+        return str(self.context["image_urls"][image.pk])
+
+
+class StudySeriesSerializer(serializers.ModelSerializer):
+    images = StudyImageSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = RadiologySeries
+        fields = ["series_uid", "series_description", "series_number", "modality", "images"]
+        read_only_fields = fields
+
+
+class StudyImagesSerializer(serializers.ModelSerializer):
+    """The seed's "study images grouped by series" answer."""
+
+    series = StudySeriesSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = RadiologyStudy
+        fields = ["study_uid", "study_description", "series"]
+        read_only_fields = fields
+
+
+class ImageUrlSerializer(serializers.Serializer):
+    image_url = serializers.URLField()
+    image_uid = serializers.CharField()
+    filename = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class ViewerUrlSerializer(serializers.Serializer):
+    viewer_url = serializers.CharField()
+    study_uid = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class ExpiresInQuerySerializer(serializers.Serializer):
+    """?expires_in=SECONDS, 1..RADIOLOGY_MAX_URL_EXPIRES (checked by the view)."""
+
+    expires_in = serializers.IntegerField(required=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error body: {"detail": ..., "code": ...} (+ "errors" per field on 400)."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = serializers.DictField(required=False)
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class TokenResponseSerializer(serializers.Serializer):
+    token = serializers.CharField()

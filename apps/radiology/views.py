@@ -1,0 +1,166 @@
+"""REST API v1 views: thin; parse input, call the service or a selector, shape the output."""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import action
+from rest_framework.generics import get_object_or_404
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.radiology import selectors
+from apps.radiology.exceptions import InvalidExpiresIn
+from apps.radiology.filters import StudyFilter
+from apps.radiology.models import RadiologyImage, RadiologyStudy
+from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.permissions import CanViewRadiologyRequest
+from apps.radiology.serializers import (
+    ErrorSerializer,
+    ImageUrlSerializer,
+    StudyImagesSerializer,
+    StudySerializer,
+    TokenRequestSerializer,
+    TokenResponseSerializer,
+    ViewerUrlSerializer,
+)
+
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+EXPIRES_IN_PARAMETER = OpenApiParameter(
+    "expires_in",
+    OpenApiTypes.INT,
+    description="Lifetime of the signed URL in seconds (1..RADIOLOGY_MAX_URL_EXPIRES; default RADIOLOGY_URL_EXPIRES).",
+)
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
+
+
+def requested_expires_in(request: Request) -> int:
+    """The ?expires_in= of the request, or the default; 400 invalid_expires_in if out of range."""
+    raw = request.query_params.get("expires_in")
+    if raw is None:
+        return int(settings.RADIOLOGY_URL_EXPIRES)
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= settings.RADIOLOGY_MAX_URL_EXPIRES:
+        raise InvalidExpiresIn(f"expires_in must be an integer from 1 to {settings.RADIOLOGY_MAX_URL_EXPIRES} seconds.")
+    return int(raw)
+
+
+def request_base_url(request: Request) -> str:
+    """Scheme and host the client used, so signed URLs are absolute."""
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+class OptInLimitOffsetPagination(LimitOffsetPagination):
+    """Pagination only when the client sends ?limit= (the seed's list is a plain array)."""
+
+    default_limit = None
+    max_limit = 1000
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List studies, newest first", responses={200: StudySerializer(many=True), **ERRORS}),
+    retrieve=extend_schema(summary="One study", responses={200: StudySerializer, **ERRORS}),
+)
+class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    """Studies: read-only to doctors, radiology techs and superusers."""
+
+    permission_classes = [IsAuthenticated, CanViewRadiologyRequest]
+    serializer_class = StudySerializer
+    filterset_class = StudyFilter
+    pagination_class = OptInLimitOffsetPagination
+
+    def get_queryset(self) -> QuerySet[RadiologyStudy]:
+        return selectors.study_list()
+
+    @extend_schema(
+        summary="A study's images grouped by series, with signed image URLs",
+        parameters=[EXPIRES_IN_PARAMETER],
+        responses={200: StudyImagesSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["get"], url_path="images", filterset_class=None, pagination_class=None)
+    def images(self, request: Request, pk: str | None = None) -> Response:
+        expires_in = requested_expires_in(request)
+        study = get_object_or_404(selectors.studies_with_series_and_images(), pk=pk)
+        base_url = request_base_url(request)
+        image_urls = {
+            image.pk: PACSLiteService.generate_image_url(
+                image=image, user=request.user, expires_in=expires_in, base_url=base_url
+            )
+            for series in study.series.all()
+            for image in series.images.all()
+        }
+        return Response(StudyImagesSerializer(study, context={"image_urls": image_urls}).data)
+
+    @extend_schema(
+        summary="A signed, expiring viewer URL for the study",
+        parameters=[EXPIRES_IN_PARAMETER],
+        responses={200: ViewerUrlSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["get"], url_path="viewer-url", filterset_class=None, pagination_class=None)
+    def viewer_url(self, request: Request, pk: str | None = None) -> Response:
+        expires_in = requested_expires_in(request)
+        study = self.get_object()
+        url = PACSLiteService.generate_viewer_url(study_uid=study.study_uid, user=request.user, expires_in=expires_in)
+        return Response({"viewer_url": url, "study_uid": study.study_uid, "expires_in": expires_in})
+
+
+class ImageViewSet(viewsets.GenericViewSet):
+    """Images: only the signed-URL action is exposed."""
+
+    permission_classes = [IsAuthenticated, CanViewRadiologyRequest]
+    queryset = RadiologyImage.objects.all()
+    serializer_class = ImageUrlSerializer
+
+    @extend_schema(
+        summary="A signed, expiring URL for one image's bytes",
+        parameters=[EXPIRES_IN_PARAMETER],
+        responses={200: ImageUrlSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["get"], url_path="url")
+    def url(self, request: Request, pk: str | None = None) -> Response:
+        expires_in = requested_expires_in(request)
+        image = self.get_object()
+        image_url = PACSLiteService.generate_image_url(
+            image=image, user=request.user, expires_in=expires_in, base_url=request_base_url(request)
+        )
+        return Response(
+            {"image_url": image_url, "image_uid": image.image_uid, "filename": image.filename, "expires_in": expires_in}
+        )
+
+
+class ObtainTokenView(APIView):
+    """POST {"username", "password"} -> {"token"}; send it as `Authorization: Token <key>`."""
+
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Obtain an API token",
+        request=TokenRequestSerializer,
+        responses={200: TokenResponseSerializer, 400: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = authenticate(
+            request=request._request,
+            username=serializer.validated_data["username"],
+            password=serializer.validated_data["password"],
+        )
+        if user is None or not user.is_active:
+            return Response(
+                {"detail": "Unable to log in with the provided credentials.", "code": "invalid_credentials"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        token, _created = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
