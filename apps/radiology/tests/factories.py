@@ -1,0 +1,110 @@
+"""Helpers of the radiology tests: what is in the store, what is in the database, sample bytes.
+
+`stored_keys()` lists every object in STORAGES["radiology"] whichever backend is configured
+(a directory walk on the filesystem, list_objects_v2 on S3/moto), so a test can say
+"nothing was written" the same way on both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from apps.radiology import storage
+from apps.radiology.demo import sample_path
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+
+BULK_THRESHOLD = 1024
+PIXEL_DATA_TAG = "7FE00010"
+
+
+def stored_keys() -> list[str]:
+    """Every key in the radiology store, sorted."""
+    store: Any = storage.radiology_storage()
+    if storage.is_s3(store):
+        client = store.connection.meta.client
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket_name):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(keys)
+    root = Path(store.location)
+    if not root.exists():
+        return []
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+
+
+def read_stored(key: str) -> bytes:
+    """The bytes of one stored object, read back through the storage backend."""
+    with storage.radiology_storage().open(key, "rb") as handle:
+        return bytes(handle.read())
+
+
+def row_counts() -> tuple[int, int, int]:
+    """(studies, series, images) rows in the database."""
+    return RadiologyStudy.objects.count(), RadiologySeries.objects.count(), RadiologyImage.objects.count()
+
+
+def assert_nothing_stored() -> None:
+    """No study, series or image row and no object in the store."""
+    assert row_counts() == (0, 0, 0)
+    assert stored_keys() == []
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def sample_bytes(name: str) -> bytes:
+    """The bytes of one of pydicom's bundled test files."""
+    return sample_path(name).read_bytes()
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    """A DICOM Part 10 file (with preamble) of `dataset`."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def edited_sample(name: str, **changes: Any) -> bytes:
+    """A pydicom sample with some elements set (value) or removed (None), nothing else changed."""
+    dataset = pydicom.dcmread(sample_path(name))
+    for keyword, value in changes.items():
+        if value is None:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        else:
+            setattr(dataset, keyword, value)
+    return dataset_bytes(dataset)
+
+
+def pydicom_json_without_bulk(path: Path) -> dict[str, Any]:
+    """pydicom's own DICOM JSON of a file read whole, with bulk data left out.
+
+    Bulk data: binary values over 1 KiB anywhere, and the pixel data whatever its size.
+    """
+    dataset = pydicom.dcmread(path)
+
+    def mark(_element: Any) -> str:
+        return "bulk"
+
+    as_json = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=mark)
+    as_json.pop(PIXEL_DATA_TAG, None)
+    return _without_bulk(as_json)
+
+
+def _without_bulk(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: _without_bulk(value)
+            for key, value in node.items()
+            if not (isinstance(value, dict) and value.get("BulkDataURI") == "bulk")
+        }
+    if isinstance(node, list):
+        return [_without_bulk(item) for item in node]
+    return node

@@ -1,0 +1,242 @@
+"""apps.radiology.storage: file keys, safe names, never-overwrite writes and wrapped store errors.
+
+Everything that touches the store runs twice through `radiology_store`: on the filesystem
+and on S3 through moto's server over HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import urllib.request
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.test import Client
+
+from apps.radiology import storage
+from apps.radiology.errors import InvalidFilename, InvalidUID, StorageFailure
+from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.tests.factories import read_stored, stored_keys
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+SERIES = "1.2.826.0.1.3680043.8.498.1.1"
+IMAGE = "1.2.826.0.1.3680043.8.498.1.1.1"
+
+
+def _boom(*_args: Any, **_kwargs: Any) -> Any:
+    raise OSError("disk on fire")
+
+
+def _use_s3_bucket(settings: Any, endpoint: str, bucket: str) -> None:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "radiology": {
+            "BACKEND": "apps.radiology.storage.RadiologyS3Storage",
+            "OPTIONS": {
+                "access_key": "testing",
+                "secret_key": "testing",
+                "bucket_name": bucket,
+                "region_name": "us-east-1",
+                "endpoint_url": endpoint,
+                "signature_version": "s3v4",
+                "addressing_style": "path",
+                "default_acl": None,
+                "file_overwrite": False,
+            },
+        },
+    }
+
+
+# --- file keys and filenames --------------------------------------------------------------
+
+
+def test_file_key_is_radiology_study_series_image_filename() -> None:
+    key = storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename="chest_pa.dcm")
+    assert key == f"radiology/{STUDY}/{SERIES}/{IMAGE}/chest_pa.dcm"
+    assert (
+        PACSLiteService.generate_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename="chest_pa.dcm")
+        == key
+    )
+
+
+@pytest.mark.parametrize(
+    ("original", "safe"),
+    [
+        ("chest_pa.dcm", "chest_pa.dcm"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\exports\\CT 1.dcm", "CT_1.dcm"),
+        ("scans/2026/a\\b\\c.jpg", "c.jpg"),
+        ("a\x00b\x1fc\x7f.dcm", "abc.dcm"),
+        ("line\nbreak.dcm", "linebreak.dcm"),
+        (".hidden.dcm", "hidden.dcm"),
+        ("$(rm -rf ~).dcm", "rm_-rf_.dcm"),
+        ("  padded name .jpg  ", "padded_name_.jpg"),
+        ("x" * 300 + ".dcm", "x" * 124 + ".dcm"),
+        ("y" * 300, "y" * 128),
+    ],
+)
+def test_safe_filename_reduces_to_a_safe_base_name(original: str, safe: str) -> None:
+    assert storage.safe_filename(original) == safe
+    key = storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename=original)
+    assert key == f"radiology/{STUDY}/{SERIES}/{IMAGE}/{safe}"
+    assert "\\" not in key
+    assert ".." not in key
+    assert key.count("/") == 4
+
+
+@pytest.mark.parametrize("original", ["", "../", "..\\", "...", ".", "/", "\x00\x01", "   ", "---", "C:\\exports\\"])
+def test_filename_with_nothing_usable_left_is_invalid_filename(original: str) -> None:
+    with pytest.raises(InvalidFilename) as excinfo:
+        storage.safe_filename(original)
+    assert excinfo.value.code == "invalid_filename"
+    assert excinfo.value.status_code == 400
+    with pytest.raises(InvalidFilename):
+        storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename=original)
+
+
+@pytest.mark.parametrize("field", ["study_uid", "series_uid", "image_uid"])
+def test_file_key_refuses_an_invalid_uid(field: str) -> None:
+    uids = {"study_uid": STUDY, "series_uid": SERIES, "image_uid": IMAGE, field: "1.2.03"}
+    with pytest.raises(InvalidUID) as excinfo:
+        storage.build_file_key(filename="a.dcm", **uids)
+    assert excinfo.value.code == "invalid_uid"
+    assert field in excinfo.value.detail
+
+
+# --- writes that never overwrite -------------------------------------------------------------
+
+
+def test_store_image_never_overwrites_an_existing_key(radiology_store: str) -> None:
+    key = storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename="a.dcm")
+
+    first = PACSLiteService.store_image(file_content=b"first bytes", file_key=key, content_type="application/dicom")
+    second = PACSLiteService.store_image(file_content=b"second bytes", file_key=key, content_type="application/dicom")
+
+    assert first == key
+    assert second != key
+    assert second.startswith(f"radiology/{STUDY}/{SERIES}/{IMAGE}/a")
+    assert second.endswith(".dcm")
+    assert read_stored(first) == b"first bytes"
+    assert read_stored(second) == b"second bytes"
+    assert stored_keys() == sorted([first, second])
+
+
+def test_store_image_accepts_a_stream(radiology_store: str) -> None:
+    key = storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename="photo.jpg")
+    content = b"\xff\xd8\xff" + bytes(range(256)) * 600  # larger than one stream chunk
+
+    used = PACSLiteService.store_image(file_content=io.BytesIO(content), file_key=key, content_type="image/jpeg")
+
+    assert used == key
+    assert read_stored(key) == content
+    assert b"".join(storage.iter_object_chunks(key)) == content
+    assert storage.object_size(key) == len(content)
+    assert storage.object_exists(key) is True
+
+
+def test_backend_write_to_a_key_taken_in_a_race_goes_beside_it(radiology_store: str) -> None:
+    """The backend's own _save (past Django's exists() check) refuses to replace an object.
+
+    Filesystem: O_EXCL; S3: a PUT with If-None-Match: * that the store answers 412.
+    """
+    key = f"radiology/{STUDY}/{SERIES}/{IMAGE}/race.dcm"
+    store: Any = storage.radiology_storage()
+    assert store._save(key, ContentFile(b"winner")) == key
+
+    loser = store._save(key, ContentFile(b"loser"))
+
+    assert loser != key
+    assert read_stored(key) == b"winner"
+    assert read_stored(loser) == b"loser"
+    assert stored_keys() == sorted([key, loser])
+
+
+def test_backend_is_the_configured_one(radiology_store: str) -> None:
+    assert storage.is_s3() is (radiology_store == "s3")
+    if radiology_store == "s3":
+        assert isinstance(storage.radiology_storage(), storage.RadiologyS3Storage)
+
+
+# --- store errors -----------------------------------------------------------------------------
+
+
+def test_write_failure_is_storage_failure(radiology_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(storage.radiology_storage()), "_save", _boom)
+
+    with pytest.raises(StorageFailure) as excinfo:
+        storage.save_new_object(f"radiology/{STUDY}/x.dcm", io.BytesIO(b"abc"), content_type="application/dicom")
+
+    assert excinfo.value.code == "storage_unavailable"
+    assert excinfo.value.status_code == 503
+    assert isinstance(excinfo.value.__cause__, OSError)
+    monkeypatch.undo()
+    assert stored_keys() == []
+
+
+def test_s3_bucket_that_does_not_exist_is_storage_failure(s3_endpoint: str, settings: Any) -> None:
+    _use_s3_bucket(settings, s3_endpoint, "no-such-bucket-pacs-lite")
+
+    with pytest.raises(StorageFailure) as excinfo:
+        storage.save_new_object(f"radiology/{STUDY}/x.dcm", io.BytesIO(b"abc"), content_type="application/dicom")
+
+    assert excinfo.value.code == "storage_unavailable"
+
+
+def test_missing_object_reads_as_none(radiology_store: str) -> None:
+    key = f"radiology/{STUDY}/missing.dcm"
+    assert storage.open_object(key) is None
+    assert storage.object_size(key) is None
+    assert storage.object_exists(key) is False
+    with pytest.raises(StorageFailure):
+        list(storage.iter_object_chunks(key))
+
+
+def test_delete_object_removes_and_a_failed_delete_is_logged_not_raised(
+    radiology_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = PACSLiteService.store_image(
+        file_content=b"bytes", file_key=f"radiology/{STUDY}/d.dcm", content_type="application/dicom"
+    )
+    storage.delete_object(key)
+    assert stored_keys() == []
+
+    key = PACSLiteService.store_image(
+        file_content=b"bytes", file_key=f"radiology/{STUDY}/d.dcm", content_type="application/dicom"
+    )
+    monkeypatch.setattr(type(storage.radiology_storage()), "delete", _boom)
+    with caplog.at_level(logging.ERROR, logger="apps.radiology.storage"):
+        storage.delete_object(key)
+    assert f"radiology storage clean-up failed for {key}: OSError" in caplog.text
+    assert stored_keys() == [key]
+
+
+def test_presigned_url_answers_with_our_headers(s3_endpoint: str, s3_bucket: str, settings: Any) -> None:
+    _use_s3_bucket(settings, s3_endpoint, s3_bucket)
+    key = PACSLiteService.store_image(
+        file_content=b"bytes", file_key=f"radiology/{STUDY}/p.dcm", content_type="application/dicom"
+    )
+    url = storage.presigned_get_url(key, expires_in=30, content_type="application/dicom", filename="p.dcm")
+    assert "response-content-type=application%2Fdicom" in url
+    assert "response-cache-control=private%2C%20no-store%2C%20max-age%3D0" in url
+    assert "X-Amz-Expires=30" in url
+    with urllib.request.urlopen(url) as response:  # noqa: S310 (a loopback moto URL)
+        assert response.read() == b"bytes"
+        assert response.headers["Content-Type"] == "application/dicom"
+
+
+# --- nothing is served unsigned -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_media_url_does_not_serve_stored_files(radiology_store: str, settings: Any, client: Client) -> None:
+    key = PACSLiteService.store_image(
+        file_content=b"patient bytes", file_key=f"radiology/{STUDY}/secret.dcm", content_type="application/dicom"
+    )
+    assert read_stored(key) == b"patient bytes"
+
+    response = client.get(f"{settings.MEDIA_URL}{key}")
+
+    assert response.status_code == 404
+    assert b"patient bytes" not in response.content
