@@ -64,10 +64,14 @@ def sample_bytes(name: str) -> bytes:
     return sample_path(name).read_bytes()
 
 
-def dataset_bytes(dataset: Dataset) -> bytes:
-    """A DICOM Part 10 file (with preamble) of `dataset`."""
+def dataset_bytes(dataset: Dataset, *, enforce_file_format: bool = True) -> bytes:
+    """A DICOM Part 10 file (with preamble) of `dataset`.
+
+    enforce_file_format=False writes the file meta as it is, so a test can make a file
+    that lacks what the standard requires (e.g. every SOP Instance UID).
+    """
     buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    dataset.save_as(buffer, enforce_file_format=enforce_file_format)
     return buffer.getvalue()
 
 
