@@ -15,8 +15,10 @@ class RadiologyError(Exception):
     code = "radiology_error"
     default_detail = "The radiology request could not be processed."
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, **extra: object) -> None:
         self.detail = detail or self.default_detail
+        # Extra fields for the client beside detail and code (e.g. received_bytes to resume from).
+        self.extra = extra
         super().__init__(self.detail)
 
 
@@ -72,6 +74,16 @@ class FileTooLarge(RadiologyError):
     default_detail = "The file is larger than this server accepts."
 
 
+class SizeMismatch(RadiologyError):
+    code = "size_mismatch"
+    default_detail = "The bytes received do not match the declared file size."
+
+
+class ChecksumMismatch(RadiologyError):
+    code = "checksum_mismatch"
+    default_detail = "The SHA-256 of the bytes received does not match the declared checksum."
+
+
 class ImageConflict(RadiologyError):
     code = "image_conflict"
     status_code = 409
@@ -106,3 +118,25 @@ class StorageFailure(RadiologyError):
     code = "storage_unavailable"
     status_code = 503
     default_detail = "The image store could not be reached; nothing was saved."
+
+
+class UploadRangeMismatch(RadiologyError):
+    code = "range_mismatch"
+    status_code = 409
+    default_detail = "This chunk does not start where the received bytes end; resume from received_bytes."
+
+
+class InvalidContentRange(RadiologyError):
+    code = "invalid_content_range"
+    default_detail = "Content-Range must be 'bytes START-END/TOTAL' with TOTAL equal to the declared file_size."
+
+
+class IncompleteBody(RadiologyError):
+    code = "incomplete_body"
+    default_detail = "The request body ended before its declared length; resume from received_bytes."
+
+
+class OrderNotFound(RadiologyError):
+    code = "order_not_found"
+    status_code = 404
+    default_detail = "No radiology order with this id."

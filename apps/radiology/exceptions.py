@@ -41,7 +41,7 @@ def _first_code(detail: Any, fallback: str) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Shape RadiologyError and DRF exceptions as {"detail", "code"} (+ "errors" per field)."""
     if isinstance(exc, RadiologyError):
-        return Response({"detail": exc.detail, "code": exc.code}, status=exc.status_code)
+        return Response({"detail": exc.detail, "code": exc.code, **exc.extra}, status=exc.status_code)
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response

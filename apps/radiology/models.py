@@ -214,3 +214,60 @@ class ViewerToken(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class RadiologyUpload(models.Model):
+    """One file a device is sending: its metadata first, then its bytes, possibly in chunks.
+
+    `client_upload_id` is the device's idempotency key (unique per user). Chunks are staged as
+    objects under `staging/uploads/{id}/` in the radiology store (shared by every app server),
+    and `chunk_offsets` lists the start of each one in order; `received_bytes` is where the
+    next chunk must start. When the last byte arrives the file goes through the one ingest path.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    client_upload_id = models.UUIDField()
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    radiology_order = models.ForeignKey(RadiologyOrder, on_delete=models.PROTECT, related_name="uploads")
+    filename = models.CharField(max_length=255)
+    file_size = models.BigIntegerField()
+    mime_type = models.CharField(max_length=64)
+    checksum = models.CharField(max_length=64)
+    study_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    series_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    image_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    study_description = models.CharField(max_length=255, blank=True)
+    series_description = models.CharField(max_length=255, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    received_bytes = models.BigIntegerField(default=0)
+    chunk_offsets = models.JSONField(default=list, blank=True)
+    image = models.ForeignKey(RadiologyImage, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    error_code = models.CharField(max_length=64, blank=True)
+    error_detail = models.CharField(max_length=255, blank=True)
+    error_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["uploaded_by", "client_upload_id"], name="rad_upload_client_id_per_user"),
+            models.CheckConstraint(condition=Q(file_size__gt=0), name="rad_upload_file_size_positive"),
+            models.CheckConstraint(
+                condition=Q(received_bytes__gte=0) & Q(received_bytes__lte=models.F("file_size")),
+                name="rad_upload_received_within_size",
+            ),
+        ]
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["status", "updated_at"], name="rad_upload_status_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Upload {self.pk} ({self.status})"

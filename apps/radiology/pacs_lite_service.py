@@ -31,11 +31,13 @@ from django.utils import timezone
 from apps.radiology import signing, storage
 from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, parse_image_file, sniff_mime_type
 from apps.radiology.errors import (
+    ChecksumMismatch,
     EmptyFile,
     FileTooLarge,
     ImageConflict,
     MissingUID,
     SeriesConflict,
+    SizeMismatch,
     StudyConflict,
     StudyMismatch,
     UIDMismatch,
@@ -47,7 +49,7 @@ from apps.radiology.models import (
     RadiologySeries,
     RadiologyStudy,
 )
-from apps.radiology.uids import generate_uid, validate_uid
+from apps.radiology.uids import generate_uid, uid_from_name, validate_uid
 
 logger = logging.getLogger(__name__)
 
@@ -226,19 +228,27 @@ class PACSLiteService:
         filename: str,
         uploaded_by: AbstractBaseUser | None,
         declared: DeclaredImage | None = None,
+        expected_size: int | None = None,
+        expected_checksum: str | None = None,
     ) -> IngestResult:
         """Store one DICOM or JPEG file under `order`; see the module docstring for the order of work.
 
         Idempotent: the same image UID with the same bytes returns the stored image
         (created=False); with other bytes it is ImageConflict and the stored file is untouched.
+        `expected_size` / `expected_checksum` (what a client declared) are checked against the
+        bytes actually received before anything is parsed or stored.
         """
         declared = declared or DeclaredImage()
         storage.safe_filename(filename)  # refuse an unusable name before reading any bytes
         settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-") as spool_file:
             spooled = _spool(stream, spool_file)
+            if expected_size is not None and spooled.size != expected_size:
+                raise SizeMismatch()
+            if expected_checksum is not None and spooled.checksum != expected_checksum.lower():
+                raise ChecksumMismatch()
             parsed = parse_image_file(spooled.path, spooled.mime_type)
-            uids = _resolve_uids(parsed, declared)
+            uids = _resolve_uids(parsed, declared, order=order, checksum=spooled.checksum)
             existing = _existing_image(uids.image_uid, spooled.checksum, order)
             if existing is not None:
                 return IngestResult(image=existing, created=False)
@@ -291,9 +301,21 @@ def _spool(stream: IO[bytes], spool_file: IO[bytes]) -> _Spooled:
     return _Spooled(path=Path(spool_file.name), size=size, checksum=digest.hexdigest(), mime_type=sniff_mime_type(head))
 
 
-def _resolve_uids(parsed: ParsedImage, declared: DeclaredImage) -> _ResolvedUIDs:
-    """The file's UIDs for DICOM (declared ones must agree); declared or generated for JPEG."""
+def _resolve_uids(
+    parsed: ParsedImage, declared: DeclaredImage, *, order: RadiologyOrder, checksum: str
+) -> _ResolvedUIDs:
+    """The file's UIDs for DICOM (declared ones must agree); declared or derived for JPEG.
+
+    A JPEG's missing UIDs are derived from the order and the bytes (its study is the order's
+    study if it has one), so the same photo sent twice to one order is one image.
+    """
     resolved: dict[str, str] = {}
+    order_study_uid = RadiologyStudy.objects.filter(radiology_order=order).values_list("study_uid", flat=True).first()
+    derived = {
+        "study_uid": order_study_uid or uid_from_name(f"order:{order.pk}:study"),
+        "series_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:series"),
+        "image_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:image"),
+    }
     for name in ("study_uid", "series_uid", "image_uid"):
         from_file = getattr(parsed, name)
         from_client = getattr(declared, name)
@@ -307,7 +329,7 @@ def _resolve_uids(parsed: ParsedImage, declared: DeclaredImage) -> _ResolvedUIDs
                 raise UIDMismatch(f"{name} sent does not match the file's.")
             resolved[name] = from_file
         else:
-            resolved[name] = from_client or generate_uid()
+            resolved[name] = from_client or derived[name]
     return _ResolvedUIDs(**resolved)
 
 

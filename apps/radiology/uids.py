@@ -34,3 +34,16 @@ def validate_uid(value: object, *, field: str = "uid") -> str:
 def generate_uid() -> str:
     """Make a new globally unique UID of the form 2.25.<uuid4 as a decimal integer>."""
     return f"2.25.{uuid.uuid4().int}"
+
+
+# Namespace of PACS-lite's name-based UIDs (a fixed random UUID; never change it).
+_NAME_NAMESPACE = uuid.UUID("6f1c3c52-8f0e-4d0c-9a51-2b7d5c1e9a40")
+
+
+def uid_from_name(name: str) -> str:
+    """A UID derived from a name (2.25.<uuid5 as integer>): the same name always gives the same UID.
+
+    Used for JPEGs, which carry no UIDs: deriving them from the order and the bytes makes a
+    retried or duplicated upload of the same photo land on the same image, not a second one.
+    """
+    return f"2.25.{uuid.uuid5(_NAME_NAMESPACE, name).int}"

@@ -3,13 +3,14 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from apps.radiology import file_views, views
+from apps.radiology import file_views, upload_views, views
 
 app_name = "radiology"
 
 router = SimpleRouter()
 router.register("studies", views.StudyViewSet, basename="study")
 router.register("images", views.ImageViewSet, basename="image")
+router.register("uploads", upload_views.UploadViewSet, basename="upload")
 
 urlpatterns = [
     path("files/<int:image_id>/<str:filename>", file_views.signed_image, name="signed-image"),
