@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -42,6 +44,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """Shape RadiologyError and DRF exceptions as {"detail", "code"} (+ "errors" per field)."""
     if isinstance(exc, RadiologyError):
         return Response({"detail": exc.detail, "code": exc.code, **exc.extra}, status=exc.status_code)
+    # Django's own 404 and 403 (get_object_or_404, get_object) get the same shape and code
+    # as DRF's; DRF's handler converts them only for its own response, not for `exc` here.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
