@@ -35,7 +35,7 @@ from apps.radiology.serializers import (
     ViewerUrlSerializer,
 )
 
-_DIGITS = re.compile(r"^[0-9]{1,9}$")
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 EXPIRES_IN_PARAMETER = OpenApiParameter(
     "expires_in",
@@ -50,7 +50,7 @@ def requested_expires_in(request: Request) -> int:
     raw = request.query_params.get("expires_in")
     if raw is None:
         return int(settings.RADIOLOGY_URL_EXPIRES)
-    if not _DIGITS.match(raw) or not 1 <= int(raw) <= settings.RADIOLOGY_MAX_URL_EXPIRES:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= settings.RADIOLOGY_MAX_URL_EXPIRES:
         raise InvalidExpiresIn(f"expires_in must be an integer from 1 to {settings.RADIOLOGY_MAX_URL_EXPIRES} seconds.")
     return int(raw)
 
