@@ -186,6 +186,8 @@ RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SEC
 RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
+# Partial uploads idle longer than this are purged by `manage.py purge_radiology_uploads`.
+RADIOLOGY_UPLOAD_STALE_HOURS = env_int("RADIOLOGY_UPLOAD_STALE_HOURS", 72, minimum=1)
 # The self-hosted OHIF viewer; empty selects the built-in lightweight viewer (seed: None).
 OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://localhost:3000/viewer")
 # Absolute base of links handed out (signed image URLs); empty means "from the request".
