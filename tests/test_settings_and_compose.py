@@ -1,0 +1,318 @@
+"""config.settings from the environment, docker-compose.yml and .env.example agreeing with it.
+
+Settings are loaded in a fresh interpreter per case (they are read once, at import), with
+every variable settings.py reads removed from the environment first, so the CI's own
+DATABASE_URL or RADIOLOGY_STORAGE cannot leak into a case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_SOURCE = ROOT / "config" / "settings.py"
+S3_BACKEND = "apps.radiology.storage.RadiologyS3Storage"
+FILESYSTEM_BACKEND = "django.core.files.storage.FileSystemStorage"
+_ENV_READ = re.compile(r"""env_(?:str|bool|int|list)\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+
+PRINT_SETTINGS = """
+import json
+import django
+django.setup()
+from django.conf import settings
+from django.core.files.storage import storages
+radiology = storages["radiology"]
+print(json.dumps({
+    "DEBUG": settings.DEBUG,
+    "ALLOWED_HOSTS": settings.ALLOWED_HOSTS,
+    "SECRET_KEY": settings.SECRET_KEY,
+    "RADIOLOGY_STORAGE": settings.RADIOLOGY_STORAGE,
+    "radiology_store": settings.STORAGES["radiology"],
+    "radiology_class": f"{type(radiology).__module__}.{type(radiology).__qualname__}",
+    "AWS_ACCESS_KEY_ID": settings.AWS_ACCESS_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": settings.AWS_SECRET_ACCESS_KEY,
+    "AWS_S3_ENDPOINT_URL": settings.AWS_S3_ENDPOINT_URL,
+    "AWS_STORAGE_BUCKET_NAME": settings.AWS_STORAGE_BUCKET_NAME,
+    "AWS_S3_USE_SSL": settings.AWS_S3_USE_SSL,
+    "DATABASE_ENGINE": settings.DATABASES["default"]["ENGINE"],
+    "RADIOLOGY_MAX_UPLOAD_SIZE": settings.RADIOLOGY_MAX_UPLOAD_SIZE,
+}, default=str))
+"""
+
+
+@cache
+def names_read_by_settings() -> frozenset[str]:
+    """Every environment variable config/settings.py reads through config.env's helpers."""
+    return frozenset(_ENV_READ.findall(SETTINGS_SOURCE.read_text()))
+
+
+@cache
+def names_read_by_config() -> frozenset[str]:
+    return frozenset(name for path in (ROOT / "config").glob("*.py") for name in _ENV_READ.findall(path.read_text()))
+
+
+def env_example() -> dict[str, str]:
+    """.env.example as name -> value, inline comments dropped."""
+    values: dict[str, str] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match:
+            values[match.group(1)] = re.split(r"\s+#", match.group(2), maxsplit=1)[0].strip()
+    return values
+
+
+def clean_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The current environment without any settings variable, plus `overrides`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in names_read_by_settings() and name.removesuffix("_FILE") not in names_read_by_settings()
+    }
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    env["PACS_VAR_DIR"] = str(tmp_path / "var")  # the SQLite default creates var/: keep it out of the repo
+    env.update(overrides)
+    return env
+
+
+def run_settings(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (our own interpreter and a fixed script)
+        [sys.executable, "-c", PRINT_SETTINGS],
+        cwd=ROOT,
+        env=clean_env(tmp_path, **overrides),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def load_settings(tmp_path: Path, **overrides: str) -> dict[str, Any]:
+    result = run_settings(tmp_path, **overrides)
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+PRODUCTION = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "s3cret-for-tests", "DJANGO_ALLOWED_HOSTS": "pacs.example.org"}
+
+
+# --- production refuses to start half-configured -------------------------------------------------
+
+
+def test_setup_without_secret_key_fails_when_debug_is_off(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=clean_env(tmp_path, DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="pacs.example.org"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_setup_without_secret_key_fails_when_debug_is_unset(tmp_path: Path) -> None:
+    result = run_settings(tmp_path)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off" in result.stderr
+
+
+def test_setup_without_allowed_hosts_fails_when_debug_is_off(tmp_path: Path) -> None:
+    result = run_settings(tmp_path, DJANGO_DEBUG="0", DJANGO_SECRET_KEY="s3cret-for-tests")
+    assert result.returncode != 0
+    assert "DJANGO_ALLOWED_HOSTS is required when DJANGO_DEBUG is off" in result.stderr
+
+
+def test_production_settings_load_with_key_and_hosts(tmp_path: Path) -> None:
+    loaded = load_settings(tmp_path, **{**PRODUCTION, "DJANGO_ALLOWED_HOSTS": "pacs.example.org, 10.0.0.5 ,"})
+    assert loaded["DEBUG"] is False
+    assert loaded["SECRET_KEY"] == "s3cret-for-tests"
+    assert loaded["ALLOWED_HOSTS"] == ["pacs.example.org", "10.0.0.5"]
+
+
+def test_secret_key_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret_key"
+    secret.write_text("from-a-mounted-file\n")
+    loaded = load_settings(
+        tmp_path, DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="pacs.example.org", DJANGO_SECRET_KEY_FILE=str(secret)
+    )
+    assert loaded["SECRET_KEY"] == "from-a-mounted-file"
+
+
+def test_debug_mode_runs_with_nothing_set(tmp_path: Path) -> None:
+    loaded = load_settings(tmp_path, DJANGO_DEBUG="1")
+    assert loaded["DEBUG"] is True
+    assert loaded["SECRET_KEY"] == "insecure-development-key-never-use-in-production"
+    assert loaded["DATABASE_ENGINE"] == "django.db.backends.sqlite3"
+    assert loaded["radiology_store"]["BACKEND"] == FILESYSTEM_BACKEND
+    assert loaded["radiology_store"]["OPTIONS"]["location"] == str(tmp_path / "var" / "media")
+    assert loaded["radiology_store"]["OPTIONS"]["base_url"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DJANGO_DEBUG", "maybe"),
+        ("RADIOLOGY_STORAGE", "bogus"),
+        ("RADIOLOGY_STORAGE", "S3"),
+        ("RADIOLOGY_MAX_UPLOAD_SIZE", "2GB"),
+        ("RADIOLOGY_URL_EXPIRES", "0"),
+        ("AWS_S3_USE_SSL", "sometimes"),
+    ],
+)
+def test_values_settings_do_not_understand_are_refused(tmp_path: Path, name: str, value: str) -> None:
+    result = run_settings(tmp_path, **{**PRODUCTION, name: value})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert name in result.stderr
+
+
+# --- the radiology store ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("choice", ["s3", "minio", "storages.backends.s3boto3.S3Boto3Storage", S3_BACKEND])
+def test_s3_choices_select_the_never_overwrite_s3_backend(tmp_path: Path, choice: str) -> None:
+    loaded = load_settings(tmp_path, **PRODUCTION, RADIOLOGY_STORAGE=choice, AWS_STORAGE_BUCKET_NAME="scans")
+
+    assert loaded["RADIOLOGY_STORAGE"] == S3_BACKEND
+    assert loaded["radiology_store"]["BACKEND"] == S3_BACKEND
+    assert loaded["radiology_class"] == S3_BACKEND
+    options = loaded["radiology_store"]["OPTIONS"]
+    assert options["bucket_name"] == "scans"
+    assert options["file_overwrite"] is False
+    assert options["default_acl"] is None
+    assert options["querystring_auth"] is True
+    assert options["signature_version"] == "s3v4"
+
+
+def test_minio_variables_fill_in_for_aws_ones(tmp_path: Path) -> None:
+    loaded = load_settings(
+        tmp_path,
+        **PRODUCTION,
+        RADIOLOGY_STORAGE="minio",
+        MINIO_ACCESS_KEY="minio-user",
+        MINIO_SECRET_KEY="minio-password",
+        MINIO_ENDPOINT_URL="http://minio:9000",
+        AWS_S3_USE_SSL="0",
+    )
+
+    assert loaded["AWS_ACCESS_KEY_ID"] == "minio-user"
+    assert loaded["AWS_SECRET_ACCESS_KEY"] == "minio-password"
+    assert loaded["AWS_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert loaded["AWS_S3_USE_SSL"] is False
+    options = loaded["radiology_store"]["OPTIONS"]
+    assert options["access_key"] == "minio-user"
+    assert options["secret_key"] == "minio-password"
+    assert options["endpoint_url"] == "http://minio:9000"
+    assert options["addressing_style"] == "path"
+    assert options["use_ssl"] is False
+
+
+def test_aws_variables_win_over_minio_ones(tmp_path: Path) -> None:
+    loaded = load_settings(
+        tmp_path,
+        **PRODUCTION,
+        RADIOLOGY_STORAGE="s3",
+        AWS_ACCESS_KEY_ID="aws-key",
+        AWS_SECRET_ACCESS_KEY="aws-secret",
+        MINIO_ACCESS_KEY="minio-user",
+        MINIO_SECRET_KEY="minio-password",
+    )
+    assert (loaded["AWS_ACCESS_KEY_ID"], loaded["AWS_SECRET_ACCESS_KEY"]) == ("aws-key", "aws-secret")
+    assert loaded["AWS_S3_ENDPOINT_URL"] is None
+    assert loaded["radiology_store"]["OPTIONS"]["addressing_style"] is None
+
+
+def test_filesystem_is_the_default_store(tmp_path: Path) -> None:
+    loaded = load_settings(tmp_path, **PRODUCTION, MEDIA_ROOT=str(tmp_path / "images"))
+    assert loaded["RADIOLOGY_STORAGE"] == FILESYSTEM_BACKEND
+    assert loaded["radiology_class"] == "django.core.files.storage.filesystem.FileSystemStorage"
+    assert loaded["radiology_store"]["OPTIONS"] == {"location": str(tmp_path / "images"), "base_url": None}
+
+
+def test_env_example_as_is_gives_working_settings(tmp_path: Path) -> None:
+    """Copying .env.example to .env must give settings that load (with the placeholders)."""
+    values = {name: value for name, value in env_example().items() if name in names_read_by_settings()}
+    values["PACS_VAR_DIR"] = str(tmp_path / "var")
+    loaded = load_settings(tmp_path, **values)
+    assert loaded["DEBUG"] is False
+    assert loaded["DATABASE_ENGINE"] == "django.db.backends.postgresql"
+    assert loaded["RADIOLOGY_MAX_UPLOAD_SIZE"] == 2147483648
+
+
+# --- docker-compose.yml and .env.example -----------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_has_db_minio_and_app() -> None:
+    services = compose()["services"]
+    assert {"db", "minio", "app"} <= set(services)
+    assert services["db"]["image"].startswith("postgres:")
+    assert services["minio"]["image"].startswith("minio/minio")
+    assert set(services["app"]["depends_on"]) == {"db", "minio"}
+
+
+def test_compose_app_runs_gunicorn_on_the_wsgi_app() -> None:
+    command = compose()["services"]["app"]["command"]
+    text = command if isinstance(command, str) else " ".join(command)
+    assert re.search(r"\bgunicorn\s+config\.wsgi\b", text)
+    assert "migrate" in text
+
+
+def test_compose_app_sets_only_variables_settings_read() -> None:
+    environment = compose()["services"]["app"]["environment"]
+    names = set(environment) if isinstance(environment, dict) else {item.split("=", 1)[0] for item in environment}
+    assert names
+    assert names - names_read_by_settings() == set()
+
+
+def test_compose_app_runs_in_production_mode_on_minio_and_postgres() -> None:
+    environment = compose()["services"]["app"]["environment"]
+    assert str(environment["DJANGO_DEBUG"]) == "0"
+    assert environment["RADIOLOGY_STORAGE"] == "minio"
+    assert environment["DATABASE_URL"].startswith("postgres://")
+    assert environment["DATABASE_URL"].endswith("@db:5432/pacs")
+    assert environment["MINIO_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_compose_keeps_secrets_out_of_the_file() -> None:
+    """Secret values are ${...} references to .env, never literals."""
+    services = compose()["services"]
+    secrets = {
+        ("app", "DJANGO_SECRET_KEY"),
+        ("app", "MINIO_ACCESS_KEY"),
+        ("app", "MINIO_SECRET_KEY"),
+        ("db", "POSTGRES_PASSWORD"),
+        ("minio", "MINIO_ROOT_USER"),
+        ("minio", "MINIO_ROOT_PASSWORD"),
+    }
+    for service, name in secrets:
+        assert re.fullmatch(r"\$\{[A-Z_]+(:?[?-].*)?\}", services[service]["environment"][name]), (service, name)
+
+
+def test_every_env_example_variable_is_read_by_config() -> None:
+    names = set(env_example())
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "RADIOLOGY_STORAGE"} <= names
+    assert names - names_read_by_config() == set()
+
+
+def test_every_variable_settings_read_is_in_env_example() -> None:
+    assert names_read_by_settings() - set(env_example()) == set()
