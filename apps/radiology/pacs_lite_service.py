@@ -411,7 +411,7 @@ def _create_rows(
             rows=parsed.rows,
             columns=parsed.columns,
             file_key=stored_key,
-            filename=filename[:255],
+            filename=storage.original_filename(filename),
             file_size=spooled.size,
             mime_type=spooled.mime_type,
             checksum=spooled.checksum,

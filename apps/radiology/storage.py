@@ -68,6 +68,15 @@ def safe_filename(original: str) -> str:
     return cleaned
 
 
+def original_filename(original: str) -> str:
+    """The client's filename as kept on the image row (at most 255 characters).
+
+    Path parts stay (it is a record of what was sent), control characters go: PostgreSQL
+    text cannot hold NUL at all, and none of them belongs in a name shown to people.
+    """
+    return _UNSAFE_CHARACTERS.sub("", original or "")[:255]
+
+
 def build_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename: str) -> str:
     """radiology/{study_uid}/{series_uid}/{image_uid}/{safe filename}, e.g.
     radiology/1.2.3.4/1.2.3.4.1/1.2.3.4.1.1/chest_pa.dcm"""
