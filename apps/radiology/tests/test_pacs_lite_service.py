@@ -244,20 +244,22 @@ def test_mime_type_comes_from_the_bytes_not_the_filename(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("original", "base_name"),
+    ("original", "base_name", "kept"),
     [
-        ("../../etc/passwd", "passwd"),
-        ("C:\\exports\\CT 1.dcm", "CT_1.dcm"),
-        ("scan\x00\x1f.dcm", "scan.dcm"),
+        ("../../etc/passwd", "passwd", "../../etc/passwd"),
+        ("C:\\exports\\CT 1.dcm", "CT_1.dcm", "C:\\exports\\CT 1.dcm"),
+        # PostgreSQL text cannot hold NUL: control characters leave the kept name too.
+        ("scan\x00\x1f.dcm", "scan.dcm", "scan.dcm"),
     ],
 )
 def test_unsafe_filename_is_reduced_in_the_key_and_kept_in_the_row(
-    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, original: str, base_name: str
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, original: str, base_name: str, kept: str
 ) -> None:
     image = ingest_file(order, "CT_small.dcm", filename=original).image
 
     assert image.file_key == f"radiology/{CT_STUDY}/{CT_SERIES}/{CT_IMAGE}/{base_name}"
-    assert image.filename == original
+    assert image.filename == kept
+    assert RadiologyImage.objects.get().filename == kept
     assert stored_keys() == [image.file_key]
 
 

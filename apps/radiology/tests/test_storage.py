@@ -96,6 +96,19 @@ def test_filename_with_nothing_usable_left_is_invalid_filename(original: str) ->
         storage.build_file_key(study_uid=STUDY, series_uid=SERIES, image_uid=IMAGE, filename=original)
 
 
+@pytest.mark.parametrize(
+    ("original", "kept"),
+    [
+        ("../../etc/passwd", "../../etc/passwd"),
+        ("C:\\exports\\CT 1.dcm", "C:\\exports\\CT 1.dcm"),
+        ("scan\x00\x1f\x7f.dcm", "scan.dcm"),
+        ("z" * 300, "z" * 255),
+    ],
+)
+def test_original_filename_keeps_the_name_without_control_characters(original: str, kept: str) -> None:
+    assert storage.original_filename(original) == kept
+
+
 @pytest.mark.parametrize("field", ["study_uid", "series_uid", "image_uid"])
 def test_file_key_refuses_an_invalid_uid(field: str) -> None:
     uids = {"study_uid": STUDY, "series_uid": SERIES, "image_uid": IMAGE, field: "1.2.03"}
