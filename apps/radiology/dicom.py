@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pydicom
 from PIL import ExifTags, Image, TiffImagePlugin
@@ -20,7 +21,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from apps.radiology.errors import InvalidDicom, InvalidJpeg, TruncatedFile, UnsupportedFileType
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
@@ -34,6 +35,9 @@ BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
+MAX_FRAGMENTS = 1_000_000
+# First bytes of a JPEG (SOI) and a JPEG 2000 codestream (SOC): where a new frame starts.
+CODESTREAM_STARTS = (b"\xff\xd8", b"\xff\x4f")
 _BULK_SENTINEL = "pacs-lite:bulk"
 # What pydicom warns when a file ends inside an undefined-length element.
 _EOF_WARNING = "End of file reached before delimiter"
@@ -77,6 +81,9 @@ class ParsedImage:
     rows: int | None = None
     columns: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Where pixel data and other bulk data lie in the file (see locate_pixel_data).
+    pixel_data: dict[str, Any] = field(default_factory=dict)
+    bulk_data: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
@@ -90,19 +97,28 @@ def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
 
 
 def parse_dicom(path: Path) -> ParsedImage:
-    """Read a DICOM Part 10 file's header; reject it if it is truncated or unreadable."""
+    """Read a DICOM Part 10 file's header and locate its pixel data; reject it if truncated or unreadable.
+
+    pydicom reads everything up to the pixel data (large values deferred, so never in
+    memory); the pixel data element itself is walked here, item header by item header,
+    which both proves it is complete and records where each frame lies in the file, so
+    frames can later be served by byte ranges without parsing the file again.
+    """
     file_size = path.stat().st_size
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, path.open("rb") as handle:
             # pydicom warns (rather than fails) on many malformed files; we decide below.
             warnings.simplefilter("always")
-            dataset = pydicom.dcmread(str(path), defer_size=BULK_THRESHOLD)
-            # An undefined-length element (encapsulated pixel data) cut short makes pydicom
-            # warn and return an *empty* data set, which would otherwise pass as "no UIDs".
+            dataset = pydicom.dcmread(handle, defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+            # An undefined-length element cut short makes pydicom warn and return an
+            # *empty* data set, which would otherwise pass as "no UIDs".
             if any(_EOF_WARNING in str(warning.message) for warning in caught):
                 raise TruncatedFile()
+            pixel_position = handle.tell()
             _check_complete(dataset, file_size)
+            pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
             metadata = dicom_json(dataset)
+            bulk_data = _bulk_elements(dataset)
             fields = _dicom_fields(dataset)
     except (TruncatedFile, InvalidDicom):
         raise
@@ -110,7 +126,9 @@ def parse_dicom(path: Path) -> ParsedImage:
         raise InvalidDicom(f"The DICOM file could not be read: {type(exc).__name__}.") from exc
     except Exception as exc:  # pydicom raises many types on malformed values
         raise InvalidDicom(f"The DICOM file has malformed content: {type(exc).__name__}.") from exc
-    return ParsedImage(mime_type=DICOM_MIME_TYPE, metadata=metadata, **fields)
+    return ParsedImage(
+        mime_type=DICOM_MIME_TYPE, metadata=metadata, pixel_data=pixel_data, bulk_data=bulk_data, **fields
+    )
 
 
 def _vr_of(tag: BaseTag, raw: Any) -> str:
@@ -124,44 +142,160 @@ def _vr_of(tag: BaseTag, raw: Any) -> str:
 
 
 def _check_complete(dataset: Dataset, file_size: int) -> None:
-    """Refuse files that end before their elements do.
+    """Refuse files whose header elements end beyond the end of the file.
 
     pydicom reads truncated files without complaint, returning whatever it got; a medical
-    store must not keep half an image, so every defined-length top-level element has to
-    fit in the file and uncompressed pixel data has to hold all its frames.
+    store must not keep half an image, so every defined-length top-level element has to fit.
     """
-    pixel_data_length: int | None = None
-    for tag, raw in dataset.items():
+    for _tag, raw in dataset.items():
         value_tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
-        if tag == PIXEL_DATA_TAG:
-            pixel_data_length = length
         if value_tell is None or length is None or length == UNDEFINED_LENGTH:
             continue
         if value_tell + length > file_size:
             raise TruncatedFile()
-    has_pixels = any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    if "Rows" in dataset and "Columns" in dataset and "BitsAllocated" in dataset and not has_pixels:
-        # An image whose pixel data vanished: pydicom drops an encapsulated element cut short.
-        raise TruncatedFile()
-    transfer_syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "")))
-    if "PixelData" in dataset and transfer_syntax and not transfer_syntax.is_compressed:
-        expected = _native_pixel_length(dataset)
-        if expected is not None and pixel_data_length is not None and pixel_data_length < expected:
+
+
+def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_size: int) -> dict[str, Any]:
+    """Where the pixel data and each of its frames lie in the file ({} when it has none).
+
+    Native: {"vr", "offset", "length", "encapsulated": False, "frame_length"}.
+    Encapsulated: {"vr", "offset", "length": -1, "encapsulated": True, "frames": [[[offset, length], ...], ...]}
+    with the fragments of each frame. Raises TruncatedFile if the element ends early.
+    """
+    is_image = all(keyword in dataset for keyword in ("Rows", "Columns", "BitsAllocated"))
+    transfer_syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "") or ""))
+    endian = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
+    implicit = transfer_syntax == ImplicitVRLittleEndian
+    handle.seek(position)
+    head = handle.read(8)
+    if len(head) < 8 or struct.unpack(f"{endian}HH", head[:4]) != (0x7FE0, 0x0010):
+        if is_image:
+            raise TruncatedFile()  # an image whose pixel data is missing or cut short
+        return {}
+    if implicit:
+        vr, length, value_offset = "OW", struct.unpack("<I", head[4:8])[0], position + 8
+    else:
+        vr = head[4:6].decode("ascii", "replace")
+        extra = handle.read(4)
+        if len(extra) < 4:
             raise TruncatedFile()
+        length, value_offset = struct.unpack(f"{endian}I", extra)[0], position + 12
+    if length != UNDEFINED_LENGTH:
+        if value_offset + length > file_size:
+            raise TruncatedFile()
+        frame_length = _native_frame_length(dataset)
+        frames = _frame_count(dataset)
+        if frame_length is not None and length < frame_length * frames:
+            raise TruncatedFile()
+        return {
+            "vr": vr,
+            "offset": value_offset,
+            "length": length,
+            "encapsulated": False,
+            "frame_length": frame_length,
+        }
+    fragments, basic_offsets = _walk_items(handle, value_offset, file_size)
+    return {
+        "vr": vr,
+        "offset": value_offset,
+        "length": -1,
+        "encapsulated": True,
+        "frames": _fragments_by_frame(handle, fragments, basic_offsets, _frame_count(dataset)),
+    }
 
 
-def _native_pixel_length(dataset: Dataset) -> int | None:
+def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Walk the items of encapsulated pixel data (PS3.5 A.4): the basic offset table, then fragments.
+
+    Returns ([(item_start, data_offset, length), ...], basic offsets); raises TruncatedFile
+    if the sequence delimiter is not reached inside the file.
+    """
+    fragments: list[tuple[int, int, int]] = []
+    basic_offsets: list[int] = []
+    position = offset
+    first = True
+    while True:
+        handle.seek(position)
+        header = handle.read(8)
+        if len(header) < 8:
+            raise TruncatedFile()
+        group, element, length = struct.unpack("<HHI", header)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return fragments, basic_offsets
+        if (group, element) != (0xFFFE, 0xE000) or length == UNDEFINED_LENGTH:
+            raise InvalidDicom("The encapsulated pixel data is malformed.")
+        data_offset = position + 8
+        if data_offset + length > file_size:
+            raise TruncatedFile()
+        if first:
+            table = handle.read(length)
+            basic_offsets = list(struct.unpack(f"<{length // 4}I", table[: length // 4 * 4]))
+            first = False
+        else:
+            fragments.append((position, data_offset, length))
+            if len(fragments) > MAX_FRAGMENTS:
+                raise InvalidDicom("The encapsulated pixel data has too many fragments.")
+        position = data_offset + length
+
+
+def _fragments_by_frame(
+    handle: IO[bytes], fragments: list[tuple[int, int, int]], basic_offsets: list[int], frames: int
+) -> list[list[list[int]]]:
+    """Group fragments into frames: one frame; one fragment per frame; the offset table; or codestream starts."""
+    spans = [[data_offset, length] for _start, data_offset, length in fragments]
+    if not spans:
+        return []
+    if frames <= 1:
+        return [spans]
+    if len(spans) == frames:
+        return [[span] for span in spans]
+    first_item = fragments[0][0]
+    if len(basic_offsets) == frames:
+        starts = set(basic_offsets)
+        grouped: list[list[list[int]]] = []
+        for (item_start, data_offset, length) in fragments:
+            if item_start - first_item in starts or not grouped:
+                grouped.append([])
+            grouped[-1].append([data_offset, length])
+        if len(grouped) == frames:
+            return grouped
+    grouped = []
+    for _start, data_offset, length in fragments:
+        handle.seek(data_offset)
+        if handle.read(2) in CODESTREAM_STARTS or not grouped:
+            grouped.append([])
+        grouped[-1].append([data_offset, length])
+    return grouped if len(grouped) == frames else []
+
+
+def _frame_count(dataset: Dataset) -> int:
     try:
-        rows = int(dataset.Rows)
-        columns = int(dataset.Columns)
-        samples = int(dataset.get("SamplesPerPixel", 1))
-        bits = int(dataset.BitsAllocated)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        return max(int(dataset.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _native_frame_length(dataset: Dataset) -> int | None:
+    """Bytes per frame of native pixel data (None when frames are not byte-aligned)."""
+    try:
+        bits = int(dataset.BitsAllocated) * int(dataset.Rows) * int(dataset.Columns)
+        bits *= int(dataset.get("SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
-    total_bits = rows * columns * samples * frames * bits
-    return (total_bits + 7) // 8
+    return bits // 8 if bits % 8 == 0 else None
+
+
+def _bulk_elements(dataset: Dataset) -> dict[str, dict[str, Any]]:
+    """Top-level bulk elements other than pixel data, with their place in the file."""
+    bulk: dict[str, dict[str, Any]] = {}
+    for tag, raw in dataset.items():
+        vr = _vr_of(tag, raw)
+        length = getattr(raw, "length", 0) or 0
+        value_tell = getattr(raw, "value_tell", None)
+        if vr in BULK_VRS and BULK_THRESHOLD < length != UNDEFINED_LENGTH and value_tell is not None:
+            bulk[f"{int(tag):08X}"] = {"vr": vr, "offset": value_tell, "length": length}
+    return bulk
 
 
 def dicom_json(dataset: Dataset) -> dict[str, Any]:
@@ -180,7 +314,7 @@ def dicom_json(dataset: Dataset) -> dict[str, Any]:
     as_json = header.to_json_dict(
         bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _element: _BULK_SENTINEL
     )
-    return _drop_bulk(as_json)
+    return _without_nul(_drop_bulk(as_json))
 
 
 def _drop_bulk(node: Any) -> Any:
@@ -195,11 +329,23 @@ def _drop_bulk(node: Any) -> Any:
     return node
 
 
+def _without_nul(node: Any) -> Any:
+    """Drop NUL characters from every string: some devices pad text with NUL, and
+    PostgreSQL can hold NUL neither in text nor in jsonb (SQLite would, hiding the bug)."""
+    if isinstance(node, str):
+        return node.replace("\x00", "")
+    if isinstance(node, dict):
+        return {key: _without_nul(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_nul(item) for item in node]
+    return node
+
+
 def _text(dataset: Dataset, keyword: str, limit: int = 255) -> str:
     value = dataset.get(keyword)
     if value is None:
         return ""
-    return str(value).strip()[:limit]
+    return str(value).replace("\x00", "").strip()[:limit]
 
 
 def _uid(dataset: Dataset, keyword: str) -> str | None:
@@ -281,6 +427,8 @@ def parse_jpeg(path: Path) -> ParsedImage:
             if image.format != "JPEG":
                 raise InvalidJpeg()
             width, height = image.size
+            mode = image.mode
+            progressive = bool(image.info.get("progressive") or image.info.get("progression"))
             exif = exif_json(image)
             # draft() lets libjpeg decode at 1/8 scale: every byte of the entropy-coded data
             # is still read, so a truncated file fails, at a fraction of the memory.
@@ -297,7 +445,8 @@ def parse_jpeg(path: Path) -> ParsedImage:
         raise InvalidJpeg() from exc
     except Exception as exc:
         raise InvalidJpeg() from exc
-    metadata = {"width": width, "height": height, "exif": exif}
+    metadata = {"width": width, "height": height, "mode": mode, "progressive": progressive, "exif": exif}
+    file_size = path.stat().st_size
     return ParsedImage(
         mime_type=JPEG_MIME_TYPE,
         sop_class_uid=SECONDARY_CAPTURE_SOP_CLASS,
@@ -305,6 +454,8 @@ def parse_jpeg(path: Path) -> ParsedImage:
         rows=height,
         columns=width,
         metadata=metadata,
+        # The whole file is the single frame of the Secondary Capture instance it appears as.
+        pixel_data={"vr": "OB", "offset": 0, "length": -1, "encapsulated": True, "frames": [[[0, file_size]]]},
     )
 
 
@@ -341,4 +492,4 @@ def exif_json(image: Image.Image) -> dict[str, Any]:
             converted = _json_value(value)
             if converted is not None:
                 result[name] = converted
-    return result
+    return dict(_without_nul(result))
