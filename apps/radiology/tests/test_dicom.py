@@ -23,7 +23,7 @@ from apps.radiology.dicom import (
 )
 from apps.radiology.errors import InvalidDicom, InvalidJpeg, RadiologyError, TruncatedFile, UnsupportedFileType
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
-from apps.radiology.tests.factories import pydicom_json_without_bulk, sample_bytes
+from apps.radiology.tests.factories import edited_sample, pydicom_json_without_bulk, sample_bytes
 
 PIXEL_DATA = "7FE00010"
 
@@ -177,6 +177,31 @@ def test_dicom_without_uids_parses_with_none(tmp_path: Path) -> None:
     assert (parsed.study_uid, parsed.series_uid, parsed.image_uid) == (None, None, None)
 
 
+def _strings(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in _strings(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in _strings(item)]
+    return []
+
+
+def test_nul_padded_text_is_read_without_nul(tmp_path: Path) -> None:
+    """Some devices pad text with NUL; PostgreSQL can store NUL neither in text nor in jsonb."""
+    content = edited_sample(
+        "CT_small.dcm", SeriesDescription="Axial\x00T1\x00", StudyDescription="Head\x00", PatientName="Doe^Jo\x00"
+    )
+
+    parsed = _parse(tmp_path, content)
+
+    assert parsed.series_description == "AxialT1"
+    assert parsed.study_description == "Head"
+    assert parsed.metadata["0008103E"] == {"vr": "LO", "Value": ["AxialT1"]}
+    assert parsed.metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jo"}]}
+    assert not [text for text in _strings(parsed.metadata) if "\x00" in text]
+
+
 # --- JPEG ----------------------------------------------------------------------------------------
 
 
@@ -200,6 +225,18 @@ def test_parse_jpeg_without_exif(tmp_path: Path) -> None:
     Image.new("RGB", (16, 8), "white").save(path, format="JPEG")
     parsed = parse_image_file(path, JPEG_MIME_TYPE)
     assert parsed.metadata == {"width": 16, "height": 8, "exif": {}}
+
+
+def test_exif_text_with_nul_is_read_without_nul(tmp_path: Path) -> None:
+    path = tmp_path / "nul.jpg"
+    exif = Image.Exif()
+    exif[0x010E] = "Film\x00scan"  # ImageDescription
+    exif[0x010F] = "Maker\x00\x00"  # Make
+    Image.new("RGB", (16, 8), "white").save(path, format="JPEG", exif=exif)
+
+    parsed = parse_image_file(path, JPEG_MIME_TYPE)
+
+    assert parsed.metadata["exif"] == {"ImageDescription": "Filmscan", "Make": "Maker"}
 
 
 def test_jpeg_signature_on_something_else_is_invalid_jpeg(tmp_path: Path) -> None:

@@ -296,6 +296,23 @@ def test_several_files_form_one_study(
 
 
 @pytest.mark.django_db
+def test_nul_padded_header_text_is_stored_on_every_database(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile
+) -> None:
+    """PostgreSQL refuses NUL in text and jsonb; the bytes stay as sent, the rows go without NUL."""
+    content = edited_sample("CT_small.dcm", SeriesDescription="Axial\x00", StudyDescription="Head\x00CT")
+
+    image = ingest_file(order, content, filename="nul.dcm").image
+
+    image = RadiologyImage.objects.select_related("series__study").get(pk=image.pk)
+    assert image.series.series_description == "Axial"
+    assert image.series.study.study_description == "HeadCT"
+    assert image.image_metadata["0008103E"] == {"vr": "LO", "Value": ["Axial"]}
+    assert read_stored(image.file_key) == content
+    assert image.checksum == sha256(content)
+
+
+@pytest.mark.django_db
 def test_patient_snapshot_does_not_follow_later_emr_edits(order: RadiologyOrder, ingest_file: IngestFile) -> None:
     ingest_file(order, "CT_small.dcm")
     patient = order.visit.patient
