@@ -39,6 +39,8 @@ MAX_FRAGMENTS = 1_000_000
 # First bytes of a JPEG (SOI) and a JPEG 2000 codestream (SOC): where a new frame starts.
 CODESTREAM_STARTS = (b"\xff\xd8", b"\xff\x4f")
 _BULK_SENTINEL = "pacs-lite:bulk"
+# IS values are signed 32-bit (PS3.5 6.2), as are the integer columns they go to.
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # What pydicom warns when a file ends inside an undefined-length element.
 _EOF_WARNING = "End of file reached before delimiter"
 # Secondary Capture Image Storage: how a JPEG photo is presented to DICOM tools.
@@ -357,13 +359,16 @@ def _uid(dataset: Dataset, keyword: str) -> str | None:
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:
+    """An IS/US value as int; None if absent, malformed, or outside IS's 32-bit range
+    (PostgreSQL's integer refuses it, so one odd header would fail the whole ingest)."""
     value = dataset.get(keyword)
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         return None
+    return number if _INT32_MIN <= number <= _INT32_MAX else None
 
 
 def parse_dicom_date(value: object) -> dt.date | None:
