@@ -21,7 +21,6 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from apps.radiology.errors import InvalidDicom, InvalidJpeg, TruncatedFile, UnsupportedFileType
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
@@ -36,6 +35,8 @@ BULK_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
 MAX_FRAGMENTS = 1_000_000
+# Explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
+LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 # First bytes of a JPEG (SOI) and a JPEG 2000 codestream (SOC): where a new frame starts.
 CODESTREAM_STARTS = (b"\xff\xd8", b"\xff\x4f")
 _BULK_SENTINEL = "pacs-lite:bulk"
@@ -166,9 +167,10 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
     with the fragments of each frame. Raises TruncatedFile if the element ends early.
     """
     is_image = all(keyword in dataset for keyword in ("Rows", "Columns", "BitsAllocated"))
-    transfer_syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", "") or ""))
-    endian = ">" if transfer_syntax == ExplicitVRBigEndian else "<"
-    implicit = transfer_syntax == ImplicitVRLittleEndian
+    # The encoding pydicom actually read the data set with (it infers one when the meta lacks it).
+    implicit, little_endian = dataset.original_encoding
+    endian = "<" if little_endian or little_endian is None else ">"
+    implicit = bool(implicit)
     handle.seek(position)
     head = handle.read(8)
     if len(head) < 8 or struct.unpack(f"{endian}HH", head[:4]) != (0x7FE0, 0x0010):
@@ -190,6 +192,7 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
         frames = _frame_count(dataset)
         if frame_length is not None and length < frame_length * frames:
             raise TruncatedFile()
+        _check_trailing_elements(handle, value_offset + length, file_size, endian=endian, implicit=implicit)
         return {
             "vr": vr,
             "offset": value_offset,
@@ -197,7 +200,8 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
             "encapsulated": False,
             "frame_length": frame_length,
         }
-    fragments, basic_offsets = _walk_items(handle, value_offset, file_size)
+    fragments, basic_offsets, end = _walk_items(handle, value_offset, file_size)
+    _check_trailing_elements(handle, end, file_size, endian=endian, implicit=implicit)
     return {
         "vr": vr,
         "offset": value_offset,
@@ -207,10 +211,33 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
     }
 
 
-def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+def _check_trailing_elements(handle: IO[bytes], position: int, file_size: int, *, endian: str, implicit: bool) -> None:
+    """Elements after the pixel data (usually trailing padding) must also end inside the file."""
+    while position < file_size:
+        handle.seek(position)
+        header = handle.read(8)
+        if len(header) < 8:
+            raise TruncatedFile()
+        if implicit:
+            length, value_offset = struct.unpack("<I", header[4:8])[0], position + 8
+        elif header[4:6] in LONG_LENGTH_VRS:
+            extra = handle.read(4)
+            if len(extra) < 4:
+                raise TruncatedFile()
+            length, value_offset = struct.unpack(f"{endian}I", extra)[0], position + 12
+        else:
+            length, value_offset = struct.unpack(f"{endian}H", header[6:8])[0], position + 8
+        if length == UNDEFINED_LENGTH:
+            return  # a sequence after the pixel data: rare, and not worth walking
+        if value_offset + length > file_size:
+            raise TruncatedFile()
+        position = value_offset + length
+
+
+def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tuple[int, int, int]], list[int], int]:
     """Walk the items of encapsulated pixel data (PS3.5 A.4): the basic offset table, then fragments.
 
-    Returns ([(item_start, data_offset, length), ...], basic offsets); raises TruncatedFile
+    Returns ([(item_start, data_offset, length), ...], basic offsets, end offset); raises TruncatedFile
     if the sequence delimiter is not reached inside the file.
     """
     fragments: list[tuple[int, int, int]] = []
@@ -224,7 +251,7 @@ def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tu
             raise TruncatedFile()
         group, element, length = struct.unpack("<HHI", header)
         if (group, element) == (0xFFFE, 0xE0DD):
-            return fragments, basic_offsets
+            return fragments, basic_offsets, position + 8
         if (group, element) != (0xFFFE, 0xE000) or length == UNDEFINED_LENGTH:
             raise InvalidDicom("The encapsulated pixel data is malformed.")
         data_offset = position + 8
@@ -256,7 +283,7 @@ def _fragments_by_frame(
     if len(basic_offsets) == frames:
         starts = set(basic_offsets)
         grouped: list[list[list[int]]] = []
-        for (item_start, data_offset, length) in fragments:
+        for item_start, data_offset, length in fragments:
             if item_start - first_item in starts or not grouped:
                 grouped.append([])
             grouped[-1].append([data_offset, length])

@@ -99,6 +99,8 @@ def pydicom_json_without_bulk(path: Path) -> dict[str, Any]:
 
     as_json = dataset.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=mark)
     as_json.pop(PIXEL_DATA_TAG, None)
+    # Data Set Trailing Padding follows the pixel data and "shall have no meaning" (PS3.5 7.2).
+    as_json.pop("FFFCFFFC", None)
     return _without_bulk(as_json)
 
 

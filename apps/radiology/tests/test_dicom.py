@@ -216,6 +216,8 @@ def test_parse_jpeg_reads_size_and_exif(tmp_path: Path) -> None:
     assert parsed.metadata == {
         "width": 320,
         "height": 240,
+        "mode": "RGB",
+        "progressive": False,
         "exif": {"Make": "PACS-lite demo camera", "Model": "Phone X1", "DateTime": "2026:01:15 10:00:00"},
     }
 
@@ -224,7 +226,7 @@ def test_parse_jpeg_without_exif(tmp_path: Path) -> None:
     path = tmp_path / "plain.jpg"
     Image.new("RGB", (16, 8), "white").save(path, format="JPEG")
     parsed = parse_image_file(path, JPEG_MIME_TYPE)
-    assert parsed.metadata == {"width": 16, "height": 8, "exif": {}}
+    assert parsed.metadata == {"width": 16, "height": 8, "mode": "RGB", "progressive": False, "exif": {}}
 
 
 def test_exif_text_with_nul_is_read_without_nul(tmp_path: Path) -> None:
