@@ -313,6 +313,21 @@ def test_nul_padded_header_text_is_stored_on_every_database(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(("value", "stored"), [("3000000000", None), ("2147483647", 2147483647), ("-5", -5)])
+def test_series_and_instance_numbers_outside_32_bits_are_dropped(
+    order: RadiologyOrder, ingest_file: IngestFile, value: str, stored: int | None
+) -> None:
+    """IS is 32-bit; a larger value would fail PostgreSQL's integer column (and the ingest)."""
+    content = edited_sample("CT_small.dcm", SeriesNumber=value, InstanceNumber=value)
+
+    image = ingest_file(order, content, filename="big.dcm").image
+
+    image = RadiologyImage.objects.select_related("series").get(pk=image.pk)
+    assert image.series.series_number == stored
+    assert image.instance_number == (1 if stored is None else stored)  # numbered in arrival order instead
+
+
+@pytest.mark.django_db
 def test_patient_snapshot_does_not_follow_later_emr_edits(order: RadiologyOrder, ingest_file: IngestFile) -> None:
     ingest_file(order, "CT_small.dcm")
     patient = order.visit.patient
