@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
@@ -65,6 +66,18 @@ class OptInLimitOffsetPagination(LimitOffsetPagination):
 
     default_limit = None
     max_limit = 1000
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """Either answer: the plain array (no ?limit=) or the page; links nullable the OAS 3.1 way.
+
+        DRF describes only the page, with OAS 3.0's `nullable`, which 3.1 (plain JSON Schema)
+        ignores, so a documented `"next": null` would not validate.
+        """
+        page = super().get_paginated_response_schema(schema)
+        for link in ("next", "previous"):
+            page["properties"][link].pop("nullable", None)
+            page["properties"][link]["type"] = ["string", "null"]
+        return {"oneOf": [schema, page]}
 
 
 @extend_schema_view(
