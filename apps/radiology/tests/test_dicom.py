@@ -25,6 +25,9 @@ from apps.radiology.errors import InvalidDicom, InvalidJpeg, RadiologyError, Tru
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
 from apps.radiology.tests.factories import edited_sample, pydicom_json_without_bulk, sample_bytes
 
+# pydicom's samples include a few non-conformant UIDs (rtdose.dcm) and so do tests on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
 PIXEL_DATA = "7FE00010"
 
 # name -> (modality, transfer syntax, frames, rows, columns)

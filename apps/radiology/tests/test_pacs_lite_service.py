@@ -59,6 +59,9 @@ from apps.radiology.tests.factories import (
 )
 from apps.radiology.uids import is_valid_uid
 
+# pydicom's samples include a few non-conformant UIDs (rtdose.dcm) and so do tests on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 CT_SERIES = "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322"
 CT_IMAGE = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
@@ -789,6 +792,46 @@ def test_row_failure_on_a_later_image_keeps_the_earlier_ones(
     assert row_counts() == (1, 1, 1)
     assert stored_keys() == [first.file_key]
     assert read_stored(first.file_key) == first_bytes
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("winner", ["same-bytes", "other-bytes"])
+def test_losing_a_race_for_the_same_image_uid_leaves_only_the_winner(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, monkeypatch: pytest.MonkeyPatch, winner: str
+) -> None:
+    """Another request stores the same image UID between our checks and our rows.
+
+    Our write lands beside the winner's object (never over it); our row then fails the
+    unique image_uid, our object is removed, and the answer is the winner's image (same
+    bytes) or ImageConflict (other bytes).
+    """
+    ours = sample_bytes("CT_small.dcm")
+    theirs = ours if winner == "same-bytes" else edited_sample("CT_small.dcm", SeriesDescription="Other bytes")
+    real_save = storage.save_new_object
+    winners: list[RadiologyImage] = []
+    our_keys: list[str] = []
+
+    def save_after_the_other_request(key: str, content: Any, *, content_type: str) -> str:
+        monkeypatch.setattr(storage, "save_new_object", real_save)
+        winners.append(ingest_file(order, theirs, filename="CT_small.dcm").image)
+        our_keys.append(real_save(key, content, content_type=content_type))
+        return our_keys[-1]
+
+    monkeypatch.setattr(storage, "save_new_object", save_after_the_other_request)
+
+    if winner == "same-bytes":
+        result = ingest_file(order, ours, filename="CT_small.dcm")
+        assert result.created is False
+        assert result.image.pk == winners[0].pk
+    else:
+        with pytest.raises(ImageConflict):
+            ingest_file(order, ours, filename="CT_small.dcm")
+
+    assert len(our_keys) == 1
+    assert our_keys[0] != winners[0].file_key  # written beside the winner's object, then removed
+    assert row_counts() == (1, 1, 1)
+    assert stored_keys() == [winners[0].file_key]
+    assert read_stored(winners[0].file_key) == theirs
 
 
 # --- the seed's study and series calls -------------------------------------------------------------
