@@ -7,3 +7,10 @@ class RadiologyConfig(AppConfig):
     name = "apps.radiology"
     label = "radiology"
     verbose_name = "Radiology (PACS-lite)"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from apps.radiology.db_triggers import ensure_immutability_triggers
+
+        post_migrate.connect(ensure_immutability_triggers, sender=self)

@@ -81,6 +81,8 @@ class RadiologyStudy(models.Model):
     accession_number = models.CharField(max_length=16, blank=True)
     referring_physician_name = models.CharField(max_length=255, blank=True)
     patient_name = models.CharField(max_length=255, blank=True)
+    # The same snapshot in DICOM Person Name form (Family^Given), for DICOMweb answers.
+    patient_dicom_name = models.CharField(max_length=255, blank=True)
     patient_id = models.CharField(max_length=64, blank=True)
     patient_birth_date = models.DateField(null=True, blank=True)
     patient_sex = models.CharField(max_length=16, blank=True)
@@ -158,6 +160,10 @@ class RadiologyImage(models.Model):
     mime_type = models.CharField(max_length=64)
     checksum = models.CharField(max_length=64, help_text="SHA-256 of the stored bytes, hex, computed server-side")
     image_metadata = models.JSONField(default=dict, blank=True)
+    # Where the pixel data, each frame and other bulk elements lie in the stored file (from
+    # ingest), so DICOMweb serves frames and bulk data by byte range without re-parsing.
+    pixel_data = models.JSONField(default=dict, blank=True)
+    bulk_data = models.JSONField(default=dict, blank=True)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="radiology_images"
     )

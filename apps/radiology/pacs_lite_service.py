@@ -70,6 +70,8 @@ class DeclaredImage:
     series_number: int | None = None
     instance_number: int | None = None
     modality: str = ""
+    # A JPEG that is a photograph of a film (ConversionType "DF") rather than a screen capture ("SI").
+    photographed_film: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class PACSLiteService:
                     study_date=study_date or timezone.localdate(),
                     accession_number=extra.pop("accession_number", "") or radiology_order.accession_number,
                     patient_name=patient.full_name,
+                    patient_dicom_name=patient.dicom_name,
                     patient_id=patient.hospital_number,
                     patient_birth_date=patient.date_of_birth,
                     patient_sex=patient.sex,
@@ -415,6 +418,15 @@ def _create_rows(
             file_size=spooled.size,
             mime_type=spooled.mime_type,
             checksum=spooled.checksum,
-            image_metadata=parsed.metadata,
+            image_metadata=_image_metadata(parsed, declared),
+            pixel_data=parsed.pixel_data,
+            bulk_data=parsed.bulk_data,
             uploaded_by=uploaded_by,
         )
+
+
+def _image_metadata(parsed: ParsedImage, declared: DeclaredImage) -> dict[str, Any]:
+    """The header JSON of a DICOM file; for a JPEG, its EXIF plus how it was made (ConversionType)."""
+    if parsed.mime_type == DICOM_MIME_TYPE:
+        return parsed.metadata
+    return {**parsed.metadata, "conversion_type": "DF" if declared.photographed_film else "SI"}

@@ -9,13 +9,17 @@ Filesystem (default) or S3/MinIO. Two rules hold on both:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
@@ -192,3 +196,56 @@ def object_size(key: str) -> int | None:
         return None
     except (OSError, BotoCoreError, ClientError) as exc:
         raise StorageFailure() from exc
+
+
+def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield `length` bytes of a stored object from `offset`: a seek on disk, a ranged GET on S3.
+
+    Frames and bulk data are served this way, so a frame of a large multi-frame object never
+    downloads or reads the rest of it.
+    """
+    if length <= 0:
+        return
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            response = store.connection.meta.client.get_object(
+                Bucket=store.bucket_name,
+                Key=store._normalize_name(key),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+            yield from response["Body"].iter_chunks(chunk_size)
+            return
+        with store.open(key, "rb") as handle:
+            handle.seek(offset)
+            remaining = length
+            while remaining > 0 and (chunk := handle.read(min(chunk_size, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+    except FileNotFoundError as exc:
+        raise StorageFailure(f"Stored object {key} is missing.") from exc
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def read_object_range(key: str, offset: int, length: int) -> bytes:
+    """Bytes of one small range (a frame, a bulk element) of a stored object."""
+    return b"".join(iter_object_range(key, offset, length))
+
+
+@contextlib.contextmanager
+def local_path(key: str) -> Iterator[Path]:
+    """A path on local disk holding the object: the file itself on the filesystem backend,
+    a streamed temporary copy on S3 (for decoders that need a seekable file)."""
+    store = radiology_storage()
+    if not isinstance(store, S3Storage):
+        yield Path(store.path(key))
+        return
+    settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix="pacs-object-", dir=settings.RADIOLOGY_STAGING_DIR) as copy:
+        try:
+            store.connection.meta.client.download_fileobj(store.bucket_name, store._normalize_name(key), copy)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageFailure() from exc
+        copy.flush()
+        yield Path(copy.name)

@@ -1,0 +1,52 @@
+"""Keep the image-immutability triggers in place after every migrate.
+
+Migration 0002 creates them, but SQLite applies many schema changes by rebuilding the
+table, which silently drops its triggers. A post_migrate hook re-creates them
+(idempotently) so the guard survives any future migration on either database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections
+
+GUARDED_COLUMNS = ("series_id", "image_uid", "file_key", "file_size", "checksum")
+TABLE = "radiology_radiologyimage"
+
+POSTGRES_SQL = f"""
+CREATE OR REPLACE FUNCTION radiology_image_immutable() RETURNS trigger AS $$
+BEGIN
+    IF {" OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in GUARDED_COLUMNS)} THEN
+        RAISE EXCEPTION 'radiology images are immutable' USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS radiology_image_immutable ON {TABLE};
+CREATE TRIGGER radiology_image_immutable BEFORE UPDATE ON {TABLE}
+    FOR EACH ROW EXECUTE FUNCTION radiology_image_immutable();
+"""
+SQLITE_STATEMENTS = (
+    "DROP TRIGGER IF EXISTS radiology_image_immutable",
+    f"""
+CREATE TRIGGER radiology_image_immutable BEFORE UPDATE OF {", ".join(GUARDED_COLUMNS)} ON {TABLE}
+FOR EACH ROW WHEN {" OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in GUARDED_COLUMNS)}
+BEGIN
+    SELECT RAISE(ABORT, 'radiology images are immutable');
+END
+""",
+)
+
+
+def ensure_immutability_triggers(using: str = "default", **_kwargs: Any) -> None:
+    """(Re)create the triggers on the database `using`, if the images table exists."""
+    connection = connections[using]
+    if TABLE not in connection.introspection.table_names():
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(POSTGRES_SQL)
+        elif connection.vendor == "sqlite":
+            for statement in SQLITE_STATEMENTS:
+                cursor.execute(statement)
