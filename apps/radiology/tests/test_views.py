@@ -297,6 +297,9 @@ def test_session_writes_are_refused_by_csrf_before_the_method_check(doctor: Abst
 
 ENDPOINTS = ["studies-list", "study-detail", "study-images", "study-viewer-url", "image-url"]
 ROLES = ["anonymous", "nurse", "doctor", "radtech", "superuser"]
+# Each signed-in role by API token and by session (the test client skips CSRF, as a
+# browser sending its CSRF token would pass it; see the CSRF test above).
+ROLE_AUTH = [("anonymous", "none")] + [(role, auth) for role in ROLES[1:] for auth in ("token", "session")]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 TOP_LEVEL_KEYS: dict[str, set[str] | None] = {
     "studies-list": None,  # a plain list of studies
@@ -317,19 +320,31 @@ def _endpoint_url(endpoint: str, study: RadiologyStudy, image: RadiologyImage) -
     }[endpoint]
 
 
+def _client_for(request: pytest.FixtureRequest, role: str, auth: str) -> Client:
+    if auth == "none":
+        return Client()
+    user = request.getfixturevalue(role)
+    if auth == "token":
+        return token_client(user)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(("role", "auth"), ROLE_AUTH)
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_role_endpoint_method_matrix(
     request: pytest.FixtureRequest,
     study_with_image: tuple[RadiologyStudy, RadiologyImage],
     endpoint: str,
     role: str,
+    auth: str,
     method: str,
 ) -> None:
     """Anonymous 401 and nurse 403 come before the method check; readers get 200 or 405."""
     study, image = study_with_image
-    client = Client() if role == "anonymous" else token_client(request.getfixturevalue(role))
+    client = _client_for(request, role, auth)
     tokens_before = ViewerToken.objects.count()
 
     response = client.generic(
