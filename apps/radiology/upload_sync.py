@@ -193,13 +193,29 @@ def _stage_chunk(upload: RadiologyUpload, body: IO[bytes] | None, start: int, en
             raise IncompleteBody(received_bytes=upload.received_bytes)
         spool.seek(0)
         key = _chunk_key(upload, start)
-        # Only an orphan of an interrupted attempt at this same offset can be here.
+        # `upload` was read when the request began; while its body streamed in, a concurrent
+        # copy of this request may have counted this range. Its chunk sits at `key`: look
+        # again before deleting anything there.
+        current = RadiologyUpload.objects.get(pk=upload.pk)
+        if current.status != RadiologyUpload.Status.PENDING or current.received_bytes != start:
+            raise UploadRangeMismatch(received_bytes=current.received_bytes)
+        # Nothing counted sits at `key`: only an orphan of an interrupted attempt at this offset
+        # (or the object of a copy of this request still in flight, with the same range).
         storage.delete_object(key)
         stored_key = storage.save_new_object(key, spool, content_type="application/octet-stream")
     with transaction.atomic():
         current = RadiologyUpload.objects.select_for_update().get(pk=upload.pk)
         if current.status != RadiologyUpload.Status.PENDING or current.received_bytes != start:
-            # A replayed request lost the race; the winner's chunk holds the same range.
+            # A concurrent copy of this request was counted first. Our object is the counted
+            # chunk only if it sits at the key of a recorded offset of a pending upload;
+            # otherwise nothing would ever delete it.
+            counted = (
+                stored_key == key
+                and current.status == RadiologyUpload.Status.PENDING
+                and start in current.chunk_offsets
+            )
+            if not counted:
+                storage.delete_object(stored_key)
             raise UploadRangeMismatch(received_bytes=current.received_bytes)
         if stored_key != key:
             storage.delete_object(stored_key)
