@@ -31,6 +31,7 @@ from django.utils import timezone
 from apps.radiology import storage
 from apps.radiology.errors import (
     ChecksumMismatch,
+    EmptyFile,
     FileTooLarge,
     IncompleteBody,
     InvalidContentRange,
@@ -245,11 +246,14 @@ def _ingest(upload: RadiologyUpload, stream: IO[bytes]) -> RadiologyUpload:
             expected_size=upload.file_size,
             expected_checksum=upload.checksum,
         )
-    except (SizeMismatch, ChecksumMismatch):
+    except (SizeMismatch, ChecksumMismatch, EmptyFile) as error:
         upload.refresh_from_db()
         if upload.status == RadiologyUpload.Status.COMPLETED:
             return upload  # a concurrent request finished it and cleared the chunks we were reading
         _reset(upload)
+        if isinstance(error, EmptyFile):
+            # file_size >= 1 was declared: no bytes at all is a lost body, not a bad file.
+            raise SizeMismatch() from error
         raise
     except StorageFailure:
         raise  # transient: keep the chunks, the device retries
