@@ -245,11 +245,7 @@ class PACSLiteService:
         storage.safe_filename(filename)  # refuse an unusable name before reading any bytes
         settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-") as spool_file:
-            spooled = _spool(stream, spool_file)
-            if expected_size is not None and spooled.size != expected_size:
-                raise SizeMismatch()
-            if expected_checksum is not None and spooled.checksum != expected_checksum.lower():
-                raise ChecksumMismatch()
+            spooled = _spool(stream, spool_file, expected_size=expected_size, expected_checksum=expected_checksum)
             parsed = parse_image_file(spooled.path, spooled.mime_type)
             uids = _resolve_uids(parsed, declared, order=order, checksum=spooled.checksum)
             existing = _existing_image(uids.image_uid, spooled.checksum, order)
@@ -284,14 +280,22 @@ class PACSLiteService:
         return IngestResult(image=image, created=True)
 
 
-def _spool(stream: IO[bytes], spool_file: IO[bytes]) -> _Spooled:
-    """Copy the stream to disk in chunks, hashing as it goes; decide the type from the head."""
+def _spool(
+    stream: IO[bytes], spool_file: IO[bytes], *, expected_size: int | None, expected_checksum: str | None
+) -> _Spooled:
+    """Copy the stream to disk in chunks, hashing as it goes; then check it against what was declared.
+
+    Order of refusals: more bytes than declared (stop reading at once), fewer, another
+    checksum; then an empty file; then a type that is neither DICOM nor JPEG.
+    """
     digest = hashlib.sha256()
     size = 0
     head = b""
     limit = settings.RADIOLOGY_MAX_UPLOAD_SIZE
     while chunk := stream.read(storage.STREAM_CHUNK_SIZE):
         size += len(chunk)
+        if expected_size is not None and size > expected_size:
+            raise SizeMismatch()
         if size > limit:
             raise FileTooLarge()
         if len(head) < SNIFF_LENGTH:
@@ -299,9 +303,14 @@ def _spool(stream: IO[bytes], spool_file: IO[bytes]) -> _Spooled:
         digest.update(chunk)
         spool_file.write(chunk)
     spool_file.flush()
+    if expected_size is not None and size != expected_size:
+        raise SizeMismatch()
+    checksum = digest.hexdigest()
+    if expected_checksum is not None and checksum != expected_checksum.lower():
+        raise ChecksumMismatch()
     if size == 0:
         raise EmptyFile()
-    return _Spooled(path=Path(spool_file.name), size=size, checksum=digest.hexdigest(), mime_type=sniff_mime_type(head))
+    return _Spooled(path=Path(spool_file.name), size=size, checksum=checksum, mime_type=sniff_mime_type(head))
 
 
 def _resolve_uids(
