@@ -42,11 +42,13 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "storages",
+    "corsheaders",
     "apps.emr",
     "apps.radiology",
 ]
 
 MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -192,6 +194,23 @@ RADIOLOGY_UPLOAD_STALE_HOURS = env_int("RADIOLOGY_UPLOAD_STALE_HOURS", 72, minim
 OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://localhost:3000/viewer")
 # Absolute base of links handed out (signed image URLs); empty means "from the request".
 PACS_PUBLIC_URL = (env_str("PACS_PUBLIC_URL") or "").rstrip("/")
+
+
+# CORS for the viewer's origin on DICOMweb only (OHIF runs on its own origin and sends
+# Authorization: Bearer, which needs a preflight answered without credentials).
+def _origin_of(url: str | None) -> list[str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or "")
+    return [f"{parts.scheme}://{parts.netloc}"] if parts.scheme and parts.netloc else []
+
+
+CORS_ALLOWED_ORIGINS = env_list("RADIOLOGY_CORS_ORIGINS", _origin_of(OHIF_VIEWER_URL))
+CORS_URLS_REGEX = r"^/api/v1/radiology/dicomweb/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_METHODS = ["GET", "OPTIONS", "POST"]
+CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Content-Location"]
+CORS_PREFLIGHT_MAX_AGE = 86400
 
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 

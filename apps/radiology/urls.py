@@ -1,6 +1,6 @@
 """Routes under /api/v1/radiology/."""
 
-from django.urls import path
+from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from apps.radiology import file_views, upload_views, views
@@ -14,5 +14,6 @@ router.register("uploads", upload_views.UploadViewSet, basename="upload")
 
 urlpatterns = [
     path("files/<int:image_id>/<str:filename>", file_views.signed_image, name="signed-image"),
+    path("dicomweb/", include("apps.radiology.dicomweb.urls")),
     *router.urls,
 ]

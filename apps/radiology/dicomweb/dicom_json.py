@@ -1,0 +1,196 @@
+"""DICOM JSON (PS3.18 F) for studies, series and instances, built from what ingest stored.
+
+Nothing here opens an image file: study and series attributes come from their rows, an
+instance's from the header JSON saved at ingest, with bulk data given as BulkDataURI.
+A stored JPEG is presented as a Secondary Capture instance whose single frame is the
+JPEG itself, marked as a converted photo (ConversionType, LossyImageCompression "01").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from apps.radiology import storage
+from apps.radiology.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+
+PIXEL_DATA = "7FE00010"
+
+
+def element(vr: str, *values: Any) -> dict[str, Any]:
+    """One DICOM JSON attribute; empty values give an attribute with no Value (present, empty)."""
+    present = [value for value in values if value not in (None, "")]
+    if not present:
+        return {"vr": vr}
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": str(value)} for value in present]}
+    return {"vr": vr, "Value": present}
+
+
+def da(value: dt.date | None) -> str | None:
+    return value.strftime("%Y%m%d") if value else None
+
+
+def tm(value: dt.time | None) -> str | None:
+    if value is None:
+        return None
+    return value.strftime("%H%M%S.%f") if value.microsecond else value.strftime("%H%M%S")
+
+
+def study_attributes(
+    study: RadiologyStudy, *, modalities: list[str], series_count: int, instance_count: int, retrieve_url: str
+) -> dict[str, Any]:
+    """Study-level attributes (what OHIF's study list and its study query read)."""
+    return {
+        "00080005": element("CS", "ISO_IR 192"),
+        "00080020": element("DA", da(study.study_date)),
+        "00080030": element("TM", tm(study.study_time)),
+        "00080050": element("SH", study.accession_number),
+        "00080056": element("CS", "ONLINE"),
+        "00080061": element("CS", *modalities),
+        "00080090": element("PN", study.referring_physician_name),
+        "00081030": element("LO", study.study_description),
+        "00081190": element("UR", retrieve_url),
+        "00100010": element("PN", study.patient_dicom_name or study.patient_name),
+        "00100020": element("LO", study.patient_id),
+        "00100030": element("DA", da(study.patient_birth_date)),
+        "00100040": element("CS", study.patient_sex),
+        "0020000D": element("UI", study.study_uid),
+        "00200010": element("SH", study.accession_number),
+        "00201206": element("IS", series_count),
+        "00201208": element("IS", instance_count),
+    }
+
+
+def series_attributes(
+    series: RadiologySeries, *, study_uid: str, instance_count: int, retrieve_url: str
+) -> dict[str, Any]:
+    """Series-level attributes."""
+    return {
+        "00080005": element("CS", "ISO_IR 192"),
+        "00080021": element("DA", da(series.series_date)),
+        "00080031": element("TM", tm(series.series_time)),
+        "00080060": element("CS", series.modality),
+        "0008103E": element("LO", series.series_description),
+        "00081190": element("UR", retrieve_url),
+        "00180015": element("CS", series.body_part_examined),
+        "0020000D": element("UI", study_uid),
+        "0020000E": element("UI", series.series_uid),
+        "00200011": element("IS", series.series_number),
+        "00201209": element("IS", instance_count),
+    }
+
+
+def instance_attributes(
+    image: RadiologyImage, *, study_uid: str, series_uid: str, modality: str, retrieve_url: str
+) -> dict[str, Any]:
+    """Instance-level attributes of a QIDO answer."""
+    return {
+        "00080016": element("UI", image.sop_class_uid),
+        "00080018": element("UI", image.image_uid),
+        "00080060": element("CS", modality),
+        "00081190": element("UR", retrieve_url),
+        "00083002": element("UI", image.transfer_syntax_uid),
+        "0020000D": element("UI", study_uid),
+        "0020000E": element("UI", series_uid),
+        "00200013": element("IS", image.instance_number),
+        "00280008": element("IS", image.number_of_frames),
+        "00280010": element("US", image.rows),
+        "00280011": element("US", image.columns),
+    }
+
+
+def instance_metadata(
+    image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries, instance_url: str
+) -> dict[str, Any]:
+    """The full metadata of one instance, bulk data as BulkDataURI (never inline)."""
+    if image.is_dicom:
+        metadata = dict(image.image_metadata)
+    else:
+        metadata = jpeg_secondary_capture(image, study=study, series=series)
+    for tag, location in (image.bulk_data or {}).items():
+        metadata[tag] = {"vr": location["vr"], "BulkDataURI": f"{instance_url}/bulk/{tag}"}
+    if image.pixel_data:
+        metadata[PIXEL_DATA] = {
+            "vr": image.pixel_data.get("vr", "OB"),
+            "BulkDataURI": f"{instance_url}/bulk/{PIXEL_DATA}",
+        }
+    return dict(sorted(metadata.items()))
+
+
+def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries) -> dict[str, Any]:
+    """A stored JPEG as a Secondary Capture instance (without its pixel data)."""
+    colour = image.image_metadata.get("mode", "RGB") != "L"
+    conversion = image.image_metadata.get("conversion_type", "SI")
+    attributes = {
+        "00080005": element("CS", "ISO_IR 192"),
+        "00080016": element("UI", SECONDARY_CAPTURE_SOP_CLASS),
+        "00080018": element("UI", image.image_uid),
+        "00080020": element("DA", da(study.study_date)),
+        "00080030": element("TM", tm(study.study_time)),
+        "00080050": element("SH", study.accession_number),
+        "00080060": element("CS", series.modality or "OT"),
+        "00080064": element("CS", conversion),
+        "00080090": element("PN", study.referring_physician_name),
+        "00081030": element("LO", study.study_description),
+        "0008103E": element("LO", series.series_description),
+        "00100010": element("PN", study.patient_dicom_name or study.patient_name),
+        "00100020": element("LO", study.patient_id),
+        "00100030": element("DA", da(study.patient_birth_date)),
+        "00100040": element("CS", study.patient_sex),
+        "0020000D": element("UI", study.study_uid),
+        "0020000E": element("UI", series.series_uid),
+        "00200011": element("IS", series.series_number),
+        "00200013": element("IS", image.instance_number),
+        "00280002": element("US", 3 if colour else 1),
+        "00280004": element("CS", "YBR_FULL_422" if colour else "MONOCHROME2"),
+        "00280008": element("IS", 1),
+        "00280010": element("US", image.rows),
+        "00280011": element("US", image.columns),
+        "00280100": element("US", 8),
+        "00280101": element("US", 8),
+        "00280102": element("US", 7),
+        "00280103": element("US", 0),
+        "00282110": element("CS", "01"),
+        "00282114": element("CS", "ISO_10918_1"),
+    }
+    if colour:
+        attributes["00280006"] = element("US", 0)
+    return attributes
+
+
+def jpeg_as_part10(
+    image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries
+) -> tuple[int, Iterator[bytes]]:
+    """A DICOM Part 10 file wrapping a stored JPEG unchanged (JPEG Baseline, one fragment).
+
+    Returns (total length, byte stream); the JPEG bytes stream from storage.
+    """
+    dataset = Dataset.from_json(jpeg_secondary_capture(image, study=study, series=series))
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
+    dataset.file_meta.MediaStorageSOPInstanceUID = image.image_uid
+    dataset.file_meta.TransferSyntaxUID = JPEG_BASELINE_TRANSFER_SYNTAX
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    padded = image.file_size + (image.file_size % 2)
+    header = buffer.getvalue() + (
+        b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
+        + b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # empty basic offset table
+        + b"\xfe\xff\x00\xe0"
+        + padded.to_bytes(4, "little")  # the one fragment: the JPEG
+    )
+    trailer = (b"\x00" if image.file_size % 2 else b"") + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+    def chunks() -> Iterator[bytes]:
+        yield header
+        yield from storage.iter_object_chunks(image.file_key)
+        yield trailer
+
+    return len(header) + image.file_size + len(trailer), chunks()

@@ -1,0 +1,322 @@
+"""QIDO-RS searches for studies, series and instances, answered from the database alone.
+
+Matching (PS3.18 8.3.4, the subset OHIF and common clients send): UID lists, exact PatientID,
+AccessionNumber and Modality, PatientName with * and ? (case-insensitive), StudyDate as a
+date or a range, ModalitiesInStudy; limit/offset; includefield (tags, keywords or "all").
+A fixed number of queries whatever the number of results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+from apps.radiology.errors import RadiologyError
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.signing import ViewerGrant
+
+from .dicom_json import instance_attributes, series_attributes, study_attributes
+
+MAX_LIMIT = 1000
+_DATE = re.compile(r"^\d{8}$")
+
+
+class InvalidQuery(RadiologyError):
+    code = "invalid_query"
+    default_detail = "The search has an invalid parameter."
+
+
+@dataclass
+class SearchQuery:
+    """The parsed query string of a QIDO request."""
+
+    filters: dict[str, list[str]] = field(default_factory=dict)
+    include_fields: set[str] = field(default_factory=set)
+    include_all: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+
+def _keyword(name: str) -> str:
+    """A query key as a DICOM keyword: 'PatientID' and '00100020' are the same key."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        return keyword_for_tag(int(name, 16)) or name.upper()
+    return name
+
+
+def _tag(name: str) -> str | None:
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    return f"{tag:08X}" if tag is not None else None
+
+
+def parse_search(params: Any) -> SearchQuery:
+    """Read filters, includefield, limit and offset from a QueryDict."""
+    query = SearchQuery()
+    for key in params:
+        values = [value for raw in params.getlist(key) for value in raw.split(",") if value != ""]
+        lowered = key.lower()
+        if lowered == "includefield":
+            for value in values:
+                if value.lower() == "all":
+                    query.include_all = True
+                elif (tag := _tag(value)) is not None:
+                    query.include_fields.add(tag)
+        elif lowered in ("limit", "offset"):
+            raw = params.get(key, "")
+            if not raw.isdigit():
+                raise InvalidQuery(f"{key} must be a non-negative integer.")
+            if lowered == "limit":
+                query.limit = min(int(raw), MAX_LIMIT)
+            else:
+                query.offset = int(raw)
+        elif lowered in ("fuzzymatching", "format"):
+            continue
+        elif values:
+            query.filters[_keyword(key)] = values
+    return query
+
+
+def _wildcard_regex(pattern: str) -> str:
+    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+
+
+def _date_range(value: str) -> tuple[dt.date | None, dt.date | None]:
+    start, dash, end = value.partition("-")
+    for part in (start, end):
+        if part and not _DATE.match(part):
+            raise InvalidQuery("StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD.")
+
+    def as_date(text: str) -> dt.date | None:
+        try:
+            return dt.datetime.strptime(text, "%Y%m%d").date() if text else None  # noqa: DTZ007 (a date)
+        except ValueError:
+            raise InvalidQuery("StudyDate is not a valid date.") from None
+
+    if not dash:
+        return as_date(start), as_date(start)
+    return as_date(start), as_date(end)
+
+
+def _study_q(filters: dict[str, list[str]], prefix: str = "") -> Q:
+    """Conditions on study attributes; `prefix` reaches the study from series or images."""
+    condition = Q()
+    if values := filters.get("StudyInstanceUID"):
+        condition &= Q(**{f"{prefix}study_uid__in": values})
+    if values := filters.get("PatientID"):
+        condition &= Q(**{f"{prefix}patient_id": values[0]})
+    if values := filters.get("AccessionNumber"):
+        condition &= Q(**{f"{prefix}accession_number": values[0]})
+    if values := filters.get("PatientName"):
+        regex = _wildcard_regex(values[0])
+        condition &= Q(**{f"{prefix}patient_dicom_name__iregex": regex}) | Q(**{f"{prefix}patient_name__iregex": regex})
+    if values := filters.get("StudyDate"):
+        start, end = _date_range(values[0])
+        if start:
+            condition &= Q(**{f"{prefix}study_date__gte": start})
+        if end:
+            condition &= Q(**{f"{prefix}study_date__lte": end})
+    if values := filters.get("ModalitiesInStudy"):
+        series_prefix = f"{prefix}series__" if prefix else "series__"
+        condition &= Q(**{f"{series_prefix}modality__in": values})
+    return condition
+
+
+def _series_q(filters: dict[str, list[str]], prefix: str = "") -> Q:
+    condition = Q()
+    if values := filters.get("SeriesInstanceUID"):
+        condition &= Q(**{f"{prefix}series_uid__in": values})
+    if values := filters.get("Modality"):
+        condition &= Q(**{f"{prefix}modality__in": values})
+    if values := filters.get("SeriesNumber"):
+        if not values[0].lstrip("-").isdigit():
+            raise InvalidQuery("SeriesNumber must be an integer.")
+        condition &= Q(**{f"{prefix}series_number": int(values[0])})
+    return condition
+
+
+def _instance_q(filters: dict[str, list[str]]) -> Q:
+    condition = Q()
+    if values := filters.get("SOPInstanceUID"):
+        condition &= Q(image_uid__in=values)
+    if values := filters.get("SOPClassUID"):
+        condition &= Q(sop_class_uid__in=values)
+    if values := filters.get("InstanceNumber"):
+        if not values[0].lstrip("-").isdigit():
+            raise InvalidQuery("InstanceNumber must be an integer.")
+        condition &= Q(instance_number=int(values[0]))
+    return condition
+
+
+def _page(queryset: QuerySet[Any], query: SearchQuery) -> list[Any]:
+    end = query.offset + query.limit if query.limit is not None else None
+    return list(queryset[query.offset : end])
+
+
+def _select(attributes: dict[str, Any], extra: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
+    """Attributes of the level, plus what includefield asks for from `extra`."""
+    result = dict(attributes)
+    if query.include_all:
+        for tag, value in extra.items():
+            result.setdefault(tag, value)
+    else:
+        for tag in query.include_fields:
+            if tag in extra:
+                result.setdefault(tag, extra[tag])
+    return dict(sorted(result.items()))
+
+
+UrlMaker = Callable[..., str]
+
+
+def search_studies(query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker) -> list[dict[str, Any]]:
+    studies = RadiologyStudy.objects.filter(_study_q(query.filters))
+    if grant is not None:
+        studies = studies.filter(pk=grant.study_id)
+    studies = (
+        studies.distinct()
+        .annotate(
+            series_total=Count("series", distinct=True),
+            instance_total=Count("series__images", distinct=True),
+        )
+        .order_by("-created_at", "-id")
+    )
+    page = _page(studies, query)
+    modalities = _modalities_by_study([study.pk for study in page])
+    return [
+        _select(
+            study_attributes(
+                study,
+                modalities=modalities.get(study.pk, []),
+                series_count=study.series_total,
+                instance_count=study.instance_total,
+                retrieve_url=url(study.study_uid),
+            ),
+            {},
+            query,
+        )
+        for study in page
+    ]
+
+
+def _modalities_by_study(study_ids: list[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = defaultdict(list)
+    rows = (
+        RadiologySeries.objects.filter(study_id__in=study_ids)
+        .exclude(modality="")
+        .values_list("study_id", "modality")
+        .distinct()
+        .order_by("study_id", "modality")
+    )
+    for study_id, modality in rows:
+        found[study_id].append(modality)
+    return found
+
+
+def search_series(
+    query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker, study_uid: str | None = None
+) -> list[dict[str, Any]]:
+    series = RadiologySeries.objects.filter(_series_q(query.filters) & _study_q(query.filters, "study__"))
+    if study_uid is not None:
+        series = series.filter(study__study_uid=study_uid)
+    if grant is not None:
+        series = series.filter(study_id=grant.study_id)
+    series = (
+        series.select_related("study")
+        .annotate(instance_total=Count("images", distinct=True))
+        .order_by("study_id", "series_number", "id")
+    )
+    page = _page(series, query)
+    modalities = _modalities_by_study(list({item.study_id for item in page})) if query.include_all else {}
+    results = []
+    for item in page:
+        study = item.study
+        extra = (
+            study_attributes(
+                study,
+                modalities=modalities.get(study.pk, []),
+                series_count=0,
+                instance_count=0,
+                retrieve_url=url(study.study_uid),
+            )
+            if query.include_all or query.include_fields
+            else {}
+        )
+        for counted in ("00201206", "00201208"):
+            extra.pop(counted, None)  # study counts are not computed at series level
+        results.append(
+            _select(
+                series_attributes(
+                    item,
+                    study_uid=study.study_uid,
+                    instance_count=item.instance_total,
+                    retrieve_url=url(study.study_uid, item.series_uid),
+                ),
+                extra,
+                query,
+            )
+        )
+    return results
+
+
+def search_instances(
+    query: SearchQuery,
+    *,
+    grant: ViewerGrant | None,
+    url: UrlMaker,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> list[dict[str, Any]]:
+    images = RadiologyImage.objects.filter(
+        _instance_q(query.filters) & _series_q(query.filters, "series__") & _study_q(query.filters, "series__study__")
+    )
+    if study_uid is not None:
+        images = images.filter(series__study__study_uid=study_uid)
+    if series_uid is not None:
+        images = images.filter(series__series_uid=series_uid)
+    if grant is not None:
+        images = images.filter(series__study_id=grant.study_id)
+    wants_metadata = query.include_all or bool(query.include_fields)
+    images = images.select_related("series__study").order_by(
+        "series__series_number", "series_id", "instance_number", "id"
+    )
+    if not wants_metadata:
+        images = images.defer("image_metadata")
+    page = _page(images, query)
+    results = []
+    for image in page:
+        series = image.series
+        study = series.study
+        extra: dict[str, Any] = {}
+        if wants_metadata:
+            extra = {
+                **(image.image_metadata if image.is_dicom else {}),
+                **series_attributes(series, study_uid=study.study_uid, instance_count=0, retrieve_url=""),
+            }
+            extra.pop("00201209", None)
+            extra.pop("00081190", None)
+            extra = {
+                tag: value for tag, value in extra.items() if "BulkDataURI" not in value and "InlineBinary" not in value
+            }
+        results.append(
+            _select(
+                instance_attributes(
+                    image,
+                    study_uid=study.study_uid,
+                    series_uid=series.series_uid,
+                    modality=series.modality,
+                    retrieve_url=url(study.study_uid, series.series_uid, image.image_uid),
+                ),
+                extra,
+                query,
+            )
+        )
+    return results

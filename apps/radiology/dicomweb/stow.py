@@ -1,0 +1,147 @@
+"""STOW-RS: store the DICOM parts of a multipart/related request through the one ingest path.
+
+Which order an instance goes to: `?radiology_order_id=` when given (it wins, for every
+part); otherwise the order whose accession number equals the instance's AccessionNumber.
+Good instances are stored even when others fail; the answer lists both (PS3.18 10.5):
+200 all stored, 202 some failed, 409 none stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from django.contrib.auth.models import AbstractBaseUser
+
+from apps.radiology import errors
+from apps.radiology.errors import OrderNotFound, RadiologyError
+from apps.radiology.models import RadiologyOrder
+from apps.radiology.pacs_lite_service import PACSLiteService
+
+from .dicom_json import element
+from .multipart import ReceivedPart
+
+logger = logging.getLogger(__name__)
+
+# Failure Reason (0008,1197) values, PS3.4 Annex C / PS3.18 Table 10.5.3-1.
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+STUDY_UID_MISMATCH = 0xC122  # the instance's study is not the study named in the URL
+
+_REASONS: dict[type[RadiologyError], int] = {
+    errors.ImageConflict: DUPLICATE_SOP_INSTANCE,
+    errors.StudyMismatch: DATA_SET_DOES_NOT_MATCH,
+    errors.StudyConflict: DATA_SET_DOES_NOT_MATCH,
+    errors.SeriesConflict: DATA_SET_DOES_NOT_MATCH,
+    errors.UIDMismatch: DATA_SET_DOES_NOT_MATCH,
+    errors.StorageFailure: OUT_OF_RESOURCES,
+    errors.FileTooLarge: OUT_OF_RESOURCES,
+    errors.InvalidDicom: CANNOT_UNDERSTAND,
+    errors.TruncatedFile: CANNOT_UNDERSTAND,
+    errors.MissingUID: CANNOT_UNDERSTAND,
+    errors.InvalidUID: CANNOT_UNDERSTAND,
+    errors.EmptyFile: CANNOT_UNDERSTAND,
+    errors.UnsupportedFileType: CANNOT_UNDERSTAND,
+}
+
+
+@dataclass
+class StoreOutcome:
+    referenced: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.referenced else 409
+
+    def as_json(self, study_url: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if study_url:
+            body["00081190"] = element("UR", study_url)
+        if self.failed:
+            body["00081198"] = {"vr": "SQ", "Value": self.failed}
+        body["00081199"] = {"vr": "SQ", "Value": self.referenced} if self.referenced else {"vr": "SQ"}
+        return body
+
+
+def _reference(sop_class: str | None, sop_instance: str | None) -> dict[str, Any]:
+    return {"00081150": element("UI", sop_class), "00081155": element("UI", sop_instance)}
+
+
+def _failed(sop_class: str | None, sop_instance: str | None, reason: int, code: str) -> dict[str, Any]:
+    logger.info("STOW-RS instance refused: %s (reason 0x%04X)", code, reason)
+    return {**_reference(sop_class, sop_instance), "00081197": element("US", reason)}
+
+
+def store_instances(
+    *,
+    parts: list[ReceivedPart],
+    user: AbstractBaseUser,
+    order_id: int | None,
+    study_uid: str | None,
+    instance_url: Callable[[str, str, str], str],
+) -> StoreOutcome:
+    """Ingest each application/dicom part; collect referenced and failed instances."""
+    order = None
+    if order_id is not None:
+        order = RadiologyOrder.objects.filter(pk=order_id).first()
+        if order is None:
+            raise OrderNotFound()
+    outcome = StoreOutcome()
+    for part in parts:
+        media_type = part.content_type.split(";")[0].strip().lower()
+        if media_type not in ("application/dicom", ""):
+            outcome.failed.append(_failed(None, None, CANNOT_UNDERSTAND, "unsupported_part_type"))
+            continue
+        try:
+            header = pydicom.dcmread(
+                part.file,
+                stop_before_pixels=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "AccessionNumber"],
+            )
+        except Exception:  # any unreadable part is reported, not raised
+            outcome.failed.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
+            continue
+        sop_class = str(header.get("SOPClassUID", "") or "") or None
+        sop_instance = str(header.get("SOPInstanceUID", "") or "") or None
+        if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
+            outcome.failed.append(_failed(sop_class, sop_instance, STUDY_UID_MISMATCH, "study_uid_mismatch"))
+            continue
+        target = order or _order_by_accession(str(header.get("AccessionNumber", "") or "").strip())
+        if target is None:
+            outcome.failed.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
+            continue
+        part.file.seek(0)
+        try:
+            result = PACSLiteService.ingest_image(
+                order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm", uploaded_by=user
+            )
+        except RadiologyError as error:
+            outcome.failed.append(
+                _failed(sop_class, sop_instance, _REASONS.get(type(error), PROCESSING_FAILURE), error.code)
+            )
+            continue
+        image = result.image
+        outcome.referenced.append(
+            {
+                **_reference(image.sop_class_uid, image.image_uid),
+                "00081190": element(
+                    "UR", instance_url(image.series.study.study_uid, image.series.series_uid, image.image_uid)
+                ),
+            }
+        )
+    return outcome
+
+
+def _order_by_accession(accession: str) -> RadiologyOrder | None:
+    if not accession:
+        return None
+    return RadiologyOrder.objects.filter(accession_number=accession).first()

@@ -1,0 +1,391 @@
+"""DICOMweb endpoints: thin views over qido, dicom_json, pixels, multipart and stow.
+
+DRF supplies authentication (session, token, viewer bearer token), permissions and the
+JSON error shape; the bodies themselves (DICOM JSON, multipart/related, images) are
+written here because DRF's renderers don't speak them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from apps.radiology import storage
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+
+from . import pixels
+from .accept import MediaRange, parse_accept
+from .auth import CanUseDicomWeb, ViewerTokenAuthentication, viewer_grant
+from .dicom_json import instance_metadata, jpeg_as_part10
+from .multipart import Part, content_type_header, new_boundary, read_parts, stream_parts
+from .pixels import NotAcceptable
+from .qido import parse_search, search_instances, search_series, search_studies
+from .stow import store_instances
+
+DICOM_JSON = "application/dicom+json"
+PRIVATE_CACHE = "private, max-age=0, must-revalidate"
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """DICOMweb negotiates its own bodies; DRF only renders errors, always as JSON."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+@extend_schema(exclude=True)
+class DicomWebView(APIView):
+    authentication_classes = [ViewerTokenAuthentication, TokenAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated, CanUseDicomWeb]
+    content_negotiation_class = FirstRendererNegotiation
+    parser_classes: list[Any] = []
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def base_url(self) -> str:
+        return self.request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/")
+
+    def retrieve_url(self, study_uid: str, series_uid: str | None = None, image_uid: str | None = None) -> str:
+        url = f"{self.base_url()}/studies/{study_uid}"
+        if series_uid:
+            url += f"/series/{series_uid}"
+        if image_uid:
+            url += f"/instances/{image_uid}"
+        return url
+
+    def accepted(self) -> list[MediaRange]:
+        return parse_accept(self.request.headers.get("Accept"))
+
+    def studies(self) -> Any:
+        grant = viewer_grant(self.request)
+        queryset = RadiologyStudy.objects.all()
+        return queryset.filter(pk=grant.study_id) if grant is not None else queryset
+
+    def find_study(self, study_uid: str) -> RadiologyStudy:
+        study = self.studies().filter(study_uid=study_uid).first()
+        if study is None:
+            raise NotFound("No such study.", code="study_not_found")
+        return study
+
+    def find_series(self, study_uid: str, series_uid: str) -> RadiologySeries:
+        series = (
+            RadiologySeries.objects.select_related("study")
+            .filter(series_uid=series_uid, study__in=self.studies().filter(study_uid=study_uid))
+            .first()
+        )
+        if series is None:
+            raise NotFound("No such series.", code="series_not_found")
+        return series
+
+    def find_image(self, study_uid: str, series_uid: str, image_uid: str) -> RadiologyImage:
+        image = (
+            RadiologyImage.objects.select_related("series__study")
+            .filter(
+                image_uid=image_uid,
+                series__series_uid=series_uid,
+                series__study__in=self.studies().filter(study_uid=study_uid),
+            )
+            .first()
+        )
+        if image is None:
+            raise NotFound("No such instance.", code="instance_not_found")
+        return image
+
+    def json_response(self, body: Any) -> HttpResponse:
+        if not any(wanted.matches(DICOM_JSON) or wanted.matches("application/json") for wanted in self.accepted()):
+            raise NotAcceptable()
+        response = HttpResponse(json.dumps(body, separators=(",", ":")), content_type=DICOM_JSON)
+        response["Cache-Control"] = PRIVATE_CACHE
+        return response
+
+    def dicom_parts(self, images: list[RadiologyImage]) -> StreamingHttpResponse:
+        """Whole instances as multipart/related; type="application/dicom", as stored."""
+        if not any(
+            wanted.media_type in ("*/*", "multipart/*")
+            or (
+                wanted.media_type == "multipart/related"
+                and wanted.part_type in (None, "application/dicom")
+                and wanted.transfer_syntax in (None, "*")
+            )
+            for wanted in self.accepted()
+        ):
+            raise NotAcceptable()
+        boundary = new_boundary()
+
+        def parts() -> Iterator[Part]:
+            for image in images:
+                transfer_syntax = image.transfer_syntax_uid
+                if image.is_dicom:
+                    chunks: Any = storage.iter_object_chunks(image.file_key)
+                else:
+                    _length, chunks = jpeg_as_part10(image, study=image.series.study, series=image.series)
+                yield Part(f"application/dicom; transfer-syntax={transfer_syntax}", chunks)
+
+        response = StreamingHttpResponse(
+            stream_parts(parts(), boundary), content_type=content_type_header("application/dicom", boundary)
+        )
+        response["Cache-Control"] = PRIVATE_CACHE
+        return response
+
+    def image_response(self, content: bytes, media_type: str) -> HttpResponse:
+        response = HttpResponse(content, content_type=media_type)
+        response["Cache-Control"] = PRIVATE_CACHE
+        return response
+
+
+def _study_images(study: RadiologyStudy) -> list[RadiologyImage]:
+    return list(
+        RadiologyImage.objects.filter(series__study=study)
+        .select_related("series__study")
+        .order_by("series__series_number", "series_id", "instance_number", "id")
+    )
+
+
+class DicomWebRoot(DicomWebView):
+    def get(self, request: Request) -> HttpResponse:
+        raise NotFound("Use /studies, /series or /instances.", code="not_found")
+
+
+class StudiesView(DicomWebView):
+    """GET: QIDO studies. POST: STOW-RS."""
+
+    def get(self, request: Request) -> HttpResponse:
+        query = parse_search(request.query_params)
+        return self.json_response(search_studies(query, grant=viewer_grant(request), url=self.retrieve_url))
+
+    def post(self, request: Request, study_uid: str | None = None) -> HttpResponse:
+        order_param = request.query_params.get("radiology_order_id")
+        if order_param is not None and not order_param.isdigit():
+            raise NotFound("No radiology order with this id.", code="order_not_found")
+        parts = read_parts(request._request, request.headers.get("Content-Type", ""))
+        try:
+            outcome = store_instances(
+                parts=parts,
+                user=request.user,
+                order_id=int(order_param) if order_param is not None else None,
+                study_uid=study_uid,
+                instance_url=self.retrieve_url,
+            )
+        finally:
+            for part in parts:
+                part.file.close()
+        response = self.json_response(outcome.as_json(self.retrieve_url(study_uid) if study_uid else None))
+        response.status_code = outcome.status
+        return response
+
+
+class StudyView(StudiesView):
+    """GET: retrieve a whole study. POST: STOW-RS into this study."""
+
+    def get(self, request: Request, study_uid: str) -> HttpResponse:  # type: ignore[override]
+        return self.dicom_parts(_study_images(self.find_study(study_uid)))
+
+
+class StudyMetadataView(DicomWebView):
+    def get(self, request: Request, study_uid: str) -> HttpResponse:
+        study = self.find_study(study_uid)
+        return self.json_response(
+            [
+                instance_metadata(
+                    image,
+                    study=study,
+                    series=image.series,
+                    instance_url=self.retrieve_url(study.study_uid, image.series.series_uid, image.image_uid),
+                )
+                for image in _study_images(study)
+            ]
+        )
+
+
+class StudySeriesSearchView(DicomWebView):
+    def get(self, request: Request, study_uid: str) -> HttpResponse:
+        self.find_study(study_uid)
+        query = parse_search(request.query_params)
+        return self.json_response(
+            search_series(query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid)
+        )
+
+
+class StudyInstancesSearchView(DicomWebView):
+    def get(self, request: Request, study_uid: str) -> HttpResponse:
+        self.find_study(study_uid)
+        query = parse_search(request.query_params)
+        return self.json_response(
+            search_instances(query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid)
+        )
+
+
+class SeriesSearchView(DicomWebView):
+    def get(self, request: Request) -> HttpResponse:
+        query = parse_search(request.query_params)
+        return self.json_response(search_series(query, grant=viewer_grant(request), url=self.retrieve_url))
+
+
+class InstancesSearchView(DicomWebView):
+    def get(self, request: Request) -> HttpResponse:
+        query = parse_search(request.query_params)
+        return self.json_response(search_instances(query, grant=viewer_grant(request), url=self.retrieve_url))
+
+
+class SeriesView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        series = self.find_series(study_uid, series_uid)
+        images = list(series.images.select_related("series__study").order_by("instance_number", "id"))
+        return self.dicom_parts(images)
+
+
+class SeriesMetadataView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        series = self.find_series(study_uid, series_uid)
+        base = self.retrieve_url(study_uid, series_uid)
+        return self.json_response(
+            [
+                instance_metadata(
+                    image, study=series.study, series=series, instance_url=f"{base}/instances/{image.image_uid}"
+                )
+                for image in series.images.order_by("instance_number", "id")
+            ]
+        )
+
+
+class SeriesInstancesSearchView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        self.find_series(study_uid, series_uid)
+        query = parse_search(request.query_params)
+        return self.json_response(
+            search_instances(
+                query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid, series_uid=series_uid
+            )
+        )
+
+
+class SeriesRenderedView(DicomWebView):
+    """rendered / thumbnail of a series: its middle instance, first frame."""
+
+    thumbnail = False
+
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        series = self.find_series(study_uid, series_uid)
+        images = list(series.images.order_by("instance_number", "id"))
+        if not images:
+            raise NotFound("The series has no instances.", code="instance_not_found")
+        image = images[len(images) // 2]
+        return render_response(self, image, frame=1)
+
+
+class SeriesThumbnailView(SeriesRenderedView):
+    thumbnail = True
+
+
+class InstanceView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
+        return self.dicom_parts([self.find_image(study_uid, series_uid, image_uid)])
+
+
+class InstanceMetadataView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
+        image = self.find_image(study_uid, series_uid, image_uid)
+        url = self.retrieve_url(study_uid, series_uid, image_uid)
+        return self.json_response(
+            [instance_metadata(image, study=image.series.study, series=image.series, instance_url=url)]
+        )
+
+
+class InstanceRenderedView(DicomWebView):
+    thumbnail = False
+
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
+        return render_response(self, self.find_image(study_uid, series_uid, image_uid), frame=1)
+
+
+class InstanceThumbnailView(InstanceRenderedView):
+    thumbnail = True
+
+
+class FramesView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, frames: str) -> HttpResponse:
+        image = self.find_image(study_uid, series_uid, image_uid)
+        numbers = _frame_numbers(frames)
+        plan = pixels.plan_frames(image, self.accepted())
+        for number in numbers:
+            pixels.frame_spans(image, number)  # 404 before streaming starts
+        boundary = new_boundary()
+        parts = (Part(plan.part_content_type, pixels.frame_chunks(image, number, plan)) for number in numbers)
+        response = StreamingHttpResponse(
+            stream_parts(parts, boundary), content_type=content_type_header(plan.media_type, boundary)
+        )
+        response["Cache-Control"] = PRIVATE_CACHE
+        return response
+
+
+class FrameRenderedView(DicomWebView):
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, frames: str) -> HttpResponse:
+        image = self.find_image(study_uid, series_uid, image_uid)
+        return render_response(self, image, frame=_frame_numbers(frames)[0])
+
+
+class BulkDataView(DicomWebView):
+    """Bulk data of an instance: pixel data (its frames) or another large element, as octet-stream."""
+
+    def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, tag: str) -> HttpResponse:
+        image = self.find_image(study_uid, series_uid, image_uid)
+        tag = tag.upper()
+        if tag == "7FE00010" and image.pixel_data:
+            plan = pixels.FramePlan(
+                True, *(pixels.stored_media(image) or (pixels.OCTET_STREAM, image.transfer_syntax_uid))
+            )
+            chunks: Iterator[bytes] = (
+                chunk
+                for number in range(1, image.number_of_frames + 1)
+                for chunk in pixels.frame_chunks(image, number, plan)
+            )
+        elif tag in (image.bulk_data or {}):
+            location = image.bulk_data[tag]
+            plan = pixels.FramePlan(True, pixels.OCTET_STREAM, pixels.EXPLICIT_LITTLE)
+            chunks = storage.iter_object_range(image.file_key, int(location["offset"]), int(location["length"]))
+        else:
+            raise NotFound("No such bulk data.", code="bulkdata_not_found")
+        boundary = new_boundary()
+        return StreamingHttpResponse(
+            stream_parts([Part(plan.part_content_type, chunks)], boundary),
+            content_type=content_type_header(plan.media_type, boundary),
+        )
+
+
+def _frame_numbers(raw: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise NotFound("Frame numbers must be positive integers.", code="frame_not_found") from None
+    if not numbers or any(number < 1 for number in numbers):
+        raise NotFound("Frame numbers must be positive integers.", code="frame_not_found")
+    return numbers
+
+
+def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) -> HttpResponse:
+    """rendered (full size unless ?viewport=) or thumbnail (default 128x128)."""
+    request = view.request
+    media_type = pixels.rendered_media_type(view.accepted())
+    thumbnail = getattr(view, "thumbnail", False)
+    viewport = pixels.parse_viewport(request.query_params.get("viewport"), (128, 128) if thumbnail else None)
+    window = pixels.parse_window(request.query_params.get("window"))
+    quality_raw = request.query_params.get("quality", "")
+    quality = int(quality_raw) if quality_raw.isdigit() and 1 <= int(quality_raw) <= 100 else 85
+    content = pixels.render(
+        image, frame=frame, media_type=media_type, viewport=viewport, window=window, quality=quality
+    )
+    return view.image_response(content, media_type)
