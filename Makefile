@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 export DJANGO_SETTINGS_MODULE ?= config.settings
 
-.PHONY: setup run test lint format migrate seed check-migrations clean
+.PHONY: setup system-packages run test lint format migrate seed check-migrations clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ run: seed
 	@echo ""
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
+## system-packages: Debian packages the tests use (dcmtk)
+system-packages:
+	bash scripts/system_packages.sh
+
 ## test: set up and run the whole suite (SQLite + filesystem, and S3 via moto's server)
-test: setup
+test: setup system-packages
 	$(BIN)/python manage.py makemigrations --check --dry-run --settings=config.test_settings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
