@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+VIEWER_PORT ?= 3000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
+OHIF_VERSION := 3.13.2
+OHIF_STAMP := var/ohif/.installed-$(OHIF_VERSION)
+export OHIF_VIEWER_URL ?= http://$(HOST):$(VIEWER_PORT)/viewer
 
 export DJANGO_SETTINGS_MODULE ?= config.settings
 
-.PHONY: setup system-packages run test lint format migrate seed check-migrations clean
+.PHONY: setup system-packages viewer run test lint format migrate seed check-migrations clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,13 +31,24 @@ migrate: setup
 seed: migrate
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py seed_demo --with-images --if-empty
 
-## run: set everything up and serve on $(HOST):$(PORT)
-run: seed
+$(OHIF_STAMP):
+	bash scripts/install_ohif.sh $(OHIF_VERSION) var/ohif
+
+## viewer: install the pinned OHIF build and write its app-config.js from the settings
+viewer: setup $(OHIF_STAMP)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py write_ohif_config
+
+## run: set everything up and serve the API on $(HOST):$(PORT) and the viewer on $(HOST):$(VIEWER_PORT)
+run: seed viewer
 	@echo ""
-	@echo "PACS-lite on http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
+	@echo "PACS-lite API   http://$(HOST):$(PORT)/api/v1/radiology/  (admin: http://$(HOST):$(PORT)/admin/)"
+	@echo "OHIF viewer     http://$(HOST):$(VIEWER_PORT)/  (open it through a study's viewer-url)"
 	@echo "Demo logins: doctor, radtech, nurse, admin; password: $${DEMO_PASSWORD:-pacs-demo-2026}"
 	@echo ""
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} PACS_ROOT_URLCONF=config.viewer_urls \
+	  $(BIN)/python manage.py runserver $(HOST):$(VIEWER_PORT) --noreload --skip-checks & \
+	  VIEWER_PID=$$!; trap 'kill $$VIEWER_PID 2>/dev/null' EXIT INT TERM; \
+	  DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 ## system-packages: Debian packages the tests use (dcmtk)
 system-packages:

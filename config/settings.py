@@ -58,7 +58,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "config.urls"
+# The viewer's port runs the same app with config.viewer_urls (OHIF dist + DICOMweb).
+ROOT_URLCONF = env_str("PACS_ROOT_URLCONF", "config.urls") or "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 
@@ -191,7 +192,9 @@ RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, mi
 # Partial uploads idle longer than this are purged by `manage.py purge_radiology_uploads`.
 RADIOLOGY_UPLOAD_STALE_HOURS = env_int("RADIOLOGY_UPLOAD_STALE_HOURS", 72, minimum=1)
 # The self-hosted OHIF viewer; empty selects the built-in lightweight viewer (seed: None).
-OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://localhost:3000/viewer")
+OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://127.0.0.1:3000/viewer")
+# Where `make viewer` unpacks the pinned @ohif/app dist.
+OHIF_DIST_DIR = Path(env_str("OHIF_DIST_DIR") or VAR_DIR / "ohif" / "dist")
 # Absolute base of links handed out (signed image URLs); empty means "from the request".
 PACS_PUBLIC_URL = (env_str("PACS_PUBLIC_URL") or "").rstrip("/")
 
