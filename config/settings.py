@@ -215,6 +215,17 @@ CORS_ALLOW_METHODS = ["GET", "OPTIONS", "POST"]
 CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Content-Location"]
 CORS_PREFLIGHT_MAX_AGE = 86400
 
+# Rendered images and thumbnails (apps/radiology/render_cache.py): a file cache shared by the
+# workers of one host; it only ever holds derived, re-creatable bytes.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "renders": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(Path(env_str("RADIOLOGY_RENDER_CACHE_DIR") or VAR_DIR / "render-cache")),
+        "OPTIONS": {"MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100)},
+    },
+}
+
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 
 REST_FRAMEWORK = {

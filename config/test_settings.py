@@ -13,3 +13,9 @@ from config.settings import *  # noqa: F403
 
 # Fast hashing for the many users the tests create.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Renders cached per test process in memory, never in the developer's var/.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "renders": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "renders"},
+}

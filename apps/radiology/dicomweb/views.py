@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from apps.radiology import storage
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.render_cache import cached_response, render_key
 
 from . import pixels
 from .accept import MediaRange, parse_accept
@@ -385,7 +386,18 @@ def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) ->
     window = pixels.parse_window(request.query_params.get("window"))
     quality_raw = request.query_params.get("quality", "")
     quality = int(quality_raw) if quality_raw.isdigit() and 1 <= int(quality_raw) <= 100 else 85
-    content = pixels.render(
-        image, frame=frame, media_type=media_type, viewport=viewport, window=window, quality=quality
+    key = render_key(
+        image,
+        frame=frame,
+        media_type=media_type,
+        viewport=viewport,
+        window=(window.center, window.width) if window else None,
+        quality=quality,
     )
-    return view.image_response(content, media_type)
+    return cached_response(
+        request._request,
+        key,
+        lambda: pixels.render(
+            image, frame=frame, media_type=media_type, viewport=viewport, window=window, quality=quality
+        ),
+    )
