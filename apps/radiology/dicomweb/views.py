@@ -324,8 +324,16 @@ class FramesView(DicomWebView):
         plan = pixels.plan_frames(image, self.accepted())
         for number in numbers:
             pixels.frame_spans(image, number)  # 404 before streaming starts
+        first: list[bytes] = []
+        if not plan.passthrough:
+            # Decode the first frame before answering: pixel data this server cannot decode is
+            # a 422, not a 200 whose body breaks off once streaming has begun.
+            first.append(pixels.decode_frame(image, numbers[0]).tobytes())
         boundary = new_boundary()
-        parts = (Part(plan.part_content_type, pixels.frame_chunks(image, number, plan)) for number in numbers)
+        parts = (
+            Part(plan.part_content_type, first if index == 0 and first else pixels.frame_chunks(image, number, plan))
+            for index, number in enumerate(numbers)
+        )
         response = StreamingHttpResponse(
             stream_parts(parts, boundary), content_type=content_type_header(plan.media_type, boundary)
         )
