@@ -209,10 +209,12 @@ class PACSLiteService:
         return storage.save_new_object(file_key, file_content, content_type=content_type)
 
     @staticmethod
-    def generate_viewer_url(*, study_uid: str, user: AbstractBaseUser, expires_in: int | None = None) -> str:
+    def generate_viewer_url(
+        *, study_uid: str, user: AbstractBaseUser, expires_in: int | None = None, base_url: str = ""
+    ) -> str:
         """A viewer URL carrying a signed token that grants read of this one study."""
         study = RadiologyStudy.objects.get(study_uid=study_uid)
-        return signing.viewer_url(study=study, user=user, expires_in=expires_in)
+        return signing.viewer_url(study=study, user=user, expires_in=expires_in, base_url=base_url)
 
     @staticmethod
     def generate_image_url(

@@ -113,9 +113,17 @@ def revoke_viewer_token(token_id: uuid.UUID) -> bool:
     return bool(ViewerToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))
 
 
-def viewer_url(*, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None) -> str:
-    """`{OHIF_VIEWER_URL}?StudyInstanceUIDs={uid}&token={token}` (OHIF v3 sends the token as Bearer)."""
+def viewer_url(
+    *, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None, base_url: str = ""
+) -> str:
+    """`{OHIF_VIEWER_URL}?StudyInstanceUIDs={uid}&token={token}` (OHIF v3 sends the token as Bearer).
+
+    With OHIF_VIEWER_URL empty, the built-in lightweight viewer of this server (absolute,
+    from PACS_PUBLIC_URL or `base_url`) takes the same parameters.
+    """
     token = issue_viewer_token(study=study, user=user, expires_in=expires_in)
-    base = settings.OHIF_VIEWER_URL or ""
+    base = settings.OHIF_VIEWER_URL or (
+        (settings.PACS_PUBLIC_URL or base_url.rstrip("/")) + reverse("radiology:lite-viewer")
+    )
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}{urlencode({'StudyInstanceUIDs': study.study_uid, 'token': token})}"

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from apps.radiology import file_views, upload_views, views
+from apps.radiology import file_views, lite_viewer, upload_views, views
 
 app_name = "radiology"
 
@@ -15,5 +15,7 @@ router.register("uploads", upload_views.UploadViewSet, basename="upload")
 urlpatterns = [
     path("files/<int:image_id>/<str:filename>", file_views.signed_image, name="signed-image"),
     path("dicomweb/", include("apps.radiology.dicomweb.urls")),
+    path("viewer/", lite_viewer.lite_viewer, name="lite-viewer"),
+    path("viewer/image-url/", lite_viewer.ImageDownloadUrlView.as_view(), name="lite-viewer-image-url"),
     *router.urls,
 ]

@@ -123,7 +123,9 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     def viewer_url(self, request: Request, pk: str | None = None) -> Response:
         expires_in = requested_expires_in(request)
         study = self.get_object()
-        url = PACSLiteService.generate_viewer_url(study_uid=study.study_uid, user=request.user, expires_in=expires_in)
+        url = PACSLiteService.generate_viewer_url(
+            study_uid=study.study_uid, user=request.user, expires_in=expires_in, base_url=request_base_url(request)
+        )
         return Response({"viewer_url": url, "study_uid": study.study_uid, "expires_in": expires_in})
 
 
