@@ -9,9 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologySeries, RadiologyStudy, ViewerToken
+from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.permissions import can_view_radiology
 
 IMAGE_FIELDS = (
     "image_uid",
@@ -86,6 +91,52 @@ class RadiologyStudyAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["study_uid", "patient_id", "accession_number", "radiology_order__accession_number"]
     date_hierarchy = "study_date"
     inlines = [SeriesInline]
+    readonly_fields = ["preview"]
+
+    @admin.display(description="Series")
+    def preview(self, obj: RadiologyStudy) -> str:
+        """Each series' thumbnail (DICOMweb, with the admin's session) and a link to the viewer."""
+        thumbnails = format_html_join(
+            "",
+            '<figure style="display:inline-block;margin:0 8px 8px 0;text-align:center">'
+            '<img src="{}" width="96" height="96" alt="" style="background:#000;object-fit:contain">'
+            "<figcaption>{} {}</figcaption></figure>",
+            (
+                (
+                    reverse(
+                        "radiology:dicomweb-series-thumbnail",
+                        kwargs={"study_uid": obj.study_uid, "series_uid": series.series_uid},
+                    )
+                    + "?viewport=96,96",
+                    series.modality,
+                    series.series_description,
+                )
+                for series in obj.series.order_by("series_number", "id")
+            ),
+        )
+        link = reverse("admin:radiology_radiologystudy_viewer", args=[obj.pk])
+        return format_html('<div>{}</div><p><a class="button" href="{}">Open in viewer</a></p>', thumbnails, link)
+
+    def get_urls(self) -> list[Any]:
+        urls = super().get_urls()
+        viewer = path(
+            "<int:study_id>/viewer/",
+            self.admin_site.admin_view(self.open_viewer),
+            name="radiology_radiologystudy_viewer",
+        )
+        return [viewer, *urls]
+
+    def open_viewer(self, request: HttpRequest, study_id: int) -> HttpResponse:
+        """Issue a viewer token for this admin and go to the study's viewer URL."""
+        if not can_view_radiology(request.user):
+            raise PermissionDenied
+        study = RadiologyStudy.objects.filter(pk=study_id).first()
+        if study is None:
+            raise Http404
+        url = PACSLiteService.generate_viewer_url(
+            study_uid=study.study_uid, user=request.user, base_url=request.build_absolute_uri("/")
+        )
+        return HttpResponseRedirect(url)
 
 
 @admin.register(RadiologySeries)
