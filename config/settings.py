@@ -30,6 +30,24 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "tes
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is required when DJANGO_DEBUG is off")
 
+# HTTPS by default in production: secure cookies, HSTS, redirect to https. A clinic LAN
+# without TLS sets PACS_ALLOW_PLAIN_HTTP=1 (the one documented switch); behind a TLS proxy
+# set PACS_BEHIND_TLS_PROXY=1 so X-Forwarded-Proto is trusted.
+ALLOW_PLAIN_HTTP = env_bool("PACS_ALLOW_PLAIN_HTTP", False)
+HTTPS_ONLY = not DEBUG and not ALLOW_PLAIN_HTTP
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_HSTS_SECONDS = 31536000 if HTTPS_ONLY else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS_ONLY
+SECURE_HSTS_PRELOAD = HTTPS_ONLY
+if env_bool("PACS_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# /healthz answers load balancers over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -218,7 +236,11 @@ CORS_PREFLIGHT_MAX_AGE = 86400
 # Rendered images and thumbnails (apps/radiology/render_cache.py): a file cache shared by the
 # workers of one host; it only ever holds derived, re-creatable bytes.
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by the workers of one host (the token endpoint's throttle counts live here).
+    "default": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache"),
+    },
     "renders": {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(Path(env_str("RADIOLOGY_RENDER_CACHE_DIR") or VAR_DIR / "render-cache")),
@@ -236,6 +258,8 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "apps.radiology.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
+    # Password guessing on the token endpoint is throttled (per client address).
+    "DEFAULT_THROTTLE_RATES": {"auth-token": env_str("RADIOLOGY_TOKEN_RATE", "10/min")},
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

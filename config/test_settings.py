@@ -8,6 +8,9 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-key-not-a-secret")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+# Tests talk plain HTTP to live servers; the HTTPS defaults are tested on their own.
+os.environ.setdefault("PACS_ALLOW_PLAIN_HTTP", "1")
+os.environ.setdefault("RADIOLOGY_TOKEN_RATE", "100000/min")
 
 from config.settings import *  # noqa: F403
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE, RadiologyImage, RadiologyUpload
@@ -69,7 +70,8 @@ class UploadSerializer(serializers.ModelSerializer):
         fields = ["id", "client_upload_id", "status", "received_bytes", "file_size", "image", "error"]
         read_only_fields = fields
 
-    def get_error(self, upload: RadiologyUpload) -> UploadErrorSerializer | None:
+    @extend_schema_field(UploadErrorSerializer(allow_null=True))
+    def get_error(self, upload: RadiologyUpload) -> dict[str, str] | None:
         if upload.status != RadiologyUpload.Status.FAILED:
             return None
-        return {"code": upload.error_code, "detail": upload.error_detail}  # type: ignore[return-value]
+        return {"code": upload.error_code, "detail": upload.error_detail}

@@ -42,6 +42,9 @@ class UploadViewSet(viewsets.GenericViewSet):
 
     permission_classes = [IsAuthenticated, CanUploadRadiology]
     serializer_class = UploadSerializer
+    # For the schema only; requests always go through get_queryset (own uploads).
+    queryset = RadiologyUpload.objects.none()
+    lookup_value_regex = "[0-9]+"
     parser_classes = [JSONParser]
 
     def get_queryset(self) -> QuerySet[RadiologyUpload]:
