@@ -115,12 +115,14 @@ class DicomWebView(APIView):
 
     def dicom_parts(self, images: list[RadiologyImage]) -> StreamingHttpResponse:
         """Whole instances as multipart/related; type="application/dicom", as stored."""
+        # Files leave as stored (no transcoding): any syntax, or the one they all have.
+        stored_syntaxes = {image.transfer_syntax_uid for image in images}
         if not any(
             wanted.media_type in ("*/*", "multipart/*")
             or (
                 wanted.media_type == "multipart/related"
                 and wanted.part_type in (None, "application/dicom")
-                and wanted.transfer_syntax in (None, "*")
+                and (wanted.transfer_syntax in (None, "*") or {wanted.transfer_syntax} == stored_syntaxes)
             )
             for wanted in self.accepted()
         ):
