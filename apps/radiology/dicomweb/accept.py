@@ -41,7 +41,11 @@ class MediaRange:
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
-    """Media ranges of an Accept header, best first; `*/*` when the header is missing or empty."""
+    """Media ranges of an Accept header, best first; `*/*` when the header is missing or empty.
+
+    Ranges with q=0 are "not acceptable" (RFC 9110 12.4.2): they are dropped, and a header
+    naming nothing else leaves nothing acceptable.
+    """
     if not header or not header.strip():
         return [MediaRange("*/*")]
     ranges: list[MediaRange] = []
@@ -69,4 +73,4 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         if quality > 0:
             ranges.append(MediaRange(media_type, params, quality))
     ranges.sort(key=lambda item: -item.quality)  # stable: equal quality keeps the client's order
-    return ranges or [MediaRange("*/*")]
+    return ranges
