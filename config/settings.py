@@ -74,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "apps.radiology.audit.AuditMiddleware",
 ]
 
 # The viewer's port runs the same app with config.viewer_urls (OHIF dist + DICOMweb).
@@ -247,6 +248,9 @@ CACHES = {
         "OPTIONS": {"MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100)},
     },
 }
+
+# Only behind a proxy that sets it: the audit trail then records X-Forwarded-For's first hop.
+RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
 
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 

@@ -14,7 +14,14 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologySeries, RadiologyStudy, ViewerToken
+from apps.radiology.models import (
+    AuditEvent,
+    RadiologyImage,
+    RadiologyOrder,
+    RadiologySeries,
+    RadiologyStudy,
+    ViewerToken,
+)
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.permissions import can_view_radiology
 
@@ -171,3 +178,36 @@ class ViewerTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ["revoked_at", "issued_at"]
     search_fields = ["id", "study__study_uid"]
     list_select_related = ["study", "issued_to"]
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected viewer tokens (they stop working at once)")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        revoked = sum(PACSLiteService.revoke_viewer_token(token_id=token.pk) for token in queryset)
+        self.message_user(request, f"Revoked {revoked} viewer token(s).")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Actions need it; the fields stay read-only (no editable fields are declared).
+        return bool(request.user.is_active and request.user.is_superuser) if obj is None else False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = [
+        "at",
+        "username",
+        "role",
+        "viewer_token_id",
+        "channel",
+        "action",
+        "method",
+        "route",
+        "study_uid",
+        "image_id",
+        "status_code",
+        "outcome",
+        "client_address",
+    ]
+    list_filter = ["outcome", "channel", "role", "action", "method", "at"]
+    search_fields = ["username", "study_uid", "series_uid", "image_uid", "viewer_token_id", "route"]
+    date_hierarchy = "at"
+    list_select_related = ["user"]

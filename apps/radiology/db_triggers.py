@@ -39,14 +39,41 @@ END
 )
 
 
+AUDIT_TABLE = "radiology_auditevent"
+AUDIT_POSTGRES_SQL = f"""
+CREATE OR REPLACE FUNCTION radiology_audit_append_only() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'audit events are append-only' USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS radiology_audit_append_only ON {AUDIT_TABLE};
+CREATE TRIGGER radiology_audit_append_only BEFORE UPDATE ON {AUDIT_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION radiology_audit_append_only();
+"""
+AUDIT_SQLITE_STATEMENTS = (
+    "DROP TRIGGER IF EXISTS radiology_audit_append_only",
+    f"""
+CREATE TRIGGER radiology_audit_append_only BEFORE UPDATE ON {AUDIT_TABLE}
+BEGIN
+    SELECT RAISE(ABORT, 'audit events are append-only');
+END
+""",
+)
+
+
 def ensure_immutability_triggers(using: str = "default", **_kwargs: Any) -> None:
-    """(Re)create the triggers on the database `using`, if the images table exists."""
+    """(Re)create the triggers on the database `using` for the tables that exist."""
     connection = connections[using]
-    if TABLE not in connection.introspection.table_names():
-        return
+    tables = set(connection.introspection.table_names())
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(POSTGRES_SQL)
+            if TABLE in tables:
+                cursor.execute(POSTGRES_SQL)
+            if AUDIT_TABLE in tables:
+                cursor.execute(AUDIT_POSTGRES_SQL)
         elif connection.vendor == "sqlite":
-            for statement in SQLITE_STATEMENTS:
+            statements = (SQLITE_STATEMENTS if TABLE in tables else ()) + (
+                AUDIT_SQLITE_STATEMENTS if AUDIT_TABLE in tables else ()
+            )
+            for statement in statements:
                 cursor.execute(statement)

@@ -22,6 +22,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.radiology.dicomweb.auth import ViewerTokenPrincipal
 from apps.radiology.dicomweb.views import DicomWebView
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
@@ -115,6 +116,7 @@ def lite_viewer(request: HttpRequest) -> HttpResponse:
     asked = request.GET.get("StudyInstanceUIDs")
     if asked and asked != grant.study_uid:
         return _refused(request, 403)
+    request.user = ViewerTokenPrincipal(grant)  # type: ignore[assignment]  # for the audit trail
     study = RadiologyStudy.objects.get(pk=grant.study_id)
     nonce = secrets.token_urlsafe(16)
     context = {

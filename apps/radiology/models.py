@@ -277,3 +277,57 @@ class RadiologyUpload(models.Model):
 
     def __str__(self) -> str:
         return f"Upload {self.pk} ({self.status})"
+
+
+class AuditEvent(models.Model):
+    """One read or write of clinical data: who, in what role, what, how, when, from where, outcome.
+
+    Append-only: the model refuses changes and deletes, a database trigger refuses updates,
+    and admin shows it read-only. Never holds file contents, tokens or search values.
+    """
+
+    class Outcome(models.TextChoices):
+        ALLOWED = "allowed", "Allowed"
+        DENIED = "denied", "Denied"
+        NOT_FOUND = "not_found", "Not found"
+        REJECTED = "rejected", "Rejected"
+        ERROR = "error", "Error"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True)
+    role = models.CharField(max_length=32, db_index=True)
+    viewer_token_id = models.UUIDField(null=True, blank=True, db_index=True)
+    channel = models.CharField(
+        max_length=32, db_index=True, help_text="api, dicomweb, signed_url, viewer, admin, import"
+    )
+    action = models.CharField(max_length=16, help_text="read or write")
+    route = models.CharField(max_length=100)
+    method = models.CharField(max_length=10)
+    order_id = models.BigIntegerField(null=True, blank=True)
+    study_id = models.BigIntegerField(null=True, blank=True)
+    image_id = models.BigIntegerField(null=True, blank=True)
+    upload_id = models.BigIntegerField(null=True, blank=True)
+    study_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True, db_index=True)
+    series_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    image_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    query_keys = models.CharField(max_length=255, blank=True, help_text="names of query parameters, never values")
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or self.role} {self.method} {self.route} {self.outcome}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableImage("Audit events cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ImmutableImage("Audit events cannot be deleted.")

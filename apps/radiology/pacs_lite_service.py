@@ -223,6 +223,11 @@ class PACSLiteService:
         """A signed, expiring URL that serves exactly this image's stored bytes."""
         return signing.image_url(image=image, expires_in=expires_in, base_url=base_url)
 
+    @staticmethod
+    def revoke_viewer_token(*, token_id: Any) -> bool:
+        """Revoke a viewer token at once (its next request is 401); True if it was active."""
+        return signing.revoke_viewer_token(token_id)
+
     # --- The one ingest path ------------------------------------------------------------
 
     @staticmethod

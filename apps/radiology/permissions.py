@@ -12,12 +12,21 @@ DOCTOR_GROUP = "Doctor"
 RADIOLOGY_TECH_GROUP = "Radiology Tech"
 
 
+def group_names(user: AbstractBaseUser) -> frozenset[str]:
+    """The user's group names, read once per request (permission checks and the audit trail share it)."""
+    cached = getattr(user, "_radiology_group_names", None)
+    if cached is None:
+        cached = frozenset(user.groups.values_list("name", flat=True))
+        user._radiology_group_names = cached  # type: ignore[union-attr]
+    return cached
+
+
 def _in_groups(user: AbstractBaseUser | AnonymousUser, names: tuple[str, ...]) -> bool:
     if not user.is_authenticated or not user.is_active:
         return False
     if user.is_superuser:
         return True
-    return user.groups.filter(name__in=names).exists()
+    return not group_names(user).isdisjoint(names)
 
 
 def can_view_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:

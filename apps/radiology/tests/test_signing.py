@@ -275,9 +275,9 @@ def test_an_image_url_token_is_not_a_viewer_token(study: RadiologyStudy, doctor:
     [
         ("http://localhost:3000/viewer", "http://localhost:3000/viewer?"),
         ("https://ohif.example.org/viewer?datasources=pacs", "https://ohif.example.org/viewer?datasources=pacs&"),
-        ("", "?"),
+        ("", "/api/v1/radiology/viewer/?"),
     ],
-    ids=["plain", "with-query", "unset"],
+    ids=["plain", "with-query", "unset-means-the-built-in-viewer"],
 )
 def test_viewer_url_puts_the_study_and_token_in_the_query(
     study: RadiologyStudy, doctor: Any, settings: Any, base: str, prefix: str

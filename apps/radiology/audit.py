@@ -1,0 +1,166 @@
+"""The audit trail: every request that reads or writes clinical data leaves one AuditEvent.
+
+Recorded by a middleware after the response, so every route, present and future, is
+covered without each view remembering to: who (user, or viewer-token id), their role,
+what (ids and UIDs from the URL), how (channel and route), when, the client address, and
+the outcome (from the status code). Query *names* are kept, never their values (a search
+by patient name must not copy the name into the trail), and never tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.http import HttpRequest, HttpResponse
+
+from apps.radiology.models import AuditEvent
+from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP, group_names
+
+logger = logging.getLogger(__name__)
+
+AUDITED_PREFIXES = ("/api/v1/radiology/", "/admin/radiology/")
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_ID_KWARGS = {"pk": None, "image_id": "image_id", "study_id": "study_id"}
+
+
+def role_of(user: Any) -> str:
+    """A stable role name for the trail."""
+    if user is None or isinstance(user, AnonymousUser) or not getattr(user, "is_authenticated", False):
+        return "anonymous"
+    if getattr(user, "grant", None) is not None:
+        return "viewer_token"
+    if user.is_superuser:
+        return "superuser"
+    names = group_names(user)
+    if RADIOLOGY_TECH_GROUP in names:
+        return "radiology_tech"
+    if DOCTOR_GROUP in names:
+        return "doctor"
+    return "other"
+
+
+def outcome_of(status_code: int) -> str:
+    if status_code < 400:
+        return AuditEvent.Outcome.ALLOWED
+    if status_code in (401, 403):
+        return AuditEvent.Outcome.DENIED
+    if status_code == 404:
+        return AuditEvent.Outcome.NOT_FOUND
+    if status_code < 500:
+        return AuditEvent.Outcome.REJECTED
+    return AuditEvent.Outcome.ERROR
+
+
+def channel_of(path: str, route: str) -> str:
+    if path.startswith("/admin/"):
+        return "admin"
+    if "/dicomweb/" in path:
+        return "dicomweb"
+    if route == "signed-image":
+        return "signed_url"
+    if route.startswith("lite-viewer"):
+        return "viewer"
+    return "api"
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """REMOTE_ADDR, or the first X-Forwarded-For hop when a trusted proxy is configured."""
+    if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def record(
+    *,
+    user: AbstractBaseUser | AnonymousUser | Any | None,
+    channel: str,
+    action: str,
+    route: str,
+    method: str,
+    status_code: int,
+    address: str | None = None,
+    query_keys: str = "",
+    **what: Any,
+) -> AuditEvent | None:
+    """Write one event; a failure to audit is logged loudly but never breaks the request."""
+    grant = getattr(user, "grant", None)
+    real_user = user if getattr(user, "pk", None) is not None else None
+    try:
+        return AuditEvent.objects.create(
+            user=real_user,
+            username=real_user.get_username() if real_user is not None else "",
+            role=role_of(user),
+            viewer_token_id=grant.token_id if grant is not None else None,
+            channel=channel,
+            action=action,
+            route=route[:100],
+            method=method[:10],
+            status_code=status_code,
+            outcome=outcome_of(status_code),
+            client_address=address,
+            query_keys=query_keys[:255],
+            **{key: value for key, value in what.items() if value not in (None, "")},
+        )
+    except Exception:  # the trail must not take the service down; the error is logged
+        logger.exception("audit event could not be written for route %s", route)
+        return None
+
+
+def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
+    what: dict[str, Any] = {}
+    for key in ("study_uid", "series_uid"):
+        if kwargs.get(key):
+            what[key] = str(kwargs[key])[:64]
+    if kwargs.get("image_uid"):
+        what["image_uid"] = str(kwargs["image_uid"])[:64]
+    if kwargs.get("image_id"):
+        what["image_id"] = int(kwargs["image_id"])
+    if kwargs.get("study_id"):
+        what["study_id"] = int(kwargs["study_id"])
+    pk = kwargs.get("pk") or kwargs.get("object_id")
+    if pk and str(pk).isdigit():
+        if route.startswith("study") or "radiologystudy" in route:
+            what["study_id"] = int(pk)
+        elif route.startswith("image") or "radiologyimage" in route:
+            what["image_id"] = int(pk)
+        elif route.startswith("upload"):
+            what["upload_id"] = int(pk)
+        elif "radiologyorder" in route:
+            what["order_id"] = int(pk)
+    if grant is not None and "study_uid" not in what:
+        what["study_uid"] = grant.study_uid
+    return what
+
+
+class AuditMiddleware:
+    """Record an AuditEvent for each request under the radiology API and radiology admin."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.method == "OPTIONS" or not request.path.startswith(AUDITED_PREFIXES):
+            return response
+        match = request.resolver_match
+        route = (match.url_name or match.view_name) if match is not None else "unresolved"
+        user = getattr(request, "user", None)
+        grant = getattr(user, "grant", None)
+        record(
+            user=user,
+            channel=channel_of(request.path, route or ""),
+            action="write" if request.method in WRITE_METHODS else "read",
+            route=route or "unresolved",
+            method=request.method or "",
+            status_code=response.status_code,
+            address=client_address(request),
+            query_keys=",".join(sorted(key for key in request.GET if key.lower() != "token")),
+            **_what(route or "", dict(match.kwargs) if match is not None else {}, grant),
+        )
+        return response
