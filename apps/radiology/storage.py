@@ -249,3 +249,24 @@ def local_path(key: str) -> Iterator[Path]:
             raise StorageFailure() from exc
         copy.flush()
         yield Path(copy.name)
+
+
+def iter_keys(prefix: str) -> Iterator[str]:
+    """Every object key under `prefix` (e.g. "radiology/"), listed page by page."""
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            paginator = store.connection.meta.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(prefix)):
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"]
+            return
+        root = Path(store.path(""))
+        base = root / prefix
+        if not base.exists():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                yield path.relative_to(root).as_posix()
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc

@@ -1,0 +1,112 @@
+"""Re-hash every stored image and look for missing, corrupt and orphaned objects.
+
+Streams each object (never whole in memory), compares size and SHA-256 with its row,
+then lists the store for objects no row references. Long runs can be interrupted and
+resumed: the last verified image id and the problems so far are kept in a checkpoint
+file. Exits non-zero when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from apps.radiology import storage
+from apps.radiology.errors import StorageFailure
+from apps.radiology.models import RadiologyImage, RadiologyUpload
+from apps.radiology.upload_sync import STAGING_PREFIX
+
+
+class Command(BaseCommand):
+    help = "Verify every stored radiology file (size and SHA-256) and report missing, corrupt and orphaned objects."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--checkpoint",
+            type=Path,
+            default=None,
+            help="checkpoint file (default var/verify-radiology-storage.json)",
+        )
+        parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        checkpoint: Path = options["checkpoint"] or settings.VAR_DIR / "verify-radiology-storage.json"
+        state = {"last_id": 0, "verified": 0, "missing": [], "corrupt": []}
+        if checkpoint.exists() and not options["restart"]:
+            state = json.loads(checkpoint.read_text())
+            self.stdout.write(f"Resuming after image id {state['last_id']} ({state['verified']} already verified)")
+        images = RadiologyImage.objects.filter(pk__gt=state["last_id"]).order_by("pk")
+        remaining = images.values_list("file_size", flat=True)
+        with tqdm(
+            total=sum(remaining), unit="B", unit_scale=True, disable=options["no_progress"], file=self.stderr._out
+        ) as progress:
+            for image in images.only("pk", "file_key", "file_size", "checksum").iterator():
+                problem = self._check(image, progress)
+                if problem:
+                    state[problem].append({"id": image.pk, "file_key": image.file_key})
+                state["verified"] += 1
+                state["last_id"] = image.pk
+                if state["verified"] % 100 == 0:
+                    self._save(checkpoint, state)
+        self._save(checkpoint, state)
+        orphans = self._orphans()
+        for kind in ("missing", "corrupt"):
+            for entry in state[kind]:
+                self.stdout.write(f"{kind.upper()} image {entry['id']}: {entry['file_key']}")
+        for key in orphans:
+            self.stdout.write(f"ORPHAN {key}")
+        problems = len(state["missing"]) + len(state["corrupt"]) + len(orphans)
+        self.stdout.write(
+            f"Verified {state['verified']} images: {len(state['missing'])} missing, "
+            f"{len(state['corrupt'])} corrupt, {len(orphans)} orphaned objects."
+        )
+        checkpoint.unlink(missing_ok=True)  # a complete run leaves nothing to resume
+        if problems:
+            raise CommandError(f"{problems} storage problem(s) found")
+
+    def _check(self, image: RadiologyImage, progress: tqdm) -> str | None:
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in storage.iter_object_chunks(image.file_key):
+                digest.update(chunk)
+                size += len(chunk)
+                progress.update(len(chunk))
+        except StorageFailure:
+            progress.update(max(image.file_size - size, 0))
+            return "missing"
+        if size != image.file_size or digest.hexdigest() != image.checksum:
+            progress.update(max(image.file_size - size, 0))
+            return "corrupt"
+        return None
+
+    def _orphans(self) -> list[str]:
+        """Objects in the store that no image row (or pending upload) accounts for."""
+        orphans = []
+        known = set(RadiologyImage.objects.values_list("file_key", flat=True))
+        for key in storage.iter_keys(f"{storage.KEY_PREFIX}/"):
+            if key not in known:
+                orphans.append(key)
+        pending = {
+            str(upload_id)
+            for upload_id in RadiologyUpload.objects.filter(status=RadiologyUpload.Status.PENDING).values_list(
+                "pk", flat=True
+            )
+        }
+        for key in storage.iter_keys(f"{STAGING_PREFIX}/"):
+            upload_id = key[len(STAGING_PREFIX) + 1 :].split("/", 1)[0]
+            if upload_id not in pending:
+                orphans.append(key)
+        return orphans
+
+    @staticmethod
+    def _save(checkpoint: Path, state: dict[str, Any]) -> None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(json.dumps(state))
