@@ -192,6 +192,8 @@ def _stage_chunk(upload: RadiologyUpload, body: IO[bytes] | None, start: int, en
             received += len(piece)
         if received != expected:
             raise IncompleteBody(received_bytes=upload.received_bytes)
+        if body is not None and body.read(1):
+            raise InvalidContentRange("The body is longer than its Content-Range says.")
         spool.seek(0)
         key = _chunk_key(upload, start)
         # `upload` was read when the request began; while its body streamed in, a concurrent

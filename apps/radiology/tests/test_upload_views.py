@@ -621,6 +621,24 @@ def test_body_shorter_than_the_range_is_400_incomplete_body(
     assert row_counts() == (0, 0, 0)
 
 
+def test_body_longer_than_the_range_is_400_invalid_content_range(
+    tech: APIClient, order: RadiologyOrder, radiology_store: str
+) -> None:
+    upload = start_upload(tech, order, CT)
+    assert put_range(tech, upload.pk, CT.content, 0, 999).status_code == 202
+
+    response = put_chunk(tech, upload.pk, CT.content[1000:2001], f"bytes 1000-1999/{CT.size}")
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"detail": "The body is longer than its Content-Range says.", "code": "invalid_content_range"},
+    )
+    upload.refresh_from_db()
+    assert (upload.received_bytes, upload.chunk_offsets) == (1000, [0])
+    assert staged_keys() == [chunk_key(upload.pk, 0)]
+    assert row_counts() == (0, 0, 0)
+
+
 # --- Checks on the last byte --------------------------------------------------------------
 
 
