@@ -125,8 +125,10 @@ def _study_q(filters: dict[str, list[str]], prefix: str = "") -> Q:
         if end:
             condition &= Q(**{f"{prefix}study_date__lte": end})
     if values := filters.get("ModalitiesInStudy"):
-        series_prefix = f"{prefix}series__" if prefix else "series__"
-        condition &= Q(**{f"{series_prefix}modality__in": values})
+        # A subquery, not a join: joining the study's series would repeat a study (or an
+        # instance) once per matching series and make the study's counts count only those.
+        with_modality = RadiologySeries.objects.filter(modality__in=values).values("study_id")
+        condition &= Q(**{f"{prefix}pk__in": with_modality})
     return condition
 
 
