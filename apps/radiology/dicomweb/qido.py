@@ -237,7 +237,8 @@ def search_series(
         .order_by("study_id", "series_number", "id")
     )
     page = _page(series, query)
-    modalities = _modalities_by_study(list({item.study_id for item in page})) if query.include_all else {}
+    wants_modalities = query.include_all or "00080061" in query.include_fields
+    modalities = _modalities_by_study(list({item.study_id for item in page})) if wants_modalities else {}
     results = []
     for item in page:
         study = item.study
