@@ -1,4 +1,4 @@
-"""Keep the image-immutability triggers in place after every migrate.
+"""The database triggers that keep images immutable and the audit trail append-only.
 
 Migration 0002 creates them, but SQLite applies many schema changes by rebuilding the
 table, which silently drops its triggers. A post_migrate hook re-creates them
@@ -77,3 +77,14 @@ def ensure_immutability_triggers(using: str = "default", **_kwargs: Any) -> None
             )
             for statement in statements:
                 cursor.execute(statement)
+
+
+def drop_immutability_triggers(using: str = "default") -> None:
+    """Remove the triggers (reverse of migration 0002)."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"DROP TRIGGER IF EXISTS radiology_image_immutable ON {TABLE}")
+            cursor.execute("DROP FUNCTION IF EXISTS radiology_image_immutable()")
+        elif connection.vendor == "sqlite":
+            cursor.execute("DROP TRIGGER IF EXISTS radiology_image_immutable")

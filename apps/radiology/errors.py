@@ -108,9 +108,14 @@ class StudyConflict(RadiologyError):
     default_detail = "This study UID already belongs to another order."
 
 
-class ImmutableImage(RadiologyError):
-    code = "image_immutable"
+class ImmutableRecord(RadiologyError):
+    code = "record_immutable"
     status_code = 409
+    default_detail = "This record is written once and cannot be changed or deleted."
+
+
+class ImmutableImage(ImmutableRecord):
+    code = "image_immutable"
     default_detail = "Stored images cannot be changed or deleted."
 
 

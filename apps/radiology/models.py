@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.radiology.errors import ImmutableImage
+from apps.radiology.errors import ImmutableImage, ImmutableRecord
 
 DICOM_MIME_TYPE = "application/dicom"
 JPEG_MIME_TYPE = "image/jpeg"
@@ -129,18 +129,39 @@ class RadiologySeries(models.Model):
         return self.series_uid
 
 
-class RadiologyImageQuerySet(models.QuerySet["RadiologyImage"]):
-    """Bulk updates and deletes are refused: stored images are immutable."""
+class WriteOnceQuerySet(models.QuerySet[Any]):
+    """Bulk updates and deletes are refused: these rows are written once."""
 
     def update(self, **kwargs: Any) -> int:
-        raise ImmutableImage()
+        raise self.model.immutable_error()
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        raise ImmutableImage()
+        raise self.model.immutable_error()
 
 
-class RadiologyImage(models.Model):
+class WriteOnceModel(models.Model):
+    """A row written once: saving it again, or deleting it, raises `immutable_error`."""
+
+    immutable_error: ClassVar[type[ImmutableRecord]] = ImmutableRecord
+
+    objects = WriteOnceQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise self.immutable_error()
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise self.immutable_error()
+
+
+class RadiologyImage(WriteOnceModel):
     """One stored file (a DICOM instance or a JPEG), immutable once created."""
+
+    immutable_error = ImmutableImage
 
     # Fields no one may change once the row exists; database triggers guard them too
     # (migration 0002), so even raw SQL or a bulk update from a shell cannot.
@@ -169,8 +190,6 @@ class RadiologyImage(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = RadiologyImageQuerySet.as_manager()
-
     class Meta:
         ordering = ["instance_number", "id"]
         indexes: ClassVar[list[models.Index]] = [
@@ -185,14 +204,6 @@ class RadiologyImage(models.Model):
 
     def __str__(self) -> str:
         return self.image_uid
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise ImmutableImage()
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise ImmutableImage()
 
     @property
     def is_dicom(self) -> bool:
@@ -279,7 +290,7 @@ class RadiologyUpload(models.Model):
         return f"Upload {self.pk} ({self.status})"
 
 
-class AuditEvent(models.Model):
+class AuditEvent(WriteOnceModel):
     """One read or write of clinical data: who, in what role, what, how, when, from where, outcome.
 
     Append-only: the model refuses changes and deletes, a database trigger refuses updates,
@@ -323,11 +334,3 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or self.role} {self.method} {self.route} {self.outcome}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise ImmutableImage("Audit events cannot be changed.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise ImmutableImage("Audit events cannot be deleted.")
