@@ -94,6 +94,7 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
     header_field = bytearray()
     header_value = bytearray()
     headers: dict[str, str] = {}
+    ended: list[bool] = []
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
 
     def on_part_begin() -> None:
@@ -124,6 +125,9 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1].file.write(data[start:end])
 
+    def on_end() -> None:
+        ended.append(True)
+
     parser = MultipartParser(
         boundary.encode("latin-1"),
         callbacks={
@@ -133,12 +137,17 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
+            "on_end": on_end,
         },
     )
     try:
         while chunk := stream.read(STREAM_CHUNK_SIZE):
             parser.write(chunk)
         parser.finalize()
+        if not ended:
+            # python-multipart's finalize() does not check that the closing boundary came: a
+            # body cut short (a client gone mid-upload) would otherwise store its last part cut.
+            raise InvalidMultipart("The body ends before its closing boundary.")
     except RadiologyError:
         _close(parts)
         raise
