@@ -10,6 +10,10 @@ from rest_framework import serializers
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE, RadiologyImage, RadiologyUpload
 from apps.radiology.upload_sync import UploadMetadata
 
+# Series and instance numbers go to 32-bit integer columns (DICOM IS is 32-bit too): a larger
+# value must be a 400 here, not an out-of-range error from the database (a 500).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
 
 class UploadCreateSerializer(serializers.Serializer):
     client_upload_id = serializers.UUIDField()
@@ -23,8 +27,12 @@ class UploadCreateSerializer(serializers.Serializer):
     image_uid = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
     study_description = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
     series_description = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
-    series_number = serializers.IntegerField(required=False, allow_null=True, default=None)
-    instance_number = serializers.IntegerField(required=False, allow_null=True, default=None)
+    series_number = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX
+    )
+    instance_number = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX
+    )
     modality = serializers.CharField(max_length=16, required=False, default="", allow_blank=True)
 
     def to_metadata(self) -> UploadMetadata:
