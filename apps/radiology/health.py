@@ -26,7 +26,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         logger.error("healthz: database unreachable: %s", type(exc).__name__)
         checks["database"] = "unreachable"
     try:
-        storage.object_exists("radiology/.healthz")
+        storage.check_reachable()
     except Exception as exc:
         logger.error("healthz: storage unreachable: %s", type(exc).__name__)
         checks["storage"] = "unreachable"

@@ -117,6 +117,22 @@ def object_exists(key: str) -> bool:
         raise StorageFailure() from exc
 
 
+def check_reachable() -> None:
+    """Raise StorageFailure unless the store answers; on S3 its bucket must exist.
+
+    A HEAD of a missing key is 404 whether the key or the whole bucket is missing, so S3 is
+    asked about the bucket itself (HeadBucket: the ListBucket right that listing needs).
+    """
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            store.connection.meta.client.head_bucket(Bucket=store.bucket_name)
+        else:
+            store.exists(f"{KEY_PREFIX}/.healthz")
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
 def open_object(key: str) -> IO[bytes] | None:
     """Open a stored object for streaming reads; None if it is missing."""
     try:
