@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from apps.radiology.errors import RadiologyError
@@ -234,7 +234,8 @@ def search_series(
     series = (
         series.select_related("study")
         .annotate(instance_total=Count("images", distinct=True))
-        .order_by("study_id", "series_number", "id")
+        # NULLs last on every database (SQLite would put them first, PostgreSQL last).
+        .order_by("study_id", F("series_number").asc(nulls_last=True), "id")
     )
     page = _page(series, query)
     wants_modalities = query.include_all or "00080061" in query.include_fields
@@ -289,7 +290,7 @@ def search_instances(
         images = images.filter(series__study_id=grant.study_id)
     wants_metadata = query.include_all or bool(query.include_fields)
     images = images.select_related("series__study").order_by(
-        "series__series_number", "series_id", "instance_number", "id"
+        F("series__series_number").asc(nulls_last=True), "series_id", F("instance_number").asc(nulls_last=True), "id"
     )
     if not wants_metadata:
         images = images.defer("image_metadata")

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from django.db.models import F
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
@@ -36,6 +37,8 @@ from .stow import store_instances
 
 DICOM_JSON = "application/dicom+json"
 PRIVATE_CACHE = "private, max-age=0, must-revalidate"
+# Instances (and series) without a number last, on every database: SQLite would sort NULL first.
+INSTANCE_ORDER = (F("instance_number").asc(nulls_last=True), "id")
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -154,7 +157,7 @@ def _study_images(study: RadiologyStudy) -> list[RadiologyImage]:
     return list(
         RadiologyImage.objects.filter(series__study=study)
         .select_related("series__study")
-        .order_by("series__series_number", "series_id", "instance_number", "id")
+        .order_by(F("series__series_number").asc(nulls_last=True), "series_id", *INSTANCE_ORDER)
     )
 
 
@@ -249,7 +252,7 @@ class InstancesSearchView(DicomWebView):
 class SeriesView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
         series = self.find_series(study_uid, series_uid)
-        images = list(series.images.select_related("series__study").order_by("instance_number", "id"))
+        images = list(series.images.select_related("series__study").order_by(*INSTANCE_ORDER))
         return self.dicom_parts(images)
 
 
@@ -262,7 +265,7 @@ class SeriesMetadataView(DicomWebView):
                 instance_metadata(
                     image, study=series.study, series=series, instance_url=f"{base}/instances/{image.image_uid}"
                 )
-                for image in series.images.order_by("instance_number", "id")
+                for image in series.images.order_by(*INSTANCE_ORDER)
             ]
         )
 
@@ -285,7 +288,7 @@ class SeriesRenderedView(DicomWebView):
 
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
         series = self.find_series(study_uid, series_uid)
-        images = list(series.images.order_by("instance_number", "id"))
+        images = list(series.images.order_by(*INSTANCE_ORDER))
         if not images:
             raise NotFound("The series has no instances.", code="instance_not_found")
         image = images[len(images) // 2]
