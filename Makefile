@@ -12,7 +12,7 @@ export OHIF_VIEWER_URL ?= http://$(HOST):$(VIEWER_PORT)/viewer
 
 export DJANGO_SETTINGS_MODULE ?= config.settings
 
-.PHONY: setup system-packages viewer run test lint format migrate seed check-migrations clean
+.PHONY: setup system-packages browser-packages viewer run test lint format migrate seed check-migrations clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,8 +54,12 @@ run: seed viewer
 system-packages:
 	bash scripts/system_packages.sh
 
-## test: set up and run the whole suite (SQLite + filesystem, and S3 via moto's server)
-test: setup system-packages
+## browser-packages: Debian's chromium (and a font) for the OHIF browser tests; Playwright drives it
+browser-packages:
+	bash scripts/browser_packages.sh
+
+## test: set up and run the whole suite (SQLite + filesystem, S3 via moto's server, OHIF in headless Chromium)
+test: setup system-packages browser-packages viewer
 	$(BIN)/python manage.py makemigrations --check --dry-run --settings=config.test_settings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
