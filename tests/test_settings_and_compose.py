@@ -326,3 +326,67 @@ def test_compose_only_variables_are_used_by_docker_compose() -> None:
 
 def test_every_variable_settings_read_is_in_env_example() -> None:
     assert names_read_by_settings() - set(env_example()) == set()
+
+
+# --- the OHIF viewer behind nginx (docker-compose.yml + deploy/nginx.conf) -------------------------
+
+NGINX_HTML = "/usr/share/nginx/html"
+_NGINX_LOCATION = re.compile(r"location\s+(=\s*)?(\S+)\s*\{([^{}]*)\}")
+
+
+@cache
+def nginx_conf() -> str:
+    """deploy/nginx.conf without comments."""
+    return re.sub(r"#[^\n]*", "", (ROOT / "deploy" / "nginx.conf").read_text())
+
+
+@cache
+def nginx_locations() -> dict[str, str]:
+    """`location [=] path { ... }` blocks (none nested) as "path" or "= path" -> body."""
+    return {f"{'= ' if exact else ''}{path}": body for exact, path, body in _NGINX_LOCATION.findall(nginx_conf())}
+
+
+def directives(block: str) -> list[str]:
+    return [" ".join(part.split()) for part in block.split(";") if part.strip()]
+
+
+def test_compose_nginx_serves_the_ohif_dist_on_port_3000() -> None:
+    nginx = compose()["services"]["nginx"]
+    assert re.fullmatch(r"nginx:1\.2[7-9][.\w-]*", nginx["image"])
+    assert [str(port) for port in nginx["ports"]] == ["3000:80"]
+    volumes = nginx["volumes"]
+    assert f"./var/ohif/dist:{NGINX_HTML}:ro" in volumes
+    assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro" in volumes
+    assert "app" in nginx["depends_on"]
+    # The app hands out viewer URLs on that origin unless .env says otherwise.
+    assert compose()["services"]["app"]["environment"]["OHIF_VIEWER_URL"] == (
+        "${OHIF_VIEWER_URL:-http://localhost:3000/viewer}"
+    )
+
+
+def test_nginx_conf_serves_the_dist_with_the_index_html_fallback() -> None:
+    outside_locations = _NGINX_LOCATION.sub("", nginx_conf())
+    assert re.search(r"^\s*listen\s+80;", outside_locations, re.MULTILINE)
+    assert re.search(rf"^\s*root\s+{re.escape(NGINX_HTML)};", outside_locations, re.MULTILINE)
+    assert "try_files $uri $uri/ /index.html" in directives(nginx_locations()["/"])
+
+
+def test_nginx_conf_never_caches_app_config_js() -> None:
+    block = directives(nginx_locations()["= /app-config.js"])
+    assert 'add_header Cache-Control "no-store" always' in block
+
+
+def test_nginx_conf_sends_referrer_policy_no_referrer_everywhere() -> None:
+    """Server-wide, and again in each location with its own add_header (nginx does not inherit them)."""
+    outside_locations = _NGINX_LOCATION.sub("", nginx_conf())
+    assert 'add_header Referrer-Policy "no-referrer" always' in directives(outside_locations)
+    for name, body in nginx_locations().items():
+        if "add_header" in body:
+            assert 'add_header Referrer-Policy "no-referrer" always' in directives(body), name
+
+
+@pytest.mark.parametrize("path", ["/api/", "/admin/", "/static/"])
+def test_nginx_conf_proxies_the_app(path: str) -> None:
+    block = directives(nginx_locations()[path])
+    assert "proxy_pass http://app:8000" in block
+    assert "proxy_set_header Host $http_host" in block
