@@ -44,18 +44,21 @@ class Command(BaseCommand):
             self.stdout.write(f"Resuming after image id {state['last_id']} ({state['verified']} already verified)")
         images = RadiologyImage.objects.filter(pk__gt=state["last_id"]).order_by("pk")
         remaining = images.values_list("file_size", flat=True)
-        with tqdm(
-            total=sum(remaining), unit="B", unit_scale=True, disable=options["no_progress"], file=self.stderr._out
-        ) as progress:
-            for image in images.only("pk", "file_key", "file_size", "checksum").iterator():
-                problem = self._check(image, progress)
-                if problem:
-                    state[problem].append({"id": image.pk, "file_key": image.file_key})
-                state["verified"] += 1
-                state["last_id"] = image.pk
-                if state["verified"] % 100 == 0:
-                    self._save(checkpoint, state)
-        self._save(checkpoint, state)
+        try:
+            with tqdm(
+                total=sum(remaining), unit="B", unit_scale=True, disable=options["no_progress"], file=self.stderr._out
+            ) as progress:
+                for image in images.only("pk", "file_key", "file_size", "checksum").iterator():
+                    problem = self._check(image, progress)
+                    if problem:
+                        state[problem].append({"id": image.pk, "file_key": image.file_key})
+                    state["verified"] += 1
+                    state["last_id"] = image.pk
+                    if state["verified"] % 100 == 0:
+                        self._save(checkpoint, state)
+        finally:
+            # Also when interrupted (Ctrl-C, a failing store): the images done so far are not redone.
+            self._save(checkpoint, state)
         orphans = self._orphans()
         for kind in ("missing", "corrupt"):
             for entry in state[kind]:
