@@ -59,11 +59,12 @@ browser-packages:
 	bash scripts/browser_packages.sh
 
 ## test: set up and run the whole suite (SQLite + filesystem, S3 via moto's server, OHIF in headless Chromium)
+# pytest gets config.test_settings explicitly: the config.settings exported above would beat pytest.ini.
 test: setup system-packages browser-packages viewer
 	$(BIN)/python manage.py makemigrations --check --dry-run --settings=config.test_settings
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=config.test_settings $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
