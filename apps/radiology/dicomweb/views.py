@@ -30,7 +30,7 @@ from . import pixels
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication, viewer_grant
 from .dicom_json import instance_metadata, jpeg_as_part10
-from .multipart import InvalidMultipart, Part, content_type_header, new_boundary, read_parts, stream_parts
+from .multipart import InvalidMultipart, Part, content_type_header, new_boundary, read_parts, request_body, stream_parts
 from .pixels import NotAcceptable
 from .qido import parse_search, search_instances, search_series, search_studies
 from .stow import store_instances
@@ -177,7 +177,7 @@ class StudiesView(DicomWebView):
         order_param = request.query_params.get("radiology_order_id")
         if order_param is not None and not order_param.isdigit():
             raise NotFound("No radiology order with this id.", code="order_not_found")
-        parts = read_parts(request._request, request.headers.get("Content-Type", ""))
+        parts = read_parts(request_body(request._request), request.headers.get("Content-Type", ""))
         if not parts:
             raise InvalidMultipart("The request has no parts to store.")
         try:
