@@ -1,0 +1,169 @@
+"""Fixtures of the DICOMweb tests: clients by role, sample files stored through the one ingest path.
+
+`put("CT_small.dcm")` stores a copy of one of pydicom's bundled files, re-labelled into the
+test's study (a new series and SOP Instance UID, as a modality would label it), through
+PACSLiteService.ingest_image, and returns what a test needs to check an answer against:
+the image row, the exact bytes stored, and a path to those bytes for pydicom and dcmdump.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+import pytest
+from django.contrib.auth.models import AbstractBaseUser
+from django.test import Client
+
+from apps.radiology.demo import jpeg_with_exif, sample_path
+from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
+from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
+from apps.radiology.tests.api_fixtures import token_client
+from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.uids import generate_uid
+
+API = "/api/v1/radiology/dicomweb"
+PHOTO = "photo.jpg"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored instance and the exact bytes that were ingested for it."""
+
+    image: RadiologyImage
+    content: bytes
+    path: Path
+
+    @property
+    def study_uid(self) -> str:
+        return self.image.series.study.study_uid
+
+    @property
+    def series_uid(self) -> str:
+        return self.image.series.series_uid
+
+    @property
+    def image_uid(self) -> str:
+        return self.image.image_uid
+
+    @property
+    def study(self) -> RadiologyStudy:
+        return self.image.series.study
+
+    def study_url(self, suffix: str = "") -> str:
+        return f"{API}/studies/{self.study_uid}{suffix}"
+
+    def series_url(self, suffix: str = "") -> str:
+        return f"{API}/studies/{self.study_uid}/series/{self.series_uid}{suffix}"
+
+    def url(self, suffix: str = "") -> str:
+        return f"{API}/studies/{self.study_uid}/series/{self.series_uid}/instances/{self.image_uid}{suffix}"
+
+    def absolute(self, suffix: str = "") -> str:
+        return f"http://testserver{self.url(suffix)}"
+
+    def dataset(self) -> pydicom.Dataset:
+        return pydicom.dcmread(self.path)
+
+
+def labelled(name: str, *, study_uid: str, series_uid: str, instance_number: int = 1, **changes: Any) -> bytes:
+    """A pydicom sample moved into a study and series under a new SOP Instance UID; other elements as
+    given (keyword=value), everything else (pixel data included) exactly as in the sample."""
+    dataset = pydicom.dcmread(sample_path(name))
+    image_uid = generate_uid()
+    dataset.StudyInstanceUID = study_uid
+    dataset.SeriesInstanceUID = series_uid
+    dataset.SOPInstanceUID = image_uid
+    dataset.file_meta.MediaStorageSOPInstanceUID = image_uid
+    dataset.InstanceNumber = instance_number
+    for keyword, value in changes.items():
+        if value is None:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        else:
+            setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Put(Protocol):
+    def __call__(
+        self,
+        name: str,
+        *,
+        order: RadiologyOrder | None = ...,
+        series_uid: str | None = ...,
+        instance_number: int = ...,
+        declared: DeclaredImage | None = ...,
+        content: bytes | None = ...,
+        **changes: Any,
+    ) -> Stored: ...
+
+
+@pytest.fixture
+def put(make_order: MakeOrder, tmp_path: Path) -> Put:
+    """Store a re-labelled pydicom sample (or PHOTO: demo.jpeg_with_exif(), or `content`) in an order's study.
+
+    Without `order`, every call of one test goes to the same order (one study); each call
+    gets its own series unless `series_uid` is given.
+    """
+    default: list[RadiologyOrder] = []
+    study_uids: dict[int, str] = {}
+    folder = tmp_path / "ingested"
+    folder.mkdir()
+
+    def _put(
+        name: str,
+        *,
+        order: RadiologyOrder | None = None,
+        series_uid: str | None = None,
+        instance_number: int = 1,
+        declared: DeclaredImage | None = None,
+        content: bytes | None = None,
+        **changes: Any,
+    ) -> Stored:
+        if order is None:
+            if not default:
+                default.append(make_order())
+            order = default[0]
+        study_uid = study_uids.setdefault(order.pk, generate_uid())
+        if name == PHOTO:
+            content = content if content is not None else jpeg_with_exif(**changes)
+            declared = declared or DeclaredImage(study_uid=study_uid, series_uid=series_uid, modality="OT")
+            suffix = "jpg"
+        else:
+            content = labelled(
+                name,
+                study_uid=study_uid,
+                series_uid=series_uid or generate_uid(),
+                instance_number=instance_number,
+                **changes,
+            )
+            suffix = "dcm"
+        result = PACSLiteService.ingest_image(
+            order=order,
+            stream=io.BytesIO(content),
+            filename=f"{name.rsplit('.', 1)[0]}.{suffix}",
+            uploaded_by=None,
+            declared=declared,
+        )
+        image = RadiologyImage.objects.select_related("series__study").get(pk=result.image.pk)
+        path = folder / f"{image.image_uid}.{suffix}"
+        path.write_bytes(content)
+        return Stored(image=image, content=content, path=path)
+
+    return _put
+
+
+@pytest.fixture
+def doctor_client(doctor: AbstractBaseUser) -> Client:
+    return token_client(doctor)
+
+
+@pytest.fixture
+def radtech_client(radtech: AbstractBaseUser) -> Client:
+    return token_client(radtech)

@@ -1,0 +1,254 @@
+"""WADO-RS rendered and thumbnail resources of instances, frames and series.
+
+Every rendered image is decoded with Pillow. PNG answers are lossless, so their pixels are
+compared exactly with what PS3.3 C.11.2.1.2 says a display must show: modality rescale
+(slope, intercept), then the linear VOI window (from ?window= or the header), then
+MONOCHROME1 inverted.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom.pixels
+import pytest
+from django.test import Client
+from PIL import Image
+
+from .conftest import PHOTO, Put, Stored
+from .helpers import error, json_of
+
+pytestmark = pytest.mark.django_db
+
+NOT_ACCEPTABLE = error("None of the media types in Accept can be produced for this resource.", "not_acceptable")
+
+
+def rendered(client: Client, url: str, accept: str = "image/jpeg", **params: str) -> Image.Image:
+    response = client.get(url, params, headers={"Accept": accept})
+    assert response.status_code == 200, response.content
+    expected_type = "image/png" if accept.startswith("image/png") else "image/jpeg"
+    assert response["Content-Type"] == expected_type
+    assert response["Cache-Control"] == "private, max-age=86400"
+    assert response["ETag"].startswith('"r-')
+    picture = Image.open(io.BytesIO(response.content))
+    picture.load()
+    assert picture.format == ("PNG" if expected_type == "image/png" else "JPEG")
+    return picture
+
+
+def png_pixels(client: Client, url: str, **params: str) -> np.ndarray:
+    return np.asarray(rendered(client, url, "image/png", **params))
+
+
+def displayed(stored: Stored, center: float, width: float, *, index: int = 0) -> np.ndarray:
+    """The 8-bit display of a greyscale frame: rescale, linear window, MONOCHROME1 inverted."""
+    dataset = stored.dataset()
+    values = pydicom.pixels.pixel_array(str(stored.path), index=index).astype(np.float32)
+    values = values * float(dataset.get("RescaleSlope", 1)) + float(dataset.get("RescaleIntercept", 0))
+    scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    display = np.clip(scaled, 0, 255).astype(np.uint8)
+    return 255 - display if dataset.PhotometricInterpretation == "MONOCHROME1" else display
+
+
+def fits(size: tuple[int, int], viewport: tuple[int, int], original: tuple[int, int]) -> None:
+    """Inside the viewport, touching it on one side, with the original's aspect ratio (to a pixel)."""
+    width, height = size
+    assert width <= viewport[0] and height <= viewport[1]
+    assert width == viewport[0] or height == viewport[1]
+    assert abs(width / height - original[0] / original[1]) <= 1 / min(width, height)
+
+
+def test_an_instance_renders_at_full_size_as_jpeg_by_default(put: Put, doctor_client: Client) -> None:
+    stored = put("CT_small.dcm")
+    response = doctor_client.get(stored.url("/rendered"))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg"
+    picture = Image.open(io.BytesIO(response.content))
+    assert (picture.format, picture.size, picture.mode) == ("JPEG", (128, 128), "L")
+
+
+@pytest.mark.parametrize(
+    ("viewport", "size"),
+    [("100,100", (25, 100)), ("512,512", (128, 512)), ("64,", (64, 256)), (",512", (128, 512)), ("10,1000", (10, 40))],
+)
+def test_rendered_fits_the_viewport_and_keeps_the_aspect_ratio(
+    put: Put, doctor_client: Client, viewport: str, size: tuple[int, int]
+) -> None:
+    stored = put("JPEG2000.dcm")  # 256 wide, 1024 high
+    picture = rendered(doctor_client, stored.url("/rendered"), viewport=viewport)
+    assert picture.size == size
+    wanted = tuple(int(part) if part else 8192 for part in viewport.split(","))
+    fits(picture.size, (wanted[0], wanted[1]), (256, 1024))
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("JPEG2000.dcm", (32, 128)), ("CT_small.dcm", (128, 128)), (PHOTO, (128, 96))]
+)
+def test_a_thumbnail_fits_128_by_128_by_default(
+    put: Put, doctor_client: Client, name: str, size: tuple[int, int]
+) -> None:
+    stored = put(name)
+    assert rendered(doctor_client, stored.url("/thumbnail")).size == size
+    assert rendered(doctor_client, stored.series_url("/thumbnail")).size == size
+
+
+def test_ohifs_thumbnail_request(put: Put, doctor_client: Client) -> None:
+    stored = put("JPEG2000.dcm")
+    picture = rendered(doctor_client, stored.url("/thumbnail"), "image/jpeg", viewport="256,256")
+    assert picture.size == (64, 256)
+
+
+def test_the_header_window_is_applied_and_a_window_parameter_replaces_it(put: Put, doctor_client: Client) -> None:
+    stored = put("MR_small.dcm")  # WindowCenter 600, WindowWidth 1600
+    by_header = png_pixels(doctor_client, stored.url("/rendered"))
+    assert np.array_equal(by_header, displayed(stored, 600, 1600))
+    narrow = png_pixels(doctor_client, stored.url("/rendered"), window="300,200")
+    assert np.array_equal(narrow, displayed(stored, 300, 200))
+    assert not np.array_equal(narrow, by_header)
+    # A window of the header's own values gives exactly the header's rendering.
+    assert np.array_equal(png_pixels(doctor_client, stored.url("/rendered"), window="600,1600,linear"), by_header)
+
+
+def test_the_rescale_is_applied_before_the_window(put: Put, doctor_client: Client) -> None:
+    ct = put("CT_small.dcm")  # RescaleIntercept -1024: stored values are HU + 1024
+    soft_tissue = png_pixels(doctor_client, ct.url("/rendered"), window="40,400")
+    assert np.array_equal(soft_tissue, displayed(ct, 40, 400))
+    hounsfield = pydicom.pixels.pixel_array(str(ct.path)).astype(np.int32) - 1024
+    assert (soft_tissue[hounsfield <= -160] == 0).all()
+    assert (soft_tissue[hounsfield >= 240] == 255).all()
+    unscaled = put("CT_small.dcm", RescaleIntercept=0)
+    assert not np.array_equal(png_pixels(doctor_client, unscaled.url("/rendered"), window="40,400"), soft_tissue)
+
+
+def test_monochrome1_is_rendered_inverted(put: Put, doctor_client: Client) -> None:
+    mono2 = put("MR_small.dcm")
+    mono1 = put("MR_small.dcm", PhotometricInterpretation="MONOCHROME1")
+    for params in ({}, {"window": "500,700"}):
+        normal = png_pixels(doctor_client, mono2.url("/rendered"), **params)
+        inverted = png_pixels(doctor_client, mono1.url("/rendered"), **params)
+        assert normal.std() > 0
+        assert np.array_equal(inverted, 255 - normal)
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle_2frame.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+def test_colour_images_render_as_their_rgb_pixels(put: Put, doctor_client: Client, name: str) -> None:
+    stored = put(name)
+    picture = rendered(doctor_client, stored.url("/rendered"), "image/png")
+    assert picture.mode == "RGB"
+    assert np.array_equal(np.asarray(picture), pydicom.pixels.pixel_array(str(stored.path), index=0))
+
+
+def test_a_jpeg_photo_renders_as_its_own_pixels(put: Put, doctor_client: Client) -> None:
+    stored = put(PHOTO)
+    with Image.open(stored.path) as photo:
+        expected = np.asarray(photo.convert("RGB"))
+    assert np.array_equal(png_pixels(doctor_client, stored.url("/rendered")), expected)
+
+
+def test_each_frame_renders_its_own_pixels(put: Put, doctor_client: Client) -> None:
+    stored = put("rtdose.dcm")  # 15 frames of 32-bit doses (795000..1254000), no window in the header
+    for number in (1, 8, 15):
+        expected = displayed(stored, 1000000, 400000, index=number - 1)
+        got = png_pixels(doctor_client, stored.url(f"/frames/{number}/rendered"), window="1000000,400000")
+        assert np.array_equal(got, expected), number
+    first = png_pixels(doctor_client, stored.url("/frames/1/rendered"), window="1000000,400000")
+    last = png_pixels(doctor_client, stored.url("/frames/15/rendered"), window="1000000,400000")
+    assert not np.array_equal(first, last)
+    assert np.array_equal(png_pixels(doctor_client, stored.url("/rendered"), window="1000000,400000"), first)
+    response = doctor_client.get(stored.url("/frames/16/rendered"))
+    assert response.status_code == 404
+    assert json_of(response) == error("The instance has no such frame.", "frame_not_found")
+
+
+def test_a_series_renders_its_middle_instance(put: Put, doctor_client: Client) -> None:
+    first = put("MR_small.dcm", instance_number=1)
+    middle = put(
+        "MR_small.dcm", series_uid=first.series_uid, instance_number=2, PhotometricInterpretation="MONOCHROME1"
+    )
+    put("MR_small.dcm", series_uid=first.series_uid, instance_number=3)
+    series = png_pixels(doctor_client, first.series_url("/rendered"))
+    assert np.array_equal(series, png_pixels(doctor_client, middle.url("/rendered")))
+    assert not np.array_equal(series, png_pixels(doctor_client, first.url("/rendered")))
+    thumbnail = rendered(doctor_client, first.series_url("/thumbnail"), "image/png")
+    assert thumbnail.size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("image/png", "image/png"),
+        ("image/jpeg", "image/jpeg"),
+        ("image/*", "image/jpeg"),
+        ("*/*", "image/jpeg"),
+        ("", "image/jpeg"),
+        ("image/jpeg;q=0.5, image/png", "image/png"),
+        ("image/png;q=0.9, image/jpeg;q=0.8", "image/png"),
+        ("text/html, image/png;q=0.1", "image/png"),
+        ("image/jpeg;q=0, image/png", "image/png"),
+    ],
+)
+def test_the_rendered_media_type_follows_accept(put: Put, doctor_client: Client, accept: str, media_type: str) -> None:
+    stored = put("MR_small.dcm")
+    for url in (stored.url("/rendered"), stored.url("/thumbnail"), stored.series_url("/rendered")):
+        response = doctor_client.get(url, headers={"Accept": accept} if accept else {})
+        assert response.status_code == 200
+        assert response["Content-Type"] == media_type
+        assert Image.open(io.BytesIO(response.content)).format == media_type.split("/")[1].upper()
+
+
+@pytest.mark.parametrize("accept", ["text/html", "image/jp2", "application/dicom", "image/gif, text/plain"])
+def test_a_rendered_type_that_cannot_be_produced_is_406(put: Put, doctor_client: Client, accept: str) -> None:
+    stored = put("MR_small.dcm")
+    for url in (stored.url("/rendered"), stored.url("/thumbnail"), stored.series_url("/thumbnail")):
+        response = doctor_client.get(url, headers={"Accept": accept})
+        assert response.status_code == 406
+        assert response["Content-Type"] == "application/json"
+        assert json_of(response) == NOT_ACCEPTABLE
+
+
+def test_jpeg_quality_is_honoured(put: Put, doctor_client: Client) -> None:
+    stored = put("CT_small.dcm")
+    small = doctor_client.get(stored.url("/rendered"), {"quality": "5"}).content
+    large = doctor_client.get(stored.url("/rendered"), {"quality": "100"}).content
+    assert len(small) < len(large)
+
+
+@pytest.mark.parametrize(
+    ("params", "body"),
+    [
+        ({"viewport": "abc"}, error("viewport must be width,height in pixels.", "radiology_error")),
+        ({"viewport": "0,0"}, error("viewport must be width,height between 1 and 8192.", "radiology_error")),
+        ({"viewport": "9000,10"}, error("viewport must be width,height between 1 and 8192.", "radiology_error")),
+        ({"window": "40"}, error("window must be center,width[,linear].", "radiology_error")),
+        ({"window": "40,0"}, error("window width must be at least 1.", "radiology_error")),
+    ],
+)
+def test_invalid_rendering_parameters_are_400(
+    put: Put, doctor_client: Client, params: dict[str, str], body: dict[str, str]
+) -> None:
+    stored = put("CT_small.dcm")
+    response = doctor_client.get(stored.url("/rendered"), params)
+    assert response.status_code == 400
+    assert json_of(response) == body
+
+
+def test_pixel_data_that_cannot_be_decoded_renders_as_422(put: Put, doctor_client: Client) -> None:
+    stored = put("JPEG-lossy.dcm")
+    response = doctor_client.get(stored.url("/rendered"))
+    assert response.status_code == 422
+    assert json_of(response) == error("Could not decode the pixel data: RuntimeError.", "rendering_failed")
+
+
+def test_a_render_the_browser_holds_is_304(put: Put, doctor_client: Client) -> None:
+    stored = put("MR_small.dcm")
+    first = doctor_client.get(stored.url("/thumbnail"), {"viewport": "64,64"})
+    etag = first["ETag"]
+    again = doctor_client.get(stored.url("/thumbnail"), {"viewport": "64,64"}, headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again["ETag"] == etag
+    other = doctor_client.get(stored.url("/thumbnail"), {"viewport": "32,32"}, headers={"If-None-Match": etag})
+    assert other.status_code == 200
+    assert other["ETag"] != etag
+    assert Image.open(io.BytesIO(other.content)).size == (32, 32)
