@@ -109,9 +109,13 @@ class DicomWebView(APIView):
             raise NotFound("No such instance.", code="instance_not_found")
         return image
 
-    def json_response(self, body: Any) -> HttpResponse:
+    def require_json(self) -> None:
+        """406 unless the client accepts DICOM JSON."""
         if not any(wanted.matches(DICOM_JSON) or wanted.matches("application/json") for wanted in self.accepted()):
             raise NotAcceptable()
+
+    def json_response(self, body: Any) -> HttpResponse:
+        self.require_json()
         response = HttpResponse(json.dumps(body, separators=(",", ":")), content_type=DICOM_JSON)
         response["Cache-Control"] = PRIVATE_CACHE
         return response
@@ -174,6 +178,7 @@ class StudiesView(DicomWebView):
         return self.json_response(search_studies(query, grant=viewer_grant(request), url=self.retrieve_url))
 
     def post(self, request: Request, study_uid: str | None = None) -> HttpResponse:
+        self.require_json()  # before anything is stored: a 406 must not come after the store
         order_param = request.query_params.get("radiology_order_id")
         if order_param is not None and not order_param.isdigit():
             raise NotFound("No radiology order with this id.", code="order_not_found")
