@@ -256,7 +256,7 @@ CACHES = {
     },
 }
 
-# Only behind a proxy that sets it: the audit trail then records X-Forwarded-For's first hop.
+# Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
 
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")

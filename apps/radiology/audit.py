@@ -9,6 +9,7 @@ by patient name must not copy the name into the trail), and never tokens.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,13 +68,27 @@ def channel_of(path: str, route: str) -> str:
     return "api"
 
 
+def _ip_or_none(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
 def client_address(request: HttpRequest) -> str | None:
-    """REMOTE_ADDR, or the first X-Forwarded-For hop when a trusted proxy is configured."""
+    """REMOTE_ADDR, or the last X-Forwarded-For hop when a trusted proxy is configured.
+
+    The proxy appends the address it saw to whatever the client sent (nginx's
+    $proxy_add_x_forwarded_for), so only the last hop is the proxy's word; earlier hops are
+    the client's own claims. Anything that is not an IP address is dropped: it would be a
+    forged entry, and PostgreSQL's inet column would refuse the whole event.
+    """
     if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
+        last_hop = _ip_or_none(forwarded.rsplit(",", 1)[-1]) if forwarded else None
+        if last_hop is not None:
+            return last_hop
+    return _ip_or_none(request.META.get("REMOTE_ADDR") or "")
 
 
 def record(
