@@ -271,6 +271,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": None,
     # Password guessing on the token endpoint is throttled (per client address).
     "DEFAULT_THROTTLE_RATES": {"auth-token": env_str("RADIOLOGY_TOKEN_RATE", "10/min")},
+    # Which address that is: unset, DRF counts by the whole X-Forwarded-For header, which a
+    # client makes up afresh for every guess. The connection's address, or behind a trusted
+    # proxy the hop it added (the address the audit trail records).
+    "NUM_PROXIES": 1 if RADIOLOGY_TRUST_X_FORWARDED_FOR else 0,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
