@@ -180,7 +180,8 @@ class ViewerTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ["study", "issued_to"]
     actions = ["revoke"]
 
-    @admin.action(description="Revoke the selected viewer tokens (they stop working at once)")
+    # permissions: without it, any staff user who may only *view* tokens could revoke them.
+    @admin.action(description="Revoke the selected viewer tokens (they stop working at once)", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
         revoked = sum(PACSLiteService.revoke_viewer_token(token_id=token.pk) for token in queryset)
         self.message_user(request, f"Revoked {revoked} viewer token(s).")
