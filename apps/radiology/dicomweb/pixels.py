@@ -139,14 +139,39 @@ def frame_chunks(image: RadiologyImage, number: int, plan: FramePlan) -> Iterato
         yield decode_frame(image, number).tobytes()
         return
     spans = frame_spans(image, number)
-    if image.transfer_syntax_uid == BIG_ENDIAN and int(_metadata_value(image, "00280100", 8)) in (16, 32):
-        swapped = array.array("H" if int(_metadata_value(image, "00280100")) == 16 else "I")
-        swapped.frombytes(b"".join(storage.read_object_range(image.file_key, o, n) for o, n in spans))
-        swapped.byteswap()
-        yield swapped.tobytes()
+    word = _big_endian_word(image)
+    if word > 1:
+        yield b"".join(_little_endian_range(image, offset, length, word) for offset, length in spans)
         return
     for offset, length in spans:
         yield from storage.iter_object_range(image.file_key, offset, length)
+
+
+def _big_endian_word(image: RadiologyImage) -> int:
+    """Bytes per swapped word of native big-endian pixel data (1: nothing to swap).
+
+    16- and 32-bit samples swap per sample; 8-bit samples in an OW value are swapped per
+    16-bit word too (PS3.5 7.3: OW is a stream of 16-bit words), only OB keeps its byte order.
+    """
+    if image.transfer_syntax_uid != BIG_ENDIAN:
+        return 1
+    bits = int(_metadata_value(image, "00280100", 8))
+    if bits in (16, 32):
+        return bits // 8
+    return 2 if (image.pixel_data or {}).get("vr") == "OW" else 1
+
+
+def _little_endian_range(image: RadiologyImage, offset: int, length: int, word: int) -> bytes:
+    """`length` bytes from `offset` as little endian: whole words are read and swapped, then cut
+    (a frame of 8-bit samples in OW need not start or end on a word boundary)."""
+    base = int((image.pixel_data or {}).get("offset", offset))
+    start = base + (offset - base) // word * word
+    end = base + -(-(offset + length - base) // word) * word
+    raw = storage.read_object_range(image.file_key, start, end - start)
+    swapped = array.array({2: "H", 4: "I"}[word])
+    swapped.frombytes(raw[: len(raw) // word * word])
+    swapped.byteswap()
+    return swapped.tobytes()[offset - start : offset - start + length]
 
 
 def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
