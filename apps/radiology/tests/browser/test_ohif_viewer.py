@@ -134,4 +134,6 @@ def test_token_of_one_study_does_not_open_another(
     assert {exchange.authorization for exchange in visit.dicomweb} == {f"Bearer {token}"}, details
     # The token is valid, so nothing is 401; the other study simply does not exist for it.
     assert not any(exchange.is_frame or exchange.path.endswith("/metadata") for exchange in visit.dicomweb), details
-    assert not any(jpeg_study.study_uid in exchange.path and exchange.status < 400 for exchange in visit.dicomweb)
+    assert not any(jpeg_study.study_uid in exchange.path and exchange.status < 400 for exchange in visit.dicomweb), (
+        details
+    )
