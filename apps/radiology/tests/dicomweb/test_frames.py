@@ -140,6 +140,20 @@ def test_a_big_endian_frame_leaves_as_explicit_little_endian(put: Put, doctor_cl
     assert parts == [(f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}", little)]
 
 
+def test_8_bit_samples_in_a_big_endian_ow_value_leave_unswapped(put: Put, doctor_client: Client) -> None:
+    """OW is a stream of 16-bit words: big endian swaps 8-bit samples in pairs (and this frame is odd-sized)."""
+    stored = put("SC_rgb_small_odd_big_endian.dcm")  # 3x3 RGB, 8 bits, OW, 27 bytes + 1 pad
+    rgb = pydicom.pixels.pixel_array(str(stored.path)).tobytes()
+    assert len(rgb) == 27
+    assert stored.dataset().PixelData[:27] != rgb
+    for accept in (OHIF_ACCEPT, UNCOMPRESSED_ACCEPT):
+        _type, parts = get_frames(doctor_client, stored, "1", accept)
+        assert parts == [(f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}", rgb)]
+    # The same file in little endian has those very bytes.
+    little = put("SC_rgb_small_odd.dcm")
+    assert get_frames(doctor_client, little, "1", OHIF_ACCEPT)[1] == parts
+
+
 def test_a_jpeg_photo_frame_is_the_stored_jpeg_unchanged(radiology_store: str, put: Put, doctor_client: Client) -> None:
     stored = put(PHOTO)
     for accept in (

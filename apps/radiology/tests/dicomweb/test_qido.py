@@ -606,3 +606,12 @@ def test_series_and_instances_without_a_number_come_last(put: Put, doctor_client
     assert instances[0] == numbered.image_uid
     metadata = json_of(doctor_client.get(f"{API}/studies/{study}/metadata"))
     assert [item["00080018"]["Value"][0] for item in metadata] == instances
+
+
+@pytest.mark.parametrize("pattern", ["Ñúñez^José", "ñúñez^josé", "ÑÚÑEZ*", "*josé", "?úñez*"])
+def test_patient_names_beyond_ascii_match_without_case(
+    put: Put, make_order: Any, doctor_client: Client, pattern: str
+) -> None:
+    stored = put("CT_small.dcm", order=make_order(first_name="José", last_name="Ñúñez"))
+    put("CT_small.dcm", order=make_order(first_name="Jose", last_name="Nunez"))
+    assert uids(search(doctor_client, "studies", PatientName=pattern)) == [stored.study_uid]

@@ -360,6 +360,24 @@ def test_a_body_cut_short_stores_nothing(radtech_client: Client, target: Radiolo
     assert stored_keys() == []
 
 
+@pytest.mark.parametrize("accept", ["application/dicom+xml", "text/html", "application/dicom+json;q=0"])
+def test_an_answer_that_cannot_be_produced_is_406_before_anything_is_stored(
+    radtech_client: Client, target: RadiologyOrder, accept: str
+) -> None:
+    response = radtech_client.post(
+        f"{STUDIES}?radiology_order_id={target.pk}",
+        data=multipart(ct()),
+        content_type=CONTENT_TYPE,
+        headers={"Accept": accept},
+    )
+    assert response.status_code == 406
+    assert json_of(response) == error(
+        "None of the media types in Accept can be produced for this resource.", "not_acceptable"
+    )
+    assert row_counts() == (0, 0, 0)
+    assert stored_keys() == []
+
+
 def test_a_body_encoded_by_dicomweb_client(radtech_client: Client, target: RadiologyOrder) -> None:
     """dicomweb-client starts the body with CRLF and quotes the boundary."""
     study_uid = generate_uid()

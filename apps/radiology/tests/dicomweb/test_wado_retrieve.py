@@ -8,14 +8,17 @@ data fragment is the JPEG, unchanged.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pydicom.encaps
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 from django.test import Client
+from PIL import Image
 from requests.structures import CaseInsensitiveDict
 
 from apps.radiology.demo import jpeg_with_exif
@@ -198,3 +201,24 @@ def test_retrieving_what_is_not_there_is_404(put: Put, doctor_client: Client) ->
         response = doctor_client.get(url)
         assert response.status_code == 404
         assert json_of(response) == body
+
+
+def test_a_greyscale_jpeg_photo_is_a_monochrome_secondary_capture(
+    put: Put, doctor_client: Client, tmp_path: Path
+) -> None:
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 48)).save(buffer, format="JPEG", quality=90)
+    stored = put(PHOTO, content=buffer.getvalue())
+    [metadata] = json_of(doctor_client.get(stored.url("/metadata")))
+    assert {tag: metadata[tag] for tag in ("00280002", "00280004", "00280010", "00280011")} == {
+        "00280002": {"vr": "US", "Value": [1]},
+        "00280004": {"vr": "CS", "Value": ["MONOCHROME2"]},
+        "00280010": {"vr": "US", "Value": [48]},
+        "00280011": {"vr": "US", "Value": [64]},
+    }
+    assert "00280006" not in metadata  # PlanarConfiguration is for colour only
+    [(_content_type, content)] = retrieve(doctor_client, stored.url())
+    check_with_dcmdump(content, stored.image_uid, tmp_path)
+    dataset = pydicom.dcmread(tmp_path / f"{stored.image_uid}.dcm")
+    with Image.open(io.BytesIO(stored.content)) as photo:
+        assert np.array_equal(dataset.pixel_array, np.asarray(photo))
