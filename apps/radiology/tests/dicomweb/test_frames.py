@@ -209,3 +209,17 @@ def test_pixel_data_that_cannot_be_decoded_is_422_before_any_body(put: Put, doct
     # As stored, the frame still leaves: the client may have a decoder that copes.
     _type, parts = get_frames(doctor_client, stored, frames, OHIF_ACCEPT)
     assert [content for _ct, content in parts] == stored_frames(stored) * len(frames.split(","))
+
+
+def test_an_instance_without_pixel_data_has_no_frames(put: Put, doctor_client: Client) -> None:
+    stored = put("rtplan.dcm")
+    assert stored.image.pixel_data == {}
+    for accept in (OHIF_ACCEPT, UNCOMPRESSED_ACCEPT):
+        response = doctor_client.get(stored.url("/frames/1"), headers={"Accept": accept})
+        assert response.status_code == 404
+        assert json_of(response) == NO_SUCH_FRAME
+    response = doctor_client.get(stored.url("/frames/1/rendered"))
+    assert response.status_code == 422
+    assert json_of(response) == error("Could not decode the pixel data: AttributeError.", "rendering_failed")
+    response = doctor_client.get(stored.url("/bulk/7FE00010"))
+    assert (response.status_code, json_of(response)) == (404, error("No such bulk data.", "bulkdata_not_found"))

@@ -37,6 +37,7 @@ SAMPLES = [
     "SC_rgb_rle_2frame.dcm",
     "rtdose.dcm",
     "MR_small_bigendian.dcm",
+    "rtplan.dcm",  # no pixel data at all
 ]
 
 
