@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from django.db.models import Min
+from django.db.models import F, Min
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.radiology.dicomweb.auth import ViewerTokenPrincipal
-from apps.radiology.dicomweb.views import DicomWebView
+from apps.radiology.dicomweb.views import INSTANCE_ORDER, DicomWebView
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.signing import SignatureRejected, verify_viewer_token
@@ -51,10 +51,13 @@ def _default_window(metadata: dict[str, Any]) -> list[float] | None:
 
 def viewer_context(study: RadiologyStudy) -> dict[str, Any]:
     """What the page needs: the study header and, per series, its instances in order (3 queries)."""
-    series_list = list(RadiologySeries.objects.filter(study=study).order_by("series_number", "id"))
+    # Unnumbered series and instances last on every database, as DICOMweb lists them.
+    series_list = list(
+        RadiologySeries.objects.filter(study=study).order_by(F("series_number").asc(nulls_last=True), "id")
+    )
     rows = (
         RadiologyImage.objects.filter(series__study=study)
-        .order_by("instance_number", "id")
+        .order_by(*INSTANCE_ORDER)
         .values_list("series_id", "image_uid", "number_of_frames", "mime_type")
     )
     instances: dict[int, list[list[Any]]] = {series.pk: [] for series in series_list}
@@ -70,7 +73,7 @@ def viewer_context(study: RadiologyStudy) -> dict[str, Any]:
     )
     windows = {
         image.series_id: _default_window(image.image_metadata)
-        for image in RadiologyImage.objects.filter(pk__in=list(firsts)).only("series_id", "image_metadata")
+        for image in RadiologyImage.objects.filter(pk__in=firsts).only("series_id", "image_metadata")
     }
     return {
         "study": {
