@@ -56,8 +56,10 @@ def render_key(
 
 def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> HttpResponse:
     """304 if the browser holds this render; else the cached or freshly produced bytes."""
-    if_none_match = request.headers.get("If-None-Match", "")
-    if key.etag in [tag.strip() for tag in if_none_match.split(",")]:
+    # Weak comparison, as RFC 9110 13.1.2 requires for If-None-Match: W/"x" (an ETag a
+    # compressing proxy weakened) matches "x".
+    held = [tag.strip().removeprefix("W/") for tag in request.headers.get("If-None-Match", "").split(",")]
+    if key.etag in held:
         response = HttpResponse(status=304)
     else:
         cache = caches[CACHE_ALIAS]
