@@ -26,6 +26,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from apps.radiology import signing, storage
@@ -407,10 +408,15 @@ def _create_rows(
             accession_number=parsed.accession_number,
             referring_physician_name=parsed.referring_physician_name,
         )
+        series_number = parsed.series_number if parsed.series_number is not None else declared.series_number
+        if series_number is None and parsed.mime_type != DICOM_MIME_TYPE:
+            # A photo with no number of its own goes after the study's series (viewers sort by it).
+            top = RadiologySeries.objects.filter(study=study).aggregate(top=Max("series_number"))["top"]
+            series_number = (top or 0) + 1
         series = PACSLiteService.create_series_for_study(
             study=study,
             series_uid=uids.series_uid,
-            series_number=parsed.series_number if parsed.series_number is not None else declared.series_number,
+            series_number=series_number,
             series_description=parsed.series_description or declared.series_description,
             modality=modality,
             series_date=parsed.series_date,
