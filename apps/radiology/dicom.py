@@ -24,6 +24,7 @@ from pydicom.tag import BaseTag
 
 from apps.radiology.errors import InvalidDicom, InvalidJpeg, TruncatedFile, UnsupportedFileType
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
+from apps.radiology.uids import validate_uid
 
 # The smallest prefix that tells DICOM Part 10 (128-byte preamble + "DICM") from JPEG.
 SNIFF_LENGTH = 132
@@ -129,6 +130,12 @@ def parse_dicom(path: Path) -> ParsedImage:
         raise InvalidDicom(f"The DICOM file could not be read: {type(exc).__name__}.") from exc
     except Exception as exc:  # pydicom raises many types on malformed values
         raise InvalidDicom(f"The DICOM file has malformed content: {type(exc).__name__}.") from exc
+    # Only valid UIDs are stored (see uids.py); ingest checks the study, series and image UIDs,
+    # these two are checked here. A mangled one (a wrong VR that reads it as numbers, an
+    # embedded NUL) would otherwise fail its 64-character column on PostgreSQL: a 500.
+    for name in ("sop_class_uid", "transfer_syntax_uid"):
+        if fields[name]:
+            validate_uid(fields[name], field=name)
     return ParsedImage(
         mime_type=DICOM_MIME_TYPE, metadata=metadata, pixel_data=pixel_data, bulk_data=bulk_data, **fields
     )
