@@ -7,7 +7,11 @@ test runs on the filesystem store and on S3 (moto over HTTP).
 
 from __future__ import annotations
 
+import gc
 import io
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,18 +39,47 @@ pytestmark = [pytest.mark.django_db(transaction=True), QUIET_UID_WARNINGS]
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 
 
-def web_client(base_url: str, authorization: str) -> DICOMwebClient:
-    session = requests.Session()
-    session.headers["Authorization"] = authorization
-    # No keep-alive: a live-server thread left waiting on an idle connection would close the
-    # test database connection from its own thread after the test (a thread-sharing error on SQLite).
-    session.headers["Connection"] = "close"
-    return DICOMwebClient(url=f"{base_url}{API}", session=session)
+Connect = Callable[[str], DICOMwebClient]
 
 
-def as_user(base_url: str, user: Any) -> DICOMwebClient:
+@pytest.fixture
+def connect(live_server: Any) -> Iterator[Connect]:
+    """connect(authorization) -> a DICOMwebClient of the live server sending that Authorization.
+
+    Sessions keep their connections alive (a new connection per request would cost a server
+    thread, a database connection and an S3 client each). At the end they are closed and the
+    server's request threads are let finish while the live server (and the test database
+    connection it shares on SQLite) is still there.
+    """
+    sessions: list[requests.Session] = []
+
+    def _connect(authorization: str) -> DICOMwebClient:
+        session = requests.Session()
+        session.headers["Authorization"] = authorization
+        sessions.append(session)
+        return DICOMwebClient(url=f"{live_server.url}{API}", session=session)
+
+    yield _connect
+    for session in sessions:
+        session.close()
+    # A refused request's response lives on in a reference cycle (exception <-> traceback) with
+    # its connection open: collect it, so that connection closes too.
+    gc.collect()
+    httpd = live_server.thread.httpd
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_serves(thread, httpd) for thread in threading.enumerate()):
+        time.sleep(0.01)
+
+
+def _serves(thread: threading.Thread, httpd: object) -> bool:
+    """Whether the thread handles a request of this server (not of moto's S3 server)."""
+    target = getattr(thread, "_target", None)
+    return thread.is_alive() and getattr(target, "__self__", None) is httpd
+
+
+def as_user(connect: Connect, user: Any) -> DICOMwebClient:
     token, _created = Token.objects.get_or_create(user=user)
-    return web_client(base_url, f"Token {token.key}")
+    return connect(f"Token {token.key}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +106,9 @@ def uid(item: dict[str, Any], tag: str) -> str:
 
 
 def test_searches_metadata_instances_frames_and_renders(
-    radiology_store: str, live_server: Any, doctor: Any, study: Study
+    radiology_store: str, live_server: Any, connect: Connect, doctor: Any, study: Study
 ) -> None:
-    client = as_user(live_server.url, doctor)
+    client = as_user(connect, doctor)
     ct1, ct2, rle, dose, photo = study.ct1, study.ct2, study.rle, study.dose, study.photo
 
     # QIDO
@@ -168,8 +201,8 @@ def test_searches_metadata_instances_frames_and_renders(
     assert Image.open(io.BytesIO(series_jpeg)).size == (128, 128)
 
 
-def test_store_instances(live_server: Any, radtech: Any, make_order: Any) -> None:
-    client = as_user(live_server.url, radtech)
+def test_store_instances(connect: Connect, radtech: Any, make_order: Any) -> None:
+    client = as_user(connect, radtech)
     order = make_order()
     study_uid = generate_uid()
     series_uid = generate_uid()
@@ -208,10 +241,10 @@ def test_store_instances(live_server: Any, radtech: Any, make_order: Any) -> Non
     assert RadiologyImage.objects.get(image_uid=more.SOPInstanceUID).uploaded_by_id == radtech.pk
 
 
-def test_a_viewer_token_through_dicomweb_client(live_server: Any, put: Put, make_order: Any) -> None:
+def test_a_viewer_token_through_dicomweb_client(connect: Connect, put: Put, make_order: Any) -> None:
     mine = put("MR_small.dcm", order=make_order())
     other = put("CT_small.dcm", order=make_order())
-    client = web_client(live_server.url, f"Bearer {signing.issue_viewer_token(study=mine.study, user=None)}")
+    client = connect(f"Bearer {signing.issue_viewer_token(study=mine.study, user=None)}")
     assert [uid(item, "0020000D") for item in client.search_for_studies()] == [mine.study_uid]
     assert client.search_for_studies(search_filters={"PatientID": other.study.patient_id}) == []
     assert [uid(item, "0020000D") for item in client.search_for_instances()] == [mine.study_uid]
@@ -222,7 +255,7 @@ def test_a_viewer_token_through_dicomweb_client(live_server: Any, put: Put, make
     with pytest.raises(requests.HTTPError) as refused:
         client.store_instances([other.dataset()])
     assert refused.value.response.status_code == 403
-    forged = web_client(live_server.url, "Bearer forged")
+    forged = connect("Bearer forged")
     with pytest.raises(requests.HTTPError) as refused:
         forged.search_for_studies()
     assert refused.value.response.status_code == 401
