@@ -22,7 +22,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
-from apps.radiology.errors import InvalidDicom, InvalidJpeg, TruncatedFile, UnsupportedFileType
+from apps.radiology.errors import (
+    InvalidDicom,
+    InvalidJpeg,
+    TruncatedFile,
+    UnsupportedFileType,
+    UnsupportedTransferSyntax,
+)
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
 from apps.radiology.uids import validate_uid
 
@@ -48,6 +54,7 @@ _EOF_WARNING = "End of file reached before delimiter"
 # Secondary Capture Image Storage: how a JPEG photo is presented to DICOM tools.
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_BASELINE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.50"
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 
 def sniff_mime_type(head: bytes) -> str:
@@ -118,13 +125,16 @@ def parse_dicom(path: Path) -> ParsedImage:
             # *empty* data set, which would otherwise pass as "no UIDs".
             if any(_EOF_WARNING in str(warning.message) for warning in caught):
                 raise TruncatedFile()
+            if str(dataset.file_meta.get("TransferSyntaxUID", "")) == DEFLATED_TRANSFER_SYNTAX:
+                # The data set is deflated: file offsets of frames would be meaningless.
+                raise UnsupportedTransferSyntax()
             pixel_position = handle.tell()
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
             metadata = dicom_json(dataset)
             bulk_data = _bulk_elements(dataset)
             fields = _dicom_fields(dataset)
-    except (TruncatedFile, InvalidDicom):
+    except (TruncatedFile, InvalidDicom, UnsupportedTransferSyntax):
         raise
     except (InvalidDicomError, EOFError) as exc:
         raise InvalidDicom(f"The DICOM file could not be read: {type(exc).__name__}.") from exc
@@ -467,6 +477,9 @@ def parse_jpeg(path: Path) -> ParsedImage:
                 raise InvalidJpeg()
             width, height = image.size
             mode = image.mode
+            if mode not in ("L", "RGB"):
+                # CMYK or YCCK: no DICOM photometric interpretation fits it unchanged.
+                raise InvalidJpeg(f"JPEG colour mode {mode} is not supported; save the photo as RGB.")
             progressive = bool(image.info.get("progressive") or image.info.get("progression"))
             exif = exif_json(image)
             # draft() lets libjpeg decode at 1/8 scale: every byte of the entropy-coded data

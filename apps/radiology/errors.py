@@ -33,6 +33,12 @@ class UnsupportedFileType(RadiologyError):
     default_detail = "Only DICOM Part 10 files (with preamble) and JPEG images are accepted."
 
 
+class UnsupportedTransferSyntax(RadiologyError):
+    code = "unsupported_transfer_syntax"
+    status_code = 415
+    default_detail = "Deflated DICOM files are not accepted; send the file uncompressed or image-compressed."
+
+
 class EmptyFile(RadiologyError):
     code = "empty_file"
     default_detail = "The file is empty."

@@ -21,7 +21,14 @@ from apps.radiology.dicom import (
     parse_image_file,
     sniff_mime_type,
 )
-from apps.radiology.errors import InvalidDicom, InvalidJpeg, RadiologyError, TruncatedFile, UnsupportedFileType
+from apps.radiology.errors import (
+    InvalidDicom,
+    InvalidJpeg,
+    RadiologyError,
+    TruncatedFile,
+    UnsupportedFileType,
+    UnsupportedTransferSyntax,
+)
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
 from apps.radiology.tests.factories import edited_sample, pydicom_json_without_bulk, sample_bytes
 
@@ -280,3 +287,22 @@ def test_parse_dicom_date(value: object, expected: dt.date | None) -> None:
 )
 def test_parse_dicom_time(value: object, expected: dt.time | None) -> None:
     assert parse_dicom_time(value) == expected
+
+
+def test_deflated_dicom_is_refused_as_an_unsupported_transfer_syntax() -> None:
+    """A deflated data set has no usable file offsets for frames: refused, with its own code."""
+    with pytest.raises(UnsupportedTransferSyntax) as excinfo:
+        parse_image_file(sample_path("image_dfl.dcm"), DICOM_MIME_TYPE)
+
+    assert (excinfo.value.code, excinfo.value.status_code) == ("unsupported_transfer_syntax", 415)
+
+
+def test_cmyk_jpeg_is_refused_with_the_mode_named(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (16, 8), (0, 0, 0, 0)).save(path, format="JPEG")
+
+    with pytest.raises(InvalidJpeg) as excinfo:
+        parse_image_file(path, JPEG_MIME_TYPE)
+
+    assert excinfo.value.detail == "JPEG colour mode CMYK is not supported; save the photo as RGB."
+    assert excinfo.value.code == "invalid_jpeg"
