@@ -127,6 +127,21 @@ def record(
         return None
 
 
+_MAX_ID = 2**63 - 1  # the id columns are BigIntegerField
+
+
+def _id(value: Any) -> int | None:
+    """An id from the URL as its column can hold it, else None: a URL must never break the event.
+
+    isdecimal, not isdigit: "²" is a digit that int() refuses, and a 30-digit id overflows the column.
+    """
+    text = str(value)
+    if not text.isdecimal():
+        return None
+    number = int(text)
+    return number if number <= _MAX_ID else None
+
+
 def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
     what: dict[str, Any] = {}
     for key in ("study_uid", "series_uid"):
@@ -135,19 +150,19 @@ def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
     if kwargs.get("image_uid"):
         what["image_uid"] = str(kwargs["image_uid"])[:64]
     if kwargs.get("image_id"):
-        what["image_id"] = int(kwargs["image_id"])
+        what["image_id"] = _id(kwargs["image_id"])
     if kwargs.get("study_id"):
-        what["study_id"] = int(kwargs["study_id"])
-    pk = kwargs.get("pk") or kwargs.get("object_id")
-    if pk and str(pk).isdigit():
+        what["study_id"] = _id(kwargs["study_id"])
+    pk = _id(kwargs.get("pk") or kwargs.get("object_id") or "")
+    if pk is not None:
         if route.startswith("study") or "radiologystudy" in route:
-            what["study_id"] = int(pk)
+            what["study_id"] = pk
         elif route.startswith("image") or "radiologyimage" in route:
-            what["image_id"] = int(pk)
+            what["image_id"] = pk
         elif route.startswith("upload"):
-            what["upload_id"] = int(pk)
+            what["upload_id"] = pk
         elif "radiologyorder" in route:
-            what["order_id"] = int(pk)
+            what["order_id"] = pk
     if grant is not None and "study_uid" not in what:
         what["study_uid"] = grant.study_uid
     return what
