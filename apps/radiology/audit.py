@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,8 @@ def record(
         return None
 
 
+# Control characters in a query name: PostgreSQL refuses NUL in text, which would lose the event.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_ID = 2**63 - 1  # the id columns are BigIntegerField
 
 
@@ -190,7 +193,7 @@ class AuditMiddleware:
             method=request.method or "",
             status_code=response.status_code,
             address=client_address(request),
-            query_keys=",".join(sorted(key for key in request.GET if key.lower() != "token")),
+            query_keys=",".join(sorted(_CONTROL.sub("?", key) for key in request.GET if key.lower() != "token")),
             **_what(route or "", dict(match.kwargs) if match is not None else {}, grant),
         )
         return response
