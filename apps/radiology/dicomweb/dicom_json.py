@@ -9,16 +9,24 @@ JPEG itself, marked as a converted photo (ConversionType, LossyImageCompression 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from django.core.cache import caches
+from django.db import connection
+from django.db.models import Count, Max, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
 from apps.radiology.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
-from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.render_cache import CACHE_ALIAS
 
 PIXEL_DATA = "7FE00010"
 
@@ -122,6 +130,125 @@ def instance_metadata(
             "BulkDataURI": f"{instance_url}/bulk/{PIXEL_DATA}",
         }
     return dict(sorted(metadata.items()))
+
+
+# The whole metadata of an instance, merged by PostgreSQL from what ingest stored: the header,
+# each bulk element and the pixel data as a BulkDataURI relative to the instance ("/bulk/<tag>"),
+# as text with the members in tag order (jsonb keeps object keys sorted; DICOM tags all have 8
+# characters). Stored headers never hold a BulkDataURI member (ingest drops bulk data), so in the
+# text '"BulkDataURI": "/bulk/' only ever starts one of these.
+_MERGED_METADATA_SQL = """(
+    "radiology_radiologyimage"."image_metadata"
+    || COALESCE((
+        SELECT jsonb_object_agg(
+            bulk.key, jsonb_build_object('vr', bulk.value -> 'vr', 'BulkDataURI', '/bulk/' || bulk.key)
+        )
+        FROM jsonb_each("radiology_radiologyimage"."bulk_data") AS bulk
+    ), '{}'::jsonb)
+    || CASE WHEN "radiology_radiologyimage"."pixel_data" = '{}'::jsonb THEN '{}'::jsonb ELSE jsonb_build_object(
+        '7FE00010', jsonb_build_object(
+            'vr', COALESCE("radiology_radiologyimage"."pixel_data" -> 'vr', '"OB"'::jsonb),
+            'BulkDataURI', '/bulk/7FE00010'
+        )
+    ) END
+)::text"""
+_RELATIVE_BULK = '"BulkDataURI": "/bulk/'
+
+
+def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[str, str], str]) -> str:
+    """The full metadata of many instances (in the queryset's order) as one DICOM JSON array, as text.
+
+    On PostgreSQL a DICOM instance's metadata is merged and written as text by the database
+    and goes out as it comes, its relative BulkDataURIs made absolute: parsing kilobytes of
+    stored JSON per instance into Python and dumping it again was most of the cost of a
+    series' metadata. JPEGs, and every instance on other databases, take the general path
+    (instance_metadata). `instance_url(series_uid, image_uid)` is an instance's retrieve URL.
+    """
+    if connection.vendor != "postgresql":
+        return json.dumps(
+            [
+                instance_metadata(
+                    image,
+                    study=image.series.study,
+                    series=image.series,
+                    instance_url=instance_url(image.series.series_uid, image.image_uid),
+                )
+                for image in images.select_related("series__study")
+            ],
+            separators=(",", ":"),
+        )
+    rows = images.annotate(merged=RawSQL(_MERGED_METADATA_SQL, ())).values_list(  # noqa: S611 (constant SQL, no input)
+        "pk", "image_uid", "series__series_uid", "mime_type", "merged"
+    )
+    pieces: list[str] = []
+    general: dict[int, int] = {}  # image pk -> its index in pieces
+    for pk, image_uid, series_uid, mime_type, merged in rows:
+        if merged is None or mime_type != DICOM_MIME_TYPE:
+            general[pk] = len(pieces)
+            pieces.append("")
+            continue
+        absolute = json.dumps(f"{instance_url(series_uid, image_uid)}/bulk/")[:-1]
+        pieces.append(merged.replace(_RELATIVE_BULK, f'"BulkDataURI": {absolute}'))
+    if general:
+        for image in RadiologyImage.objects.select_related("series__study").filter(pk__in=general):
+            series = image.series
+            metadata = instance_metadata(
+                image, study=series.study, series=series, instance_url=instance_url(series.series_uid, image.image_uid)
+            )
+            pieces[general[image.pk]] = json.dumps(metadata, separators=(",", ":"))
+    return "[" + ",".join(pieces) + "]"
+
+
+# Bump when the text metadata_array writes changes, so no cached answer of an older form is served.
+METADATA_CACHE_FORM = 1
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """What names the set of images of a series or study: stored images never change and are
+    never deleted, so (how many, the highest id) changes whenever one is added."""
+
+    count: int
+    last: int | None
+    photos: int  # JPEGs: described partly from study and series rows, which may be edited
+
+
+def image_summary(prefix: str) -> dict[str, Any]:
+    """Annotations giving an ImageSummary of the images under `prefix` ("images", "series__images")."""
+    return {
+        "image_count": Count(prefix),
+        "last_image": Max(prefix),
+        "photo_count": Count(prefix, filter=~Q(**{f"{prefix}__mime_type": DICOM_MIME_TYPE})),
+    }
+
+
+def summary_of(annotated: Any) -> ImageSummary:
+    return ImageSummary(annotated.image_count, annotated.last_image, annotated.photo_count)
+
+
+# Bump when the text metadata_array writes changes, so no cached answer of an older form is served.
+METADATA_CACHE_FORM = 1
+
+
+def cached_metadata_array(
+    images: QuerySet[RadiologyImage], *, summary: ImageSummary, scope: str, instance_url: Callable[[str, str], str]
+) -> str:
+    """metadata_array, kept in the server's render cache for as long as the images stay the same.
+
+    `summary` (read with the series or study row, no extra query) names the set of images;
+    `scope` says which series or study and the base URL the BulkDataURIs were written with.
+    An answer with a JPEG in it is never cached (see ImageSummary).
+    """
+    if summary.photos or not summary.count:
+        return metadata_array(images, instance_url=instance_url)
+    raw = f"{METADATA_CACHE_FORM}|{scope}|{summary.count}|{summary.last}"
+    key = f"metadata:{hashlib.sha256(raw.encode()).hexdigest()[:40]}"
+    cache = caches[CACHE_ALIAS]
+    text = cache.get(key)
+    if text is None:
+        text = metadata_array(images, instance_url=instance_url)
+        cache.set(key, text, timeout=None)
+    return str(text)
 
 
 def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries) -> dict[str, Any]:

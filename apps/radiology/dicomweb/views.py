@@ -29,7 +29,7 @@ from apps.radiology.render_cache import cached_response, render_key
 from . import pixels
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication, viewer_grant
-from .dicom_json import instance_metadata, jpeg_as_part10
+from .dicom_json import cached_metadata_array, image_summary, instance_metadata, jpeg_as_part10, summary_of
 from .multipart import InvalidMultipart, Part, content_type_header, new_boundary, read_parts, request_body, stream_parts
 from .pixels import NotAcceptable
 from .qido import parse_search, search_instances, search_series, search_studies
@@ -79,32 +79,36 @@ class DicomWebView(APIView):
         queryset = RadiologyStudy.objects.all()
         return queryset.filter(pk=grant.study_id) if grant is not None else queryset
 
-    def find_study(self, study_uid: str) -> RadiologyStudy:
-        study = self.studies().filter(study_uid=study_uid).first()
+    def find_study(self, study_uid: str, **annotations: Any) -> RadiologyStudy:
+        study = self.studies().filter(study_uid=study_uid).annotate(**annotations).first()
         if study is None:
             raise NotFound("No such study.", code="study_not_found")
         return study
 
-    def find_series(self, study_uid: str, series_uid: str) -> RadiologySeries:
+    def find_series(self, study_uid: str, series_uid: str, **annotations: Any) -> RadiologySeries:
         series = (
             RadiologySeries.objects.select_related("study")
             .filter(series_uid=series_uid, study__in=self.studies().filter(study_uid=study_uid))
+            .annotate(**annotations)
             .first()
         )
         if series is None:
             raise NotFound("No such series.", code="series_not_found")
         return series
 
-    def find_image(self, study_uid: str, series_uid: str, image_uid: str) -> RadiologyImage:
-        image = (
-            RadiologyImage.objects.select_related("series__study")
-            .filter(
-                image_uid=image_uid,
-                series__series_uid=series_uid,
-                series__study__in=self.studies().filter(study_uid=study_uid),
-            )
-            .first()
-        )
+    def find_image(
+        self, study_uid: str, series_uid: str, image_uid: str, *, with_metadata: bool = False
+    ) -> RadiologyImage:
+        """The instance, scoped to what the request may see. Its header JSON (kilobytes, decoded
+        on every read) is only loaded when asked for, or later on first use."""
+        images = RadiologyImage.objects.select_related("series__study")
+        if not with_metadata:
+            images = images.defer("image_metadata")
+        image = images.filter(
+            image_uid=image_uid,
+            series__series_uid=series_uid,
+            series__study__in=self.studies().filter(study_uid=study_uid),
+        ).first()
         if image is None:
             raise NotFound("No such instance.", code="instance_not_found")
         return image
@@ -116,7 +120,12 @@ class DicomWebView(APIView):
 
     def json_response(self, body: Any) -> HttpResponse:
         self.require_json()
-        response = HttpResponse(json.dumps(body, separators=(",", ":")), content_type=DICOM_JSON)
+        return self.json_text_response(json.dumps(body, separators=(",", ":")))
+
+    def json_text_response(self, text: str) -> HttpResponse:
+        """A body that already is DICOM JSON text."""
+        self.require_json()
+        response = HttpResponse(text, content_type=DICOM_JSON)
         response["Cache-Control"] = PRIVATE_CACHE
         return response
 
@@ -157,12 +166,15 @@ class DicomWebView(APIView):
         return response
 
 
-def _study_images(study: RadiologyStudy) -> list[RadiologyImage]:
-    return list(
-        RadiologyImage.objects.filter(series__study=study)
-        .select_related("series__study")
-        .order_by(F("series__series_number").asc(nulls_last=True), "series_id", *INSTANCE_ORDER)
+def _study_image_rows(study: RadiologyStudy) -> Any:
+    """The study's images, series by series (by number), instances by number."""
+    return RadiologyImage.objects.filter(series__study=study).order_by(
+        F("series__series_number").asc(nulls_last=True), "series_id", *INSTANCE_ORDER
     )
+
+
+def _study_images(study: RadiologyStudy) -> list[RadiologyImage]:
+    return list(_study_image_rows(study).select_related("series__study"))
 
 
 class DicomWebRoot(DicomWebView):
@@ -210,17 +222,16 @@ class StudyView(StudiesView):
 
 class StudyMetadataView(DicomWebView):
     def get(self, request: Request, study_uid: str) -> HttpResponse:
-        study = self.find_study(study_uid)
-        return self.json_response(
-            [
-                instance_metadata(
-                    image,
-                    study=study,
-                    series=image.series,
-                    instance_url=self.retrieve_url(study.study_uid, image.series.series_uid, image.image_uid),
-                )
-                for image in _study_images(study)
-            ]
+        study = self.find_study(study_uid, **image_summary("series__images"))
+        self.require_json()
+        base = self.retrieve_url(study.study_uid)
+        return self.json_text_response(
+            cached_metadata_array(
+                _study_image_rows(study),
+                summary=summary_of(study),
+                scope=f"study:{study.pk}:{base}",
+                instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
+            )
         )
 
 
@@ -263,15 +274,16 @@ class SeriesView(DicomWebView):
 
 class SeriesMetadataView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
-        series = self.find_series(study_uid, series_uid)
+        series = self.find_series(study_uid, series_uid, **image_summary("images"))
+        self.require_json()
         base = self.retrieve_url(study_uid, series_uid)
-        return self.json_response(
-            [
-                instance_metadata(
-                    image, study=series.study, series=series, instance_url=f"{base}/instances/{image.image_uid}"
-                )
-                for image in series.images.order_by(*INSTANCE_ORDER)
-            ]
+        return self.json_text_response(
+            cached_metadata_array(
+                series.images.order_by(*INSTANCE_ORDER),
+                summary=summary_of(series),
+                scope=f"series:{series.pk}:{base}",
+                instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
+            )
         )
 
 
@@ -311,7 +323,7 @@ class InstanceView(DicomWebView):
 
 class InstanceMetadataView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
-        image = self.find_image(study_uid, series_uid, image_uid)
+        image = self.find_image(study_uid, series_uid, image_uid, with_metadata=True)
         url = self.retrieve_url(study_uid, series_uid, image_uid)
         return self.json_response(
             [instance_metadata(image, study=image.series.study, series=image.series, instance_url=url)]
