@@ -186,7 +186,9 @@ def test_a_bad_date_is_a_command_error(db: None, bad: str, tmp_path: Path) -> No
     with pytest.raises(CommandError) as until:
         _export("--since", "2026-03-01", "--until", bad)
 
-    assert str(since.value) == str(until.value) == f"{bad!r} is not a date (YYYY-MM-DD)"
+    # argparse's own usage error: on the command line it is a usage line and exit 2, no traceback.
+    assert str(since.value) == f"Error: argument --since: {bad!r} is not a date (YYYY-MM-DD)"
+    assert str(until.value) == f"Error: argument --until: {bad!r} is not a date (YYYY-MM-DD)"
     assert not target.exists()
 
 
