@@ -76,3 +76,8 @@ format: setup
 
 clean:
 	rm -rf $(VENV) var
+
+## bench: PACS-lite against Orthanc on the same data (~3-5 min; as root: may apt-get install orthanc, runs PostgreSQL)
+.PHONY: bench
+bench: setup
+	$(BIN)/python bench/compare_orthanc.py

@@ -1,0 +1,300 @@
+"""Servers for bench/compare_orthanc.py: Orthanc, a throwaway PostgreSQL, PACS-lite under gunicorn.
+
+Everything listens on 127.0.0.1 only and lives in a temporary directory; each context
+manager stops what it started (by its own process id) and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: object, what: str, *, seconds: float = 60, log: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException, OSError):
+            if check():  # type: ignore[operator]
+                return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up in {seconds:.0f} s\n{tail}")
+
+
+def stop_process_group(process: subprocess.Popen[bytes], *, grace: float = 20) -> None:
+    """SIGTERM the group this script started (start_new_session), then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
+
+
+# --- Orthanc ------------------------------------------------------------------------------
+
+
+def ensure_orthanc() -> str:
+    """Install Debian's orthanc and orthanc-dicomweb when missing; return Orthanc's version line.
+
+    Installing must not start the system service: where no policy-rc.d forbids it, one is put
+    in place for the duration of the install and removed afterwards.
+    """
+    if not (shutil.which("Orthanc") and ORTHANC_PLUGIN.exists()):
+        if os.geteuid() != 0:
+            raise RuntimeError("orthanc is not installed; run as root (apt-get install -y orthanc orthanc-dicomweb)")
+        policy = Path("/usr/sbin/policy-rc.d")
+        placed = not policy.exists()
+        if placed:
+            policy.write_text(
+                "#!/bin/sh\n# bench/compare_orthanc.py: do not start services while installing\nexit 101\n"
+            )
+            policy.chmod(0o755)
+        try:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            install = ["apt-get", "install", "-y", "-qq", "orthanc", "orthanc-dicomweb"]
+            print("installing orthanc and orthanc-dicomweb (apt-get)...", flush=True)
+            if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+                subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
+                subprocess.run(install, env=env, check=True, capture_output=True)
+        finally:
+            if placed:
+                policy.unlink()
+    version = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True, check=False)
+    return (version.stdout or version.stderr).splitlines()[0].strip()
+
+
+def plugin_version() -> str:
+    """The DicomWeb plugin's package version, as dpkg knows it."""
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "orthanc-dicomweb"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or "unknown"
+
+
+@contextlib.contextmanager
+def orthanc(workdir: Path) -> Iterator[tuple[str, int]]:
+    """Orthanc on 127.0.0.1 with the DicomWeb plugin, fresh storage; yields (base URL, pid)."""
+    port = free_port()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(workdir / "orthanc-storage"),
+        "IndexDirectory": str(workdir / "orthanc-index"),
+        "HttpPort": port,
+        # Orthanc 1.10 has no bind-address option: it listens on every interface but refuses any
+        # client that is not on this machine; the benchmark only ever talks to 127.0.0.1.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        # Neither side fsyncs: PostgreSQL runs with fsync=off and Django's FileSystemStorage never fsyncs.
+        "SyncStorageArea": False,
+        "Plugins": [str(ORTHANC_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = workdir / "orthanc.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            ["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and requests.get(f"{base}/system", timeout=2).ok, "Orthanc", log=log_path
+        )
+        yield base, process.pid
+    finally:
+        stop_process_group(process)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    url: str
+    directory: Path
+
+
+def _as_postgres(*command: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A throwaway cluster from scripts/pg_throwaway.sh (fsync=off); stopped and removed after."""
+    started = subprocess.run(
+        ["bash", "-c", 'source scripts/pg_throwaway.sh >&2; echo "$DATABASE_URL"; echo "$PG_THROWAWAY_DIR"'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"PostgreSQL did not start:\n{started.stderr[-3000:]}")
+    url, directory = started.stdout.strip().splitlines()[-2:]
+    try:
+        yield Postgres(url=url, directory=Path(directory))
+    finally:
+        subprocess.run(
+            _as_postgres(str(PGBIN / "pg_ctl"), "-D", f"{directory}/data", "-m", "fast", "-w", "stop"),
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- PACS-lite ----------------------------------------------------------------------------
+
+
+def pacs_env(workdir: Path, database_url: str, secret_key: str) -> dict[str, str]:
+    """Production settings (DJANGO_DEBUG=0) over plain HTTP on loopback, all state in `workdir`."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_"))
+    }
+    return {
+        **inherited,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_DEBUG": "0",
+        "PACS_ALLOW_PLAIN_HTTP": "1",
+        "DJANGO_SECRET_KEY": secret_key,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        # Persistent connections, as .env.example recommends for production.
+        "DATABASE_CONN_MAX_AGE": "60",
+        "PACS_VAR_DIR": str(workdir / "var"),
+        "MEDIA_ROOT": str(workdir / "media"),
+        "RADIOLOGY_STORAGE": "filesystem",
+        "OHIF_VIEWER_URL": "",
+    }
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+@dataclass
+class Gunicorn:
+    base: str
+    master_pid: int
+    worker_pids: list[int] = field(default_factory=list)
+    command: str = ""
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workdir: Path, *, workers: int) -> Iterator[Gunicorn]:
+    """PACS-lite under gunicorn (sync workers, as in docker-compose.yml) on 127.0.0.1."""
+    port = free_port()
+    command = [
+        str(VENV_BIN / "gunicorn"),
+        "config.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--timeout",
+        "600",
+    ]
+    log_path = workdir / "gunicorn.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and requests.get(f"{base}/healthz", timeout=2).status_code == 200,
+            "gunicorn",
+            log=log_path,
+        )
+
+        def children() -> list[int]:
+            path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            return [int(pid) for pid in path.read_text().split()]
+
+        wait_until(lambda: len(children()) == workers, "gunicorn workers", seconds=30, log=log_path)
+        shown = " ".join(["gunicorn", *command[1:3], "127.0.0.1:PORT", *command[4:]])
+        yield Gunicorn(base=base, master_pid=process.pid, worker_pids=children(), command=shown)
+    finally:
+        stop_process_group(process)
+
+
+# --- Memory -------------------------------------------------------------------------------
+
+
+def status_kib(pid: int, name: str) -> int:
+    """VmRSS or VmHWM of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {name} for {pid}")
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class RssSampler:
+    """VmRSS of several processes every 20 ms, in a thread."""
+
+    interval = 0.02
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peaks = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.pids:
+                with contextlib.suppress(OSError, RuntimeError):
+                    self.peaks[pid] = max(self.peaks[pid], status_kib(pid, "VmRSS"))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
