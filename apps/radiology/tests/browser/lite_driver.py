@@ -42,7 +42,7 @@ DESKTOP: dict[str, int] = {"width": 1280, "height": 800}
 PHONE: dict[str, int] = {"width": 360, "height": 640}
 PHONE_SCALE = 2  # a typical phone's devicePixelRatio (the viewer caps its renders at 1.5)
 LAUNCH_TIMEOUT_MS = 30_000
-STEP_TIMEOUT_MS = 15_000
+STEP_TIMEOUT_MS = 30_000  # generous for a loaded CI machine; a passing wait takes well under a second
 DICOMWEB_PREFIX = "/api/v1/radiology/dicomweb/"
 
 # Runs before the page's own script. A capture listener on document sees the load of #view

@@ -33,6 +33,7 @@ from apps.radiology.tests.browser import conftest as browser_conftest
 from apps.radiology.tests.browser.conftest import ARTIFACTS, HTTP_TIMEOUT, ViewerSite, token_of
 from apps.radiology.tests.browser.lite_driver import (
     PHONE,
+    STEP_TIMEOUT_MS,
     THUMBNAILS_LOADED,
     LiteView,
     Traffic,
@@ -184,6 +185,7 @@ def test_viewer_url_opens_the_built_in_viewer_with_image_patient_and_series(
         shown = view.instance
         patient = page.locator("#patient").text_content()
         page.wait_for_function(THUMBNAILS_LOADED, arg=3)
+        page.wait_for_load_state("networkidle")  # the prefetch too: every request answered before the checks
         labels = page.locator("#strip .thumb span").all_text_contents()
         active = page.locator("#strip .thumb.active").get_attribute("data-series")
         overlay = page.locator("#overlay").text_content()
@@ -402,7 +404,7 @@ def test_cr_first_image_within_the_byte_budget_next_prefetched_second_visit_cach
         budget = first_image_bytes(page)
         drawn = pixel_stats(view.stage_png("first"))
         # The next image is asked for while the first is shown, before anyone presses next.
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
         while not any(sent.finished for sent in traffic.renders_of(images[1])) and time.monotonic() < deadline:
             page.wait_for_timeout(50)
         prefetched = [sent.finished for sent in traffic.renders_of(images[1])]
