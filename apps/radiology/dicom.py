@@ -361,36 +361,42 @@ def dicom_json(dataset: Dataset) -> dict[str, Any]:
     """The header as the DICOM JSON model (PS3.18 F), bulk data left out.
 
     Large binary top-level elements (pixel data, overlays, waveforms) are skipped without
-    being read; nested ones are dropped after pydicom marks them as bulk.
+    being read; nested ones are dropped after pydicom marks them as bulk. Each element is
+    converted straight from the data set read (copying them into a second Dataset first
+    cost ingest ~6 ms of ~15 per CT header).
     """
-    header = Dataset()
+    as_json: dict[str, Any] = {}
     for tag, raw in dataset.items():
         vr = _vr_of(tag, raw)
         length = getattr(raw, "length", 0) or 0
         if vr in BULK_VRS and (length > BULK_THRESHOLD or length == UNDEFINED_LENGTH):
             continue
-        header.add(dataset[tag])
-    as_json = header.to_json_dict(
-        bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=lambda _element: _BULK_SENTINEL
-    )
-    return _without_nul(_drop_bulk(as_json))
+        as_json[f"{tag:08X}"] = dataset[tag].to_json_dict(
+            bulk_data_element_handler=lambda _element: _BULK_SENTINEL, bulk_data_threshold=BULK_THRESHOLD
+        )
+    return _cleaned(as_json)
 
 
-def _drop_bulk(node: Any) -> Any:
+def _cleaned(node: Any) -> Any:
+    """Drop nested bulk data (marked by pydicom) and NUL characters from every string, in one pass.
+
+    NUL: some devices pad text with it, and PostgreSQL can hold NUL neither in text nor in
+    jsonb (SQLite would, hiding the bug)."""
+    if isinstance(node, str):
+        return node.replace("\x00", "") if "\x00" in node else node
     if isinstance(node, dict):
         return {
-            key: _drop_bulk(value)
+            key: _cleaned(value)
             for key, value in node.items()
             if not (isinstance(value, dict) and value.get("BulkDataURI") == _BULK_SENTINEL)
         }
     if isinstance(node, list):
-        return [_drop_bulk(item) for item in node]
+        return [_cleaned(item) for item in node]
     return node
 
 
 def _without_nul(node: Any) -> Any:
-    """Drop NUL characters from every string: some devices pad text with NUL, and
-    PostgreSQL can hold NUL neither in text nor in jsonb (SQLite would, hiding the bug)."""
+    """Drop NUL characters from every string (see _cleaned)."""
     if isinstance(node, str):
         return node.replace("\x00", "")
     if isinstance(node, dict):
