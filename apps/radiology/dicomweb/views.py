@@ -85,16 +85,24 @@ class DicomWebView(APIView):
             raise NotFound("No such study.", code="study_not_found")
         return study
 
+    def visible(self, study: RadiologyStudy, study_uid: str) -> bool:
+        """The study is the one named in the URL, and a viewer token's grant covers it."""
+        grant = viewer_grant(self.request)
+        return study.study_uid == study_uid and (grant is None or study.pk == grant.study_id)
+
+    # Series and instances are found by their own UID (unique) and their study checked here:
+    # one indexed row and its parents, no subquery, so a lookup costs little to plan.
+
     def find_series(self, study_uid: str, series_uid: str, **annotations: Any) -> RadiologySeries:
-        series = (
+        found = list(
             RadiologySeries.objects.select_related("study")
-            .filter(series_uid=series_uid, study__in=self.studies().filter(study_uid=study_uid))
+            .filter(series_uid=series_uid)
             .annotate(**annotations)
-            .first()
+            .order_by()[:1]
         )
-        if series is None:
+        if not found or not self.visible(found[0].study, study_uid):
             raise NotFound("No such series.", code="series_not_found")
-        return series
+        return found[0]
 
     def find_image(
         self, study_uid: str, series_uid: str, image_uid: str, *, with_metadata: bool = False
@@ -104,14 +112,10 @@ class DicomWebView(APIView):
         images = RadiologyImage.objects.select_related("series__study")
         if not with_metadata:
             images = images.defer("image_metadata")
-        image = images.filter(
-            image_uid=image_uid,
-            series__series_uid=series_uid,
-            series__study__in=self.studies().filter(study_uid=study_uid),
-        ).first()
-        if image is None:
+        found = list(images.filter(image_uid=image_uid).order_by()[:1])
+        if not found or found[0].series.series_uid != series_uid or not self.visible(found[0].series.study, study_uid):
             raise NotFound("No such instance.", code="instance_not_found")
-        return image
+        return found[0]
 
     def require_json(self) -> None:
         """406 unless the client accepts DICOM JSON."""
