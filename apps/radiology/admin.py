@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import F
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
@@ -118,7 +119,7 @@ class RadiologyStudyAdmin(ReadOnlyMixin, admin.ModelAdmin):
                     series.modality,
                     series.series_description,
                 )
-                for series in obj.series.order_by("series_number", "id")
+                for series in obj.series.order_by(F("series_number").asc(nulls_last=True), "id")
             ),
         )
         link = reverse("admin:radiology_radiologystudy_viewer", args=[obj.pk])

@@ -137,7 +137,7 @@ def lite_viewer(request: HttpRequest) -> HttpResponse:
     response["Content-Security-Policy"] = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
         "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'self'"
+        "frame-ancestors 'none'"
     )
     return response
 

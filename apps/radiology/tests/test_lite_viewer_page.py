@@ -161,7 +161,7 @@ def test_page_headers_no_store_no_referrer_and_a_csp_whose_nonce_is_the_scripts(
     assert response["Content-Security-Policy"] == (
         f"default-src 'none'; script-src 'nonce-{nonces[0]}'; style-src 'unsafe-inline'; "
         "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'self'"
+        "frame-ancestors 'none'"
     )
     assert '<meta name="referrer" content="no-referrer">' in body
     # A fresh nonce for every response.
