@@ -10,13 +10,17 @@ Order of work in ingest, and why:
    to S3 must not hold locks), at a key no one else can take (see storage.py);
 4. study, series and image rows are created in one transaction; if that fails, the file
    written in step 3 is removed, so there is never a file without its row nor a row
-   without its file.
+   without its file. A process killed between 3 and 4 (SIGKILL, out of memory, power cut)
+   cannot remove it: `purge_interrupted_ingests` (run by the management command of that
+   name) removes such files once they are older than any ingest still under way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -228,6 +232,35 @@ class PACSLiteService:
     def revoke_viewer_token(*, token_id: Any) -> bool:
         """Revoke a viewer token at once (its next request is 401); True if it was active."""
         return signing.revoke_viewer_token(token_id)
+
+    @staticmethod
+    def purge_interrupted_ingests(*, older_than: dt.timedelta) -> list[str]:
+        """Remove the files killed ingests left without their rows, and their spool files; return the keys removed.
+
+        Only what is untouched for `older_than` goes: a younger file may belong to an ingest
+        still under way whose rows are about to commit. Each key is looked up again just
+        before its file is deleted.
+        """
+        cutoff = timezone.now() - older_than
+        removed: list[str] = []
+        keys = storage.iter_keys(f"{storage.KEY_PREFIX}/")
+        while batch := list(itertools.islice(keys, 500)):
+            referenced = set(RadiologyImage.objects.filter(file_key__in=batch).values_list("file_key", flat=True))
+            for key in batch:
+                if key in referenced:
+                    continue
+                modified = storage.object_modified_time(key)
+                if modified is None or modified > cutoff or RadiologyImage.objects.filter(file_key=key).exists():
+                    continue
+                storage.delete_object(key)
+                logger.warning("removed %s: written by an ingest that never committed its rows", key)
+                removed.append(key)
+        staging = Path(settings.RADIOLOGY_STAGING_DIR)
+        for spool in staging.glob("ingest-*") if staging.exists() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if dt.datetime.fromtimestamp(spool.stat().st_mtime, tz=dt.UTC) <= cutoff:
+                    spool.unlink()
+        return removed
 
     # --- The one ingest path ------------------------------------------------------------
 

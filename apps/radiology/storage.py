@@ -10,6 +10,7 @@ Filesystem (default) or S3/MinIO. Two rules hold on both:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import re
@@ -114,6 +115,20 @@ def object_exists(key: str) -> bool:
     try:
         return radiology_storage().exists(key)
     except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def object_modified_time(key: str) -> dt.datetime | None:
+    """When the object was last written (an aware datetime), or None if it is gone."""
+    try:
+        return radiology_storage().get_modified_time(key)
+    except FileNotFoundError:
+        return None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise StorageFailure() from exc
+    except (OSError, BotoCoreError) as exc:
         raise StorageFailure() from exc
 
 
