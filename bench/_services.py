@@ -219,8 +219,8 @@ class Gunicorn:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], workdir: Path, *, workers: int) -> Iterator[Gunicorn]:
-    """PACS-lite under gunicorn (sync workers, as in docker-compose.yml) on 127.0.0.1."""
+def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, worker_class: str) -> Iterator[Gunicorn]:
+    """PACS-lite under gunicorn on 127.0.0.1."""
     port = free_port()
     command = [
         str(VENV_BIN / "gunicorn"),
@@ -231,6 +231,8 @@ def gunicorn(env: dict[str, str], workdir: Path, *, workers: int) -> Iterator[Gu
         str(workers),
         "--timeout",
         "600",
+        "--worker-class",
+        worker_class,
     ]
     log_path = workdir / "gunicorn.log"
     with log_path.open("ab") as log:
