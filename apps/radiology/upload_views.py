@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from apps.radiology.models import RadiologyUpload
 from apps.radiology.permissions import CanUploadRadiology
+from apps.radiology.request_streams import request_body
 from apps.radiology.serializers import ErrorSerializer
 from apps.radiology.upload_serializers import UploadCreateSerializer, UploadSerializer
 from apps.radiology.upload_sync import upload_receive, upload_start
@@ -86,7 +87,7 @@ class UploadViewSet(viewsets.GenericViewSet):
         upload = self.get_object()
         was_completed = upload.status == RadiologyUpload.Status.COMPLETED
         upload, finished_now = upload_receive(
-            upload=upload, body=request._request, content_range=request.headers.get("Content-Range")
+            upload=upload, body=request_body(request._request), content_range=request.headers.get("Content-Range")
         )
         upload = self.get_queryset().get(pk=upload.pk)
         if finished_now and not was_completed:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from django.conf import settings
-from django.http import HttpRequest
 from python_multipart.multipart import MultipartParser
 
 from apps.radiology.errors import RadiologyError
+from apps.radiology.request_streams import request_body  # noqa: F401 (re-exported for the views)
 from apps.radiology.storage import STREAM_CHUNK_SIZE
 
 CRLF = b"\r\n"
@@ -86,21 +86,6 @@ def boundary_of(content_type: str) -> tuple[str, str | None]:
     if not boundary:
         raise InvalidMultipart()
     return boundary, params.get("type")
-
-
-def request_body(request: HttpRequest) -> IO[bytes]:
-    """The request body as a stream, also when it arrives with Transfer-Encoding: chunked.
-
-    Django reads CONTENT_LENGTH bytes of wsgi.input, so a chunked body (no Content-Length)
-    reads as empty; dicomweb-client sends every STOW-RS body over 1 MB chunked. A server
-    that de-chunks the input and marks it terminated (gunicorn sets wsgi.input_terminated)
-    can be read to its end directly.
-    """
-    meta = request.META
-    chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if chunked and not meta.get("CONTENT_LENGTH") and meta.get("wsgi.input_terminated"):
-        return meta["wsgi.input"]  # type: ignore[no-any-return]
-    return request  # type: ignore[return-value]
 
 
 def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000) -> list[ReceivedPart]:

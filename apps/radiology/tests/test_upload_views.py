@@ -8,6 +8,7 @@ on both stores (`radiology_store`: filesystem, and S3 through moto's server).
 
 from __future__ import annotations
 
+import io
 import uuid
 from typing import Any
 
@@ -931,3 +932,21 @@ def test_binary_put_ignores_the_request_content_type(tech: APIClient, order: Rad
     response = tech.put(binary_url(upload.pk), data=MR.content, content_type="application/json")
 
     assert (response.status_code, response.json()) == (201, completed_body(upload, RadiologyImage.objects.get()))
+
+
+def test_a_whole_file_sent_chunked_is_read_to_its_end(tech: APIClient, order: RadiologyOrder) -> None:
+    """A device may stream the body with Transfer-Encoding: chunked (no Content-Length); gunicorn
+    de-chunks it and sets wsgi.input_terminated, and the upload reads it to its end."""
+    upload = start_upload(tech, order, CT)
+
+    response = tech.generic(
+        "PUT",
+        binary_url(upload.pk),
+        content_type="application/octet-stream",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input": io.BytesIO(CT.content), "wsgi.input_terminated": True},
+    )
+
+    assert response.status_code == 201, response.content[:300]
+    upload.refresh_from_db()
+    assert (upload.status, upload.received_bytes, upload.image.checksum) == ("completed", CT.size, CT.checksum)
