@@ -52,11 +52,17 @@ class StudyImagesSerializer(serializers.ModelSerializer):
     """The seed's "study images grouped by series" answer."""
 
     series = StudySeriesSerializer(many=True, read_only=True)
+    quick_look_url = serializers.SerializerMethodField(
+        help_text="The built-in lightweight viewer for this study (signed, expires with the image URLs)"
+    )
 
     class Meta:
         model = RadiologyStudy
-        fields = ["study_uid", "study_description", "series"]
+        fields = ["study_uid", "study_description", "series", "quick_look_url"]
         read_only_fields = fields
+
+    def get_quick_look_url(self, study: RadiologyStudy) -> str:
+        return str(self.context["quick_look_url"])
 
 
 class ImageUrlSerializer(serializers.Serializer):

@@ -113,17 +113,28 @@ def revoke_viewer_token(token_id: uuid.UUID) -> bool:
     return bool(ViewerToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now()))
 
 
+def _with_study_and_token(base: str, study: RadiologyStudy, token: str) -> str:
+    separator = "&" if "?" in base else "?"
+    return f"{base}{separator}{urlencode({'StudyInstanceUIDs': study.study_uid, 'token': token})}"
+
+
+def lite_viewer_url(
+    *, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None, base_url: str = ""
+) -> str:
+    """The built-in lightweight viewer of this server for the study (absolute: PACS_PUBLIC_URL or `base_url`)."""
+    token = issue_viewer_token(study=study, user=user, expires_in=expires_in)
+    base = (settings.PACS_PUBLIC_URL or base_url.rstrip("/")) + reverse("radiology:lite-viewer")
+    return _with_study_and_token(base, study, token)
+
+
 def viewer_url(
     *, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None, base_url: str = ""
 ) -> str:
     """`{OHIF_VIEWER_URL}?StudyInstanceUIDs={uid}&token={token}` (OHIF v3 sends the token as Bearer).
 
-    With OHIF_VIEWER_URL empty, the built-in lightweight viewer of this server (absolute,
-    from PACS_PUBLIC_URL or `base_url`) takes the same parameters.
+    With OHIF_VIEWER_URL empty, the built-in lightweight viewer takes the same parameters.
     """
+    if not settings.OHIF_VIEWER_URL:
+        return lite_viewer_url(study=study, user=user, expires_in=expires_in, base_url=base_url)
     token = issue_viewer_token(study=study, user=user, expires_in=expires_in)
-    base = settings.OHIF_VIEWER_URL or (
-        (settings.PACS_PUBLIC_URL or base_url.rstrip("/")) + reverse("radiology:lite-viewer")
-    )
-    separator = "&" if "?" in base else "?"
-    return f"{base}{separator}{urlencode({'StudyInstanceUIDs': study.study_uid, 'token': token})}"
+    return _with_study_and_token(settings.OHIF_VIEWER_URL, study, token)

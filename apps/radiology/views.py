@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from apps.radiology import selectors
+from apps.radiology import selectors, signing
 from apps.radiology.exceptions import InvalidExpiresIn
 from apps.radiology.filters import StudyFilter
 from apps.radiology.models import RadiologyImage, RadiologyStudy
@@ -113,7 +113,11 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             for series in study.series.all()
             for image in series.images.all()
         }
-        return Response(StudyImagesSerializer(study, context={"image_urls": image_urls}).data)
+        quick_look_url = signing.lite_viewer_url(
+            study=study, user=request.user, expires_in=expires_in, base_url=base_url
+        )
+        context = {"image_urls": image_urls, "quick_look_url": quick_look_url}
+        return Response(StudyImagesSerializer(study, context=context).data)
 
     @extend_schema(
         summary="A signed, expiring viewer URL for the study",

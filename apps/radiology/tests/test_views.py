@@ -304,7 +304,7 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 TOP_LEVEL_KEYS: dict[str, set[str] | None] = {
     "studies-list": None,  # a plain list of studies
     "study-detail": STUDY_KEYS,
-    "study-images": {"study_uid", "study_description", "series"},
+    "study-images": {"study_uid", "study_description", "series", "quick_look_url"},
     "study-viewer-url": {"viewer_url", "study_uid", "expires_in"},
     "image-url": {"image_url", "image_uid", "filename", "expires_in"},
 }
@@ -370,8 +370,10 @@ def test_role_endpoint_method_matrix(
             assert body == [study_body(study)]
         else:
             assert set(body) == expected_keys
-    # Only a reader's GET of the viewer URL issues a token; nothing else writes anything.
-    issued = 1 if (endpoint == "study-viewer-url" and method == "GET" and role not in ("anonymous", "nurse")) else 0
+    # Only a reader's GET of the viewer URL, or of the images (their quick-look link), issues a
+    # token; nothing else writes anything.
+    issues_token = endpoint in ("study-viewer-url", "study-images")
+    issued = 1 if (issues_token and method == "GET" and role not in ("anonymous", "nurse")) else 0
     assert ViewerToken.objects.count() == tokens_before + issued
     assert RadiologyStudy.objects.count() == 1
     assert RadiologyImage.objects.count() == 1
@@ -643,9 +645,11 @@ def test_study_images_are_grouped_by_series_number_and_instance_number(
         }
 
     body_urls = {item["id"]: item["image_url"] for series in body["series"] for item in series["images"]}
+    quick_look = ViewerToken.objects.get()
     assert body == {
         "study_uid": study.study_uid,
         "study_description": "CT Head without contrast",
+        "quick_look_url": quick_look_url(body, study),
         "series": [
             {
                 "series_uid": series_1.series_uid,
@@ -676,6 +680,19 @@ def test_study_images_are_grouped_by_series_number_and_instance_number(
     assert other_ids.isdisjoint(body_urls)
     for image in [photo, *axial, *coronal]:
         assert_signed_image_url(body_urls[image.pk], image, expires_at=FROZEN_NOW + 3600)
+    # The quick look: the built-in viewer, with a token for this study that lives as long as the URLs.
+    assert (quick_look.study_id, quick_look.issued_to_id) == (study.pk, doctor.pk)
+    assert signing.verify_viewer_token(quick_look_token(body)).study_id == study.pk
+
+
+def quick_look_token(body: dict[str, Any]) -> str:
+    return parse_qs(urlsplit(body["quick_look_url"]).query)["token"][0]
+
+
+def quick_look_url(body: dict[str, Any], study: RadiologyStudy) -> str:
+    """The built-in viewer's URL for `study`, with the token the answer carries."""
+    query = urlencode({"StudyInstanceUIDs": study.study_uid, "token": quick_look_token(body)})
+    return f"http://testserver/api/v1/radiology/viewer/?{query}"
 
 
 def test_study_without_images_has_no_series(doctor: AbstractBaseUser, order: RadiologyOrder) -> None:
@@ -684,7 +701,13 @@ def test_study_without_images_has_no_series(doctor: AbstractBaseUser, order: Rad
     response = token_client(doctor).get(study_url(study, "images/"))
 
     assert response.status_code == 200
-    assert response.json() == {"study_uid": study.study_uid, "study_description": "Awaiting images", "series": []}
+    body = response.json()
+    assert body == {
+        "study_uid": study.study_uid,
+        "study_description": "Awaiting images",
+        "series": [],
+        "quick_look_url": quick_look_url(body, study),
+    }
 
 
 def test_study_images_query_count_is_the_same_for_1_and_200_images(
@@ -696,13 +719,14 @@ def test_study_images_query_count_is_the_same_for_1_and_200_images(
     client = token_client(doctor)
     counts: list[int] = []
     for study, image_count in ((small, 1), (large, 200)):
-        # token+user, group membership, the study, its series, their images, the audit event.
-        with django_assert_num_queries(6) as captured:
+        # token+user, group membership, the study, its series, their images, the quick-look
+        # viewer token, the audit event.
+        with django_assert_num_queries(7) as captured:
             response = client.get(study_url(study, "images/"))
         assert len(response.json()["series"][0]["images"]) == image_count
         counts.append(len(captured.captured_queries))
 
-    assert counts == [6, 6]
+    assert counts == [7, 7]
 
 
 # --- 3. One image's signed URL -----------------------------------------------------------
