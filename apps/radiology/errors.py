@@ -151,3 +151,40 @@ class OrderNotFound(RadiologyError):
     code = "order_not_found"
     status_code = 404
     default_detail = "No radiology order with this id."
+
+
+# --- DICOMweb -----------------------------------------------------------------------------
+
+
+class InvalidQuery(RadiologyError):
+    code = "invalid_query"
+    default_detail = "The search has an invalid parameter."
+
+
+class InvalidMultipart(RadiologyError):
+    code = "invalid_multipart"
+    default_detail = "The body is not a valid multipart/related message with a boundary."
+
+
+class UnsupportedMediaType(RadiologyError):
+    code = "unsupported_media_type"
+    status_code = 415
+    default_detail = 'STOW-RS takes multipart/related; type="application/dicom".'
+
+
+class FrameNotFound(RadiologyError):
+    code = "frame_not_found"
+    status_code = 404
+    default_detail = "The instance has no such frame."
+
+
+class NotAcceptable(RadiologyError):
+    code = "not_acceptable"
+    status_code = 406
+    default_detail = "None of the media types in Accept can be produced for this resource."
+
+
+class RenderingFailed(RadiologyError):
+    code = "rendering_failed"
+    status_code = 422
+    default_detail = "This image's pixel data could not be decoded."

@@ -17,22 +17,11 @@ from typing import IO
 from django.conf import settings
 from python_multipart.multipart import MultipartParser
 
-from apps.radiology.errors import RadiologyError
+from apps.radiology.errors import InvalidMultipart, RadiologyError, UnsupportedMediaType
 from apps.radiology.request_streams import request_body  # noqa: F401 (re-exported for the views)
 from apps.radiology.storage import STREAM_CHUNK_SIZE
 
 CRLF = b"\r\n"
-
-
-class InvalidMultipart(RadiologyError):
-    code = "invalid_multipart"
-    default_detail = "The body is not a valid multipart/related message with a boundary."
-
-
-class UnsupportedMediaType(RadiologyError):
-    code = "unsupported_media_type"
-    status_code = 415
-    default_detail = 'STOW-RS takes multipart/related; type="application/dicom".'
 
 
 def new_boundary() -> str:

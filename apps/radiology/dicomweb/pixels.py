@@ -20,7 +20,7 @@ import pydicom.pixels
 from PIL import Image
 
 from apps.radiology import storage
-from apps.radiology.errors import RadiologyError
+from apps.radiology.errors import FrameNotFound, NotAcceptable, RadiologyError, RenderingFailed
 from apps.radiology.models import RadiologyImage
 
 from .accept import MediaRange
@@ -44,24 +44,6 @@ COMPRESSED_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 OCTET_STREAM = "application/octet-stream"
-
-
-class FrameNotFound(RadiologyError):
-    code = "frame_not_found"
-    status_code = 404
-    default_detail = "The instance has no such frame."
-
-
-class NotAcceptable(RadiologyError):
-    code = "not_acceptable"
-    status_code = 406
-    default_detail = "None of the media types in Accept can be produced for this resource."
-
-
-class RenderingFailed(RadiologyError):
-    code = "rendering_failed"
-    status_code = 422
-    default_detail = "This image's pixel data could not be decoded."
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from apps.radiology.errors import RadiologyError
+from apps.radiology.errors import InvalidQuery
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.signing import ViewerGrant
 
@@ -27,11 +27,6 @@ from .dicom_json import instance_attributes, series_attributes, study_attributes
 
 MAX_LIMIT = 1000
 _DATE = re.compile(r"^\d{8}$")
-
-
-class InvalidQuery(RadiologyError):
-    code = "invalid_query"
-    default_detail = "The search has an invalid parameter."
 
 
 @dataclass
