@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _services as services  # bench/ is on sys.path when this file runs as a script
 import psycopg2
 import pydicom
 import requests
@@ -115,27 +116,10 @@ def postgres() -> Iterator[str]:
 
 
 def server_env(workdir: Path, database_url: str) -> dict[str, str]:
-    """Production settings over plain HTTP on loopback, every path in `workdir`."""
-    inherited = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_"))
-    }
+    """Production settings over plain HTTP on loopback, every path in `workdir` (as compare_orthanc's)."""
     return {
-        **inherited,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DJANGO_DEBUG": "0",
-        "PACS_ALLOW_PLAIN_HTTP": "1",
-        "DJANGO_SECRET_KEY": SECRET_KEY,
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_LOG_LEVEL": "WARNING",
-        "DATABASE_URL": database_url,
-        "DATABASE_CONN_MAX_AGE": "60",
-        "PACS_VAR_DIR": str(workdir / "var"),
-        "MEDIA_ROOT": str(workdir / "media"),
+        **services.pacs_env(workdir, database_url, SECRET_KEY),
         "RADIOLOGY_STAGING_DIR": str(workdir / "staging"),
-        "RADIOLOGY_STORAGE": "filesystem",
-        "OHIF_VIEWER_URL": "",
         "PYTHONUNBUFFERED": "1",
     }
 
