@@ -31,11 +31,7 @@ import io
 import json
 import os
 import random
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -43,23 +39,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg2
 import pydicom
 import pytest
 import requests
-from psycopg2 import sql
 
 from apps.radiology import storage
 from apps.radiology.demo import relabelled_dicom, sample_path
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import read_stored, stored_keys
+from apps.radiology.tests.gunicorn_server import GunicornServer, own_database
 from apps.radiology.uids import generate_uid
 
-REPO = Path(__file__).resolve().parents[3]
-VENV_BIN = Path(sys.executable).parent
 SEED = 20260116
 ROUNDS = 3
 FILES_PER_ROUND = 8
@@ -70,40 +64,7 @@ SAMPLES = ("CT_small.dcm", "MR_small.dcm", "JPEG-lossy.dcm", "rtdose.dcm")
 UPLOADS = "/api/v1/radiology/uploads/"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- The server's database, seen from outside --------------------------------------------------
-
-
-@contextlib.contextmanager
-def server_database_url(tmp_path: Path) -> Iterator[str]:
-    """A temp SQLite file, or a new database on the suite's PostgreSQL server (dropped afterwards)."""
-    suite_url = os.environ.get("DATABASE_URL", "")
-    if not suite_url.startswith(("postgres://", "postgresql://")):
-        yield f"sqlite:///{tmp_path / 'crash.sqlite3'}"
-        return
-    parts = urlsplit(suite_url)
-    name = f"pacs_crash_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(
-        host=parts.hostname,
-        port=parts.port or 5432,
-        user=parts.username,
-        password=parts.password,
-        dbname=parts.path.lstrip("/") or "postgres",
-    )
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
 
 
 def query(database_url: str, statement: str) -> list[tuple[Any, ...]]:
@@ -119,84 +80,9 @@ def query(database_url: str, statement: str) -> list[tuple[Any, ...]]:
 # --- The server ---------------------------------------------------------------------------------
 
 
-class Gunicorn:
-    """`gunicorn config.wsgi -w 2 --timeout 60` in its own process group (a SIGKILL takes all of it)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(  # noqa: S603 (our own argv)
-            [str(VENV_BIN / "python"), "manage.py", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr.decode()[-3000:]
-        return result.stdout.decode()
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (our own argv)
-                [
-                    str(VENV_BIN / "gunicorn"),
-                    "config.wsgi",
-                    "-b",
-                    f"127.0.0.1:{self.port}",
-                    "-w",
-                    "2",
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "2",
-                ],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited: {self.log_tail()}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}{UPLOADS}", timeout=1).status_code == 401:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"gunicorn did not answer within 30 s: {self.log_tail()}")
-
-    def kill(self) -> None:
-        """Power cut: SIGKILL to the master and its workers at once."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-
 @dataclass
 class Deployment:
-    server: Gunicorn
+    server: GunicornServer
     database_url: str
     media_root: Path
     staging_dir: Path
@@ -206,7 +92,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    with server_database_url(tmp_path) as database_url:
+    with own_database(tmp_path, "crash") as database_url:
         inherited = {
             key: value
             for key, value in os.environ.items()
@@ -224,7 +110,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             "RADIOLOGY_STAGING_DIR": str(tmp_path / "staging"),
             "PYTHONUNBUFFERED": "1",
         }
-        server = Gunicorn(env, tmp_path / "gunicorn.log")
+        server = GunicornServer(env, tmp_path / "gunicorn.log")
         server.manage("migrate", "--noinput")
         seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
         server.start()

@@ -24,10 +24,7 @@ import hashlib
 import json
 import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,64 +32,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import boto3
-import psycopg2
 import pytest
 import requests
-from psycopg2 import sql
 
 from apps.radiology.demo import jpeg_with_exif, relabelled_dicom
+from apps.radiology.tests.gunicorn_server import GunicornServer, own_database
 from apps.radiology.uids import generate_uid
 
-REPO = Path(__file__).resolve().parents[3]
-VENV_BIN = Path(sys.executable).parent
 SEED = 20260115
 TIMEOUT = 20  # seconds for any one HTTP request
 DEADLINE = 90  # seconds for the whole device run: the test stops by itself
 MAX_CHUNK = 12_000
-# BEGIN IMMEDIATE on SQLite. With Django's default deferred transactions, two workers that
-# read and then write inside a transaction (the chunk compare-and-set, the ingest rows)
-# deadlock on SQLite's lock upgrade, and one gets "database is locked" at once (a 500)
-# instead of waiting for the busy timeout. Set this to "" to see it.
-SQLITE_OPTIONS = "?transaction_mode=IMMEDIATE"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Two gunicorn workers write at once here: the settings' SQLite defaults (BEGIN IMMEDIATE, a
+# busy timeout, WAL) are what keep them from failing with "database is locked".
 
 
 # --- The server -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def chaos_database(tmp_path: Path) -> Iterator[str]:
-    """DATABASE_URL of the server: a temp SQLite file, or a new database beside the suite's PostgreSQL."""
-    suite_url = os.environ.get("DATABASE_URL", "")
-    if not suite_url.startswith(("postgres://", "postgresql://")):
-        yield f"sqlite:///{tmp_path / 'chaos.sqlite3'}{SQLITE_OPTIONS}"
-        return
-    parts = urlsplit(suite_url)
-    name = f"pacs_chaos_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(
-        host=parts.hostname,
-        port=parts.port or 5432,
-        user=parts.username,
-        password=parts.password,
-        dbname=parts.path.lstrip("/") or "postgres",
-    )
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
 
 
 @dataclass
@@ -135,84 +92,9 @@ class Store:
         return sorted(keys)
 
 
-class LiveServer:
-    """gunicorn -w 2 in its own process group, so a SIGKILL takes master and workers at once."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(  # noqa: S603 (our own argv)
-            [str(VENV_BIN / "python"), "manage.py", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr.decode()[-3000:]
-        return result.stdout.decode()
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (our own argv)
-                [
-                    str(VENV_BIN / "gunicorn"),
-                    "config.wsgi",
-                    "-b",
-                    f"127.0.0.1:{self.port}",
-                    "-w",
-                    "2",
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "2",
-                ],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited: {self.log_tail()}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/api/v1/radiology/studies/", timeout=1).status_code == 401:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"gunicorn did not answer within 30 s: {self.log_tail()}")
-
-    def kill(self) -> None:
-        """Power cut: SIGKILL to master and workers."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-
 @dataclass
 class Deployment:
-    server: LiveServer
+    server: GunicornServer
     store: Store
     order_id: int
     radtech_token: str
@@ -225,7 +107,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
     if request.param == "s3":
         store.s3_endpoint = request.getfixturevalue("s3_endpoint")
         store.bucket = request.getfixturevalue("s3_bucket")
-    with chaos_database(tmp_path) as database_url:
+    with own_database(tmp_path, "chaos") as database_url:
         inherited = {
             key: value
             for key, value in os.environ.items()
@@ -243,7 +125,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
             "RADIOLOGY_STAGING_DIR": str(tmp_path / "spool"),
             "PYTHONUNBUFFERED": "1",
         }
-        server = LiveServer(env, tmp_path / "gunicorn.log")
+        server = GunicornServer(env, tmp_path / "gunicorn.log")
         server.manage("migrate", "--noinput")
         seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
         server.start()

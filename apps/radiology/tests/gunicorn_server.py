@@ -1,0 +1,137 @@
+"""A real PACS-lite server for tests that kill it: gunicorn in its own process group, own database.
+
+Shared by the upload chaos test and the crash-safety test. The database is a temporary
+SQLite file, or a fresh database CREATEd on the suite's PostgreSQL server (when the suite
+runs there) and dropped afterwards, so CI exercises both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import requests
+from psycopg2 import sql
+
+REPO = Path(__file__).resolve().parents[3]
+VENV_BIN = Path(sys.executable).parent
+# Any request answered 401 means the app is up (no credentials sent).
+READY_PATH = "/api/v1/radiology/studies/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_database(tmp_path: Path, prefix: str) -> Iterator[str]:
+    """DATABASE_URL of the server: a temp SQLite file, or a new database beside the suite's PostgreSQL."""
+    suite_url = os.environ.get("DATABASE_URL", "")
+    if not suite_url.startswith(("postgres://", "postgresql://")):
+        yield f"sqlite:///{tmp_path / f'{prefix}.sqlite3'}"
+        return
+    parts = urlsplit(suite_url)
+    name = f"pacs_{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+        dbname=parts.path.lstrip("/") or "postgres",
+    )
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+class GunicornServer:
+    """`gunicorn config.wsgi -w 2 --timeout 60` in its own process group (a SIGKILL takes all of it)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(  # noqa: S603 (our own argv)
+            [str(VENV_BIN / "python"), "manage.py", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        return result.stdout.decode()
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 (our own argv)
+                [
+                    str(VENV_BIN / "gunicorn"),
+                    "config.wsgi",
+                    "-b",
+                    f"127.0.0.1:{self.port}",
+                    "-w",
+                    "2",
+                    "--timeout",
+                    "60",
+                    "--graceful-timeout",
+                    "2",
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited: {self.log_tail()}"
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}{READY_PATH}", timeout=1).status_code == 401:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn did not answer within 30 s: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL to the master and its workers at once."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
