@@ -135,3 +135,28 @@ class GunicornServer:
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+def server_env(tmp_path: Path, database_url: str, *, staging: str = "staging", **extra: str) -> dict[str, str]:
+    """The server's environment: test settings, its own database, every path under `tmp_path`.
+
+    The suite's own storage/database/settings variables are dropped so they can't leak in.
+    """
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_"))
+    }
+    return {
+        **inherited,
+        "RADIOLOGY_STORAGE": "filesystem",
+        **extra,
+        "DJANGO_SETTINGS_MODULE": "config.test_settings",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "PACS_VAR_DIR": str(tmp_path / "var"),
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "RADIOLOGY_STAGING_DIR": str(tmp_path / staging),
+        "PYTHONUNBUFFERED": "1",
+    }

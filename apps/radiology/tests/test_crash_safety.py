@@ -51,7 +51,7 @@ from apps.radiology.demo import relabelled_dicom, sample_path
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import read_stored, stored_keys
-from apps.radiology.tests.gunicorn_server import GunicornServer, own_database
+from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 from apps.radiology.uids import generate_uid
 
 SEED = 20260116
@@ -93,23 +93,7 @@ class Deployment:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     with own_database(tmp_path, "crash") as database_url:
-        inherited = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_"))
-        }
-        env = {
-            **inherited,
-            "DJANGO_SETTINGS_MODULE": "config.test_settings",
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DJANGO_LOG_LEVEL": "WARNING",
-            "DATABASE_URL": database_url,
-            "RADIOLOGY_STORAGE": "filesystem",
-            "PACS_VAR_DIR": str(tmp_path / "var"),
-            "MEDIA_ROOT": str(tmp_path / "media"),
-            "RADIOLOGY_STAGING_DIR": str(tmp_path / "staging"),
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = server_env(tmp_path, database_url)
         server = GunicornServer(env, tmp_path / "gunicorn.log")
         server.manage("migrate", "--noinput")
         seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import socket
 import threading
@@ -38,7 +37,7 @@ import pytest
 import requests
 
 from apps.radiology.demo import jpeg_with_exif, relabelled_dicom
-from apps.radiology.tests.gunicorn_server import GunicornServer, own_database
+from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 from apps.radiology.uids import generate_uid
 
 SEED = 20260115
@@ -108,23 +107,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         store.s3_endpoint = request.getfixturevalue("s3_endpoint")
         store.bucket = request.getfixturevalue("s3_bucket")
     with own_database(tmp_path, "chaos") as database_url:
-        inherited = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_"))
-        }
-        env = {
-            **inherited,
-            **store.env(),
-            "DJANGO_SETTINGS_MODULE": "config.test_settings",
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DJANGO_LOG_LEVEL": "WARNING",
-            "DATABASE_URL": database_url,
-            "PACS_VAR_DIR": str(tmp_path / "var"),
-            "MEDIA_ROOT": str(tmp_path / "media"),
-            "RADIOLOGY_STAGING_DIR": str(tmp_path / "spool"),
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = server_env(tmp_path, database_url, staging="spool", **store.env())
         server = GunicornServer(env, tmp_path / "gunicorn.log")
         server.manage("migrate", "--noinput")
         seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
