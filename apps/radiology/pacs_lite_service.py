@@ -363,12 +363,17 @@ def _resolve_uids(
     study if it has one), so the same photo sent twice to one order is one image.
     """
     resolved: dict[str, str] = {}
-    order_study_uid = RadiologyStudy.objects.filter(radiology_order=order).values_list("study_uid", flat=True).first()
-    derived = {
-        "study_uid": order_study_uid or uid_from_name(f"order:{order.pk}:study"),
-        "series_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:series"),
-        "image_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:image"),
-    }
+    derived: dict[str, str] = {}
+    if parsed.mime_type != DICOM_MIME_TYPE:
+        # Only a JPEG needs the order's study UID: a DICOM file's ingest skips this query.
+        order_study_uid = (
+            RadiologyStudy.objects.filter(radiology_order=order).values_list("study_uid", flat=True).first()
+        )
+        derived = {
+            "study_uid": order_study_uid or uid_from_name(f"order:{order.pk}:study"),
+            "series_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:series"),
+            "image_uid": uid_from_name(f"order:{order.pk}:jpeg:{checksum}:image"),
+        }
     for name in ("study_uid", "series_uid", "image_uid"):
         from_file = getattr(parsed, name)
         from_client = getattr(declared, name)
