@@ -266,7 +266,7 @@ DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.radiology.token_auth.RadiologyTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "EXCEPTION_HANDLER": "apps.radiology.exceptions.api_exception_handler",

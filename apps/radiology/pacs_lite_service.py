@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +41,7 @@ from apps.radiology.errors import (
     FileTooLarge,
     ImageConflict,
     MissingUID,
+    RadiologyError,
     SeriesConflict,
     SizeMismatch,
     StudyConflict,
@@ -280,45 +281,257 @@ class PACSLiteService:
         Idempotent: the same image UID with the same bytes returns the stored image
         (created=False); with other bytes it is ImageConflict and the stored file is untouched.
         `expected_size` / `expected_checksum` (what a client declared) are checked against the
-        bytes actually received before anything is parsed or stored.
+        bytes actually received before anything is parsed or stored. A batch of one of
+        `ingest_images`, so both take exactly the same path.
         """
-        declared = declared or DeclaredImage()
-        storage.safe_filename(filename)  # refuse an unusable name before reading any bytes
+        item = IngestItem(
+            order=order,
+            stream=stream,
+            filename=filename,
+            declared=declared or DeclaredImage(),
+            expected_size=expected_size,
+            expected_checksum=expected_checksum,
+        )
+        (outcome,) = PACSLiteService.ingest_images([item], uploaded_by=uploaded_by)
+        if isinstance(outcome, RadiologyError):
+            raise outcome
+        return outcome
+
+    @staticmethod
+    def ingest_images(
+        items: list[IngestItem], *, uploaded_by: AbstractBaseUser | None
+    ) -> list[IngestResult | RadiologyError]:
+        """Store several files (one STOW-RS request); one outcome per item, in order.
+
+        Each item is checked exactly as `ingest_image` checks one, and a bad item never stops
+        the others. What a batch shares is the database work: one query finds the images
+        already stored, three check studies and series, and the rows of all new images
+        commit in one transaction (with the files written before it, as for one). If that
+        transaction fails (a concurrent ingest took a UID, two items disagree about a
+        study), its files are removed and the items are committed one by one, each then
+        getting its own outcome.
+        """
+        outcomes: list[IngestResult | RadiologyError | None] = [None] * len(items)
         settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-") as spool_file:
-            spooled = _spool(stream, spool_file, expected_size=expected_size, expected_checksum=expected_checksum)
-            parsed = parse_image_file(spooled.path, spooled.mime_type)
-            uids = _resolve_uids(parsed, declared, order=order, checksum=spooled.checksum)
-            existing = _existing_image(uids.image_uid, spooled.checksum, order)
-            if existing is not None:
-                return IngestResult(image=existing, created=False)
-            _check_study_and_series(order, uids)
+        with contextlib.ExitStack() as spools:
+            prepared: list[_Prepared] = []
+            for index, item in enumerate(items):
+                try:
+                    prepared.append(_prepare(index, item, spools))
+                except RadiologyError as error:
+                    outcomes[index] = error
+            fresh, repeats = _sort_out_stored(prepared, outcomes)
+            known = _KnownStudies.of(fresh)
+            checked: list[_Prepared] = []
+            for entry in fresh:
+                try:
+                    known.check(entry.item.order, entry.uids)
+                except RadiologyError as error:
+                    outcomes[entry.index] = error
+                    continue
+                checked.append(entry)
+            if len(checked) > 1:
+                try:
+                    _commit(checked, uploaded_by)
+                except Exception:  # any failure: one by one below, each with its own outcome
+                    logger.info("a batch of %d images is committed one by one", len(checked))
+                else:
+                    for entry in checked:
+                        outcomes[entry.index] = IngestResult(image=entry.image, created=True)  # type: ignore[arg-type]
+                    checked = []
+            for entry in checked:
+                outcomes[entry.index] = _commit_one(entry, uploaded_by)
+        for entry, first in repeats:
+            outcomes[entry.index] = _repeat_outcome(entry, first, outcomes[first.index])
+        return outcomes  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One file to ingest and what its sender says about it (see `ingest_image`)."""
+
+    order: RadiologyOrder
+    stream: IO[bytes]
+    # None: the file is named after its image UID (a STOW-RS part has no name of its own).
+    filename: str | None
+    declared: DeclaredImage = field(default_factory=DeclaredImage)
+    expected_size: int | None = None
+    expected_checksum: str | None = None
+
+
+@dataclass
+class _Prepared:
+    """An item spooled, parsed and given its UIDs: everything checked that needs no database."""
+
+    index: int
+    item: IngestItem
+    spool_file: IO[bytes]
+    spooled: _Spooled
+    parsed: ParsedImage
+    uids: _ResolvedUIDs
+    stored_key: str | None = None
+    image: RadiologyImage | None = None
+
+    @property
+    def filename(self) -> str:
+        if self.item.filename is not None:
+            return self.item.filename
+        return f"{self.uids.image_uid}{'.dcm' if self.spooled.mime_type == DICOM_MIME_TYPE else '.jpg'}"
+
+
+def _prepare(index: int, item: IngestItem, spools: contextlib.ExitStack) -> _Prepared:
+    if item.filename is not None:
+        storage.safe_filename(item.filename)  # refuse an unusable name before reading any bytes
+    # Closed with the batch's other spools, when ingest_images leaves its ExitStack.
+    spool_file = spools.enter_context(
+        tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-")  # noqa: SIM115
+    )
+    spooled = _spool(
+        item.stream, spool_file, expected_size=item.expected_size, expected_checksum=item.expected_checksum
+    )
+    parsed = parse_image_file(spooled.path, spooled.mime_type)
+    uids = _resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
+    return _Prepared(index=index, item=item, spool_file=spool_file, spooled=spooled, parsed=parsed, uids=uids)
+
+
+def _sort_out_stored(
+    prepared: list[_Prepared], outcomes: list[IngestResult | RadiologyError | None]
+) -> tuple[list[_Prepared], list[tuple[_Prepared, _Prepared]]]:
+    """Answer the items already stored (one query); return the new ones, and the repeats
+    within the batch (an item whose image UID an earlier item of the batch also has)."""
+    stored = {
+        image.image_uid: image
+        for image in RadiologyImage.objects.select_related("series__study").filter(
+            image_uid__in={entry.uids.image_uid for entry in prepared}
+        )
+    }
+    fresh: list[_Prepared] = []
+    repeats: list[tuple[_Prepared, _Prepared]] = []
+    first_of: dict[str, _Prepared] = {}
+    for entry in prepared:
+        existing = stored.get(entry.uids.image_uid)
+        if existing is not None:
+            try:
+                outcomes[entry.index] = IngestResult(image=_same_image(existing, entry), created=False)
+            except RadiologyError as error:
+                outcomes[entry.index] = error
+        elif entry.uids.image_uid in first_of:
+            repeats.append((entry, first_of[entry.uids.image_uid]))
+        else:
+            first_of[entry.uids.image_uid] = entry
+            fresh.append(entry)
+    return fresh, repeats
+
+
+def _same_image(existing: RadiologyImage, entry: _Prepared) -> RadiologyImage:
+    """The stored image, if it is this exact file under this order; else ImageConflict."""
+    if existing.checksum != entry.spooled.checksum:
+        raise ImageConflict()
+    if existing.series.study.radiology_order_id != entry.item.order.pk:
+        raise ImageConflict("An image with this UID is already stored under another order.")
+    return existing
+
+
+def _repeat_outcome(
+    entry: _Prepared, first: _Prepared, first_outcome: IngestResult | RadiologyError | None
+) -> IngestResult | RadiologyError:
+    """An item repeating an earlier item's image UID: as if it came just after that one."""
+    if not isinstance(first_outcome, IngestResult):
+        # The first copy was refused: this one is judged against what is stored now.
+        existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=entry.uids.image_uid)
+        found = existing.first()
+        if found is None:
+            return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
+        first_image = found
+    else:
+        first_image = first_outcome.image
+    try:
+        return IngestResult(image=_same_image(first_image, entry), created=False)
+    except RadiologyError as error:
+        return error
+
+
+class _KnownStudies:
+    """What the database says about the batch's orders, studies and series (three queries)."""
+
+    def __init__(
+        self, order_studies: dict[int, str], taken_study_uids: set[str], series_studies: dict[str, str]
+    ) -> None:
+        self.order_studies = order_studies
+        self.taken_study_uids = taken_study_uids
+        self.series_studies = series_studies
+
+    @classmethod
+    def of(cls, entries: list[_Prepared]) -> _KnownStudies:
+        if not entries:
+            return cls({}, set(), {})
+        orders = {entry.item.order.pk for entry in entries}
+        study_uids = {entry.uids.study_uid for entry in entries}
+        series_uids = {entry.uids.series_uid for entry in entries}
+        return cls(
+            dict(
+                RadiologyStudy.objects.filter(radiology_order__in=orders).values_list("radiology_order_id", "study_uid")
+            ),
+            set(RadiologyStudy.objects.filter(study_uid__in=study_uids).values_list("study_uid", flat=True)),
+            dict(
+                RadiologySeries.objects.filter(series_uid__in=series_uids).values_list("series_uid", "study__study_uid")
+            ),
+        )
+
+    def check(self, order: RadiologyOrder, uids: _ResolvedUIDs) -> None:
+        """Refuse, before any byte is written, an image that belongs to another study or order."""
+        order_study_uid = self.order_studies.get(order.pk)
+        if order_study_uid is not None and order_study_uid != uids.study_uid:
+            raise StudyMismatch()
+        if order_study_uid is None and uids.study_uid in self.taken_study_uids:
+            raise StudyConflict()
+        series_study_uid = self.series_studies.get(uids.series_uid)
+        if series_study_uid is not None and series_study_uid != uids.study_uid:
+            raise SeriesConflict()
+
+
+def _commit(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None) -> None:
+    """Write the entries' files, then all their rows in one transaction; on any failure
+    remove every file written here that has no row, and raise."""
+    try:
+        for entry in entries:
             file_key = storage.build_file_key(
-                study_uid=uids.study_uid, series_uid=uids.series_uid, image_uid=uids.image_uid, filename=filename
+                study_uid=entry.uids.study_uid,
+                series_uid=entry.uids.series_uid,
+                image_uid=entry.uids.image_uid,
+                filename=entry.filename,
             )
-            spool_file.seek(0)
-            stored_key = storage.save_new_object(file_key, spool_file, content_type=spooled.mime_type)
-        try:
-            image = _create_rows(
-                order=order,
-                parsed=parsed,
-                declared=declared,
-                uids=uids,
-                spooled=spooled,
-                stored_key=stored_key,
-                filename=filename,
-                uploaded_by=uploaded_by,
-            )
-        except BaseException:
-            # The rows did not commit: take the file back out so no file lingers without its row.
-            if not RadiologyImage.objects.filter(file_key=stored_key).exists():
-                storage.delete_object(stored_key)
-            existing = _existing_image(uids.image_uid, spooled.checksum, order)
-            if existing is not None:  # a concurrent ingest of the same bytes won the race
-                return IngestResult(image=existing, created=False)
+            entry.spool_file.seek(0)
+            entry.stored_key = storage.save_new_object(file_key, entry.spool_file, content_type=entry.spooled.mime_type)
+        _create_rows(entries, uploaded_by)
+    except BaseException:
+        # The rows did not commit: take the files back out so no file lingers without its row.
+        written = [entry.stored_key for entry in entries if entry.stored_key is not None]
+        kept = set(RadiologyImage.objects.filter(file_key__in=written).values_list("file_key", flat=True))
+        for key in written:
+            if key not in kept:
+                storage.delete_object(key)
+        for entry in entries:
+            entry.stored_key, entry.image = None, None
+        raise
+    for entry in entries:
+        logger.info("radiology image %s stored in study %s", entry.image.pk, entry.uids.study_uid)  # type: ignore[union-attr]
+
+
+def _commit_one(entry: _Prepared, uploaded_by: AbstractBaseUser | None) -> IngestResult | RadiologyError:
+    try:
+        _commit([entry], uploaded_by)
+    except Exception as failure:
+        existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=entry.uids.image_uid).first()
+        if existing is None:
+            if isinstance(failure, RadiologyError):
+                return failure
             raise
-        logger.info("radiology image %s stored in study %s", image.pk, uids.study_uid)
-        return IngestResult(image=image, created=True)
+        try:  # a concurrent ingest of the same bytes won the race
+            return IngestResult(image=_same_image(existing, entry), created=False)
+        except RadiologyError as conflict:
+            return conflict
+    return IngestResult(image=entry.image, created=True)  # type: ignore[arg-type]
 
 
 def _spool(
@@ -391,98 +604,81 @@ def _resolve_uids(
     return _ResolvedUIDs(**resolved)
 
 
-def _existing_image(image_uid: str, checksum: str, order: RadiologyOrder) -> RadiologyImage | None:
-    """The stored image if this exact file is already in, under this order; else None.
-
-    Raises ImageConflict when the UID is stored with other bytes or under another order.
-    """
-    existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=image_uid).first()
-    if existing is None:
-        return None
-    if existing.checksum != checksum:
-        raise ImageConflict()
-    if existing.series.study.radiology_order_id != order.pk:
-        raise ImageConflict("An image with this UID is already stored under another order.")
-    return existing
-
-
-def _check_study_and_series(order: RadiologyOrder, uids: _ResolvedUIDs) -> None:
-    """Refuse, before any byte is written, an image that belongs to another study or order."""
-    order_study_uid = RadiologyStudy.objects.filter(radiology_order=order).values_list("study_uid", flat=True).first()
-    if order_study_uid is not None and order_study_uid != uids.study_uid:
-        raise StudyMismatch()
-    if order_study_uid is None and RadiologyStudy.objects.filter(study_uid=uids.study_uid).exists():
-        raise StudyConflict()
-    series_study_uid = (
-        RadiologySeries.objects.filter(series_uid=uids.series_uid).values_list("study__study_uid", flat=True).first()
-    )
-    if series_study_uid is not None and series_study_uid != uids.study_uid:
-        raise SeriesConflict()
-
-
-def _create_rows(
-    *,
-    order: RadiologyOrder,
-    parsed: ParsedImage,
-    declared: DeclaredImage,
-    uids: _ResolvedUIDs,
-    spooled: _Spooled,
-    stored_key: str,
-    filename: str,
-    uploaded_by: AbstractBaseUser | None,
-) -> RadiologyImage:
-    """Create or reuse study and series and create the image row, all in one transaction."""
+def _create_rows(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None) -> None:
+    """Create or reuse each entry's study and series and create the image rows, in one transaction."""
     with transaction.atomic():
-        # Lock the order so two first images of one order cannot both create its study.
-        RadiologyOrder.objects.select_for_update().filter(pk=order.pk).first()
-        modality = parsed.modality or declared.modality
-        study = PACSLiteService.create_study_for_order(
-            radiology_order=order,
-            study_uid=uids.study_uid,
-            study_description=parsed.study_description or declared.study_description,
-            modality=modality,
-            study_date=parsed.study_date,
-            study_time=parsed.study_time,
-            accession_number=parsed.accession_number,
-            referring_physician_name=parsed.referring_physician_name,
-        )
-        series_number = parsed.series_number if parsed.series_number is not None else declared.series_number
-        if series_number is None and parsed.mime_type != DICOM_MIME_TYPE:
-            # A photo with no number of its own goes after the study's series (viewers sort by it).
-            top = RadiologySeries.objects.filter(study=study).aggregate(top=Max("series_number"))["top"]
-            series_number = (top or 0) + 1
-        series = PACSLiteService.create_series_for_study(
-            study=study,
-            series_uid=uids.series_uid,
-            series_number=series_number,
-            series_description=parsed.series_description or declared.series_description,
-            modality=modality,
-            series_date=parsed.series_date,
-            series_time=parsed.series_time,
-            body_part_examined=parsed.body_part_examined,
-        )
-        instance_number = parsed.instance_number if parsed.instance_number is not None else declared.instance_number
-        if instance_number is None:
-            instance_number = RadiologyImage.objects.filter(series=series).count() + 1
-        return RadiologyImage.objects.create(
-            series=series,
-            image_uid=uids.image_uid,
-            sop_class_uid=parsed.sop_class_uid,
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            instance_number=instance_number,
-            number_of_frames=parsed.number_of_frames,
-            rows=parsed.rows,
-            columns=parsed.columns,
-            file_key=stored_key,
-            filename=storage.original_filename(filename),
-            file_size=spooled.size,
-            mime_type=spooled.mime_type,
-            checksum=spooled.checksum,
-            image_metadata=_image_metadata(parsed, declared),
-            pixel_data=parsed.pixel_data,
-            bulk_data=parsed.bulk_data,
-            uploaded_by=uploaded_by,
-        )
+        # Lock the orders (in one order, so two batches cannot deadlock) so two first images
+        # of one order cannot both create its study.
+        order_ids = sorted({entry.item.order.pk for entry in entries})
+        list(RadiologyOrder.objects.select_for_update().filter(pk__in=order_ids).order_by("pk").values_list("pk"))
+        studies: dict[int, RadiologyStudy] = {}
+        series_by_uid: dict[str, RadiologySeries] = {}
+        added_to_series: dict[int, int] = {}
+        images: list[RadiologyImage] = []
+        for entry in entries:
+            order, parsed, declared, uids = entry.item.order, entry.parsed, entry.item.declared, entry.uids
+            modality = parsed.modality or declared.modality
+            study = studies.get(order.pk)
+            if study is None:
+                study = studies[order.pk] = PACSLiteService.create_study_for_order(
+                    radiology_order=order,
+                    study_uid=uids.study_uid,
+                    study_description=parsed.study_description or declared.study_description,
+                    modality=modality,
+                    study_date=parsed.study_date,
+                    study_time=parsed.study_time,
+                    accession_number=parsed.accession_number,
+                    referring_physician_name=parsed.referring_physician_name,
+                )
+            elif study.study_uid != uids.study_uid:
+                raise StudyMismatch()
+            series = series_by_uid.get(uids.series_uid)
+            if series is None:
+                series_number = parsed.series_number if parsed.series_number is not None else declared.series_number
+                if series_number is None and parsed.mime_type != DICOM_MIME_TYPE:
+                    # A photo with no number of its own goes after the study's series (viewers sort by it).
+                    top = RadiologySeries.objects.filter(study=study).aggregate(top=Max("series_number"))["top"]
+                    series_number = (top or 0) + 1
+                series = series_by_uid[uids.series_uid] = PACSLiteService.create_series_for_study(
+                    study=study,
+                    series_uid=uids.series_uid,
+                    series_number=series_number,
+                    series_description=parsed.series_description or declared.series_description,
+                    modality=modality,
+                    series_date=parsed.series_date,
+                    series_time=parsed.series_time,
+                    body_part_examined=parsed.body_part_examined,
+                )
+                series.study = study  # the same row (create_series_for_study checked): no lazy query later
+            instance_number = parsed.instance_number if parsed.instance_number is not None else declared.instance_number
+            if instance_number is None:
+                # After the series' stored images and those of this batch before it.
+                instance_number = (
+                    RadiologyImage.objects.filter(series=series).count() + added_to_series.get(series.pk, 0) + 1
+                )
+            added_to_series[series.pk] = added_to_series.get(series.pk, 0) + 1
+            entry.image = RadiologyImage(
+                series=series,
+                image_uid=uids.image_uid,
+                sop_class_uid=parsed.sop_class_uid,
+                transfer_syntax_uid=parsed.transfer_syntax_uid,
+                instance_number=instance_number,
+                number_of_frames=parsed.number_of_frames,
+                rows=parsed.rows,
+                columns=parsed.columns,
+                file_key=entry.stored_key,
+                filename=storage.original_filename(entry.filename),
+                file_size=entry.spooled.size,
+                mime_type=entry.spooled.mime_type,
+                checksum=entry.spooled.checksum,
+                image_metadata=_image_metadata(parsed, declared),
+                pixel_data=parsed.pixel_data,
+                bulk_data=parsed.bulk_data,
+                uploaded_by=uploaded_by,
+            )
+            images.append(entry.image)
+        # One INSERT for the batch (rows are new: WriteOnceModel.save's only check does not apply).
+        RadiologyImage.objects.bulk_create(images)
 
 
 def _image_metadata(parsed: ParsedImage, declared: DeclaredImage) -> dict[str, Any]:

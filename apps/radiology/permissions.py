@@ -10,15 +10,25 @@ from rest_framework.request import Request
 
 DOCTOR_GROUP = "Doctor"
 RADIOLOGY_TECH_GROUP = "Radiology Tech"
+# The only groups any radiology decision looks at.
+RADIOLOGY_GROUPS = (DOCTOR_GROUP, RADIOLOGY_TECH_GROUP)
 
 
 def group_names(user: AbstractBaseUser) -> frozenset[str]:
-    """The user's group names, read once per request (permission checks and the audit trail share it)."""
+    """The user's radiology groups, read once per request (permission checks and the audit trail share it).
+
+    Token requests learn them in the token's own query (token_auth.py); others ask here.
+    """
     cached = getattr(user, "_radiology_group_names", None)
     if cached is None:
-        cached = frozenset(user.groups.values_list("name", flat=True))
-        user._radiology_group_names = cached  # type: ignore[union-attr]
+        cached = frozenset(user.groups.filter(name__in=RADIOLOGY_GROUPS).values_list("name", flat=True))
+        remember_radiology_groups(user, cached)
     return cached
+
+
+def remember_radiology_groups(user: AbstractBaseUser, names: set[str] | frozenset[str]) -> None:
+    """Keep the user's radiology groups on this request's user object (see group_names)."""
+    user._radiology_group_names = frozenset(names)  # type: ignore[union-attr]
 
 
 def _in_groups(user: AbstractBaseUser | AnonymousUser, names: tuple[str, ...]) -> bool:
@@ -31,7 +41,7 @@ def _in_groups(user: AbstractBaseUser | AnonymousUser, names: tuple[str, ...]) -
 
 def can_view_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Doctors, radiology techs and superusers may read every radiology endpoint."""
-    return _in_groups(user, (DOCTOR_GROUP, RADIOLOGY_TECH_GROUP))
+    return _in_groups(user, RADIOLOGY_GROUPS)
 
 
 def can_upload_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:

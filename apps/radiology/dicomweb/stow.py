@@ -17,9 +17,10 @@ import pydicom
 from django.contrib.auth.models import AbstractBaseUser
 
 from apps.radiology import errors
-from apps.radiology.errors import OrderNotFound, RadiologyError
-from apps.radiology.models import RadiologyOrder
-from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.dicom import SNIFF_LENGTH, sniff_mime_type
+from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType
+from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
+from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService
 
 from .dicom_json import element
 from .multipart import ReceivedPart
@@ -89,44 +90,64 @@ def store_instances(
     study_uid: str | None,
     instance_url: Callable[[str, str, str], str],
 ) -> StoreOutcome:
-    """Ingest each application/dicom part; collect referenced and failed instances."""
+    """Ingest the application/dicom parts as one batch; collect referenced and failed instances."""
     order = None
     if order_id is not None:
         order = RadiologyOrder.objects.filter(pk=order_id).first()
         if order is None:
             raise OrderNotFound()
-    outcome = StoreOutcome()
+    # One entry per part, in part order: a failure already known, or the batch item to ingest.
+    answers: list[dict[str, Any] | tuple[str | None, str | None] | ReceivedPart] = []
+    items: list[IngestItem] = []
+    orders_by_accession: dict[str, RadiologyOrder | None] = {}
     for part in parts:
         media_type = part.content_type.split(";")[0].strip().lower()
         if media_type not in ("application/dicom", ""):
-            outcome.failed.append(_failed(None, None, CANNOT_UNDERSTAND, "unsupported_part_type"))
+            answers.append(_failed(None, None, CANNOT_UNDERSTAND, "unsupported_part_type"))
             continue
-        try:
-            header = pydicom.dcmread(
-                part.file,
-                stop_before_pixels=True,
-                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "AccessionNumber"],
-            )
-        except Exception:  # any unreadable part is reported, not raised
-            outcome.failed.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
+        if order is not None and study_uid is None:
+            # Nothing to decide before ingest (which reads the header anyway): the UIDs a
+            # failure report needs are read only for a part that fails (see below).
+            part.file.seek(0)
+            if not _looks_like_dicom(part.file.read(SNIFF_LENGTH)):
+                answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
+                continue
+            part.file.seek(0)
+            items.append(IngestItem(order=order, stream=part.file, filename=None))
+            answers.append(part)
+            continue
+        header = _header(part)
+        if header is None:
+            answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
             continue
         sop_class = str(header.get("SOPClassUID", "") or "") or None
         sop_instance = str(header.get("SOPInstanceUID", "") or "") or None
         if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
-            outcome.failed.append(_failed(sop_class, sop_instance, STUDY_UID_MISMATCH, "study_uid_mismatch"))
+            answers.append(_failed(sop_class, sop_instance, STUDY_UID_MISMATCH, "study_uid_mismatch"))
             continue
-        target = order or _order_by_accession(str(header.get("AccessionNumber", "") or "").strip())
+        target = order
         if target is None:
-            outcome.failed.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
+            accession = str(header.get("AccessionNumber", "") or "").strip()
+            if accession not in orders_by_accession:
+                orders_by_accession[accession] = _order_by_accession(accession)
+            target = orders_by_accession[accession]
+        if target is None:
+            answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
             continue
         part.file.seek(0)
-        try:
-            result = PACSLiteService.ingest_image(
-                order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm", uploaded_by=user
-            )
-        except RadiologyError as error:
+        items.append(IngestItem(order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm"))
+        answers.append((sop_class, sop_instance))
+    results = iter(PACSLiteService.ingest_images(items, uploaded_by=user))
+    outcome = StoreOutcome()
+    for answer in answers:
+        if isinstance(answer, dict):
+            outcome.failed.append(answer)
+            continue
+        result = next(results)
+        if isinstance(result, RadiologyError):
+            sop_class, sop_instance = answer if isinstance(answer, tuple) else _uids_of(answer)
             outcome.failed.append(
-                _failed(sop_class, sop_instance, _REASONS.get(type(error), PROCESSING_FAILURE), error.code)
+                _failed(sop_class, sop_instance, _REASONS.get(type(result), PROCESSING_FAILURE), result.code)
             )
             continue
         image = result.image
@@ -139,6 +160,36 @@ def store_instances(
             }
         )
     return outcome
+
+
+def _header(part: ReceivedPart) -> pydicom.Dataset | None:
+    """The part's few elements STOW-RS decides on, or None if it is not readable DICOM."""
+    part.file.seek(0)
+    try:
+        return pydicom.dcmread(
+            part.file,
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "AccessionNumber"],
+        )
+    except Exception:  # any unreadable part is reported, not raised
+        return None
+    finally:
+        part.file.seek(0)
+
+
+def _looks_like_dicom(head: bytes) -> bool:
+    """A Part 10 file (what pydicom reads without force); a JPEG sent as a DICOM part is not."""
+    try:
+        return sniff_mime_type(head) == DICOM_MIME_TYPE
+    except UnsupportedFileType:
+        return False
+
+
+def _uids_of(part: ReceivedPart) -> tuple[str | None, str | None]:
+    header = _header(part)
+    if header is None:
+        return None, None
+    return str(header.get("SOPClassUID", "") or "") or None, str(header.get("SOPInstanceUID", "") or "") or None
 
 
 def _order_by_accession(accession: str) -> RadiologyOrder | None:

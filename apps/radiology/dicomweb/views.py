@@ -15,7 +15,7 @@ from django.db.models import F
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAuthenticated
@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from apps.radiology import storage
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.render_cache import cached_response, render_key
+from apps.radiology.token_auth import RadiologyTokenAuthentication
 
 from . import pixels
 from .accept import MediaRange, parse_accept
@@ -53,7 +54,7 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 
 @extend_schema(exclude=True)
 class DicomWebView(APIView):
-    authentication_classes = [ViewerTokenAuthentication, TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ViewerTokenAuthentication, RadiologyTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated, CanUseDicomWeb]
     content_negotiation_class = FirstRendererNegotiation
     parser_classes: list[Any] = []

@@ -803,10 +803,12 @@ def test_admin_offers_no_add_change_or_delete(
 def test_no_column_holds_bytes_or_tokens(stored: StoredStudy, doctor: AbstractBaseUser) -> None:
     token = issue_token(stored.study)
     signed = PACSLiteService.generate_image_url(image=stored.image, user=doctor, expires_in=60)
-    bearer_client(token).get(stored.instance_url())
+    # Streamed bodies are read to the end, as a server sends them: the event is written when
+    # the response is closed (audit.py).
+    b"".join(bearer_client(token).get(stored.instance_url()).streaming_content)
     Client().get(f"{API}/viewer/", {"StudyInstanceUIDs": stored.study.study_uid, "token": token})
-    Client().get(signed)
-    token_client(doctor).get(stored.instance_url("/frames/1"))
+    b"".join(Client().get(signed).streaming_content)
+    b"".join(token_client(doctor).get(stored.instance_url("/frames/1")).streaming_content)
     secrets_ = [token, signed.split("token=", 1)[1]]
 
     values = [value for event in AuditEvent.objects.all() for value in column_values(event)]
@@ -814,3 +816,19 @@ def test_no_column_holds_bytes_or_tokens(stored: StoredStudy, doctor: AbstractBa
     assert AuditEvent.objects.count() == 4
     assert max(len(value) for value in values) <= 64
     assert not [value for value in values for secret in secrets_ if secret in value]
+
+
+def test_the_event_is_written_when_the_answer_is_closed_even_if_cut_short(
+    stored: StoredStudy, doctor: AbstractBaseUser
+) -> None:
+    """The INSERT waits until the server closes the response (off the request's latency);
+    a client that drops the connection mid-body still leaves its event."""
+    response = token_client(doctor).get(stored.instance_url("/frames/1"))
+    next(iter(response.streaming_content))  # part of the body, then the connection drops
+
+    assert AuditEvent.objects.count() == 0
+    response.close()
+
+    assert list(AuditEvent.objects.values_list("route", "status_code", "image_uid", "role")) == [
+        ("dicomweb-frames", 200, stored.image.image_uid, "doctor")
+    ]

@@ -745,7 +745,7 @@ def test_row_failure_after_the_write_leaves_no_orphan_file(
         written.append(real_save(key, content, content_type=content_type))
         return written[-1]
 
-    def database_down(**_kwargs: Any) -> RadiologyImage:
+    def database_down(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("database connection lost")
 
     monkeypatch.setattr(storage, "save_new_object", save_and_remember)
@@ -762,10 +762,10 @@ def test_row_failure_after_the_write_leaves_no_orphan_file(
 def test_image_row_failure_rolls_back_study_and_series_and_removes_the_file(
     radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(**_kwargs: Any) -> RadiologyImage:
+    def refuse(*_args: Any, **_kwargs: Any) -> list[RadiologyImage]:
         raise IntegrityError("simulated constraint failure")
 
-    monkeypatch.setattr(RadiologyImage.objects, "create", refuse)
+    monkeypatch.setattr(RadiologyImage.objects, "bulk_create", refuse)
 
     with pytest.raises(IntegrityError):
         ingest_file(order, "CT_small.dcm")
@@ -781,10 +781,10 @@ def test_row_failure_on_a_later_image_keeps_the_earlier_ones(
     first_bytes = relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1)
     first = ingest_file(order, first_bytes, filename="1.dcm").image
 
-    def refuse(**_kwargs: Any) -> RadiologyImage:
+    def refuse(*_args: Any, **_kwargs: Any) -> list[RadiologyImage]:
         raise IntegrityError("simulated constraint failure")
 
-    monkeypatch.setattr(RadiologyImage.objects, "create", refuse)
+    monkeypatch.setattr(RadiologyImage.objects, "bulk_create", refuse)
     second_bytes = relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=2)
     with pytest.raises(IntegrityError):
         ingest_file(order, second_bytes, filename="2.dcm")

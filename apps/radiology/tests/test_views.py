@@ -563,15 +563,15 @@ def test_studies_list_makes_the_same_number_of_queries_for_1_or_25_studies(
 ) -> None:
     client = token_client(doctor)
     make_study(make_order())
-    # token+user, group membership, studies, the audit event
-    with django_assert_num_queries(4):
+    # token+user+roles, studies, the audit event
+    with django_assert_num_queries(3):
         assert len(client.get(STUDIES).json()) == 1
     for _ in range(24):
         make_study(make_order())
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(3):
         assert len(client.get(STUDIES).json()) == 25
     # paginated: one more for the count
-    with django_assert_num_queries(5):
+    with django_assert_num_queries(4):
         assert len(client.get(f"{STUDIES}?limit=10").json()["results"]) == 10
 
 
@@ -719,14 +719,14 @@ def test_study_images_query_count_is_the_same_for_1_and_200_images(
     client = token_client(doctor)
     counts: list[int] = []
     for study, image_count in ((small, 1), (large, 200)):
-        # token+user, group membership, the study, its series, their images, the quick-look
-        # viewer token, the audit event.
-        with django_assert_num_queries(7) as captured:
+        # token+user+roles, the study, its series, their images, the quick-look viewer
+        # token, the audit event.
+        with django_assert_num_queries(6) as captured:
             response = client.get(study_url(study, "images/"))
         assert len(response.json()["series"][0]["images"]) == image_count
         counts.append(len(captured.captured_queries))
 
-    assert counts == [7, 7]
+    assert counts == [6, 6]
 
 
 # --- 3. One image's signed URL -----------------------------------------------------------
