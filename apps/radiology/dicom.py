@@ -18,11 +18,13 @@ from typing import IO, Any
 import pydicom
 from PIL import ExifTags, Image, TiffImagePlugin
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from apps.radiology.dicom_json_fast import fast_dicom_json, fast_path_supported
 from apps.radiology.errors import (
     InvalidDicom,
     InvalidJpeg,
@@ -358,7 +360,44 @@ def _bulk_elements(dataset: Dataset) -> dict[str, dict[str, Any]]:
 
 
 def dicom_json(dataset: Dataset) -> dict[str, Any]:
-    """The header as the DICOM JSON model (PS3.18 F), bulk data left out.
+    """The header as the DICOM JSON model (PS3.18 F), bulk data and NUL characters left out.
+
+    Decoded from the raw elements by dicom_json_fast (pydicom's own conversion was ~45% of
+    ingest time), which hands every element it cannot reproduce exactly back to pydicom;
+    the output is the same as _dicom_json_pydicom's.
+    """
+    if not fast_path_supported():
+        return _dicom_json_pydicom(dataset)
+    return fast_dicom_json(
+        dataset,
+        bulk_threshold=BULK_THRESHOLD,
+        is_top_level_bulk=_is_top_level_bulk,
+        element_json=_element_json_pydicom,
+    )
+
+
+def _is_top_level_bulk(tag: BaseTag, raw: Any) -> bool:
+    """Whether a top-level element is bulk data to skip without reading (see _dicom_json_pydicom).
+
+    The length is tested first: most elements are short, and the VR of an implicit VR element
+    costs a dictionary lookup.
+    """
+    length = getattr(raw, "length", 0) or 0
+    return (length > BULK_THRESHOLD or length == UNDEFINED_LENGTH) and _vr_of(tag, raw) in BULK_VRS
+
+
+def _element_json_pydicom(element: DataElement) -> dict[str, Any] | None:
+    """pydicom's JSON of one converted element, cleaned as _cleaned does; None when it is bulk data."""
+    as_json = element.to_json_dict(
+        bulk_data_element_handler=lambda _element: _BULK_SENTINEL, bulk_data_threshold=BULK_THRESHOLD
+    )
+    if as_json.get("BulkDataURI") == _BULK_SENTINEL:
+        return None
+    return _cleaned(as_json)
+
+
+def _dicom_json_pydicom(dataset: Dataset) -> dict[str, Any]:
+    """dicom_json by pydicom alone: the reference the fast path must equal, and its fallback.
 
     Large binary top-level elements (pixel data, overlays, waveforms) are skipped without
     being read; nested ones are dropped after pydicom marks them as bulk. Each element is
