@@ -633,6 +633,9 @@ def _create_rows(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None)
             elif study.study_uid != uids.study_uid:
                 raise StudyMismatch()
             series = series_by_uid.get(uids.series_uid)
+            if series is not None and series.study_id != study.pk:
+                # An earlier item of this batch made the series in another order's study.
+                raise SeriesConflict()
             if series is None:
                 series_number = parsed.series_number if parsed.series_number is not None else declared.series_number
                 if series_number is None and parsed.mime_type != DICOM_MIME_TYPE:
