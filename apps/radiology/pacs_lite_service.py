@@ -341,8 +341,9 @@ class PACSLiteService:
                     checked = []
             for entry in checked:
                 outcomes[entry.index] = _commit_one(entry, uploaded_by)
-        for entry, first in repeats:
-            outcomes[entry.index] = _repeat_outcome(entry, first, outcomes[first.index])
+            # Inside the ExitStack: a repeat may still need its spooled bytes (see _repeat_outcome).
+            for entry, first in repeats:
+                outcomes[entry.index] = _repeat_outcome(entry, first, outcomes[first.index], uploaded_by)
         return outcomes  # type: ignore[return-value]
 
 
@@ -433,7 +434,10 @@ def _same_image(existing: RadiologyImage, entry: _Prepared) -> RadiologyImage:
 
 
 def _repeat_outcome(
-    entry: _Prepared, first: _Prepared, first_outcome: IngestResult | RadiologyError | None
+    entry: _Prepared,
+    first: _Prepared,
+    first_outcome: IngestResult | RadiologyError | None,
+    uploaded_by: AbstractBaseUser | None,
 ) -> IngestResult | RadiologyError:
     """An item repeating an earlier item's image UID: as if it came just after that one."""
     if not isinstance(first_outcome, IngestResult):
@@ -441,7 +445,14 @@ def _repeat_outcome(
         existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=entry.uids.image_uid)
         found = existing.first()
         if found is None:
-            return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
+            if entry.spooled.checksum == first.spooled.checksum:
+                return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
+            # Other bytes (say, the first copy corrected): nothing holds the UID, so it stands on its own.
+            try:
+                _KnownStudies.of([entry]).check(entry.item.order, entry.uids)
+            except RadiologyError as error:
+                return error
+            return _commit_one(entry, uploaded_by)
         first_image = found
     else:
         first_image = first_outcome.image
