@@ -7,6 +7,7 @@ that no study/series/image row exists and that the store holds no object.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pydicom
 import pytest
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
 
 from apps.radiology import pacs_lite_service, storage
 from apps.radiology.demo import jpeg_with_exif, relabelled_dicom, sample_path
@@ -44,7 +46,7 @@ from apps.radiology.models import (
     RadiologyStudy,
     ViewerToken,
 )
-from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
+from apps.radiology.pacs_lite_service import DeclaredImage, IngestItem, IngestResult, PACSLiteService
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import (
     assert_nothing_stored,
@@ -57,7 +59,7 @@ from apps.radiology.tests.factories import (
     sha256,
     stored_keys,
 )
-from apps.radiology.uids import is_valid_uid
+from apps.radiology.uids import generate_uid, is_valid_uid
 
 # pydicom's samples include a few non-conformant UIDs (rtdose.dcm) and so do tests on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
@@ -927,3 +929,371 @@ def test_generate_image_url_is_signed_for_this_image(
     assert f"{parts.scheme}://{parts.netloc}" == "https://pacs.example.org"
     assert parts.path == f"/api/v1/radiology/files/{image.pk}/CT_small.dcm"
     assert set(parse_qs(parts.query)) == {"expires", "token"}
+
+
+# --- batches: ingest_images ------------------------------------------------------------------------
+
+
+def _sop_uid(content: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True).SOPInstanceUID)
+
+
+def _series_uid(content: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True).SeriesInstanceUID)
+
+
+def _series_of(count: int, *, study_uid: str, series_uid: str, first_number: int = 1) -> list[bytes]:
+    """`count` instances of one series (CT_small re-labelled), numbered from `first_number`."""
+    return [
+        relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=number)
+        for number in range(first_number, first_number + count)
+    ]
+
+
+def _without_instance_number(*, study_uid: str, series_uid: str) -> bytes:
+    dataset = pydicom.dcmread(
+        io.BytesIO(relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1))
+    )
+    del dataset.InstanceNumber
+    return dataset_bytes(dataset)
+
+
+def _items(order: RadiologyOrder, contents: list[bytes]) -> list[IngestItem]:
+    """One item per content, named 0.dcm, 1.dcm, ... in input order."""
+    return [
+        IngestItem(order=order, stream=io.BytesIO(content), filename=f"{index}.dcm")
+        for index, content in enumerate(contents)
+    ]
+
+
+def _created(outcome: IngestResult | RadiologyError) -> RadiologyImage:
+    """The image of an outcome that must have created it."""
+    assert isinstance(outcome, IngestResult), outcome
+    assert outcome.created is True
+    return outcome.image
+
+
+def _key(*, study_uid: str, series_uid: str, content: bytes, filename: str) -> str:
+    return f"radiology/{study_uid}/{series_uid}/{_sop_uid(content)}/{filename}"
+
+
+# A batch's queries: 1 lookup of stored images, 3 study/series checks, then its transaction (a
+# savepoint and its release here, as the test runs inside one) with the order lock, the study
+# (lookup, UID check, savepoint, INSERT, release), the series (savepoint, get, savepoint, INSERT,
+# release, release) and one INSERT of every image row. None of them is per image.
+BATCH_QUERIES = 19
+
+
+@pytest.mark.django_db
+def test_a_batch_of_one_series_is_created_in_order_with_as_many_queries_for_5_as_for_20(
+    radiology_store: str, make_order: MakeOrder, radtech: Any, settings: Any
+) -> None:
+    query_counts: list[int] = []
+    all_keys: list[str] = []
+    for size in (5, 20):
+        order = make_order()
+        study_uid, series_uid = generate_uid(), generate_uid()
+        contents = _series_of(size, study_uid=study_uid, series_uid=series_uid)
+
+        with CaptureQueriesContext(connection) as queries:
+            outcomes = PACSLiteService.ingest_images(_items(order, contents), uploaded_by=radtech)
+
+        query_counts.append(len(queries))
+        images = [_created(outcome) for outcome in outcomes]
+        assert [image.image_uid for image in images] == [_sop_uid(content) for content in contents]
+        expected = [
+            (
+                image.pk,
+                _sop_uid(content),
+                number,
+                _key(study_uid=study_uid, series_uid=series_uid, content=content, filename=f"{number - 1}.dcm"),
+                f"{number - 1}.dcm",
+                len(content),
+                sha256(content),
+                radtech.pk,
+            )
+            for number, (image, content) in enumerate(zip(images, contents, strict=True), start=1)
+        ]
+        rows = RadiologyImage.objects.filter(series__study__radiology_order=order).order_by("instance_number")
+        assert [
+            (
+                row.pk,
+                row.image_uid,
+                row.instance_number,
+                row.file_key,
+                row.filename,
+                row.file_size,
+                row.checksum,
+                row.uploaded_by_id,
+            )
+            for row in rows
+        ] == expected
+        assert list(RadiologySeries.objects.filter(study__radiology_order=order).values_list("series_uid")) == [
+            (series_uid,)
+        ]
+        for row, content in zip(rows, contents, strict=True):
+            assert read_stored(row.file_key) == content
+        all_keys.extend(row.file_key for row in rows)
+
+    assert query_counts == [BATCH_QUERIES, BATCH_QUERIES]
+    assert row_counts() == (2, 2, 25)
+    assert stored_keys() == sorted(all_keys)
+    assert _staging_files(settings) == []
+
+
+@pytest.mark.django_db
+def test_a_mixed_batch_stores_the_good_items_and_answers_each_bad_one(
+    radiology_store: str, make_order: MakeOrder, ingest_file: IngestFile, settings: Any
+) -> None:
+    order, other_order = make_order(), make_order()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    first, *good = _series_of(3, study_uid=study_uid, series_uid=series_uid)
+    stored = ingest_file(order, first, filename="first.dcm").image  # the order now has its study
+    elsewhere_bytes = relabelled_dicom(
+        "MR_small.dcm", study_uid=generate_uid(), series_uid=generate_uid(), instance_number=1
+    )
+    elsewhere = ingest_file(other_order, elsewhere_bytes, filename="elsewhere.dcm").image
+    whole = relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=9)
+    unreadable = whole[: len(whole) // 2]
+    wrong_study = relabelled_dicom(
+        "CT_small.dcm", study_uid=generate_uid(), series_uid=generate_uid(), instance_number=1
+    )
+
+    outcomes = PACSLiteService.ingest_images(
+        _items(order, [good[0], unreadable, wrong_study, elsewhere_bytes, good[1]]), uploaded_by=None
+    )
+
+    assert [type(outcome) for outcome in outcomes] == [
+        IngestResult,
+        TruncatedFile,
+        StudyMismatch,
+        ImageConflict,
+        IngestResult,
+    ]
+    refusals = [outcome for outcome in outcomes if isinstance(outcome, RadiologyError)]
+    assert [(error.code, error.status_code, error.detail) for error in refusals] == [
+        ("truncated_file", 400, TruncatedFile.default_detail),
+        ("study_mismatch", 409, StudyMismatch.default_detail),
+        ("image_conflict", 409, "An image with this UID is already stored under another order."),
+    ]
+    created = [_created(outcomes[0]), _created(outcomes[4])]
+    assert [image.image_uid for image in created] == [_sop_uid(good[0]), _sop_uid(good[1])]
+    assert [(image.file_key, image.checksum) for image in created] == [
+        (_key(study_uid=study_uid, series_uid=series_uid, content=good[0], filename="0.dcm"), sha256(good[0])),
+        (_key(study_uid=study_uid, series_uid=series_uid, content=good[1], filename="4.dcm"), sha256(good[1])),
+    ]
+    assert row_counts() == (2, 2, 4)
+    assert list(RadiologyImage.objects.order_by("pk").values_list("image_uid", "checksum")) == [
+        (stored.image_uid, sha256(first)),
+        (elsewhere.image_uid, sha256(elsewhere_bytes)),
+        (created[0].image_uid, sha256(good[0])),
+        (created[1].image_uid, sha256(good[1])),
+    ]
+    assert stored_keys() == sorted([stored.file_key, elsewhere.file_key, *(image.file_key for image in created)])
+    assert read_stored(created[0].file_key) == good[0]
+    assert read_stored(created[1].file_key) == good[1]
+    assert read_stored(elsewhere.file_key) == elsewhere_bytes
+    assert _staging_files(settings) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("repeat", ["same-bytes", "other-bytes"])
+def test_an_image_uid_repeated_within_a_batch_is_answered_after_its_first_copy(
+    radiology_store: str, order: RadiologyOrder, repeat: str
+) -> None:
+    content = sample_bytes("CT_small.dcm")
+    again = content if repeat == "same-bytes" else edited_sample("CT_small.dcm", SeriesDescription="Edited")
+    neighbour = relabelled_dicom("CT_small.dcm", study_uid=CT_STUDY, series_uid=CT_SERIES, instance_number=2)
+
+    outcomes = PACSLiteService.ingest_images(_items(order, [content, neighbour, again]), uploaded_by=None)
+
+    image = _created(outcomes[0])
+    other = _created(outcomes[1])
+    if repeat == "same-bytes":
+        assert outcomes[2] == IngestResult(image=image, created=False)
+        assert outcomes[2].image.pk == image.pk  # type: ignore[union-attr]
+    else:
+        assert type(outcomes[2]) is ImageConflict
+        assert (outcomes[2].code, outcomes[2].detail) == ("image_conflict", ImageConflict.default_detail)
+    assert row_counts() == (1, 1, 2)
+    assert image.file_key == f"radiology/{CT_STUDY}/{CT_SERIES}/{CT_IMAGE}/0.dcm"
+    assert list(RadiologyImage.objects.filter(image_uid=CT_IMAGE).values_list("pk", "file_key", "checksum")) == [
+        (image.pk, image.file_key, sha256(content))
+    ]
+    assert stored_keys() == sorted([image.file_key, other.file_key])
+    assert read_stored(image.file_key) == content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_studies_for_one_new_order_in_a_batch_fall_back_to_one_by_one(
+    radiology_store: str, order: RadiologyOrder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-checks pass (the order has no study yet); the batch's transaction finds the second study."""
+    first_study, second_study = generate_uid(), generate_uid()
+    series_uid = generate_uid()
+    first = relabelled_dicom("CT_small.dcm", study_uid=first_study, series_uid=series_uid, instance_number=1)
+    second = relabelled_dicom("CT_small.dcm", study_uid=second_study, series_uid=generate_uid(), instance_number=1)
+    real_save = storage.save_new_object
+    written: list[str] = []
+
+    def save_and_remember(key: str, content: Any, *, content_type: str) -> str:
+        written.append(real_save(key, content, content_type=content_type))
+        return written[-1]
+
+    monkeypatch.setattr(storage, "save_new_object", save_and_remember)
+
+    outcomes = PACSLiteService.ingest_images(_items(order, [first, second]), uploaded_by=None)
+
+    image = _created(outcomes[0])
+    assert type(outcomes[1]) is StudyMismatch
+    assert outcomes[1].code == "study_mismatch"
+    first_key = f"radiology/{first_study}/{series_uid}/{_sop_uid(first)}/0.dcm"
+    second_key = _key(study_uid=second_study, series_uid=_series_uid(second), content=second, filename="1.dcm")
+    # The batch wrote both files and removed them; one by one, the first is kept, the second removed.
+    assert written == [first_key, second_key, first_key, second_key]
+    assert list(RadiologyStudy.objects.values_list("study_uid", "radiology_order_id")) == [(first_study, order.pk)]
+    assert row_counts() == (1, 1, 1)
+    assert image.file_key == first_key
+    assert stored_keys() == [first_key]
+    assert read_stored(first_key) == first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_batch_transaction_is_retried_one_by_one(
+    radiology_store: str, order: RadiologyOrder, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    contents = _series_of(3, study_uid=study_uid, series_uid=series_uid)
+    real_bulk_create = RadiologyImage.objects.bulk_create
+    calls: list[list[str]] = []
+
+    def fail_the_first_call(images: list[RadiologyImage], *args: Any, **kwargs: Any) -> list[RadiologyImage]:
+        calls.append([image.image_uid for image in images])
+        if len(calls) == 1:
+            raise IntegrityError("simulated constraint failure")
+        return real_bulk_create(images, *args, **kwargs)
+
+    monkeypatch.setattr(RadiologyImage.objects, "bulk_create", fail_the_first_call)
+
+    outcomes = PACSLiteService.ingest_images(_items(order, contents), uploaded_by=None)
+
+    uids = [_sop_uid(content) for content in contents]
+    assert calls == [uids, [uids[0]], [uids[1]], [uids[2]]]
+    images = [_created(outcome) for outcome in outcomes]
+    expected_keys = [
+        _key(study_uid=study_uid, series_uid=series_uid, content=content, filename=f"{index}.dcm")
+        for index, content in enumerate(contents)
+    ]
+    assert [(image.image_uid, image.file_key) for image in images] == list(zip(uids, expected_keys, strict=True))
+    assert list(RadiologyImage.objects.order_by("instance_number").values_list("pk", "file_key", "checksum")) == [
+        (image.pk, key, sha256(content)) for image, key, content in zip(images, expected_keys, contents, strict=True)
+    ]
+    assert row_counts() == (1, 1, 3)
+    assert stored_keys() == sorted(expected_keys)
+    for key, content in zip(expected_keys, contents, strict=True):
+        assert read_stored(key) == content
+    assert _staging_files(settings) == []
+
+
+@pytest.mark.django_db
+def test_instances_without_instance_number_are_numbered_after_their_series_images(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile
+) -> None:
+    study_uid, series_uid, other_series_uid = generate_uid(), generate_uid(), generate_uid()
+    for index, content in enumerate(_series_of(2, study_uid=study_uid, series_uid=series_uid)):
+        ingest_file(order, content, filename=f"stored-{index}.dcm")
+    contents = [
+        _without_instance_number(study_uid=study_uid, series_uid=series_uid),
+        _without_instance_number(study_uid=study_uid, series_uid=other_series_uid),
+        _without_instance_number(study_uid=study_uid, series_uid=series_uid),
+        _without_instance_number(study_uid=study_uid, series_uid=other_series_uid),
+        _without_instance_number(study_uid=study_uid, series_uid=series_uid),
+    ]
+
+    outcomes = PACSLiteService.ingest_images(_items(order, contents), uploaded_by=None)
+
+    assert [_created(outcome).instance_number for outcome in outcomes] == [3, 1, 4, 2, 5]
+    assert {
+        uid: list(
+            RadiologyImage.objects.filter(series__series_uid=uid)
+            .order_by("instance_number")
+            .values_list("instance_number", flat=True)
+        )
+        for uid in (series_uid, other_series_uid)
+    } == {series_uid: [1, 2, 3, 4, 5], other_series_uid: [1, 2]}
+    assert list(
+        RadiologyImage.objects.filter(image_uid__in=[_sop_uid(content) for content in contents])
+        .order_by("pk")
+        .values_list("image_uid", "instance_number")
+    ) == [(_sop_uid(content), number) for content, number in zip(contents, [3, 1, 4, 2, 5], strict=True)]
+    assert row_counts() == (1, 2, 7)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("shared", "error"), [("series", SeriesConflict), ("study", StudyConflict)])
+def test_two_orders_in_one_batch_cannot_share_a_series_or_a_study(
+    radiology_store: str, make_order: MakeOrder, shared: str, error: type[RadiologyError]
+) -> None:
+    """Neither is stored yet, so only the batch's transaction can see the clash; one by one refuses the second.
+
+    A series shared by two orders' studies would put one patient's image into another patient's study.
+    """
+    first_order, second_order = make_order(), make_order()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    first = relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1)
+    second = relabelled_dicom(
+        "CT_small.dcm",
+        study_uid=generate_uid() if shared == "series" else study_uid,
+        series_uid=series_uid if shared == "series" else generate_uid(),
+        instance_number=2,
+    )
+    items = [
+        IngestItem(order=first_order, stream=io.BytesIO(first), filename="first.dcm"),
+        IngestItem(order=second_order, stream=io.BytesIO(second), filename="second.dcm"),
+    ]
+
+    outcomes = PACSLiteService.ingest_images(items, uploaded_by=None)
+
+    image = _created(outcomes[0])
+    assert type(outcomes[1]) is error
+    assert outcomes[1].code == error.code
+    assert list(RadiologyStudy.objects.values_list("study_uid", "radiology_order_id")) == [(study_uid, first_order.pk)]
+    assert list(RadiologySeries.objects.values_list("series_uid", "study__study_uid")) == [(series_uid, study_uid)]
+    assert list(RadiologyImage.objects.values_list("image_uid", "file_key")) == [
+        (_sop_uid(first), f"radiology/{study_uid}/{series_uid}/{_sop_uid(first)}/first.dcm")
+    ]
+    assert stored_keys() == [image.file_key]
+    assert read_stored(image.file_key) == first
+
+
+@pytest.mark.django_db
+def test_a_repeat_with_other_bytes_after_a_refused_first_copy_is_judged_on_its_own(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile
+) -> None:
+    """As one by one: the first copy (of another study) is refused and nothing is stored under its
+    UID, so the corrected copy that follows is stored; a third copy like the first is refused again."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    stored = ingest_file(
+        order, relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1)
+    )
+    dataset = pydicom.dcmread(
+        io.BytesIO(relabelled_dicom("CT_small.dcm", study_uid=generate_uid(), series_uid=series_uid, instance_number=2))
+    )
+    wrong_study = dataset_bytes(dataset)
+    dataset.StudyInstanceUID = study_uid
+    corrected = dataset_bytes(dataset)
+
+    outcomes = PACSLiteService.ingest_images(_items(order, [wrong_study, corrected, wrong_study]), uploaded_by=None)
+
+    assert type(outcomes[0]) is StudyMismatch
+    image = _created(outcomes[1])
+    assert type(outcomes[2]) is ImageConflict
+    assert [(error.code, error.detail) for error in (outcomes[0], outcomes[2])] == [  # type: ignore[union-attr]
+        ("study_mismatch", StudyMismatch.default_detail),
+        ("image_conflict", ImageConflict.default_detail),
+    ]
+    assert (image.image_uid, image.checksum) == (dataset.SOPInstanceUID, sha256(corrected))
+    assert row_counts() == (1, 1, 2)
+    assert stored_keys() == sorted([stored.image.file_key, image.file_key])
+    assert image.file_key == f"radiology/{study_uid}/{series_uid}/{dataset.SOPInstanceUID}/1.dcm"
+    assert read_stored(image.file_key) == corrected

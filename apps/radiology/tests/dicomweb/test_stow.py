@@ -18,6 +18,7 @@ from django.test import Client
 
 from apps.radiology import signing
 from apps.radiology.demo import jpeg_with_exif
+from apps.radiology.dicomweb import stow as stow_module
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import MakeOrder
@@ -403,3 +404,62 @@ def test_stored_instances_are_found_and_retrieved(
     response = doctor_client.get(url)
     assert response.status_code == 200
     assert content in b"".join(response.streaming_content)
+
+
+# --- one batch per request ---------------------------------------------------------------
+
+
+def test_with_an_order_and_no_study_in_the_url_a_header_is_read_only_for_a_part_ingest_refuses(
+    radiology_store: str, radtech_client: Client, target: RadiologyOrder, put: Put, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JPEG in an application/dicom part is refused unread; the stored parts are named after their
+    SOP Instance UID; a part ingest refuses (here stored under another order) still has its UIDs reported."""
+    elsewhere = put("CT_small.dcm")
+    study_uid, series_uid = generate_uid(), generate_uid()
+    first = ct(study_uid, series_uid=series_uid, instance_number=1)
+    second = ct(study_uid, series_uid=series_uid, instance_number=2)
+    real_header = stow_module._header
+    headers_read: list[str] = []
+
+    def header_counted(part: Any) -> Any:
+        header = real_header(part)
+        headers_read.append(str(header.SOPInstanceUID))
+        return header
+
+    monkeypatch.setattr(stow_module, "_header", header_counted)
+
+    response = stow(
+        radtech_client,
+        first,
+        ("application/dicom", jpeg_with_exif()),
+        elsewhere.content,
+        second,
+        radiology_order_id=target.pk,
+    )
+
+    assert response.status_code == 202
+    images = list(
+        RadiologyImage.objects.select_related("series__study")
+        .filter(series__study__radiology_order=target)
+        .order_by("instance_number")
+    )
+    assert json_of(response) == {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [
+                {"00081150": {"vr": "UI"}, "00081155": {"vr": "UI"}, "00081197": {"vr": "US", "Value": [49152]}},
+                {
+                    "00081150": {"vr": "UI", "Value": [CT_IMAGE]},
+                    "00081155": {"vr": "UI", "Value": [elsewhere.image_uid]},
+                    "00081197": {"vr": "US", "Value": [DUPLICATE_SOP_INSTANCE]},
+                },
+            ],
+        },
+        "00081199": {"vr": "SQ", "Value": [referenced(image) for image in images]},
+    }
+    assert headers_read == [elsewhere.image_uid]
+    assert [(image.image_uid, image.filename, image.file_key) for image in images] == [
+        (uid, f"{uid}.dcm", f"radiology/{study_uid}/{series_uid}/{uid}/{uid}.dcm")
+        for uid in (sop_uid(first), sop_uid(second))
+    ]
+    assert_only_stored(elsewhere.content, first, second)
