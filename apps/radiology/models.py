@@ -158,6 +158,14 @@ class WriteOnceModel(models.Model):
         raise self.immutable_error()
 
 
+class _ImageManager(models.Manager.from_queryset(WriteOnceQuerySet)):  # type: ignore[misc]
+    """Images come without metadata_text (kilobytes each) unless a query names it: only the
+    series and study metadata answers read it, through values_list."""
+
+    def get_queryset(self) -> WriteOnceQuerySet:
+        return super().get_queryset().defer("metadata_text")
+
+
 class RadiologyImage(WriteOnceModel):
     """One stored file (a DICOM instance or a JPEG), immutable once created."""
 
@@ -185,10 +193,17 @@ class RadiologyImage(WriteOnceModel):
     # ingest), so DICOMweb serves frames and bulk data by byte range without re-parsing.
     pixel_data = models.JSONField(default=dict, blank=True)
     bulk_data = models.JSONField(default=dict, blank=True)
+    # A DICOM instance's whole WADO-RS metadata as JSON text, bulk data as BulkDataURIs relative
+    # to the instance ("/bulk/<tag>"), written once at ingest: a series' metadata is then its
+    # rows' text joined, with no JSON parsed or written per request. Empty for a JPEG (its
+    # Secondary Capture view takes fields from study and series rows, which may be edited).
+    metadata_text = models.TextField(blank=True, default="", editable=False)
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="radiology_images"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = _ImageManager()
 
     class Meta:
         ordering = ["instance_number", "id"]

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from apps.radiology import signing, storage
 from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, parse_image_file, sniff_mime_type
+from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
     ChecksumMismatch,
     EmptyFile,
@@ -690,6 +691,7 @@ def _create_rows(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None)
                 bulk_data=parsed.bulk_data,
                 uploaded_by=uploaded_by,
             )
+            entry.image.metadata_text = metadata_text(entry.image)
             images.append(entry.image)
         # One INSERT for the batch (rows are new: WriteOnceModel.save's only check does not apply).
         RadiologyImage.objects.bulk_create(images)

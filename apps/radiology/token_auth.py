@@ -11,24 +11,32 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils.translation import gettext_lazy as _
 from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 from apps.radiology.permissions import RADIOLOGY_GROUPS, remember_radiology_groups
+from apps.radiology.prepared import PreparedLookup
+
+
+def _token_with_roles(key: str) -> QuerySet[Token]:
+    memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("user_id"))
+    flags = {
+        f"in_group_{index}": Exists(memberships.filter(group__name=name)) for index, name in enumerate(RADIOLOGY_GROUPS)
+    }
+    return Token.objects.select_related("user").annotate(**flags).filter(key=key).order_by()[:1]
+
+
+_TOKEN_WITH_ROLES = PreparedLookup(_token_with_roles, parameters=1)
 
 
 class RadiologyTokenAuthentication(TokenAuthentication):
     """`Authorization: Token <key>`; the user comes back with their radiology groups known."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Any]:
-        memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("user_id"))
-        flags = {
-            f"in_group_{index}": Exists(memberships.filter(group__name=name))
-            for index, name in enumerate(RADIOLOGY_GROUPS)
-        }
-        token = self.get_model().objects.select_related("user").annotate(**flags).filter(key=key).first()
+        token = _TOKEN_WITH_ROLES.first(key)
         # The same answers and messages as DRF's own authenticate_credentials.
         if token is None:
             raise AuthenticationFailed(_("Invalid token."))

@@ -18,9 +18,7 @@ from typing import Any
 
 import pydicom
 from django.core.cache import caches
-from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
-from django.db.models.expressions import RawSQL
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
@@ -115,11 +113,15 @@ def instance_attributes(
 
 
 def instance_metadata(
-    image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries, instance_url: str
+    image: RadiologyImage, *, study: RadiologyStudy | None, series: RadiologySeries | None, instance_url: str
 ) -> dict[str, Any]:
-    """The full metadata of one instance, bulk data as BulkDataURI (never inline)."""
+    """The full metadata of one instance, bulk data as BulkDataURI (never inline).
+
+    `study` and `series` are only read for a JPEG (a DICOM instance's header has it all)."""
     if image.is_dicom:
         metadata = dict(image.image_metadata)
+    elif study is None or series is None:
+        raise ValueError("A JPEG's metadata needs its study and series.")
     else:
         metadata = jpeg_secondary_capture(image, study=study, series=series)
     for tag, location in (image.bulk_data or {}).items():
@@ -132,63 +134,38 @@ def instance_metadata(
     return dict(sorted(metadata.items()))
 
 
-# The whole metadata of an instance, merged by PostgreSQL from what ingest stored: the header,
-# each bulk element and the pixel data as a BulkDataURI relative to the instance ("/bulk/<tag>"),
-# as text with the members in tag order (jsonb keeps object keys sorted; DICOM tags all have 8
-# characters). Stored headers never hold a BulkDataURI member (ingest drops bulk data), so in the
-# text '"BulkDataURI": "/bulk/' only ever starts one of these.
-_MERGED_METADATA_SQL = """(
-    "radiology_radiologyimage"."image_metadata"
-    || COALESCE((
-        SELECT jsonb_object_agg(
-            bulk.key, jsonb_build_object('vr', bulk.value -> 'vr', 'BulkDataURI', '/bulk/' || bulk.key)
-        )
-        FROM jsonb_each("radiology_radiologyimage"."bulk_data") AS bulk
-    ), '{}'::jsonb)
-    || CASE WHEN "radiology_radiologyimage"."pixel_data" = '{}'::jsonb THEN '{}'::jsonb ELSE jsonb_build_object(
-        '7FE00010', jsonb_build_object(
-            'vr', COALESCE("radiology_radiologyimage"."pixel_data" -> 'vr', '"OB"'::jsonb),
-            'BulkDataURI', '/bulk/7FE00010'
-        )
-    ) END
-)::text"""
-_RELATIVE_BULK = '"BulkDataURI": "/bulk/'
+# How metadata_text writes an instance-relative BulkDataURI. Stored headers never hold a
+# BulkDataURI member (ingest drops bulk data), and inside a JSON string the quotes would be
+# escaped, so in the text this only ever starts one of the URIs instance_metadata added.
+_RELATIVE_BULK = '"BulkDataURI":"/bulk/'
+
+
+def metadata_text(image: RadiologyImage) -> str:
+    """A DICOM instance's metadata as stored in its row (RadiologyImage.metadata_text); "" for a JPEG."""
+    if not image.is_dicom:
+        return ""
+    return json.dumps(instance_metadata(image, study=None, series=None, instance_url=""), separators=(",", ":"))
 
 
 def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[str, str], str]) -> str:
     """The full metadata of many instances (in the queryset's order) as one DICOM JSON array, as text.
 
-    On PostgreSQL a DICOM instance's metadata is merged and written as text by the database
-    and goes out as it comes, its relative BulkDataURIs made absolute: parsing kilobytes of
-    stored JSON per instance into Python and dumping it again was most of the cost of a
-    series' metadata. JPEGs, and every instance on other databases, take the general path
-    (instance_metadata). `instance_url(series_uid, image_uid)` is an instance's retrieve URL.
+    A DICOM instance's text was written at ingest and goes out as stored, its relative
+    BulkDataURIs made absolute: parsing kilobytes of stored JSON per instance into Python and
+    dumping it again was most of the cost of a series' metadata (and PostgreSQL's jsonb to
+    text, most of what remained). JPEGs take the general path (instance_metadata).
+    `instance_url(series_uid, image_uid)` is an instance's retrieve URL.
     """
-    if connection.vendor != "postgresql":
-        return json.dumps(
-            [
-                instance_metadata(
-                    image,
-                    study=image.series.study,
-                    series=image.series,
-                    instance_url=instance_url(image.series.series_uid, image.image_uid),
-                )
-                for image in images.select_related("series__study")
-            ],
-            separators=(",", ":"),
-        )
-    rows = images.annotate(merged=RawSQL(_MERGED_METADATA_SQL, ())).values_list(  # noqa: S611 (constant SQL, no input)
-        "pk", "image_uid", "series__series_uid", "mime_type", "merged"
-    )
+    rows = images.values_list("pk", "image_uid", "series__series_uid", "metadata_text")
     pieces: list[str] = []
     general: dict[int, int] = {}  # image pk -> its index in pieces
-    for pk, image_uid, series_uid, mime_type, merged in rows:
-        if merged is None or mime_type != DICOM_MIME_TYPE:
+    for pk, image_uid, series_uid, text in rows:
+        if not text:
             general[pk] = len(pieces)
             pieces.append("")
             continue
         absolute = json.dumps(f"{instance_url(series_uid, image_uid)}/bulk/")[:-1]
-        pieces.append(merged.replace(_RELATIVE_BULK, f'"BulkDataURI": {absolute}'))
+        pieces.append(text.replace(_RELATIVE_BULK, f'"BulkDataURI":{absolute}'))
     if general:
         for image in RadiologyImage.objects.select_related("series__study").filter(pk__in=general):
             series = image.series
@@ -200,7 +177,7 @@ def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[
 
 
 # Bump when the text metadata_array writes changes, so no cached answer of an older form is served.
-METADATA_CACHE_FORM = 1
+METADATA_CACHE_FORM = 2
 
 
 @dataclass(frozen=True)
@@ -224,10 +201,6 @@ def image_summary(prefix: str) -> dict[str, Any]:
 
 def summary_of(annotated: Any) -> ImageSummary:
     return ImageSummary(annotated.image_count, annotated.last_image, annotated.photo_count)
-
-
-# Bump when the text metadata_array writes changes, so no cached answer of an older form is served.
-METADATA_CACHE_FORM = 1
 
 
 def cached_metadata_array(

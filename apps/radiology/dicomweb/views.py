@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from apps.radiology import storage
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.prepared import PreparedLookup
 from apps.radiology.render_cache import cached_response, render_key
 from apps.radiology.token_auth import RadiologyTokenAuthentication
 
@@ -50,6 +51,18 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 
     def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
         return renderers[0], renderers[0].media_type
+
+
+def _image_by_uid(image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyImage]:
+    images = RadiologyImage.objects.select_related("series__study")
+    if not with_metadata:
+        images = images.defer("image_metadata")
+    return images.filter(image_uid=image_uid).order_by()[:1]
+
+
+# Every frame, render and instance request starts here: compiled once (see prepared.py).
+_IMAGE = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=False), parameters=1)
+_IMAGE_WITH_METADATA = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=True), parameters=1)
 
 
 @extend_schema(exclude=True)
@@ -110,13 +123,10 @@ class DicomWebView(APIView):
     ) -> RadiologyImage:
         """The instance, scoped to what the request may see. Its header JSON (kilobytes, decoded
         on every read) is only loaded when asked for, or later on first use."""
-        images = RadiologyImage.objects.select_related("series__study")
-        if not with_metadata:
-            images = images.defer("image_metadata")
-        found = list(images.filter(image_uid=image_uid).order_by()[:1])
-        if not found or found[0].series.series_uid != series_uid or not self.visible(found[0].series.study, study_uid):
+        image = (_IMAGE_WITH_METADATA if with_metadata else _IMAGE).first(image_uid)
+        if image is None or image.series.series_uid != series_uid or not self.visible(image.series.study, study_uid):
             raise NotFound("No such instance.", code="instance_not_found")
-        return found[0]
+        return image
 
     def require_json(self) -> None:
         """406 unless the client accepts DICOM JSON."""

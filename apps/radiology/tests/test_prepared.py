@@ -1,0 +1,103 @@
+"""PreparedLookup: the same rows as the queryset, compiled once, with Django's conversions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.radiology import prepared
+from apps.radiology.models import RadiologyImage, RadiologyOrder
+from apps.radiology.prepared import PreparedLookup
+from apps.radiology.tests.trust_helpers import StoredStudy, ingest_study
+
+pytestmark = pytest.mark.django_db
+
+
+def by_uid(image_uid: str) -> Any:
+    return RadiologyImage.objects.select_related("series__study").filter(image_uid=image_uid).order_by()[:1]
+
+
+@pytest.fixture
+def stored(make_order: Any) -> StoredStudy:
+    order: RadiologyOrder = make_order()
+    return ingest_study(order, images=2)
+
+
+def field_values(obj: Any) -> dict[str, Any]:
+    """Every loaded field (reading a deferred one would load it)."""
+    deferred = obj.get_deferred_fields()
+    return {
+        field.attname: getattr(obj, field.attname)
+        for field in obj._meta.concrete_fields
+        if field.attname not in deferred
+    }
+
+
+def test_a_row_comes_back_as_the_queryset_gives_it(stored: StoredStudy) -> None:
+    lookup = PreparedLookup(by_uid, parameters=1)
+    expected = by_uid(stored.images[1].image_uid)[0]
+
+    found = lookup.first(stored.images[1].image_uid)
+
+    assert found is not None
+    assert found.get_deferred_fields() == expected.get_deferred_fields() == {"metadata_text"}
+    assert field_values(found) == field_values(expected)  # JSON, dates and all, converted alike
+    assert field_values(found.series) == field_values(expected.series)
+    assert field_values(found.series.study) == field_values(expected.series.study)
+
+
+def test_later_calls_only_bind_the_parameter(stored: StoredStudy, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[int] = []
+    real = prepared._Compiled.__init__
+
+    def counting(self: Any, *args: Any) -> None:
+        compiled.append(1)
+        real(self, *args)
+
+    monkeypatch.setattr(prepared._Compiled, "__init__", counting)
+    lookup = PreparedLookup(by_uid, parameters=1)
+    with CaptureQueriesContext(connection) as captured:
+        found = [lookup.first(image.image_uid) for image in stored.images]
+        with_related = [image.series.study.study_uid for image in found if image is not None]
+
+    assert [image.pk for image in found if image is not None] == [image.pk for image in stored.images]
+    assert with_related == [stored.study.study_uid, stored.study.study_uid]  # select_related: no extra query
+    assert len(captured.captured_queries) == 2
+    assert compiled == [1]
+
+
+def test_no_row_is_none_and_a_lookup_value_is_never_sql(stored: StoredStudy) -> None:
+    lookup = PreparedLookup(by_uid, parameters=1)
+
+    assert lookup.first("2.25.1") is None
+    assert lookup.first("x' OR '1'='1") is None
+    assert RadiologyImage.objects.count() == 2
+
+
+def test_annotations_are_set_as_the_queryset_sets_them(stored: StoredStudy) -> None:
+    from django.db.models import Value
+
+    lookup = PreparedLookup(
+        lambda uid: RadiologyImage.objects.annotate(label=Value("seen")).filter(image_uid=uid).order_by()[:1],
+        parameters=1,
+    )
+
+    found = lookup.first(stored.image.image_uid)
+
+    assert found is not None
+    assert (found.pk, found.label) == (stored.image.pk, "seen")
+
+
+def test_a_parameter_the_query_uses_twice_is_refused(stored: StoredStudy) -> None:
+    from django.db.models import Q
+
+    lookup = PreparedLookup(
+        lambda uid: RadiologyImage.objects.filter(Q(image_uid=uid) | Q(sop_class_uid=uid)).order_by()[:1],
+        parameters=1,
+    )
+
+    with pytest.raises(ValueError, match="exactly once"):
+        lookup.first(stored.image.image_uid)
