@@ -5,18 +5,27 @@ as stored when the client accepts it (OHIF asks `transfer-syntax=*`), or decoded
 little-endian pixels when the client wants `application/octet-stream` uncompressed.
 Rendered and thumbnail images decode one frame with pydicom (pylibjpeg / openjpeg / RLE
 plugins), apply rescale and the VOI window, invert MONOCHROME1, and fit the viewport.
+
+Decoding reads only the frame's own bytes (the same byte ranges) and hands them to pydicom's
+decoder with the Image Pixel attributes picked from the stored header JSON, so a frame costs
+neither a parse of the file nor, on S3, a download of all of it; what those ranges can't
+describe (bit-packed frames, big endian, frames ingest could not delimit) is decoded from the
+whole file as before.
 """
 
 from __future__ import annotations
 
 import array
 import io
+import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydicom.pixels
+from django.db import connections, router
 from PIL import Image
 
 from apps.radiology import storage
@@ -44,6 +53,23 @@ COMPRESSED_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 OCTET_STREAM = "application/octet-stream"
+# The header elements decoding and display read: Image Pixel module, Modality and VOI LUT.
+PIXEL_HEADER_TAGS = (
+    "00280002",  # Samples per Pixel
+    "00280004",  # Photometric Interpretation
+    "00280006",  # Planar Configuration
+    "00280010",  # Rows
+    "00280011",  # Columns
+    "00280100",  # Bits Allocated
+    "00280101",  # Bits Stored
+    "00280103",  # Pixel Representation
+    "00281050",  # Window Center
+    "00281051",  # Window Width
+    "00281052",  # Rescale Intercept
+    "00281053",  # Rescale Slope
+)
+# An item holding an empty Basic Offset Table (PS3.5 A.4), which opens encapsulated pixel data.
+EMPTY_OFFSET_TABLE = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
 
 
 @dataclass(frozen=True)
@@ -110,8 +136,54 @@ def frame_spans(image: RadiologyImage, number: int) -> list[tuple[int, int]]:
     return [(int(location["offset"]) + (number - 1) * int(frame_length), int(frame_length))]
 
 
+def pixel_header(image: RadiologyImage) -> dict[str, Any]:
+    """The elements of PIXEL_HEADER_TAGS in the image's header (DICOM JSON), read once per instance.
+
+    Views load images with the header JSON deferred (~12 kB for a CT, decoded on every read);
+    loading it all to read a dozen elements cost a first render ~0.6 ms, picking them in the
+    database ~0.1 ms. Plain SQL because Django's JSON key lookups take digit-only keys such
+    as "00280100" for array indexes (on SQLite at every level, on PostgreSQL at the top), and
+    the ORM would add ~0.3 ms; other databases load the whole header.
+    """
+    memo: dict[str, Any] | None = image.__dict__.get("_pixel_header")
+    if memo is not None:
+        return memo
+    if "image_metadata" in image.__dict__ or image.pk is None:
+        header: dict[str, Any] = image.image_metadata
+    else:
+        header = _select_pixel_header(image)
+    image.__dict__["_pixel_header"] = header
+    return header
+
+
+def _select_pixel_header(image: RadiologyImage) -> dict[str, Any]:
+    connection = connections[image._state.db or router.db_for_read(RadiologyImage, instance=image)]
+    if connection.vendor == "postgresql":
+        each, aggregate = "jsonb_each", "jsonb_object_agg(key, value)::text"
+    elif connection.vendor == "sqlite":
+        each, aggregate = "json_each", "json_group_object(key, json(value))"
+    else:
+        return image.image_metadata
+    # Walking the header once with *_each, not one `->` per tag: PostgreSQL would decompress
+    # the (TOASTed) header for each of them, twice the time.
+    meta = RadiologyImage._meta
+    quote = connection.ops.quote_name
+    table, column = quote(meta.db_table), quote(meta.get_field("image_metadata").column)
+    tags = ", ".join(f"'{tag}'" for tag in PIXEL_HEADER_TAGS)
+    sql = (
+        f"SELECT {aggregate} FROM {table}, {each}({table}.{column})"  # noqa: S608 (constants only)
+        f" WHERE {table}.{quote(meta.pk.column)} = %s AND key IN ({tags})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [image.pk])
+        row = cursor.fetchone()
+    value = row[0] if row else None  # NULL: none of the tags (or no such row)
+    elements = json.loads(value) if isinstance(value, str) else value or {}
+    return {tag: element for tag, element in elements.items() if element is not None}
+
+
 def _metadata_value(image: RadiologyImage, tag: str, default: Any = None) -> Any:
-    values = (image.image_metadata.get(tag) or {}).get("Value") or []
+    values = (pixel_header(image).get(tag) or {}).get("Value") or []
     return values[0] if values else default
 
 
@@ -157,10 +229,18 @@ def _little_endian_range(image: RadiologyImage, offset: int, length: int, word: 
 
 
 def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
-    """One frame decoded to a numpy array (colour as RGB), from a local copy of the file."""
+    """One frame decoded to a numpy array (colour as RGB), from its byte ranges or else the whole file."""
     if not 1 <= number <= image.number_of_frames:
         raise FrameNotFound()
+    options = _decoding_options(image) if image.is_dicom else None
     try:
+        source = _frame_source(image, number) if options is not None else None
+        if options is not None and source is not None:
+            native = _native_monochrome(image, source, options)
+            if native is not None:
+                return native
+            decoder = pydicom.pixels.get_decoder(image.transfer_syntax_uid)
+            return decoder.as_array(source, index=0, validate=True, **options)[0]
         with storage.local_path(image.file_key) as path:
             if not image.is_dicom:
                 with Image.open(path) as photo:
@@ -170,6 +250,86 @@ def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
         raise
     except Exception as exc:  # decoders raise many types on data they can't handle
         raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
+
+
+def _decoding_options(image: RadiologyImage) -> dict[str, Any] | None:
+    """pydicom's decoding options for one frame, as pixel_array would take them from the file;
+    None when the header lacks what a decoder needs (the whole file is read then)."""
+    try:
+        return _decoding_options_of(image)
+    except (TypeError, ValueError):  # a malformed value: pydicom reading the file decides
+        return None
+
+
+def _decoding_options_of(image: RadiologyImage) -> dict[str, Any] | None:
+    rows = image.rows or _metadata_value(image, "00280010")
+    columns = image.columns or _metadata_value(image, "00280011")
+    photometric = _metadata_value(image, "00280004")
+    bits_allocated = _metadata_value(image, "00280100")
+    if not (rows and columns and photometric and bits_allocated):
+        return None
+    samples = int(_metadata_value(image, "00280002", 1) or 1)
+    options: dict[str, Any] = {
+        "rows": int(rows),
+        "columns": int(columns),
+        "samples_per_pixel": samples,
+        "photometric_interpretation": str(photometric),
+        "bits_allocated": int(bits_allocated),
+        "bits_stored": int(_metadata_value(image, "00280101", bits_allocated) or bits_allocated),
+        "pixel_representation": int(_metadata_value(image, "00280103", 0) or 0),
+        "number_of_frames": 1,
+        "pixel_keyword": "PixelData",
+    }
+    if samples > 1:
+        options["planar_configuration"] = int(_metadata_value(image, "00280006", 0) or 0)
+    return options
+
+
+def _native_monochrome(image: RadiologyImage, source: bytes, options: dict[str, Any]) -> np.ndarray | None:
+    """A native little-endian greyscale frame of 8, 16 or 32-bit samples straight into numpy:
+    the array pydicom's decoder gives (same dtype, unused high bits masked or sign-extended as
+    its correct_unused_bits does), without its ~50 us of set-up per call. None for anything else."""
+    bits, stored = options["bits_allocated"], options["bits_stored"]
+    rows, columns = options["rows"], options["columns"]
+    if (
+        image.transfer_syntax_uid not in NATIVE_SYNTAXES - {BIG_ENDIAN}
+        or options["samples_per_pixel"] != 1
+        or options["photometric_interpretation"] not in ("MONOCHROME1", "MONOCHROME2")
+        or bits not in (8, 16, 32)
+        or not 1 <= stored <= bits
+        or len(source) < rows * columns * bits // 8
+    ):
+        return None
+    dtype = np.dtype(f"<{'i' if options['pixel_representation'] else 'u'}{bits // 8}")
+    pixels = np.frombuffer(source, dtype=dtype, count=rows * columns).reshape(rows, columns).copy()
+    if stored < bits:
+        np.left_shift(pixels, bits - stored, out=pixels)
+        np.right_shift(pixels, bits - stored, out=pixels)
+    return pixels
+
+
+def _frame_source(image: RadiologyImage, number: int) -> bytes | None:
+    """The frame as a decoder's buffer: its native bytes, or its fragments as encapsulated pixel
+    data of one frame; None when the byte ranges can't give it (bit-packed frames, big endian
+    8-bit data in OW words, fragments ingest could not group into frames)."""
+    if image.transfer_syntax_uid == BIG_ENDIAN:
+        return None
+    try:
+        spans = frame_spans(image, number)
+    except FrameNotFound:
+        return None
+    if not (image.pixel_data or {}).get("encapsulated"):
+        offset, length = spans[0]
+        return storage.read_object_range(image.file_key, offset, length)
+    # One read from the first fragment to the end of the last: a frame's fragments are
+    # consecutive items, and on S3 each read is a request.
+    start = min(offset for offset, _length in spans)
+    end = max(offset + length for offset, length in spans)
+    raw = storage.read_object_range(image.file_key, start, end - start)
+    parts = [EMPTY_OFFSET_TABLE]
+    for offset, length in spans:
+        parts += (struct.pack("<HHI", 0xFFFE, 0xE000, length), raw[offset - start : offset - start + length])
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -225,29 +385,44 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
         return Image.fromarray(pixels[..., :3], "RGB")
     if not image.is_dicom:
         return Image.fromarray(pixels.astype(np.uint8), "L")
+    # One float32 copy, then every step in place: the same operations in the same order as
+    # ((v * slope + intercept - (c - 0.5)) / (w - 1) + 0.5) * 255, so the same bytes, without
+    # a temporary array per step. (A lookup table indexed by the stored values was tried: numpy's
+    # fancy indexing costs more than these passes up to at least 512x512.)
     values = pixels.astype(np.float32)
     slope = float(_metadata_value(image, "00281053", 1) or 1)
     intercept = float(_metadata_value(image, "00281052", 0) or 0)
-    values = values * slope + intercept
+    if slope != 1:
+        values *= slope
+    if intercept:
+        values += intercept
     chosen = window or _header_window(image)
     if chosen is None:
         low, high = float(values.min()), float(values.max())
         chosen = Window((low + high) / 2, max(high - low, 1.0))
-    scaled = ((values - (chosen.center - 0.5)) / (chosen.width - 1 if chosen.width > 1 else 1) + 0.5) * 255.0
-    display = np.clip(scaled, 0, 255).astype(np.uint8)
+    values -= chosen.center - 0.5
+    values /= chosen.width - 1 if chosen.width > 1 else 1
+    values += 0.5
+    values *= 255.0
+    display = np.clip(values, 0, 255, out=values).astype(np.uint8)
     if _metadata_value(image, "00280004", "MONOCHROME2") == "MONOCHROME1":
-        display = 255 - display
+        np.subtract(255, display, out=display)
     return Image.fromarray(display, "L")
 
 
 def fit(picture: Image.Image, viewport: tuple[int, int] | None) -> Image.Image:
-    """Scale to fit inside the viewport, keeping the aspect ratio (never enlarging past it)."""
+    """Scale to fit inside the viewport, keeping the aspect ratio (never enlarging past it).
+
+    reducing_gap=3: a large reduction first averages whole pixel blocks, then resamples what is
+    left with Lanczos (a 2048x2048 radiograph's 128x128 thumbnail in ~1.3 ms instead of ~11 ms);
+    Pillow documents the result as indistinguishable from Lanczos alone at this gap.
+    """
     if viewport is None:
         return picture
     width, height = viewport
     scale = min(width / picture.width if width else float("inf"), height / picture.height if height else float("inf"))
     size = (max(round(picture.width * scale), 1), max(round(picture.height * scale), 1))
-    return picture.resize(size, Image.Resampling.LANCZOS)
+    return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def render(
@@ -259,13 +434,17 @@ def render(
     window: Window | None = None,
     quality: int = 85,
 ) -> bytes:
-    """A frame as a displayable JPEG or PNG."""
+    """A frame as a displayable JPEG or PNG.
+
+    JPEGs use libjpeg's standard Huffman tables (no `optimize`): computing optimal ones is a
+    second pass over the image, 3-4x the encoding time of a 512x512 frame, for files ~8% smaller.
+    """
     picture = fit(to_display(image, decode_frame(image, frame), window), viewport)
     buffer = io.BytesIO()
     if media_type == "image/png":
         picture.save(buffer, format="PNG", optimize=False)
     else:
-        picture.save(buffer, format="JPEG", quality=quality, optimize=True)
+        picture.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 

@@ -8,13 +8,23 @@ MONOCHROME1 inverted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom.pixels
 import pytest
+from django.core.cache import caches
 from django.test import Client
 from PIL import Image
+
+from apps.radiology import storage
+from apps.radiology.dicomweb import pixels
+from apps.radiology.models import RadiologyImage
 
 from .conftest import PHOTO, Put, Stored
 from .helpers import error, json_of
@@ -252,3 +262,136 @@ def test_a_render_the_browser_holds_is_304(put: Put, doctor_client: Client) -> N
     assert other.status_code == 200
     assert other["ETag"] != etag
     assert Image.open(io.BytesIO(other.content)).size == (32, 32)
+
+
+def test_a_jpeg_render_is_the_displayed_pixels_at_quality_85_with_standard_huffman_tables(
+    put: Put, doctor_client: Client
+) -> None:
+    ct = put("CT_small.dcm")
+    response = doctor_client.get(ct.url("/rendered"), {"window": "40,400"})
+    expected = io.BytesIO()
+    Image.fromarray(displayed(ct, 40, 400), "L").save(expected, format="JPEG", quality=85)
+    assert response.status_code == 200
+    assert response.content == expected.getvalue()
+    # Render form 2 (standard tables) | image | checksum | frame | type | viewport | window | quality
+    raw = f"2|{ct.image.pk}|{ct.image.checksum}|1|image/jpeg|None|(40.0, 400.0)|85"
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:40]
+    assert response["ETag"] == f'"r-{digest}"'
+    assert caches["renders"].get(f"render:{digest}") == response.content
+
+
+def test_a_thumbnail_is_the_displayed_pixels_reduced_then_lanczos_resampled(put: Put, doctor_client: Client) -> None:
+    stored = put("JPEG2000.dcm")  # 256 wide, 1024 high: reduced 2x2 first at a gap of 3 (scale 8)
+    got = png_pixels(doctor_client, stored.url("/thumbnail"), window="1000,2000")
+    full = Image.fromarray(displayed(stored, 1000, 2000), "L")
+    expected = full.resize((32, 128), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    assert np.array_equal(got, np.asarray(expected))
+    assert not np.array_equal(got, np.asarray(full.resize((32, 128), Image.Resampling.LANCZOS)))
+
+
+def test_a_repeated_render_is_answered_from_the_render_cache(
+    put: Put, doctor_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ct = put("CT_small.dcm")
+    first = doctor_client.get(ct.url("/rendered"), {"viewport": "64,64"})
+
+    def no_render(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(pixels, "render", no_render)
+    again = doctor_client.get(ct.url("/rendered"), {"viewport": "64,64"})
+    assert (again.status_code, again["Content-Type"], again["ETag"]) == (200, "image/jpeg", first["ETag"])
+    assert again["Cache-Control"] == "private, max-age=86400"
+    assert again.content == first.content
+
+
+# --- decoding one frame from its byte ranges ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def whole_file_forbidden(key: str) -> Iterator[Path]:
+    raise AssertionError(f"the whole of {key} was read")
+    yield Path()  # pragma: no cover
+
+
+def deferred(stored: Stored) -> RadiologyImage:
+    """The image as the DICOMweb views load it: its header JSON deferred."""
+    return RadiologyImage.objects.defer("image_metadata").get(pk=stored.image.pk)
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "number"),
+    [
+        ("CT_small.dcm", {}, 1),  # native explicit little endian, signed 16-bit
+        ("CT_small.dcm", {"BitsStored": 11}, 1),  # bit 11 up is not the sample's: sign-extended from bit 10
+        ("MR_small.dcm", {"BitsStored": 9, "PixelRepresentation": 0}, 1),  # unsigned: high bits masked
+        ("MR_small_implicit.dcm", {}, 1),  # native implicit little endian
+        ("rtdose.dcm", {}, 8),  # native, 15 frames of 32-bit
+        ("SC_rgb_small_odd.dcm", {}, 1),  # native RGB, 3x3: an odd number of bytes
+        ("liver_1frame.dcm", {}, 1),  # 1-bit samples, one frame of whole bytes
+        ("JPEG2000.dcm", {}, 1),
+        ("MR_small_RLE.dcm", {}, 1),
+        ("SC_rgb_rle_2frame.dcm", {}, 2),  # the second frame's fragments
+        ("SC_rgb_jpeg_dcmtk.dcm", {}, 1),  # YBR_FULL JPEG: converted to RGB as pydicom does
+        ("MR_small_jpeg_ls_lossless.dcm", {}, 1),
+    ],
+)
+def test_a_frame_is_decoded_from_its_own_bytes_exactly_as_pydicom_decodes_the_file(
+    put: Put, monkeypatch: pytest.MonkeyPatch, name: str, changes: dict[str, Any], number: int
+) -> None:
+    stored = put(name, **changes)
+    image = deferred(stored)
+    monkeypatch.setattr(storage, "local_path", whole_file_forbidden)
+    decoded = pixels.decode_frame(image, number)
+    expected = pydicom.pixels.pixel_array(str(stored.path), index=number - 1)
+    assert (decoded.dtype, decoded.shape, decoded.flags.writeable) == (expected.dtype, expected.shape, True)
+    assert np.array_equal(decoded, expected)
+
+
+# Three 3x3 frames of 1-bit samples: 9 bits each, so frames 2 and 3 start inside a byte.
+UNALIGNED = {"Rows": 3, "Columns": 3, "NumberOfFrames": 3, "PixelData": bytes([0b10110101, 0b01101011, 0b110, 0])}
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "number"),
+    [
+        ("MR_small_bigendian.dcm", {}, 1),  # big endian: left to pydicom's reading of the file
+        ("liver_1frame.dcm", UNALIGNED, 2),
+    ],
+)
+def test_frames_the_byte_ranges_cannot_give_are_decoded_from_the_whole_file(
+    put: Put, monkeypatch: pytest.MonkeyPatch, name: str, changes: dict[str, Any], number: int
+) -> None:
+    stored = put(name, **changes)
+    image = deferred(stored)
+    opened: list[str] = []
+    real_local_path = storage.local_path
+
+    @contextlib.contextmanager
+    def recording(key: str) -> Iterator[Path]:
+        opened.append(key)
+        with real_local_path(key) as path:
+            yield path
+
+    monkeypatch.setattr(storage, "local_path", recording)
+    decoded = pixels.decode_frame(image, number)
+    assert np.array_equal(decoded, pydicom.pixels.pixel_array(str(stored.path), index=number - 1))
+    assert opened == [image.file_key]
+
+
+def test_a_render_reads_the_pixel_header_in_one_query_and_the_rest_of_the_header_not_at_all(
+    put: Put, django_assert_num_queries: Any
+) -> None:
+    stored = put("MR_small.dcm")
+    image = deferred(stored)
+    with django_assert_num_queries(1):
+        header = pixels.pixel_header(image)
+        body = pixels.render(image, media_type="image/png")
+    full = stored.image.image_metadata
+    assert header == {tag: full[tag] for tag in pixels.PIXEL_HEADER_TAGS if tag in full}
+    assert header["00281050"] == {"vr": "DS", "Value": [600.0]}  # the header window is among them
+    assert "image_metadata" not in image.__dict__
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), displayed(stored, 600, 1600))
+    # An image loaded with its header needs no query at all.
+    with django_assert_num_queries(0):
+        assert pixels.pixel_header(stored.image) is stored.image.image_metadata
