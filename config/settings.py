@@ -251,8 +251,9 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(VAR_DIR / "cache"),
     },
+    # Not FileBasedCache: it lists the whole directory on every write (see RenderFileCache).
     "renders": {
-        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "BACKEND": "apps.radiology.render_cache.RenderFileCache",
         "LOCATION": str(Path(env_str("RADIOLOGY_RENDER_CACHE_DIR") or VAR_DIR / "render-cache")),
         "OPTIONS": {"MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100)},
     },

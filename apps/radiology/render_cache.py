@@ -1,24 +1,40 @@
 """Rendered images and thumbnails, cached on the server and revalidated by the browser.
 
 A stored image never changes, so a render is fully determined by the image's checksum and
-the render parameters: that key names the cache entry (Django's cache, a file cache under
-var/ by default, shared by the workers of one host) and gives the ETag, so a browser that
-already has it gets 304 without the server decoding anything.
+the render parameters: that key names the cache entry (Django's cache, by default a
+RenderFileCache under var/, shared by the workers of one host) and gives the ETag, so a
+browser that already has it gets 304 without the server decoding anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
+import os
+import pickle
+import random
+import struct
+import tempfile
+import time
+import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.http import HttpRequest, HttpResponse
 
-from apps.radiology.models import RadiologyImage
+if TYPE_CHECKING:
+    from apps.radiology.models import RadiologyImage
 
 CACHE_ALIAS = "renders"
 # Private: it is patient data. Long-lived: the bytes behind a given ETag never change.
 BROWSER_CACHE = "private, max-age=86400"
+# Bump when pixels.render produces other bytes for the same parameters (2: JPEGs without
+# optimised Huffman tables, large reductions with reducing_gap), so an ETag keeps naming one
+# exact body.
+RENDER_FORM = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,7 @@ class RenderKey:
     @property
     def digest(self) -> str:
         parts = (self.image_id, self.checksum, self.frame, self.media_type, self.viewport, self.window, self.quality)
-        raw = "|".join(str(part) for part in parts)
+        raw = "|".join(str(part) for part in (RENDER_FORM, *parts))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
     @property
@@ -71,3 +87,163 @@ def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> Ht
     response["ETag"] = key.etag
     response["Cache-Control"] = BROWSER_CACHE
     return response
+
+
+# --- the cache backend ----------------------------------------------------------------------
+
+_MISSING = object()
+# magic, kind of value, expiry (epoch seconds, inf: never), payload length, CRC-32 of the payload
+_HEADER = struct.Struct("<4sBdQI")
+_MAGIC = b"PLRC"
+_BYTES, _TEXT, _PICKLE = 0, 1, 2
+# A writer killed between creating its temporary file and renaming it leaves the file behind.
+_STALE_TEMP_SECONDS = 3600
+
+
+class RenderFileCache(BaseCache):
+    """A Django cache backend of one file per entry, named by the SHA-256 of the key.
+
+    Django's FileBasedCache, which this replaces, lists the whole directory on every set() to
+    decide whether to cull (tens of milliseconds once it holds the default 20,000 renders)
+    and pickles and zlib-compresses every value (wasted work on JPEG bytes) and unpickles
+    it on every get(). Here bytes and text are stored as they are behind a 25-byte header,
+    and the directory is listed about once every CULL_EVERY writes (default MAX_ENTRIES/100,
+    counted per thread from a random start, so restarted workers still cull), so the
+    cache may hold a little more than MAX_ENTRIES between culls. A cull removes the oldest
+    entries down to MAX_ENTRIES less 1/CULL_FREQUENCY, as FileBasedCache removes random ones.
+
+    Entries are written to a temporary file and renamed, so a reader sees a whole entry or
+    none; the header's length and CRC catch one a crash left torn (it is dropped, not served).
+    Files are private to the server's user: renders are patient data.
+    """
+
+    suffix = ".render"
+    temp_suffix = ".tmp"
+    legacy_suffix = ".djcache"  # FileBasedCache's entries: culled and cleared with ours
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._dir = os.path.abspath(location)
+        options = params.get("OPTIONS", {})
+        self._cull_every = max(int(options.get("CULL_EVERY", self._max_entries // 100)), 1)
+        self._writes = random.randrange(self._cull_every)  # noqa: S311 (spreads culls, not a secret)
+
+    def _path(self, key: str, version: int | None) -> str:
+        name = hashlib.sha256(self.make_and_validate_key(key, version=version).encode()).hexdigest()
+        return os.path.join(self._dir, name + self.suffix)
+
+    def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        value = self._read(self._path(key, version))
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
+        self._write(self._path(key, version), value, self.get_backend_timeout(timeout))
+        self._writes += 1
+        if self._writes >= self._cull_every:
+            self._writes = 0
+            self._cull()
+
+    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        if self.has_key(key, version):
+            return False
+        self.set(key, value, timeout, version)
+        return True
+
+    def has_key(self, key: str, version: int | None = None) -> bool:
+        return self._read(self._path(key, version)) is not _MISSING
+
+    def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        path = self._path(key, version)
+        value = self._read(path)
+        if value is _MISSING:
+            return False
+        self._write(path, value, self.get_backend_timeout(timeout))
+        return True
+
+    def delete(self, key: str, version: int | None = None) -> bool:
+        try:
+            os.remove(self._path(key, version))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clear(self) -> None:
+        for name in self._names():
+            if name.endswith((self.suffix, self.temp_suffix, self.legacy_suffix)):
+                self._remove(name)
+
+    def _read(self, path: str) -> Any:
+        """The value stored at `path`; _MISSING if absent, expired or torn (those are removed)."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return _MISSING
+        if len(data) >= _HEADER.size:
+            magic, kind, expiry, length, crc = _HEADER.unpack_from(data)
+            payload = data[_HEADER.size :]
+            if magic == _MAGIC and length == len(payload) and crc == zlib.crc32(payload) and expiry > time.time():
+                if kind == _BYTES:
+                    return payload
+                if kind == _TEXT:
+                    return payload.decode("utf-8", "surrogatepass")
+                if kind == _PICKLE:
+                    return pickle.loads(payload)  # noqa: S301 (written by this server, in its private directory)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return _MISSING
+
+    def _write(self, path: str, value: Any, expiry: float | None) -> None:
+        if type(value) is bytes:
+            kind, payload = _BYTES, value
+        elif type(value) is str:
+            kind, payload = _TEXT, value.encode("utf-8", "surrogatepass")
+        else:
+            kind, payload = _PICKLE, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        header = _HEADER.pack(_MAGIC, kind, math.inf if expiry is None else expiry, len(payload), zlib.crc32(payload))
+        try:
+            descriptor, temp = tempfile.mkstemp(dir=self._dir, prefix=".", suffix=self.temp_suffix)
+        except FileNotFoundError:  # first write, or the directory was removed meanwhile
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            descriptor, temp = tempfile.mkstemp(dir=self._dir, prefix=".", suffix=self.temp_suffix)
+        try:
+            with open(descriptor, "wb") as handle:
+                handle.write(header)
+                handle.write(payload)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp)
+            raise
+
+    def _cull(self) -> None:
+        """Remove the oldest entries once there are more than MAX_ENTRIES, and stale temporary files."""
+        names = self._names()
+        entries = [name for name in names if name.endswith((self.suffix, self.legacy_suffix))]
+        now = time.time()
+        for name in names:
+            if name.endswith(self.temp_suffix) and now - self._mtime(name, now) > _STALE_TEMP_SECONDS:
+                self._remove(name)
+        if len(entries) <= self._max_entries:
+            return
+        keep = self._max_entries - self._max_entries // self._cull_frequency if self._cull_frequency else 0
+        by_age = sorted(entries, key=lambda name: self._mtime(name, now))
+        for name in by_age[: max(len(by_age) - keep, 0)]:
+            self._remove(name)
+
+    def _names(self) -> list[str]:
+        try:
+            with os.scandir(self._dir) as listing:
+                return [entry.name for entry in listing]
+        except FileNotFoundError:
+            return []
+
+    def _mtime(self, name: str, default: float) -> float:
+        try:
+            return os.stat(os.path.join(self._dir, name)).st_mtime
+        except FileNotFoundError:
+            return default
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self._dir, name))
