@@ -48,8 +48,8 @@ class _Compiled:
 class PreparedLookup(Generic[ModelT]):
     """`build(*parameters)` gives a queryset whose parameters are all plain string lookups.
 
-    `first(*values)` is `build(*values).first()` without compiling again (the queryset must
-    already be ordered and limited as wanted, e.g. `.order_by()[:1]`).
+    `first(*values)` is the first row of `build(*values)` (order and limit it as wanted, e.g.
+    `.order_by()[:1]`), `all(*values)` all its rows; neither compiles again.
     """
 
     def __init__(self, build: Callable[..., QuerySet[ModelT]], parameters: int) -> None:
@@ -71,22 +71,30 @@ class PreparedLookup(Generic[ModelT]):
         return compiled
 
     def first(self, *values: str) -> ModelT | None:
+        found = self._run(values, one=True)
+        return found[0] if found else None
+
+    def all(self, *values: str) -> list[ModelT]:
+        """`list(build(*values))` without compiling again."""
+        return self._run(values, one=False)
+
+    def _run(self, values: tuple[str, ...], *, one: bool) -> list[ModelT]:
         compiled = self._for_connection()
         params = list(compiled.params)
         for slot, value in zip(compiled.slots, values, strict=True):
             params[slot] = value
-        connection = connections[compiled.db]
-        with connection.cursor() as cursor:
+        with connections[compiled.db].cursor() as cursor:
             cursor.execute(compiled.sql, params)
-            row = cursor.fetchone()
-        if row is None:
-            return None
+            rows = cursor.fetchmany(1) if one else cursor.fetchall()
         if compiled.converters:
-            row = next(iter(compiled.compiler.apply_converters([row], compiled.converters)))
+            rows = list(compiled.compiler.apply_converters(rows, compiled.converters))
         start, end = compiled.model_columns
-        obj = compiled.model.from_db(compiled.db, compiled.init_list, row[start:end])
-        for populator in compiled.populators:
-            populator.populate(row, obj)
-        for name, position in compiled.annotations.items():
-            setattr(obj, name, row[position])
-        return obj
+        found = []
+        for row in rows:
+            obj = compiled.model.from_db(compiled.db, compiled.init_list, row[start:end])
+            for populator in compiled.populators:
+                populator.populate(row, obj)
+            for name, position in compiled.annotations.items():
+                setattr(obj, name, row[position])
+            found.append(obj)
+        return found

@@ -21,6 +21,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from apps.radiology.errors import InvalidQuery
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.prepared import PreparedLookup
 from apps.radiology.signing import ViewerGrant
 
 from .dicom_json import instance_attributes, series_attributes, study_attributes
@@ -219,21 +220,34 @@ def _modalities_by_study(study_ids: list[int]) -> dict[int, list[str]]:
     return found
 
 
-def search_series(
-    query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker, study_uid: str | None = None
-) -> list[dict[str, Any]]:
-    series = RadiologySeries.objects.filter(_series_q(query.filters) & _study_q(query.filters, "study__"))
-    if study_uid is not None:
-        series = series.filter(study__study_uid=study_uid)
-    if grant is not None:
-        series = series.filter(study_id=grant.study_id)
-    series = (
+def _series_listing(series: QuerySet[RadiologySeries]) -> QuerySet[RadiologySeries]:
+    return (
         series.select_related("study")
         .annotate(instance_total=Count("images", distinct=True))
         # NULLs last on every database (SQLite would put them first, PostgreSQL last).
         .order_by("study_id", F("series_number").asc(nulls_last=True), "id")
     )
-    page = _page(series, query)
+
+
+_SERIES_OF_STUDY = PreparedLookup(
+    lambda study_uid: _series_listing(RadiologySeries.objects.filter(study__study_uid=study_uid)), parameters=1
+)
+
+
+def search_series(
+    query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker, study: RadiologyStudy | None = None
+) -> list[dict[str, Any]]:
+    """Series matching `query`; only those of `study` when given (the caller found it visible)."""
+    if study is not None and query == SearchQuery():
+        # What a viewer asks first when it opens a study: one query compiled once (prepared.py).
+        page = _SERIES_OF_STUDY.all(study.study_uid)
+    else:
+        series = RadiologySeries.objects.filter(_series_q(query.filters) & _study_q(query.filters, "study__"))
+        if study is not None:
+            series = series.filter(study_id=study.pk)
+        if grant is not None:
+            series = series.filter(study_id=grant.study_id)
+        page = _page(_series_listing(series), query)
     wants_modalities = query.include_all or "00080061" in query.include_fields
     modalities = _modalities_by_study(list({item.study_id for item in page})) if wants_modalities else {}
     results = []

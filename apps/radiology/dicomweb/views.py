@@ -62,6 +62,9 @@ def _image_by_uid(image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyI
 
 # Every frame, render and instance request starts here: compiled once (see prepared.py).
 _IMAGE = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=False), parameters=1)
+_STUDY = PreparedLookup(
+    lambda study_uid: RadiologyStudy.objects.filter(study_uid=study_uid).order_by()[:1], parameters=1
+)
 _IMAGE_WITH_METADATA = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=True), parameters=1)
 
 
@@ -94,7 +97,12 @@ class DicomWebView(APIView):
         return queryset.filter(pk=grant.study_id) if grant is not None else queryset
 
     def find_study(self, study_uid: str, **annotations: Any) -> RadiologyStudy:
-        study = self.studies().filter(study_uid=study_uid).annotate(**annotations).first()
+        if annotations:
+            study = self.studies().filter(study_uid=study_uid).annotate(**annotations).first()
+        else:
+            study = _STUDY.first(study_uid)
+            if study is not None and not self.visible(study, study_uid):
+                study = None
         if study is None:
             raise NotFound("No such study.", code="study_not_found")
         return study
@@ -252,11 +260,9 @@ class StudyMetadataView(DicomWebView):
 
 class StudySeriesSearchView(DicomWebView):
     def get(self, request: Request, study_uid: str) -> HttpResponse:
-        self.find_study(study_uid)
+        study = self.find_study(study_uid)
         query = parse_search(request.query_params)
-        return self.json_response(
-            search_series(query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid)
-        )
+        return self.json_response(search_series(query, grant=viewer_grant(request), url=self.retrieve_url, study=study))
 
 
 class StudyInstancesSearchView(DicomWebView):

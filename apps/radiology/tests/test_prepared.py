@@ -101,3 +101,26 @@ def test_a_parameter_the_query_uses_twice_is_refused(stored: StoredStudy) -> Non
 
     with pytest.raises(ValueError, match="exactly once"):
         lookup.first(stored.image.image_uid)
+
+
+def test_all_gives_every_row_in_the_querysets_order(stored: StoredStudy) -> None:
+    from django.db.models import Count
+
+    def listing(series_uid: str) -> Any:
+        return (
+            RadiologyImage.objects.filter(series__series_uid=series_uid)
+            .select_related("series")
+            .annotate(same_series=Count("series__images"))
+            .order_by("-instance_number")
+        )
+
+    lookup = PreparedLookup(listing, parameters=1)
+    expected = list(listing(stored.series.series_uid))
+
+    found = lookup.all(stored.series.series_uid)
+
+    assert [(image.pk, image.same_series, image.series.pk) for image in found] == [
+        (image.pk, image.same_series, image.series.pk) for image in expected
+    ]
+    assert [image.pk for image in found] == [stored.images[1].pk, stored.images[0].pk]
+    assert lookup.all("2.25.1") == []
