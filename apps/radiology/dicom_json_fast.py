@@ -255,7 +255,7 @@ class _Converter:
             return {"vr": vr}
         if not _PLAIN_DS_LIST.fullmatch(text):
             return _SLOW
-        return {"vr": vr, "Value": [float(item) for item in text.split("\\")]}
+        return {"vr": vr, "Value": list(map(float, text.split("\\")))}
 
     # values.convert_IS_string: IS per item; int() of it in convert_to_python_number.
     def is_(self, vr: str, value: bytes, codec: str | None) -> dict[str, Any] | object:
@@ -264,7 +264,7 @@ class _Converter:
             return {"vr": vr}
         if not _PLAIN_IS_LIST.fullmatch(text):
             return _SLOW
-        return {"vr": vr, "Value": [int(item) for item in text.split("\\")]}
+        return {"vr": vr, "Value": list(map(int, text.split("\\")))}
 
     # values.convert_numbers: little endian, a whole number of values (else pydicom raises).
     def numbers(self, vr: str, value: bytes, codec: str | None) -> dict[str, Any] | object:
