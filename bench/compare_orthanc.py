@@ -537,6 +537,7 @@ class Growth:
     def studies(self, count: int, *, images_per_study: int, full_metadata: bool) -> list[Any]:
         """`count` studies (patient, visit, order, study), one series each, N image rows each."""
         from apps.emr.models import Patient, Visit
+        from apps.radiology.dicomweb.dicom_json import metadata_text
         from apps.radiology.models import (
             DICOM_MIME_TYPE,
             RadiologyImage,
@@ -619,6 +620,8 @@ class Growth:
                         bulk_data=template.bulk_data,
                     )
                 )
+                # As ingest writes it: the text series metadata answers are made of.
+                images[-1].metadata_text = metadata_text(images[-1]) if full_metadata else ""
         RadiologyImage.objects.bulk_create(images, batch_size=2000)
         return studies
 
