@@ -640,6 +640,7 @@ def explain_qido(queries: dict[str, str]) -> tuple[list[str], dict[str, list[str
     from django.test.utils import CaptureQueriesContext
 
     from apps.radiology.dicomweb.qido import parse_search, search_series, search_studies
+    from apps.radiology.models import RadiologyStudy
 
     scans: list[str] = []
     plans: dict[str, list[str]] = {}
@@ -648,7 +649,9 @@ def explain_qido(queries: dict[str, str]) -> tuple[list[str], dict[str, list[str
         query = parse_search(QueryDict(params))
         with CaptureQueriesContext(connection) as captured:
             if path.endswith("/series"):
-                search_series(query, grant=None, url=lambda *parts: "", study_uid=path.split("/")[1])
+                # As the view does: the study by its UID, then its series.
+                study = RadiologyStudy.objects.filter(study_uid=path.split("/")[1]).order_by().first()
+                search_series(query, grant=None, url=lambda *parts: "", study=study)
             else:
                 search_studies(query, grant=None, url=lambda *parts: "")
         lines: list[str] = []

@@ -305,6 +305,26 @@ def test_a_repeated_render_is_answered_from_the_render_cache(
     assert again.content == first.content
 
 
+def test_a_first_render_reads_its_pixel_header_with_the_image_in_one_query(
+    put: Put, doctor_client: Client, django_assert_num_queries: Any
+) -> None:
+    ct = put("CT_small.dcm")
+    reference = doctor_client.get(ct.url("/rendered"), {"viewport": "32,32"})
+    caches["renders"].clear()  # each request below renders again
+    assert pixels.pixel_header(deferred(ct)) == {  # what the separate query gives (used outside the views)
+        tag: ct.image.image_metadata[tag] for tag in pixels.PIXEL_HEADER_TAGS if tag in ct.image.image_metadata
+    }
+
+    # the token and its roles, the image with its pixel header, the audit event
+    with django_assert_num_queries(3):
+        first = doctor_client.get(ct.url("/rendered"), {"viewport": "32,32"})
+    with django_assert_num_queries(3):
+        frame = doctor_client.get(ct.url("/frames/1/rendered"), {"viewport": "32,32"})
+
+    assert (first.status_code, first["ETag"], first.content) == (200, reference["ETag"], reference.content)
+    assert (frame.status_code, frame.content) == (200, reference.content)
+
+
 # --- decoding one frame from its byte ranges ----------------------------------------------------
 
 
