@@ -9,6 +9,7 @@ browser that already has it gets 304 without the server decoding anything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -80,10 +81,17 @@ def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> Ht
     else:
         cache = caches[CACHE_ALIAS]
         content = cache.get(f"render:{key.digest}")
-        if content is None:
+        fresh = content is None
+        if fresh:
             content = produce()  # type: ignore[operator]
-            cache.set(f"render:{key.digest}", content, timeout=None)
         response = HttpResponse(content, content_type=key.media_type)
+        if fresh:
+            # Kept once the server has sent the answer (when it closes the response): writing
+            # a cache file costs as much as rendering a small image, and the viewer waiting
+            # for this one does not need it kept.
+            response._resource_closers.append(
+                functools.partial(cache.set, f"render:{key.digest}", content, timeout=None)
+            )
     response["ETag"] = key.etag
     response["Cache-Control"] = BROWSER_CACHE
     return response

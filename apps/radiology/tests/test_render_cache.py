@@ -159,3 +159,29 @@ def test_clear_removes_entries_temporary_and_legacy_files_only(folder: Path) -> 
     cache.clear()
     assert entries(folder) == {"README"}
     make_cache(folder / "never-created").clear()  # no directory yet: nothing to do
+
+
+def test_a_fresh_render_is_kept_once_the_response_is_closed_and_served_from_the_cache_after() -> None:
+    from django.core.cache import caches
+    from django.test import RequestFactory
+
+    caches[render_cache.CACHE_ALIAS].clear()
+    key = render_cache.RenderKey(7, "ab" * 32, 1, "image/jpeg", (64, 64), None, 85)
+    made: list[bytes] = []
+
+    def produce() -> bytes:
+        made.append(b"\xff\xd8rendered")
+        return made[-1]
+
+    first = render_cache.cached_response(RequestFactory().get("/"), key, produce)
+    assert caches[render_cache.CACHE_ALIAS].get(f"render:{key.digest}") is None  # not yet: still being sent
+    first.close()
+    again = render_cache.cached_response(RequestFactory().get("/"), key, produce)
+
+    assert (first.content, again.content, first["ETag"], again["ETag"]) == (
+        b"\xff\xd8rendered",
+        b"\xff\xd8rendered",
+        key.etag,
+        key.etag,
+    )
+    assert made == [b"\xff\xd8rendered"]  # rendered once
