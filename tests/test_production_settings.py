@@ -213,6 +213,17 @@ def test_refuses_to_start_half_configured(
     assert f"django.core.exceptions.ImproperlyConfigured: {message}" in result.stderr
 
 
+def test_the_wsgi_app_freezes_what_it_loaded_and_collects_young_objects_less_often(tmp_path: Path) -> None:
+    script = (
+        "import gc, json; from config import wsgi; "
+        "print(json.dumps([list(gc.get_threshold()), gc.get_freeze_count() > 1000, callable(wsgi.application)]))"
+    )
+    result = run(tmp_path, ["-c", script])
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[20_000, 20, 100], True, True]
+
+
 # --- the token endpoint's throttle -----------------------------------------------------------------
 
 
