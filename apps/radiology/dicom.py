@@ -100,6 +100,29 @@ class ParsedImage:
     bulk_data: dict[str, Any] = field(default_factory=dict)
 
 
+# The header elements decoding and display read: Image Pixel module, Modality and VOI LUT.
+# Ingest keeps them in pixel_data["header"] too, so a render reads them with the image row.
+PIXEL_HEADER_TAGS = (
+    "00280002",  # Samples per Pixel
+    "00280004",  # Photometric Interpretation
+    "00280006",  # Planar Configuration
+    "00280010",  # Rows
+    "00280011",  # Columns
+    "00280100",  # Bits Allocated
+    "00280101",  # Bits Stored
+    "00280103",  # Pixel Representation
+    "00281050",  # Window Center
+    "00281051",  # Window Width
+    "00281052",  # Rescale Intercept
+    "00281053",  # Rescale Slope
+)
+
+
+def pixel_header_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The PIXEL_HEADER_TAGS elements of a header in DICOM JSON."""
+    return {tag: metadata[tag] for tag in PIXEL_HEADER_TAGS if tag in metadata}
+
+
 def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
     """Parse a spooled file whose type `sniff_mime_type` already decided."""
     if mime_type == DICOM_MIME_TYPE:
@@ -135,6 +158,8 @@ def parse_dicom(path: Path) -> ParsedImage:
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
             metadata = dicom_json(dataset)
+            if pixel_data:
+                pixel_data["header"] = pixel_header_of(metadata)
             bulk_data = _bulk_elements(dataset)
             fields = _dicom_fields(dataset)
     except (TruncatedFile, InvalidDicom, UnsupportedTransferSyntax):

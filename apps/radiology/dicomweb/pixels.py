@@ -29,6 +29,7 @@ from django.db import connections, router
 from PIL import Image
 
 from apps.radiology import storage
+from apps.radiology.dicom import PIXEL_HEADER_TAGS
 from apps.radiology.errors import FrameNotFound, NotAcceptable, RadiologyError, RenderingFailed
 from apps.radiology.models import RadiologyImage
 
@@ -53,21 +54,6 @@ COMPRESSED_MEDIA = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 OCTET_STREAM = "application/octet-stream"
-# The header elements decoding and display read: Image Pixel module, Modality and VOI LUT.
-PIXEL_HEADER_TAGS = (
-    "00280002",  # Samples per Pixel
-    "00280004",  # Photometric Interpretation
-    "00280006",  # Planar Configuration
-    "00280010",  # Rows
-    "00280011",  # Columns
-    "00280100",  # Bits Allocated
-    "00280101",  # Bits Stored
-    "00280103",  # Pixel Representation
-    "00281050",  # Window Center
-    "00281051",  # Window Width
-    "00281052",  # Rescale Intercept
-    "00281053",  # Rescale Slope
-)
 # An item holding an empty Basic Offset Table (PS3.5 A.4), which opens encapsulated pixel data.
 EMPTY_OFFSET_TABLE = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
 
@@ -139,7 +125,8 @@ def frame_spans(image: RadiologyImage, number: int) -> list[tuple[int, int]]:
 def pixel_header(image: RadiologyImage) -> dict[str, Any]:
     """The elements of PIXEL_HEADER_TAGS in the image's header (DICOM JSON), read once per instance.
 
-    Views load images with the header JSON deferred (~12 kB for a CT, decoded on every read);
+    Ingest keeps them in pixel_data["header"], loaded with the image row. For a row without
+    them: views load images with the header JSON deferred (~12 kB for a CT, decoded on every read);
     loading it all to read a dozen elements cost a first render ~0.6 ms, picking them in the
     database ~0.1 ms. Plain SQL because Django's JSON key lookups take digit-only keys such
     as "00280100" for array indexes (on SQLite at every level, on PostgreSQL at the top), and
@@ -148,7 +135,10 @@ def pixel_header(image: RadiologyImage) -> dict[str, Any]:
     memo: dict[str, Any] | None = image.__dict__.get("_pixel_header")
     if memo is not None:
         return memo
-    if "image_metadata" in image.__dict__ or image.pk is None:
+    kept = (image.pixel_data or {}).get("header")
+    if kept is not None:  # ingest keeps them beside the frame locations (dicom.parse_dicom)
+        header = kept
+    elif "image_metadata" in image.__dict__ or image.pk is None:
         header: dict[str, Any] = image.image_metadata
     else:
         header = _select_pixel_header(image)

@@ -11,9 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connection
 from django.db.models import F, QuerySet
-from django.db.models.expressions import RawSQL
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
@@ -62,16 +60,8 @@ def _image_by_uid(image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyI
     return images.filter(image_uid=image_uid).order_by()[:1]
 
 
-def _image_to_render(image_uid: str) -> QuerySet[RadiologyImage]:
-    """The image with the dozen header elements a render reads (pixels.pixel_header) in the same row."""
-    images = _image_by_uid(image_uid, with_metadata=False)
-    subquery = pixels.pixel_header_sql(connection)
-    return images.annotate(pixel_header_json=RawSQL(subquery, ())) if subquery else images  # noqa: S611 (constant SQL)
-
-
 # Every frame, render and instance request starts here: compiled once (see prepared.py).
 _IMAGE = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=False), parameters=1)
-_IMAGE_TO_RENDER = PreparedLookup(_image_to_render, parameters=1)
 _STUDY = PreparedLookup(
     lambda study_uid: RadiologyStudy.objects.filter(study_uid=study_uid).order_by()[:1], parameters=1
 )
@@ -137,14 +127,11 @@ class DicomWebView(APIView):
         return found[0]
 
     def find_image(
-        self, study_uid: str, series_uid: str, image_uid: str, *, with_metadata: bool = False, to_render: bool = False
+        self, study_uid: str, series_uid: str, image_uid: str, *, with_metadata: bool = False
     ) -> RadiologyImage:
         """The instance, scoped to what the request may see. Its header JSON (kilobytes, decoded
         on every read) is only loaded when asked for, or later on first use."""
-        lookup = _IMAGE_WITH_METADATA if with_metadata else _IMAGE_TO_RENDER if to_render else _IMAGE
-        image = lookup.first(image_uid)
-        if image is not None and "pixel_header_json" in image.__dict__:
-            pixels.remember_pixel_header(image, image.__dict__.pop("pixel_header_json"))
+        image = (_IMAGE_WITH_METADATA if with_metadata else _IMAGE).first(image_uid)
         if image is None or image.series.series_uid != series_uid or not self.visible(image.series.study, study_uid):
             raise NotFound("No such instance.", code="instance_not_found")
         return image
@@ -368,7 +355,7 @@ class InstanceRenderedView(DicomWebView):
     thumbnail = False
 
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
-        return render_response(self, self.find_image(study_uid, series_uid, image_uid, to_render=True), frame=1)
+        return render_response(self, self.find_image(study_uid, series_uid, image_uid), frame=1)
 
 
 class InstanceThumbnailView(InstanceRenderedView):
@@ -401,7 +388,7 @@ class FramesView(DicomWebView):
 
 class FrameRenderedView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, frames: str) -> HttpResponse:
-        image = self.find_image(study_uid, series_uid, image_uid, to_render=True)
+        image = self.find_image(study_uid, series_uid, image_uid)
         return render_response(self, image, frame=_frame_numbers(frames)[0])
 
 

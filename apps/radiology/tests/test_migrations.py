@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -25,3 +26,33 @@ def test_0006_writes_the_metadata_text_of_images_stored_before_it(make_order: An
     after = dict(RadiologyImage.objects.values_list("pk", "metadata_text"))
     assert after == written_by_ingest
     assert all(text.startswith('{"00020001"') or text.startswith('{"0008') for text in after.values())
+
+
+@pytest.mark.django_db
+def test_0008_keeps_the_pixel_header_beside_the_frames_of_rows_stored_without_it(make_order: Any) -> None:
+    import importlib
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from apps.radiology.dicom import pixel_header_of
+
+    migration = importlib.import_module("apps.radiology.migrations.0008_pixel_header_with_frames")
+    stored = ingest_study(make_order(), images=2)
+    as_ingested = {image.pk: image.pixel_data for image in stored.images}
+    table = RadiologyImage._meta.db_table
+    with connection.cursor() as cursor:  # as rows stored before 0008 were (the model refuses updates)
+        for image in stored.images:
+            without = {key: value for key, value in image.pixel_data.items() if key != "header"}
+            cursor.execute(f"UPDATE {table} SET pixel_data = %s WHERE id = %s", [json.dumps(without), image.pk])  # noqa: S608
+
+    # Run as the migration runs: on the historical model (a plain manager, no write-once checks).
+    historical = MigrationExecutor(connection).loader.project_state(("radiology", "0007_image_metadata_storage")).apps
+    migration.keep_pixel_header(historical, None)
+
+    after = {image.pk: image.pixel_data for image in RadiologyImage.objects.all()}
+    assert after == as_ingested
+    assert all(
+        data["header"] == pixel_header_of(image.image_metadata) for image in stored.images for data in [after[image.pk]]
+    )
+    assert after[stored.image.pk]["header"]["00280100"] == {"vr": "US", "Value": [16]}
