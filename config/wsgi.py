@@ -18,9 +18,3 @@ GC_THRESHOLDS = (20_000, 20, 100)
 gc.collect()
 gc.freeze()
 gc.set_threshold(*GC_THRESHOLDS)
-
-# Start the ingest parse helper now, in the background (apps/radiology/parse_pool.py), so the
-# first STOW-RS batch a modality sends is already shared between two cores.
-from apps.radiology import parse_pool  # noqa: E402 (needs the app loaded above)
-
-parse_pool.helper_pool()
