@@ -33,7 +33,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.radiology import parse_pool, signing, storage
+from apps.radiology import signing, storage
 from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, parse_image_file, sniff_mime_type
 from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
@@ -315,25 +315,12 @@ class PACSLiteService:
         outcomes: list[IngestResult | RadiologyError | None] = [None] * len(items)
         settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as spools:
-            spooled_items: list[tuple[int, IngestItem, IO[bytes], _Spooled]] = []
+            prepared: list[_Prepared] = []
             for index, item in enumerate(items):
                 try:
-                    spooled_items.append((index, item, *_spool_item(item, spools)))
+                    prepared.append(_prepare(index, item, spools))
                 except RadiologyError as error:
                     outcomes[index] = error
-            # The headers, part of a big batch parsed by a helper process meanwhile (parse_pool.py).
-            handed_over = parse_pool.hand_over([(spooled.path, spooled.mime_type) for *_, spooled in spooled_items])
-            prepared: list[_Prepared] = []
-            for (index, item, spool_file, spooled), future in zip(spooled_items, handed_over, strict=True):
-                try:
-                    parsed = (parse_pool.result(future) if future is not None else None) or parse_image_file(
-                        spooled.path, spooled.mime_type
-                    )
-                    uids = _resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
-                except RadiologyError as error:
-                    outcomes[index] = error
-                    continue
-                prepared.append(_Prepared(index, item, spool_file, spooled, parsed, uids))
             fresh, repeats = _sort_out_stored(prepared, outcomes)
             known = _KnownStudies.of(fresh)
             checked: list[_Prepared] = []
@@ -394,8 +381,7 @@ class _Prepared:
         return f"{self.uids.image_uid}{'.dcm' if self.spooled.mime_type == DICOM_MIME_TYPE else '.jpg'}"
 
 
-def _spool_item(item: IngestItem, spools: contextlib.ExitStack) -> tuple[IO[bytes], _Spooled]:
-    """The item's bytes on disk, checked against what was declared (before any parsing)."""
+def _prepare(index: int, item: IngestItem, spools: contextlib.ExitStack) -> _Prepared:
     if item.filename is not None:
         storage.safe_filename(item.filename)  # refuse an unusable name before reading any bytes
     # Closed with the batch's other spools, when ingest_images leaves its ExitStack.
@@ -405,7 +391,9 @@ def _spool_item(item: IngestItem, spools: contextlib.ExitStack) -> tuple[IO[byte
     spooled = _spool(
         item.stream, spool_file, expected_size=item.expected_size, expected_checksum=item.expected_checksum
     )
-    return spool_file, spooled
+    parsed = parse_image_file(spooled.path, spooled.mime_type)
+    uids = _resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
+    return _Prepared(index=index, item=item, spool_file=spool_file, spooled=spooled, parsed=parsed, uids=uids)
 
 
 def _sort_out_stored(
