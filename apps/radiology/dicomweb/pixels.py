@@ -146,48 +146,33 @@ def pixel_header(image: RadiologyImage) -> dict[str, Any]:
     return header
 
 
-def pixel_header_sql(connection: Any) -> str | None:
-    """SQL giving, as JSON text, the PIXEL_HEADER_TAGS elements of the header of the image row
-    the query is on (correlated on the image table); None where only the whole header will do.
+def _select_pixel_header(image: RadiologyImage) -> dict[str, Any]:
+    """The PIXEL_HEADER_TAGS elements picked from the stored header by the database.
 
     Walking the header once with *_each, not one `->` per tag: PostgreSQL would decompress
     the (TOASTed) header for each of them, twice the time.
     """
+    connection = connections[image._state.db or router.db_for_read(RadiologyImage, instance=image)]
     if connection.vendor == "postgresql":
         each, aggregate = "jsonb_each", "jsonb_object_agg(key, value)::text"
     elif connection.vendor == "sqlite":
         each, aggregate = "json_each", "json_group_object(key, json(value))"
     else:
-        return None
+        return image.image_metadata
     meta = RadiologyImage._meta
     quote = connection.ops.quote_name
     table, column = quote(meta.db_table), quote(meta.get_field("image_metadata").column)
     tags = ", ".join(f"'{tag}'" for tag in PIXEL_HEADER_TAGS)
-    return f"(SELECT {aggregate} FROM {each}({table}.{column}) WHERE key IN ({tags}))"  # noqa: S608 (constants only)
-
-
-def remember_pixel_header(image: RadiologyImage, value: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Keep what pixel_header_sql gave (NULL: none of the tags) as the image's pixel header."""
-    elements = json.loads(value) if isinstance(value, str) else value or {}
-    header = {tag: element for tag, element in elements.items() if element is not None}
-    image.__dict__["_pixel_header"] = header
-    return header
-
-
-def _select_pixel_header(image: RadiologyImage) -> dict[str, Any]:
-    connection = connections[image._state.db or router.db_for_read(RadiologyImage, instance=image)]
-    subquery = pixel_header_sql(connection)
-    if subquery is None:
-        return image.image_metadata
-    meta = RadiologyImage._meta
     sql = (
-        f"SELECT {subquery} FROM {connection.ops.quote_name(meta.db_table)}"  # noqa: S608 (constants only)
-        f" WHERE {connection.ops.quote_name(meta.pk.column)} = %s"
+        f"SELECT {aggregate} FROM {table}, {each}({table}.{column})"  # noqa: S608 (constants only)
+        f" WHERE {table}.{quote(meta.pk.column)} = %s AND key IN ({tags})"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [image.pk])
         row = cursor.fetchone()
-    return remember_pixel_header(image, row[0] if row else None)
+    value = row[0] if row else None  # NULL: none of the tags (or no such row)
+    elements = json.loads(value) if isinstance(value, str) else value or {}
+    return {tag: element for tag, element in elements.items() if element is not None}
 
 
 def _metadata_value(image: RadiologyImage, tag: str, default: Any = None) -> Any:
