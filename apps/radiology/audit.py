@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest, HttpResponse
 
+from apps.radiology.after_response import when_closed
 from apps.radiology.models import AuditEvent
 from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP, group_names
 
@@ -171,22 +172,6 @@ def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
     return what
 
 
-def _once(function: Callable[..., Any], **arguments: Any) -> Callable[[], None]:
-    """`function(**arguments)` at the first call only.
-
-    A response can be closed twice, the second time from inside the first close: a body
-    iterator dropped half-read is finalised whenever the garbage collector runs, and its
-    finaliser closes the response again (Django's test client wraps bodies so).
-    """
-    pending = [arguments]
-
-    def call() -> None:
-        if pending:
-            function(**pending.pop())
-
-    return call
-
-
 class AuditMiddleware:
     """Record an AuditEvent for each request under the radiology API and radiology admin."""
 
@@ -201,7 +186,8 @@ class AuditMiddleware:
         route = (match.url_name or match.view_name) if match is not None else "unresolved"
         user = getattr(request, "user", None)
         grant = getattr(user, "grant", None)
-        event = _once(
+        when_closed(
+            response,
             record,
             user=user,
             channel=channel_of(request.path, route or ""),
@@ -212,10 +198,5 @@ class AuditMiddleware:
             address=client_address(request),
             query_keys=",".join(sorted(_CONTROL.sub("?", key) for key in request.GET if key.lower() != "token")),
             **_what(route or "", dict(match.kwargs) if match is not None else {}, grant),
-        )
-        # Written when the server closes the response, i.e. once the client has the whole
-        # body: the INSERT is off the request's latency (a viewer asks for hundreds of
-        # frames) but still done by this worker before it takes its next request.
-        # A body cut short by a dropped connection is closed too, so it is still recorded.
-        response._resource_closers.append(event)
+        )  # off the request's latency: a viewer asks for hundreds of frames (after_response.py)
         return response

@@ -9,7 +9,6 @@ browser that already has it gets 304 without the server decoding anything.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 import os
@@ -25,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.http import HttpRequest, HttpResponse
+
+from apps.radiology.after_response import when_closed
 
 if TYPE_CHECKING:
     from apps.radiology.models import RadiologyImage
@@ -80,18 +81,16 @@ def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> Ht
         response = HttpResponse(status=304)
     else:
         cache = caches[CACHE_ALIAS]
-        content = cache.get(f"render:{key.digest}")
+        cache_key = f"render:{key.digest}"
+        content = cache.get(cache_key)
         fresh = content is None
         if fresh:
             content = produce()  # type: ignore[operator]
         response = HttpResponse(content, content_type=key.media_type)
         if fresh:
-            # Kept once the server has sent the answer (when it closes the response): writing
-            # a cache file costs as much as rendering a small image, and the viewer waiting
-            # for this one does not need it kept.
-            response._resource_closers.append(
-                functools.partial(cache.set, f"render:{key.digest}", content, timeout=None)
-            )
+            # Kept once the server has sent the answer: writing a cache file costs as much as
+            # rendering a small image, and the viewer waiting for this one does not need it kept.
+            when_closed(response, cache.set, key=cache_key, value=content, timeout=None)
     response["ETag"] = key.etag
     response["Cache-Control"] = BROWSER_CACHE
     return response
