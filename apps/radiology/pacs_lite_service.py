@@ -413,10 +413,7 @@ def _sort_out_stored(
     for entry in prepared:
         existing = stored.get(entry.uids.image_uid)
         if existing is not None:
-            try:
-                outcomes[entry.index] = IngestResult(image=_same_image(existing, entry), created=False)
-            except RadiologyError as error:
-                outcomes[entry.index] = error
+            outcomes[entry.index] = _as_stored(existing, entry)
         elif entry.uids.image_uid in first_of:
             repeats.append((entry, first_of[entry.uids.image_uid]))
         else:
@@ -434,6 +431,18 @@ def _same_image(existing: RadiologyImage, entry: _Prepared) -> RadiologyImage:
     return existing
 
 
+def _as_stored(existing: RadiologyImage, entry: _Prepared) -> IngestResult | RadiologyError:
+    """The outcome of an item whose image UID is already stored: that image, or ImageConflict."""
+    try:
+        return IngestResult(image=_same_image(existing, entry), created=False)
+    except RadiologyError as conflict:
+        return conflict
+
+
+def _stored_image(image_uid: str) -> RadiologyImage | None:
+    return RadiologyImage.objects.select_related("series__study").filter(image_uid=image_uid).first()
+
+
 def _repeat_outcome(
     entry: _Prepared,
     first: _Prepared,
@@ -441,26 +450,20 @@ def _repeat_outcome(
     uploaded_by: AbstractBaseUser | None,
 ) -> IngestResult | RadiologyError:
     """An item repeating an earlier item's image UID: as if it came just after that one."""
-    if not isinstance(first_outcome, IngestResult):
-        # The first copy was refused: this one is judged against what is stored now.
-        existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=entry.uids.image_uid)
-        found = existing.first()
-        if found is None:
-            if entry.spooled.checksum == first.spooled.checksum:
-                return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
-            # Other bytes (say, the first copy corrected): nothing holds the UID, so it stands on its own.
-            try:
-                _KnownStudies.of([entry]).check(entry.item.order, entry.uids)
-            except RadiologyError as error:
-                return error
-            return _commit_one(entry, uploaded_by)
-        first_image = found
-    else:
-        first_image = first_outcome.image
+    if isinstance(first_outcome, IngestResult):
+        return _as_stored(first_outcome.image, entry)
+    # The first copy was refused: this one is judged against what is stored now.
+    found = _stored_image(entry.uids.image_uid)
+    if found is not None:
+        return _as_stored(found, entry)
+    if entry.spooled.checksum == first.spooled.checksum:
+        return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
+    # Other bytes (say, the first copy corrected): nothing holds the UID, so it stands on its own.
     try:
-        return IngestResult(image=_same_image(first_image, entry), created=False)
+        _KnownStudies.of([entry]).check(entry.item.order, entry.uids)
     except RadiologyError as error:
         return error
+    return _commit_one(entry, uploaded_by)
 
 
 class _KnownStudies:
@@ -534,15 +537,12 @@ def _commit_one(entry: _Prepared, uploaded_by: AbstractBaseUser | None) -> Inges
     try:
         _commit([entry], uploaded_by)
     except Exception as failure:
-        existing = RadiologyImage.objects.select_related("series__study").filter(image_uid=entry.uids.image_uid).first()
+        existing = _stored_image(entry.uids.image_uid)
         if existing is None:
             if isinstance(failure, RadiologyError):
                 return failure
             raise
-        try:  # a concurrent ingest of the same bytes won the race
-            return IngestResult(image=_same_image(existing, entry), created=False)
-        except RadiologyError as conflict:
-            return conflict
+        return _as_stored(existing, entry)  # a concurrent ingest of this UID won the race
     return IngestResult(image=entry.image, created=True)  # type: ignore[arg-type]
 
 

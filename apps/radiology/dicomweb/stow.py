@@ -120,8 +120,7 @@ def store_instances(
         if header is None:
             answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
             continue
-        sop_class = str(header.get("SOPClassUID", "") or "") or None
-        sop_instance = str(header.get("SOPInstanceUID", "") or "") or None
+        sop_class, sop_instance = _sop_uids(header)
         if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
             answers.append(_failed(sop_class, sop_instance, STUDY_UID_MISMATCH, "study_uid_mismatch"))
             continue
@@ -185,11 +184,14 @@ def _looks_like_dicom(head: bytes) -> bool:
         return False
 
 
+def _sop_uids(header: pydicom.Dataset) -> tuple[str | None, str | None]:
+    """(SOP Class UID, SOP Instance UID) for a failure report; None for a missing or empty one."""
+    return str(header.get("SOPClassUID", "") or "") or None, str(header.get("SOPInstanceUID", "") or "") or None
+
+
 def _uids_of(part: ReceivedPart) -> tuple[str | None, str | None]:
     header = _header(part)
-    if header is None:
-        return None, None
-    return str(header.get("SOPClassUID", "") or "") or None, str(header.get("SOPInstanceUID", "") or "") or None
+    return (None, None) if header is None else _sop_uids(header)
 
 
 def _order_by_accession(accession: str) -> RadiologyOrder | None:
