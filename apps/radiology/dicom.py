@@ -25,6 +25,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from apps.radiology.dicom_json_fast import fast_dicom_json, fast_path_supported
+from apps.radiology.encoded_json import EncodedJSON
 from apps.radiology.errors import (
     InvalidDicom,
     InvalidJpeg,
@@ -157,10 +158,12 @@ def parse_dicom(path: Path) -> ParsedImage:
             pixel_position = handle.tell()
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
-            metadata = dicom_json(dataset)
+            bulk_data = _bulk_elements(dataset)
+            # Cut where metadata_text puts the BulkDataURIs, so its text is not encoded again.
+            bulk_tags = [*bulk_data, *([f"{PIXEL_DATA_TAG:08X}"] if pixel_data else [])]
+            metadata = EncodedJSON(dicom_json(dataset), cut_before=bulk_tags)
             if pixel_data:
                 pixel_data["header"] = pixel_header_of(metadata)
-            bulk_data = _bulk_elements(dataset)
             fields = _dicom_fields(dataset)
     except (TruncatedFile, InvalidDicom, UnsupportedTransferSyntax):
         raise

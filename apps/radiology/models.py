@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.radiology.encoded_json import EncodedJSONEncoder
 from apps.radiology.errors import ImmutableImage, ImmutableRecord
 
 DICOM_MIME_TYPE = "application/dicom"
@@ -188,7 +189,8 @@ class RadiologyImage(WriteOnceModel):
     file_size = models.BigIntegerField()
     mime_type = models.CharField(max_length=64)
     checksum = models.CharField(max_length=64, help_text="SHA-256 of the stored bytes, hex, computed server-side")
-    image_metadata = models.JSONField(default=dict, blank=True)
+    # Its encoder writes the header's JSON text made at parse (encoded_json.py), not a new one.
+    image_metadata = models.JSONField(default=dict, blank=True, encoder=EncodedJSONEncoder)
     # Where the pixel data, each frame and other bulk elements lie in the stored file (from
     # ingest), so DICOMweb serves frames and bulk data by byte range without re-parsing.
     pixel_data = models.JSONField(default=dict, blank=True)

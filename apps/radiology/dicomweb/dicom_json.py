@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
 from apps.radiology.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
+from apps.radiology.encoded_json import EncodedJSON, encode
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.render_cache import CACHE_ALIAS
 
@@ -124,14 +125,22 @@ def instance_metadata(
         raise ValueError("A JPEG's metadata needs its study and series.")
     else:
         metadata = jpeg_secondary_capture(image, study=study, series=series)
-    for tag, location in (image.bulk_data or {}).items():
-        metadata[tag] = {"vr": location["vr"], "BulkDataURI": f"{instance_url}/bulk/{tag}"}
+    metadata.update(_bulk_references(image, instance_url))
+    return dict(sorted(metadata.items()))
+
+
+def _bulk_references(image: RadiologyImage, instance_url: str) -> dict[str, Any]:
+    """The BulkDataURI attributes of an image's bulk data and pixel data."""
+    references = {
+        tag: {"vr": location["vr"], "BulkDataURI": f"{instance_url}/bulk/{tag}"}
+        for tag, location in (image.bulk_data or {}).items()
+    }
     if image.pixel_data:
-        metadata[PIXEL_DATA] = {
+        references[PIXEL_DATA] = {
             "vr": image.pixel_data.get("vr", "OB"),
             "BulkDataURI": f"{instance_url}/bulk/{PIXEL_DATA}",
         }
-    return dict(sorted(metadata.items()))
+    return references
 
 
 # How metadata_text writes an instance-relative BulkDataURI. Stored headers never hold a
@@ -144,7 +153,13 @@ def metadata_text(image: RadiologyImage) -> str:
     """A DICOM instance's metadata as stored in its row (RadiologyImage.metadata_text); "" for a JPEG."""
     if not image.is_dicom:
         return ""
-    return json.dumps(instance_metadata(image, study=None, series=None, instance_url=""), separators=(",", ":"))
+    header = image.image_metadata
+    if isinstance(header, EncodedJSON):  # just parsed: its text with the references put in
+        references = _bulk_references(image, "")
+        text = header.spliced({tag: encode(reference) for tag, reference in references.items()})
+        if text is not None:
+            return text
+    return encode(instance_metadata(image, study=None, series=None, instance_url=""))
 
 
 def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[str, str], str]) -> str:
