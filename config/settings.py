@@ -7,6 +7,7 @@ With DJANGO_DEBUG unset or 0 the server refuses to start without a secret key an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -215,6 +216,9 @@ RADIOLOGY_MAX_URL_EXPIRES = env_int("RADIOLOGY_MAX_URL_EXPIRES", 86400, minimum=
 RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SECONDS", 30, minimum=1)
 # Where ingest spools incoming bytes while hashing and checking them (never in memory).
 RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
+# A helper process per server process parses part of each big ingest batch on another core
+# (apps/radiology/parse_helper.py); on by default where there is another core.
+RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", (os.cpu_count() or 1) > 1)
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
 # Partial uploads idle longer than this are purged by `manage.py purge_radiology_uploads`.

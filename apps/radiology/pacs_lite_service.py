@@ -33,8 +33,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.radiology import signing, storage
-from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, parse_image_file, sniff_mime_type
+from apps.radiology import parse_helper, signing, storage
+from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, sniff_mime_type
 from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
     ChecksumMismatch,
@@ -315,12 +315,7 @@ class PACSLiteService:
         outcomes: list[IngestResult | RadiologyError | None] = [None] * len(items)
         settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as spools:
-            prepared: list[_Prepared] = []
-            for index, item in enumerate(items):
-                try:
-                    prepared.append(_prepare(index, item, spools))
-                except RadiologyError as error:
-                    outcomes[index] = error
+            prepared = _prepare(items, spools, outcomes)
             fresh, repeats = _sort_out_stored(prepared, outcomes)
             known = _KnownStudies.of(fresh)
             checked: list[_Prepared] = []
@@ -349,6 +344,17 @@ class PACSLiteService:
 
 
 @dataclass(frozen=True)
+class StagedFile:
+    """A file already received into RADIOLOGY_STAGING_DIR, with the size and SHA-256 taken as it
+    arrived. Nothing may write to it again: ingest takes it over as its spool (no copy, no
+    second hash), and the filesystem store links it in. Its owner still closes it."""
+
+    path: Path
+    size: int
+    checksum: str
+
+
+@dataclass(frozen=True)
 class IngestItem:
     """One file to ingest and what its sender says about it (see `ingest_image`)."""
 
@@ -359,6 +365,8 @@ class IngestItem:
     declared: DeclaredImage = field(default_factory=DeclaredImage)
     expected_size: int | None = None
     expected_checksum: str | None = None
+    # Set when `stream` is that staged file (a STOW-RS part).
+    staged: StagedFile | None = None
 
 
 @dataclass
@@ -381,19 +389,44 @@ class _Prepared:
         return f"{self.uids.image_uid}{'.dcm' if self.spooled.mime_type == DICOM_MIME_TYPE else '.jpg'}"
 
 
-def _prepare(index: int, item: IngestItem, spools: contextlib.ExitStack) -> _Prepared:
-    if item.filename is not None:
-        storage.safe_filename(item.filename)  # refuse an unusable name before reading any bytes
-    # Closed with the batch's other spools, when ingest_images leaves its ExitStack.
-    spool_file = spools.enter_context(
-        tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-")  # noqa: SIM115
-    )
-    spooled = _spool(
-        item.stream, spool_file, expected_size=item.expected_size, expected_checksum=item.expected_checksum
-    )
-    parsed = parse_image_file(spooled.path, spooled.mime_type)
-    uids = _resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
-    return _Prepared(index=index, item=item, spool_file=spool_file, spooled=spooled, parsed=parsed, uids=uids)
+def _prepare(
+    items: list[IngestItem], spools: contextlib.ExitStack, outcomes: list[IngestResult | RadiologyError | None]
+) -> list[_Prepared]:
+    """Spool, check and parse each item and give it its UIDs; record the refusals in `outcomes`.
+
+    The files of a big batch are parsed on two cores (parse_helper.py).
+    """
+    spooled_items: list[tuple[int, IngestItem, IO[bytes], _Spooled]] = []
+    for index, item in enumerate(items):
+        try:
+            if item.filename is not None:
+                storage.safe_filename(item.filename)  # refuse an unusable name before reading any bytes
+            if item.staged is not None:
+                spool_file, spooled = item.stream, _staged(item, item.staged)
+            else:
+                # Closed with the batch's other spools, when ingest_images leaves its ExitStack.
+                spool_file = spools.enter_context(
+                    tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-")  # noqa: SIM115
+                )
+                spooled = _spool(
+                    item.stream, spool_file, expected_size=item.expected_size, expected_checksum=item.expected_checksum
+                )
+        except RadiologyError as error:
+            outcomes[index] = error
+            continue
+        spooled_items.append((index, item, spool_file, spooled))
+    parsed_files = parse_helper.parse_files([(spooled.path, spooled.mime_type) for *_, spooled in spooled_items])
+    prepared: list[_Prepared] = []
+    for (index, item, spool_file, spooled), parsed in zip(spooled_items, parsed_files, strict=True):
+        try:
+            if isinstance(parsed, RadiologyError):
+                raise parsed
+            uids = _resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
+        except RadiologyError as error:
+            outcomes[index] = error
+            continue
+        prepared.append(_Prepared(index, item, spool_file, spooled, parsed, uids))
+    return prepared
 
 
 def _sort_out_stored(
@@ -517,7 +550,9 @@ def _commit(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None) -> N
                 filename=entry.filename,
             )
             entry.spool_file.seek(0)
-            entry.stored_key = storage.save_new_object(file_key, entry.spool_file, content_type=entry.spooled.mime_type)
+            entry.stored_key = storage.save_new_object(
+                file_key, entry.spool_file, content_type=entry.spooled.mime_type, local_path=entry.spooled.path
+            )
         _create_rows(entries, uploaded_by)
     except BaseException:
         # The rows did not commit: take the files back out so no file lingers without its row.
@@ -557,26 +592,57 @@ def _spool(
     digest = hashlib.sha256()
     size = 0
     head = b""
-    limit = settings.RADIOLOGY_MAX_UPLOAD_SIZE
     while chunk := stream.read(storage.STREAM_CHUNK_SIZE):
         size += len(chunk)
-        if expected_size is not None and size > expected_size:
-            raise SizeMismatch()
-        if size > limit:
-            raise FileTooLarge()
+        _check_size_so_far(size, expected_size)
         if len(head) < SNIFF_LENGTH:
             head += chunk[: SNIFF_LENGTH - len(head)]
         digest.update(chunk)
         spool_file.write(chunk)
     spool_file.flush()
+    return _checked(
+        Path(spool_file.name),
+        size,
+        digest.hexdigest(),
+        head,
+        expected_size=expected_size,
+        expected_checksum=expected_checksum,
+    )
+
+
+def _staged(item: IngestItem, staged: StagedFile) -> _Spooled:
+    """A staged file (see StagedFile) checked as _spool checks the bytes it copies."""
+    _check_size_so_far(staged.size, item.expected_size)
+    item.stream.seek(0)
+    head = item.stream.read(SNIFF_LENGTH)
+    return _checked(
+        staged.path,
+        staged.size,
+        staged.checksum,
+        head,
+        expected_size=item.expected_size,
+        expected_checksum=item.expected_checksum,
+    )
+
+
+def _check_size_so_far(size: int, expected_size: int | None) -> None:
+    if expected_size is not None and size > expected_size:
+        raise SizeMismatch()
+    if size > settings.RADIOLOGY_MAX_UPLOAD_SIZE:
+        raise FileTooLarge()
+
+
+def _checked(
+    path: Path, size: int, checksum: str, head: bytes, *, expected_size: int | None, expected_checksum: str | None
+) -> _Spooled:
+    """The received file, if it is what was declared and of a type ingest takes."""
     if expected_size is not None and size != expected_size:
         raise SizeMismatch()
-    checksum = digest.hexdigest()
     if expected_checksum is not None and checksum != expected_checksum.lower():
         raise ChecksumMismatch()
     if size == 0:
         raise EmptyFile()
-    return _Spooled(path=Path(spool_file.name), size=size, checksum=checksum, mime_type=sniff_mime_type(head))
+    return _Spooled(path=path, size=size, checksum=checksum, mime_type=sniff_mime_type(head))
 
 
 def _resolve_uids(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.text import get_valid_filename
 from storages.backends.s3 import S3Storage
 
@@ -91,15 +92,52 @@ def build_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename:
     return f"{KEY_PREFIX}/{study_uid}/{series_uid}/{image_uid}/{safe_filename(filename)}"
 
 
-def save_new_object(key: str, content: IO[bytes], *, content_type: str) -> str:
-    """Stream `content` to a new object at `key` (or beside it if taken); return the key used."""
+def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_path: Path | None = None) -> str:
+    """Stream `content` to a new object at `key` (or beside it if taken); return the key used.
+
+    `local_path`: where `content` lies on this machine, if it is a file nothing will write
+    to again (an ingest spool). The filesystem store then links it in rather than copying it.
+    """
     upload = File(content, name=os.path.basename(key))
     upload.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
+    store = radiology_storage()
     try:
-        return radiology_storage().save(key, upload)
+        if local_path is not None and isinstance(store, FileSystemStorage):
+            linked = _link_new_file(store, key, local_path)
+            if linked is not None:
+                return linked
+        return store.save(key, upload)
     except (OSError, BotoCoreError, ClientError) as exc:
         logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
         raise StorageFailure() from exc
+
+
+def _link_new_file(store: FileSystemStorage, key: str, source: Path) -> str | None:
+    """Hard-link `source` in as a new file at `key` (or beside it if taken); None if it cannot be.
+
+    What FileSystemStorage.save does for a stream, without copying the bytes: os.link, like
+    its O_EXCL open, fails on an existing name, so nothing stored is ever replaced. None
+    (the caller copies) when the spool is on another filesystem or cannot be linked, and
+    when directories need a mode of their own (Django's save sets it).
+    """
+    if store.directory_permissions_mode is not None:
+        return None
+    name = store.get_available_name(key)
+    while True:
+        full_path = Path(store.path(name))
+        full_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, full_path)
+        except FileExistsError:
+            name = store.get_available_name(name)
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return None
+            raise
+        # The spool was created private (0600); the stored file gets the mode Django's save gives.
+        os.chmod(full_path, store.file_permissions_mode if store.file_permissions_mode is not None else 0o644)
+        return name
 
 
 def delete_object(key: str) -> None:

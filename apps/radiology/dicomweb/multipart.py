@@ -8,10 +8,12 @@ In: python-multipart's streaming parser writes each part to a temporary file as 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from django.conf import settings
@@ -56,10 +58,24 @@ def stream_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
 
 @dataclass
 class ReceivedPart:
-    """One incoming part, spooled to disk."""
+    """One incoming part, spooled to a file of the staging directory as it arrived.
+
+    Its size and SHA-256 are taken on the way in, so ingest can take the file over as its
+    spool (the filesystem store links it in) instead of copying and hashing it again.
+    """
 
     content_type: str
     file: IO[bytes]
+    size: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file.name)
+
+    @property
+    def checksum(self) -> str:
+        return self.digest.hexdigest()
 
 
 def boundary_of(content_type: str) -> tuple[str, str | None]:
@@ -94,7 +110,9 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
         parts.append(
             ReceivedPart(
                 content_type="",
-                file=tempfile.TemporaryFile(prefix="stow-", dir=settings.RADIOLOGY_STAGING_DIR),  # noqa: SIM115
+                # Named "ingest-" as ingest's own spools: purge_interrupted_ingests removes
+                # those a killed server process left behind.
+                file=tempfile.NamedTemporaryFile(prefix="ingest-stow-", dir=settings.RADIOLOGY_STAGING_DIR),  # noqa: SIM115
             )
         )
 
@@ -113,7 +131,10 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
         parts[-1].content_type = headers.get("content-type", "")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1].file.write(data[start:end])
+        part, piece = parts[-1], memoryview(data)[start:end]
+        part.file.write(piece)
+        part.digest.update(piece)
+        part.size += end - start
 
     def on_end() -> None:
         ended.append(True)
@@ -145,6 +166,7 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
         _close(parts)
         raise InvalidMultipart() from exc
     for part in parts:
+        part.file.flush()
         part.file.seek(0)
     return parts
 

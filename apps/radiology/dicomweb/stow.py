@@ -20,7 +20,7 @@ from apps.radiology import errors
 from apps.radiology.dicom import SNIFF_LENGTH, sniff_mime_type
 from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
-from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService
+from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService, StagedFile
 
 from .dicom_json import element
 from .multipart import ReceivedPart
@@ -113,7 +113,7 @@ def store_instances(
                 answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
                 continue
             part.file.seek(0)
-            items.append(IngestItem(order=order, stream=part.file, filename=None))
+            items.append(IngestItem(order=order, stream=part.file, filename=None, staged=_staged(part)))
             answers.append(part)
             continue
         header = _header(part)
@@ -134,7 +134,11 @@ def store_instances(
             answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
             continue
         part.file.seek(0)
-        items.append(IngestItem(order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm"))
+        items.append(
+            IngestItem(
+                order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm", staged=_staged(part)
+            )
+        )
         answers.append((sop_class, sop_instance))
     results = iter(PACSLiteService.ingest_images(items, uploaded_by=user))
     outcome = StoreOutcome()
@@ -159,6 +163,10 @@ def store_instances(
             }
         )
     return outcome
+
+
+def _staged(part: ReceivedPart) -> StagedFile:
+    return StagedFile(path=part.path, size=part.size, checksum=part.checksum)
 
 
 def _header(part: ReceivedPart) -> pydicom.Dataset | None:

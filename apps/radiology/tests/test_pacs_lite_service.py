@@ -698,6 +698,7 @@ def test_storage_failure_leaves_no_row(
     radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(type(storage.radiology_storage()), "_save", _fail)
+    monkeypatch.setattr(storage.os, "link", _fail)  # the filesystem store links spools in
 
     with pytest.raises(StorageFailure) as excinfo:
         ingest_file(order, "CT_small.dcm")
@@ -743,8 +744,8 @@ def test_row_failure_after_the_write_leaves_no_orphan_file(
     written: list[str] = []
     real_save = storage.save_new_object
 
-    def save_and_remember(key: str, content: Any, *, content_type: str) -> str:
-        written.append(real_save(key, content, content_type=content_type))
+    def save_and_remember(key: str, content: Any, **options: Any) -> str:
+        written.append(real_save(key, content, **options))
         return written[-1]
 
     def database_down(*_args: Any, **_kwargs: Any) -> None:
@@ -813,10 +814,10 @@ def test_losing_a_race_for_the_same_image_uid_leaves_only_the_winner(
     winners: list[RadiologyImage] = []
     our_keys: list[str] = []
 
-    def save_after_the_other_request(key: str, content: Any, *, content_type: str) -> str:
+    def save_after_the_other_request(key: str, content: Any, **options: Any) -> str:
         monkeypatch.setattr(storage, "save_new_object", real_save)
         winners.append(ingest_file(order, theirs, filename="CT_small.dcm").image)
-        our_keys.append(real_save(key, content, content_type=content_type))
+        our_keys.append(real_save(key, content, **options))
         return our_keys[-1]
 
     monkeypatch.setattr(storage, "save_new_object", save_after_the_other_request)
@@ -1136,8 +1137,8 @@ def test_two_studies_for_one_new_order_in_a_batch_fall_back_to_one_by_one(
     real_save = storage.save_new_object
     written: list[str] = []
 
-    def save_and_remember(key: str, content: Any, *, content_type: str) -> str:
-        written.append(real_save(key, content, content_type=content_type))
+    def save_and_remember(key: str, content: Any, **options: Any) -> str:
+        written.append(real_save(key, content, **options))
         return written[-1]
 
     monkeypatch.setattr(storage, "save_new_object", save_and_remember)

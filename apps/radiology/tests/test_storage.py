@@ -6,9 +6,11 @@ and on S3 through moto's server over HTTP.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -186,6 +188,82 @@ def test_write_failure_is_storage_failure(radiology_store: str, monkeypatch: pyt
     assert isinstance(excinfo.value.__cause__, OSError)
     monkeypatch.undo()
     assert stored_keys() == []
+
+
+def _spool(tmp_path: Path, content: bytes) -> Path:
+    spool = tmp_path / "ingest-spool"
+    spool.write_bytes(content)
+    spool.chmod(0o600)  # as tempfile makes it
+    return spool
+
+
+def test_a_local_spool_is_linked_in_not_copied(radiology_store: str, tmp_path: Path) -> None:
+    spool = _spool(tmp_path, b"spooled bytes")
+    key = f"radiology/{STUDY}/linked.dcm"
+
+    with spool.open("rb") as content:
+        stored = storage.save_new_object(key, content, content_type="application/dicom", local_path=spool)
+
+    assert stored == key
+    assert read_stored(key) == b"spooled bytes"
+    if radiology_store == "filesystem":
+        with storage.local_path(key) as path:
+            assert path.stat().st_ino == spool.stat().st_ino  # one file, two names
+            assert path.stat().st_mode & 0o777 == 0o644
+        spool.unlink()  # the spool goes when ingest is done with it; the object stays
+        assert read_stored(key) == b"spooled bytes"
+    assert stored_keys() == [key]
+
+
+def test_a_linked_spool_never_replaces_a_stored_object(radiology_store: str, tmp_path: Path) -> None:
+    key = f"radiology/{STUDY}/taken.dcm"
+    storage.save_new_object(key, io.BytesIO(b"first"), content_type="application/dicom")
+    spool = _spool(tmp_path, b"second")
+
+    with spool.open("rb") as content:
+        beside = storage.save_new_object(key, content, content_type="application/dicom", local_path=spool)
+
+    assert beside != key
+    assert beside.startswith(f"radiology/{STUDY}/taken")
+    assert (read_stored(key), read_stored(beside)) == (b"first", b"second")
+    assert stored_keys() == sorted([key, beside])
+
+
+def test_a_spool_on_another_filesystem_is_copied(
+    radiology_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def other_filesystem(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(storage.os, "link", other_filesystem)
+    spool = _spool(tmp_path, b"copied bytes")
+    key = f"radiology/{STUDY}/copied.dcm"
+
+    with spool.open("rb") as content:
+        assert storage.save_new_object(key, content, content_type="application/dicom", local_path=spool) == key
+
+    assert read_stored(key) == b"copied bytes"
+    if radiology_store == "filesystem":
+        with storage.local_path(key) as path:
+            assert path.stat().st_ino != spool.stat().st_ino
+
+
+def test_a_failing_link_is_storage_failure(
+    radiology_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage.os, "link", _boom)
+    spool = _spool(tmp_path, b"abc")
+    key = f"radiology/{STUDY}/x.dcm"
+
+    with spool.open("rb") as content:
+        if radiology_store == "s3":  # nothing to link: the spool is uploaded
+            assert storage.save_new_object(key, content, content_type="application/dicom", local_path=spool) == key
+        else:
+            with pytest.raises(StorageFailure):
+                storage.save_new_object(key, content, content_type="application/dicom", local_path=spool)
+
+    monkeypatch.undo()
+    assert stored_keys() == ([key] if radiology_store == "s3" else [])
 
 
 def test_s3_bucket_that_does_not_exist_is_storage_failure(s3_endpoint: str, settings: Any) -> None:

@@ -225,10 +225,10 @@ def _run_first_on_staging_write(monkeypatch: pytest.MonkeyPatch, before_write: C
     real_save: SaveObject = storage.save_new_object
     pending = [before_write]
 
-    def save(key: str, content: IO[bytes], *, content_type: str) -> str:
+    def save(key: str, content: IO[bytes], **options: Any) -> str:
         if key.startswith("staging/") and pending:
             pending.pop()()
-        return real_save(key, content, content_type=content_type)
+        return real_save(key, content, **options)
 
     monkeypatch.setattr(storage, "save_new_object", save)
 
@@ -274,8 +274,8 @@ def test_concurrent_duplicate_that_loses_after_writing_keeps_the_winners_chunk(
     real_save: SaveObject = storage.save_new_object
     calls: list[str] = []
 
-    def save(key: str, content: IO[bytes], *, content_type: str) -> str:
-        stored = real_save(key, content, content_type=content_type)
+    def save(key: str, content: IO[bytes], **options: Any) -> str:
+        stored = real_save(key, content, **options)
         if key.startswith("staging/") and not calls:
             calls.append(key)
             send(fresh(upload), 10000, 19999)  # the retry, after the first attempt wrote its object
@@ -334,7 +334,7 @@ def test_store_failure_while_staging_is_503_and_counts_nothing(
     upload = RadiologyUpload.objects.get(pk=post_upload(client, metadata(order, CT)).json()["id"])
     assert put_range(client, upload.pk, CT.content, 0, 9999).status_code == 202
 
-    def unreachable(key: str, content: IO[bytes], *, content_type: str) -> str:
+    def unreachable(key: str, content: IO[bytes], **options: Any) -> str:
         raise StorageFailure()
 
     monkeypatch.setattr(storage, "save_new_object", unreachable)
@@ -361,10 +361,10 @@ def test_store_failure_on_the_last_chunk_keeps_the_chunks_and_any_put_finishes(
     assert put_range(client, upload.pk, CT.content, 0, 19999).status_code == 202
     real_save: SaveObject = storage.save_new_object
 
-    def image_store_down(key: str, content: IO[bytes], *, content_type: str) -> str:
+    def image_store_down(key: str, content: IO[bytes], **options: Any) -> str:
         if key.startswith("radiology/"):
             raise StorageFailure()
-        return real_save(key, content, content_type=content_type)
+        return real_save(key, content, **options)
 
     monkeypatch.setattr(storage, "save_new_object", image_store_down)
     failed = put_range(client, upload.pk, CT.content, 20000, SIZE - 1)

@@ -4,6 +4,7 @@ what STOW-RS reads (dicomweb-client's bodies, quoted or unquoted boundaries).
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pydicom.encaps
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
+from django.conf import settings
 from django.test import Client
 from requests.structures import CaseInsensitiveDict
 
@@ -138,6 +140,24 @@ def test_parts_are_read_to_their_own_files() -> None:
         ("application/dicom", b""),
         ("application/dicom", b"x" * 200_000),
     ]
+
+
+def test_each_part_is_a_staging_file_with_its_size_and_sha256_taken_as_it_arrived() -> None:
+    contents = [b"first\r\n--not-a-boundary", b"", bytes(range(256)) * 1000]
+    content_type = 'multipart/related; type="application/dicom"; boundary="0f3cf5c0"'
+    body = DICOMwebClient._encode_multipart_message(contents, content_type)
+    # Fed in small reads, so parts arrive in many pieces.
+    parts = read_parts(io.BufferedReader(io.BytesIO(body), buffer_size=1000), content_type)
+    staging = Path(settings.RADIOLOGY_STAGING_DIR)
+    assert [(part.size, part.checksum) for part in parts] == [
+        (len(content), hashlib.sha256(content).hexdigest()) for content in contents
+    ]
+    assert [part.path.parent for part in parts] == [staging] * 3
+    assert all(part.path.name.startswith("ingest-") for part in parts)  # purge_interrupted_ingests' prefix
+    assert [part.path.read_bytes() for part in parts] == contents
+    for part in parts:
+        part.file.close()
+    assert list(staging.iterdir()) == []
 
 
 def test_a_part_keeps_its_own_content_type() -> None:

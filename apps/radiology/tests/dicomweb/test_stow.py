@@ -9,14 +9,16 @@ test checks the rows and the objects in the store, not only the answer.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
+from django.conf import settings
 from django.test import Client
 
-from apps.radiology import signing
+from apps.radiology import signing, storage
 from apps.radiology.demo import jpeg_with_exif
 from apps.radiology.dicomweb import stow as stow_module
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
@@ -39,6 +41,11 @@ CANNOT_UNDERSTAND = 0xC000
 STUDY_UID_MISMATCH = 0xC122
 BOUNDARY = "stow-test-boundary-5f0e"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def staging_files() -> list[Path]:
+    staging = Path(settings.RADIOLOGY_STAGING_DIR)
+    return sorted(staging.iterdir()) if staging.exists() else []
 
 
 def multipart(*parts: bytes | tuple[str, bytes]) -> bytes:
@@ -122,6 +129,13 @@ def test_a_radiology_tech_stores_into_the_order_named_in_the_query(
     study = RadiologyStudy.objects.get()
     assert (study.study_uid, study.radiology_order_id) == (study_uid, target.pk)
     assert [image.uploaded_by_id for image in images] == [radtech.pk, radtech.pk]
+    # Each part's staging file was taken over as its spool and is gone with the request; on
+    # the filesystem the stored file was linked from it and is now its only name.
+    assert staging_files() == []
+    if radiology_store == "filesystem":
+        for image in images:
+            with storage.local_path(image.file_key) as path:
+                assert path.stat().st_nlink == 1
 
 
 def test_a_superuser_may_store(superuser: Any, target: RadiologyOrder) -> None:
@@ -141,6 +155,7 @@ def test_doctors_and_nurses_may_not_store(request: pytest.FixtureRequest, target
     )
     assert row_counts() == (0, 0, 0)
     assert stored_keys() == []
+    assert staging_files() == []
 
 
 def test_anonymous_may_not_store(client: Client, target: RadiologyOrder) -> None:
