@@ -181,7 +181,9 @@ def _serve(connection: Connection) -> None:
 
     django.setup()
     from apps.radiology.dicom import parse_image_file
+    from config.gc_tuning import tune_for_long_lived_process
 
+    tune_for_long_lived_process()  # parsing makes as much garbage here as in the server process
     connection.send("ready")
     while True:
         try:

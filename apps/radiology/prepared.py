@@ -11,6 +11,7 @@ comes back exactly as the queryset would have given it.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -20,6 +21,16 @@ from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
 
 ModelT = TypeVar("ModelT", bound=Model)
+
+_statement_numbers = itertools.count(1)
+_statement_sql: dict[str, str] = {}
+
+
+def executed_sql(sql: str) -> str:
+    """The SQL behind a logged query: a lookup's `EXECUTE pacs_lite_lookup_N(...)` as its SELECT."""
+    if sql.startswith("EXECUTE pacs_lite_lookup_"):
+        return _statement_sql.get(sql.removeprefix("EXECUTE ").split("(", 1)[0], sql)
+    return sql
 
 
 class _Compiled:
@@ -43,6 +54,33 @@ class _Compiled:
         self.populators = get_related_populators(klass_info, select, self.db)
         self.annotations = dict(self.compiler.annotation_col_map or {})
         self.converters = self.compiler.get_converters([column[0] for column in select[: self.compiler.col_count]])
+        # On PostgreSQL, the server-side prepared statement of this SQL (see _server_statement).
+        self.statement_name = f"pacs_lite_lookup_{next(_statement_numbers)}"
+        _statement_sql[self.statement_name] = self.sql
+        self.prepared_on: Any = None  # the driver connection it was PREPAREd on
+
+    def _server_statement(self, connection: Any, params: list[Any]) -> tuple[str, list[Any]]:
+        """`EXECUTE` of this SQL PREPAREd once per database session, on PostgreSQL.
+
+        PostgreSQL plans every statement it is sent, and for these joins planning took ~0.2 ms
+        against ~0.04 ms of execution (EXPLAIN ANALYZE); a DICOMweb read makes two of them.
+        A prepared statement is planned once per session (PostgreSQL keeps a generic plan
+        once it costs no more, and re-plans by itself when a table's schema changes). It
+        survives a rolled-back transaction, and a new session (Django reconnects) gets its own.
+        """
+        if connection.vendor != "postgresql":
+            return self.sql, params
+        driver_connection = connection.connection
+        if self.prepared_on is not driver_connection:
+            # Django's placeholders become PostgreSQL's $1..$n ("%%" becomes "%"). Sent
+            # through the driver's own cursor: not a query of the request (query counts,
+            # debug logs), and no parameters, so nothing in it is interpolated again.
+            numbered = self.sql % tuple(f"${index}" for index in range(1, len(params) + 1))
+            with driver_connection.cursor() as cursor:
+                cursor.execute(f"PREPARE {self.statement_name} AS {numbered}")
+            self.prepared_on = driver_connection
+        placeholders = ", ".join(["%s"] * len(params))
+        return f"EXECUTE {self.statement_name}({placeholders})" if params else f"EXECUTE {self.statement_name}", params
 
 
 class PreparedLookup(Generic[ModelT]):
@@ -83,8 +121,9 @@ class PreparedLookup(Generic[ModelT]):
         params = list(compiled.params)
         for slot, value in zip(compiled.slots, values, strict=True):
             params[slot] = value
-        with connections[compiled.db].cursor() as cursor:
-            cursor.execute(compiled.sql, params)
+        connection = connections[compiled.db]
+        with connection.cursor() as cursor:
+            cursor.execute(*compiled._server_statement(connection, params))
             rows = cursor.fetchmany(1) if one else cursor.fetchall()
         if compiled.converters:
             rows = list(compiled.compiler.apply_converters(rows, compiled.converters))

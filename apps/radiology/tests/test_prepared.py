@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.radiology import prepared
 from apps.radiology.models import RadiologyImage, RadiologyOrder
-from apps.radiology.prepared import PreparedLookup
+from apps.radiology.prepared import PreparedLookup, executed_sql
 from apps.radiology.tests.trust_helpers import StoredStudy, ingest_study
 
 pytestmark = pytest.mark.django_db
@@ -124,3 +124,59 @@ def test_all_gives_every_row_in_the_querysets_order(stored: StoredStudy) -> None
     ]
     assert [image.pk for image in found] == [stored.images[1].pk, stored.images[0].pk]
     assert lookup.all("2.25.1") == []
+
+
+def _server_statements(name: str) -> list[str]:
+    """The session's prepared statements of that name (PostgreSQL's pg_prepared_statements)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE name = %s", [name])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_postgresql_plans_a_lookup_once_per_session_and_sqlite_gets_the_sql(stored: StoredStudy) -> None:
+    lookup = PreparedLookup(by_uid, parameters=1)
+    with CaptureQueriesContext(connection) as captured:
+        first = lookup.first(stored.images[0].image_uid)
+        second = lookup.first(stored.images[1].image_uid)
+    assert (first.pk, second.pk) == (stored.images[0].pk, stored.images[1].pk)  # type: ignore[union-attr]
+    compiled = lookup._for_connection()
+    sent = [query["sql"] for query in captured.captured_queries]
+    if connection.vendor == "postgresql":
+        name = compiled.statement_name
+        # Each call is an EXECUTE; the PREPARE went through the driver, so it is no query here.
+        assert sent == [f"EXECUTE {name}('{image.image_uid}')" for image in stored.images]
+        (statement,) = _server_statements(name)
+        assert statement.startswith(f"PREPARE {name} AS SELECT ")
+        assert '"radiology_radiologyimage"."image_uid" = $1 LIMIT 1' in statement
+        assert compiled.prepared_on is connection.connection
+        assert [executed_sql(sql) for sql in sent] == [compiled.sql] * 2  # what a query log means
+    else:
+        assert sent == [compiled.sql.replace("%s", f"'{image.image_uid}'") for image in stored.images]
+        assert [executed_sql(sql) for sql in sent] == sent
+        assert compiled.prepared_on is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_lookup_outlives_a_rollback_and_is_prepared_again_in_a_new_session(make_order: Any) -> None:
+    from django.db import transaction
+
+    stored = ingest_study(make_order(), images=1)
+    lookup = PreparedLookup(by_uid, parameters=1)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
+        raise RuntimeError("roll back")
+    assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
+    first_session = connection.connection
+
+    connection.close()  # as Django does when CONN_MAX_AGE runs out
+    assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
+    assert lookup.first("x' OR '1'='1") is None
+
+    compiled = lookup._for_connection()
+    if connection.vendor == "postgresql":
+        assert connection.connection is not first_session
+        assert compiled.prepared_on is connection.connection
+        assert len(_server_statements(compiled.statement_name)) == 1
+    else:  # SQLite: the suite's in-memory database keeps its one connection
+        assert connection.connection is first_session
+        assert compiled.prepared_on is None

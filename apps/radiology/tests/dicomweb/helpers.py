@@ -20,6 +20,8 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from apps.radiology.prepared import executed_sql
+
 CRLF = b"\r\n"
 # Some pydicom samples carry UIDs with a zero-led component; pydicom warns on every read.
 QUIET_UID_WARNINGS = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
@@ -115,8 +117,8 @@ def radiology_reads(context: CaptureQueriesContext) -> int:
     """How many of the captured queries read PACS-lite's radiology tables (not auth, not audit)."""
     return sum(
         1
-        for query in context.captured_queries
-        if query["sql"].lstrip().upper().startswith("SELECT") and 'FROM "radiology_radiology' in query["sql"]
+        for sql in (executed_sql(query["sql"]) for query in context.captured_queries)
+        if sql.lstrip().upper().startswith("SELECT") and 'FROM "radiology_radiology' in sql
     )
 
 
