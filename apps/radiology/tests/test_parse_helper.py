@@ -7,11 +7,15 @@ runs with the helper off (test_settings), so these tests turn it on.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import requests
+from dicomweb_client import DICOMwebClient
 from django.test import override_settings
 
 from apps.radiology import parse_helper
@@ -21,6 +25,7 @@ from apps.radiology.encoded_json import EncodedJSON, encode
 from apps.radiology.errors import TruncatedFile
 from apps.radiology.models import RadiologyImage, RadiologyOrder
 from apps.radiology.pacs_lite_service import IngestItem, IngestResult, PACSLiteService
+from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 from apps.radiology.tests.trust_helpers import labelled_ct
 from apps.radiology.uids import generate_uid
 
@@ -162,3 +167,100 @@ def test_a_killed_helper_costs_one_batch_its_second_core_and_is_replaced(
     parsed_in_this_process.clear()
     assert parse_helper.parse_files(files) == parsed_here(files)
     assert len(parsed_in_this_process) == BATCH - HELPER_PART
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _parse_processes(worker: int) -> list[int]:
+    """A server worker's forkserver and the helper forked from it (not its resource tracker)."""
+    found = []
+    for child in _children(worker):
+        for pid in (child, *_children(child)):
+            if b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def _settled_ticks(pids: list[int]) -> int:
+    """Their CPU time once it stops growing (the helpers have set up Django and wait for work)."""
+    deadline = time.monotonic() + 60
+    before = _cpu_ticks(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_ticks(pids)
+        if now == before:
+            return now
+        before = now
+    raise AssertionError("the parse helpers never went idle")
+
+
+def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same(tmp_path: Path) -> None:
+    """A real server (2 workers) with the helper on, fed by dicomweb-client: each worker
+    starts its helper on its first big batch, later batches are parsed partly there, and
+    what is stored is what this process parses."""
+    with own_database(tmp_path, "helper") as database_url:
+        server = GunicornServer(
+            server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log"
+        )
+        server.manage("migrate", "--noinput")
+        seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
+        server.start()
+        try:
+            token = requests.post(
+                f"{server.url}/api/v1/auth/token/",
+                json={"username": seeded["users"]["radtech"], "password": seeded["password"]},
+                timeout=60,
+            ).json()["token"]
+            session = requests.Session()
+            session.headers["Authorization"] = f"Token {token}"
+            client = DICOMwebClient(f"{server.url}/api/v1/radiology/dicomweb", session=session)
+            url = f"{server.url}/api/v1/radiology/dicomweb/studies?radiology_order_id={seeded['radiology_orders'][0]}"
+            study_uid, series_uid = generate_uid(), generate_uid()
+            sent: list[bytes] = []
+
+            def store_batch() -> None:
+                batch = [
+                    labelled_ct(study_uid=study_uid, series_uid=series_uid, instance_number=len(sent) + number)
+                    for number in range(1, 13)
+                ]
+                answer = client._http_post_multipart_application_dicom(url, batch)
+                assert len(answer.ReferencedSOPSequence) == len(batch)
+                assert "FailedSOPSequence" not in answer
+                sent.extend(batch)
+
+            assert server.process is not None
+            workers = _children(server.process.pid)
+            helpers: list[int] = []
+            for _attempt in range(40):  # until each worker has started its helper
+                store_batch()
+                helpers = [pid for worker in workers for pid in _parse_processes(worker)]
+                if len(helpers) == 2 * len(workers):
+                    break
+            assert len(helpers) == 2 * len(workers), server.log_tail()
+            idle = _settled_ticks(helpers)
+            for _batch in range(6):
+                store_batch()
+            assert _cpu_ticks(helpers) > idle  # the helpers parsed part of those batches
+            stored = {
+                row["00080018"]["Value"][0]: row for row in client.retrieve_series_metadata(study_uid, series_uid)
+            }
+        finally:
+            server.stop()
+    assert "parse helper" not in server.log_tail()  # no helper failed, none fell back
+    assert len(stored) == len(sent)
+    for number, content in enumerate(sent):
+        path = tmp_path / f"{number}.dcm"
+        path.write_bytes(content)
+        parsed = parse_image_file(path, DICOM_MIME_TYPE)
+        metadata = stored[parsed.image_uid]  # type: ignore[index]
+        assert {tag: value for tag, value in metadata.items() if "BulkDataURI" not in value} == parsed.metadata
