@@ -33,7 +33,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.radiology import parse_helper, signing, storage
+from apps.radiology import bulk_insert, parse_helper, signing, storage
 from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, sniff_mime_type
 from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
@@ -759,8 +759,9 @@ def _create_rows(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None)
             )
             entry.image.metadata_text = metadata_text(entry.image)
             images.append(entry.image)
-        # One INSERT for the batch (rows are new: WriteOnceModel.save's only check does not apply).
-        RadiologyImage.objects.bulk_create(images)
+        # One INSERT (COPY on PostgreSQL) for the batch; rows are new, so WriteOnceModel.save's
+        # only check does not apply.
+        bulk_insert.insert_new(images)
 
 
 def _image_metadata(parsed: ParsedImage, declared: DeclaredImage) -> dict[str, Any]:

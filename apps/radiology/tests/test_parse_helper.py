@@ -205,9 +205,9 @@ def _settled_ticks(pids: list[int]) -> int:
 
 
 def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same(tmp_path: Path) -> None:
-    """A real server (2 workers) with the helper on, fed by dicomweb-client: each worker
-    starts its helper on its first big batch, later batches are parsed partly there, and
-    what is stored is what this process parses."""
+    """A real server (2 workers) with the helper on, fed by dicomweb-client: a worker starts
+    its helper on its first big batch, its later batches are parsed partly there, and what
+    is stored is what this process parses."""
     with own_database(tmp_path, "helper") as database_url:
         server = GunicornServer(
             server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log"
@@ -241,16 +241,18 @@ def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same
             assert server.process is not None
             workers = _children(server.process.pid)
             helpers: list[int] = []
-            for _attempt in range(40):  # until each worker has started its helper
+            for _attempt in range(40):  # until a worker has started its helper
                 store_batch()
                 helpers = [pid for worker in workers for pid in _parse_processes(worker)]
-                if len(helpers) == 2 * len(workers):
+                if helpers:
                     break
-            assert len(helpers) == 2 * len(workers), server.log_tail()
+            assert helpers, server.log_tail()
             idle = _settled_ticks(helpers)
-            for _batch in range(6):
+            for _batch in range(20):  # until a batch goes to that worker (either may take it)
                 store_batch()
-            assert _cpu_ticks(helpers) > idle  # the helpers parsed part of those batches
+                if _cpu_ticks(helpers) > idle:
+                    break
+            assert _cpu_ticks(helpers) > idle  # its helper parsed part of that batch
             stored = {
                 row["00080018"]["Value"][0]: row for row in client.retrieve_series_metadata(study_uid, series_uid)
             }

@@ -1,0 +1,87 @@
+"""Inserting many new rows at once: PostgreSQL's COPY where it runs, bulk_create elsewhere.
+
+A STOW-RS batch inserts 50 image rows of ~25 KB each (the header as jsonb and as text).
+As one INSERT, psycopg2 quotes every value into ~1.2 MB of SQL that PostgreSQL then lexes:
+~7 ms of this process and ~5 ms of the server per batch, on top of parsing the jsonb. COPY
+sends the same values as tab-separated text, which both sides handle several times faster
+(measured with bench/compare_orthanc.py: ~10 ms less per 50-instance batch).
+
+The values are the ones bulk_create would send: each field's pre_save (auto_now_add, ...)
+and get_db_prep_save, JSON through the field's own encoder. The primary keys are taken from
+the table's sequence first (one query), so the objects come back with their pk set, as
+bulk_create sets them on PostgreSQL. Errors (a unique violation, a failed check) are
+Django's database errors, as from bulk_create, and like it, this runs in the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connections, router
+from django.db.models import JSONField, Model
+
+# COPY text format: these characters are escaped (str.replace: ~2x faster than translate here).
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+def insert_new(objs: Sequence[Model]) -> None:
+    """INSERT `objs` (new rows of one model, pk unset) as bulk_create does, by COPY on PostgreSQL."""
+    if not objs:
+        return
+    model = type(objs[0])
+    connection = connections[router.db_for_write(model)]
+    if connection.vendor != "postgresql":
+        model._default_manager.bulk_create(objs)  # type: ignore[attr-defined]
+        return
+    opts = model._meta
+    pk = opts.pk
+    fields = [field for field in opts.concrete_fields if field is not pk]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in (pk, *fields))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [opts.db_table, pk.column, len(objs)],
+        )
+        keys = [row[0] for row in cursor.fetchall()]
+        lines = []
+        for obj, key in zip(objs, keys, strict=True):
+            values = [str(key)]
+            for field in fields:
+                value = field.pre_save(obj, True)
+                if isinstance(field, JSONField):
+                    values.append(_copy_text(None if value is None else json.dumps(value, cls=field.encoder)))
+                else:
+                    values.append(_copy_text(field.get_db_prep_save(value, connection)))
+            lines.append("\t".join(values))
+        table = connection.ops.quote_name(opts.db_table)
+        with connection.wrap_database_errors:
+            cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN", io.StringIO("\n".join(lines) + "\n"))
+    for obj, key in zip(objs, keys, strict=True):
+        obj.pk = key
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (NULL is \\N; backslash, tab and line ends escaped)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (int, float, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, str):
+        for character, escaped in _COPY_ESCAPES:
+            if character in value:
+                value = value.replace(character, escaped)
+        return value
+    raise TypeError(f"No COPY text for a {type(value).__name__} value.")
