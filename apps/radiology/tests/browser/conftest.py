@@ -37,6 +37,8 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 API_URLCONF = "config.urls"
 VIEWER_URLCONF = "config.viewer_urls"
 HTTP_TIMEOUT = 15
+# How long no live-server request may run before a browser test's database is torn down.
+QUIET_SECONDS = 0.3
 
 _written: list[Path] = []
 
@@ -122,11 +124,26 @@ def wait_for_server_requests(timeout: float = 15.0) -> None:
     The server answers each connection in a thread of its own (socketserver's
     process_request_thread); on in-memory SQLite they share the test's connection, and the
     database flush after the test would meet a half-read table ("database table is locked").
+    A connection the browser opened just before it closed may only now be accepted, in a new
+    thread: so this waits until no request thread has been seen for QUIET_SECONDS.
     """
     deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and "process_request_thread" in thread.name:
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        serving = [
+            thread
+            for thread in threading.enumerate()
+            if thread is not threading.current_thread() and "process_request_thread" in thread.name
+        ]
+        for thread in serving:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if serving:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+            return
+        time.sleep(0.05)
 
 
 @pytest.fixture
