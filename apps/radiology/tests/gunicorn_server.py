@@ -8,6 +8,7 @@ runs there) and dropped afterwards, so CI exercises both.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -83,6 +85,25 @@ class GunicornServer:
         )
         assert result.returncode == 0, result.stderr.decode()[-3000:]
         return result.stdout.decode()
+
+    def seed_and_start(self) -> dict[str, Any]:
+        """Migrate, seed one demo order, start; seed_demo's summary ({"users", "password",
+        "radiology_orders", ...}) with "tokens": an API token per demo role, logged in over HTTP."""
+        self.manage("migrate", "--noinput")
+        seeded: dict[str, Any] = json.loads(
+            self.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1]
+        )
+        self.start()
+        seeded["tokens"] = {}
+        for role in ("radtech", "doctor"):
+            response = requests.post(
+                f"{self.url}/api/v1/auth/token/",
+                json={"username": seeded["users"][role], "password": seeded["password"]},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+            seeded["tokens"][role] = response.json()["token"]
+        return seeded
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:

@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import io
-import json
 import os
 import random
 import sqlite3
@@ -95,23 +94,15 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     with own_database(tmp_path, "crash") as database_url:
         env = server_env(tmp_path, database_url)
         server = GunicornServer(env, tmp_path / "gunicorn.log")
-        server.manage("migrate", "--noinput")
-        seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
-        server.start()
         try:
-            response = requests.post(
-                f"{server.url}/api/v1/auth/token/",
-                json={"username": seeded["users"]["radtech"], "password": seeded["password"]},
-                timeout=TIMEOUT,
-            )
-            assert response.status_code == 200, response.text
+            seeded = server.seed_and_start()
             yield Deployment(
                 server=server,
                 database_url=database_url,
                 media_root=tmp_path / "media",
                 staging_dir=tmp_path / "staging",
                 order_id=seeded["radiology_orders"][0],
-                radtech_token=response.json()["token"],
+                radtech_token=seeded["tokens"]["radtech"],
             )
         finally:
             server.stop()

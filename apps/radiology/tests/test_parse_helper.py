@@ -7,7 +7,6 @@ runs with the helper off (test_settings), so these tests turn it on.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import time
@@ -212,17 +211,10 @@ def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same
         server = GunicornServer(
             server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log"
         )
-        server.manage("migrate", "--noinput")
-        seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
-        server.start()
         try:
-            token = requests.post(
-                f"{server.url}/api/v1/auth/token/",
-                json={"username": seeded["users"]["radtech"], "password": seeded["password"]},
-                timeout=60,
-            ).json()["token"]
+            seeded = server.seed_and_start()
             session = requests.Session()
-            session.headers["Authorization"] = f"Token {token}"
+            session.headers["Authorization"] = f"Token {seeded['tokens']['radtech']}"
             client = DICOMwebClient(f"{server.url}/api/v1/radiology/dicomweb", session=session)
             url = f"{server.url}/api/v1/radiology/dicomweb/studies?radiology_order_id={seeded['radiology_orders'][0]}"
             study_uid, series_uid = generate_uid(), generate_uid()

@@ -109,19 +109,9 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
     with own_database(tmp_path, "chaos") as database_url:
         env = server_env(tmp_path, database_url, staging="spool", **store.env())
         server = GunicornServer(env, tmp_path / "gunicorn.log")
-        server.manage("migrate", "--noinput")
-        seeded = json.loads(server.manage("seed_demo", "--json", "--orders", "1").strip().splitlines()[-1])
-        server.start()
         try:
-            tokens = {}
-            for role in ("radtech", "doctor"):
-                response = requests.post(
-                    f"{server.url}/api/v1/auth/token/",
-                    json={"username": seeded["users"][role], "password": seeded["password"]},
-                    timeout=TIMEOUT,
-                )
-                assert response.status_code == 200, response.text
-                tokens[role] = response.json()["token"]
+            seeded = server.seed_and_start()
+            tokens = seeded["tokens"]
             yield Deployment(server, store, seeded["radiology_orders"][0], tokens["radtech"], tokens["doctor"])
         finally:
             server.stop()
