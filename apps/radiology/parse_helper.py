@@ -126,12 +126,10 @@ def _ready_helper() -> _Helper | None:
             if helper is not None:
                 helper.stop()
             helper = _helper = _start()
-    if helper is None or not helper.ready.is_set():
-        return None
-    return helper
+    return helper if helper.ready.is_set() else None
 
 
-def _start() -> _Helper | None:
+def _start() -> _Helper:
     """A new helper process; `ready` is set (by a thread) once it has set up Django."""
     context = multiprocessing.get_context("forkserver")
     ours, theirs = context.Pipe()

@@ -11,7 +11,7 @@ comes back exactly as the queryset would have given it.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -22,7 +22,6 @@ from django.db.models.query import get_related_populators
 
 ModelT = TypeVar("ModelT", bound=Model)
 
-_statement_numbers = itertools.count(1)
 _statement_sql: dict[str, str] = {}
 
 
@@ -54,8 +53,10 @@ class _Compiled:
         self.populators = get_related_populators(klass_info, select, self.db)
         self.annotations = dict(self.compiler.annotation_col_map or {})
         self.converters = self.compiler.get_converters([column[0] for column in select[: self.compiler.col_count]])
-        # On PostgreSQL, the server-side prepared statement of this SQL (see _server_statement).
-        self.statement_name = f"pacs_lite_lookup_{next(_statement_numbers)}"
+        # On PostgreSQL, the server-side prepared statement of this SQL (see _server_statement),
+        # named after the SQL: every connection's copy of a lookup shares one name, so the
+        # registry holds one entry per distinct lookup however many threads come and go.
+        self.statement_name = f"pacs_lite_lookup_{hashlib.sha256(self.sql.encode()).hexdigest()[:16]}"
         _statement_sql[self.statement_name] = self.sql
         self.prepared_on: Any = None  # the driver connection it was PREPAREd on
 
@@ -72,12 +73,19 @@ class _Compiled:
             return self.sql, params
         driver_connection = connection.connection
         if self.prepared_on is not driver_connection:
-            # Django's placeholders become PostgreSQL's $1..$n ("%%" becomes "%"). Sent
-            # through the driver's own cursor: not a query of the request (query counts,
-            # debug logs), and no parameters, so nothing in it is interpolated again.
-            numbered = self.sql % tuple(f"${index}" for index in range(1, len(params) + 1))
-            with driver_connection.cursor() as cursor:
-                cursor.execute(f"PREPARE {self.statement_name} AS {numbered}")
+            # The names this session has PREPAREd, kept beside Django's connection: another
+            # copy of the lookup (or another lookup of the same SQL) may have done it already.
+            session = getattr(connection, "_pacs_lite_prepared", None)
+            if session is None or session[0] is not driver_connection:
+                session = connection._pacs_lite_prepared = (driver_connection, set())
+            if self.statement_name not in session[1]:
+                # Django's placeholders become PostgreSQL's $1..$n ("%%" becomes "%"). Sent
+                # through the driver's own cursor: not a query of the request (query counts,
+                # debug logs), and no parameters, so nothing in it is interpolated again.
+                numbered = self.sql % tuple(f"${index}" for index in range(1, len(params) + 1))
+                with driver_connection.cursor() as cursor:
+                    cursor.execute(f"PREPARE {self.statement_name} AS {numbered}")
+                session[1].add(self.statement_name)
             self.prepared_on = driver_connection
         placeholders = ", ".join(["%s"] * len(params))
         return f"EXECUTE {self.statement_name}({placeholders})" if params else f"EXECUTE {self.statement_name}", params

@@ -187,7 +187,7 @@ def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[
             metadata = instance_metadata(
                 image, study=series.study, series=series, instance_url=instance_url(series.series_uid, image.image_uid)
             )
-            pieces[general[image.pk]] = json.dumps(metadata, separators=(",", ":"))
+            pieces[general[image.pk]] = encode(metadata)
     return "[" + ",".join(pieces) + "]"
 
 

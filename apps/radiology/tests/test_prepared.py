@@ -180,3 +180,18 @@ def test_a_prepared_lookup_outlives_a_rollback_and_is_prepared_again_in_a_new_se
     else:  # SQLite: the suite's in-memory database keeps its one connection
         assert connection.connection is first_session
         assert compiled.prepared_on is None
+
+
+def test_a_lookup_compiled_again_keeps_its_statement_name_and_one_registry_entry(stored: StoredStudy) -> None:
+    lookup = PreparedLookup(by_uid, parameters=1)
+    first = lookup._for_connection()
+    entries = len(prepared._statement_sql)
+    lookup._compiled.clear()  # as for a new thread's connection
+
+    again = lookup._for_connection()
+
+    assert again is not first
+    assert again.statement_name == first.statement_name
+    assert len(prepared._statement_sql) == entries
+    assert prepared._statement_sql[again.statement_name] == again.sql
+    assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
