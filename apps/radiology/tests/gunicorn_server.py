@@ -67,8 +67,9 @@ def own_database(tmp_path: Path, prefix: str) -> Iterator[str]:
 class GunicornServer:
     """`gunicorn config.wsgi -w 2 --timeout 60` in its own process group (a SIGKILL takes all of it)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 2) -> None:
         self.env = env
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -114,7 +115,7 @@ class GunicornServer:
                     "-b",
                     f"127.0.0.1:{self.port}",
                     "-w",
-                    "2",
+                    str(self.workers),
                     "--timeout",
                     "60",
                     "--graceful-timeout",

@@ -204,12 +204,13 @@ def _settled_ticks(pids: list[int]) -> int:
 
 
 def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same(tmp_path: Path) -> None:
-    """A real server (2 workers) with the helper on, fed by dicomweb-client: a worker starts
-    its helper on its first big batch, its later batches are parsed partly there, and what
-    is stored is what this process parses."""
+    """A real server with the helper on, fed by dicomweb-client: the worker starts its helper
+    on its first big batch, later batches are parsed partly there, and what is stored is
+    what this process parses. One worker, so every batch goes to the worker whose helper
+    is watched."""
     with own_database(tmp_path, "helper") as database_url:
         server = GunicornServer(
-            server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log"
+            server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log", workers=1
         )
         try:
             seeded = server.seed_and_start()
@@ -231,20 +232,17 @@ def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same
                 sent.extend(batch)
 
             assert server.process is not None
-            workers = _children(server.process.pid)
-            helpers: list[int] = []
-            for _attempt in range(40):  # until a worker has started its helper
-                store_batch()
-                helpers = [pid for worker in workers for pid in _parse_processes(worker)]
-                if helpers:
-                    break
-            assert helpers, server.log_tail()
+            (worker,) = _children(server.process.pid)
+            store_batch()  # the first big batch starts the helper (and is parsed without it)
+            deadline = time.monotonic() + 60
+            while len(_parse_processes(worker)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            helpers = _parse_processes(worker)
+            assert len(helpers) == 2, server.log_tail()  # the forkserver and the helper it forked
             idle = _settled_ticks(helpers)
-            for _batch in range(20):  # until a batch goes to that worker (either may take it)
+            for _batch in range(6):
                 store_batch()
-                if _cpu_ticks(helpers) > idle:
-                    break
-            assert _cpu_ticks(helpers) > idle  # its helper parsed part of that batch
+            assert _cpu_ticks(helpers) > idle  # the helper parsed part of those batches
             stored = {
                 row["00080018"]["Value"][0]: row for row in client.retrieve_series_metadata(study_uid, series_uid)
             }
