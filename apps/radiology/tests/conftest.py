@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,10 +23,26 @@ from apps.radiology.demo import sample_path
 from apps.radiology.models import Modality, RadiologyOrder
 from apps.radiology.pacs_lite_service import DeclaredImage, IngestResult, PACSLiteService
 from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
+from apps.radiology.tests.live_server_requests import wait_for_live_server_requests
 
 PASSWORD = "pw-test-123"
 
 _numbers = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _live_server_done_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A live-server test's requests all end before its database is flushed.
+
+    The database fixture is taken first, so this fixture's teardown runs before the flush
+    (and after the test's own fixtures, which close their clients).
+    """
+    if "live_server" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    wait_for_live_server_requests()
 
 
 def make_user(username: str, *, groups: tuple[str, ...] = (), superuser: bool = False) -> Any:

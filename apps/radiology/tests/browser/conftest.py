@@ -12,8 +12,6 @@ install it (`make test` installs both first).
 from __future__ import annotations
 
 import io
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from apps.radiology.models import RadiologyStudy
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.browser.ohif_driver import CHROMIUM, ViewerVisit, visit_viewer
 from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.tests.live_server_requests import wait_for_live_server_requests
 
 ROOT = Path(__file__).resolve().parents[4]
 OHIF_DIST = ROOT / "var" / "ohif" / "dist"
@@ -37,8 +36,6 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 API_URLCONF = "config.urls"
 VIEWER_URLCONF = "config.viewer_urls"
 HTTP_TIMEOUT = 15
-# How long no live-server request may run before a browser test's database is torn down.
-QUIET_SECONDS = 0.3
 
 _written: list[Path] = []
 
@@ -112,38 +109,10 @@ class ViewerSite:
                 url, name=name, artifacts_dir=ARTIFACTS, expect_image=expect_image, series_count=series_count
             )
         finally:
-            wait_for_server_requests()
+            wait_for_live_server_requests()
         _written.extend(visit.artifacts)
         print(f"\n{name}: {visit.seconds:.1f} s; screenshots: {', '.join(map(str, visit.artifacts))}")
         return visit
-
-
-def wait_for_server_requests(timeout: float = 15.0) -> None:
-    """Let the live server finish what the closed browser left in flight.
-
-    The server answers each connection in a thread of its own (socketserver's
-    process_request_thread); on in-memory SQLite they share the test's connection, and the
-    database flush after the test would meet a half-read table ("database table is locked").
-    A connection the browser opened just before it closed may only now be accepted, in a new
-    thread: so this waits until no request thread has been seen for QUIET_SECONDS.
-    """
-    deadline = time.monotonic() + timeout
-    quiet_since: float | None = None
-    while time.monotonic() < deadline:
-        serving = [
-            thread
-            for thread in threading.enumerate()
-            if thread is not threading.current_thread() and "process_request_thread" in thread.name
-        ]
-        for thread in serving:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if serving:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
-            return
-        time.sleep(0.05)
 
 
 @pytest.fixture

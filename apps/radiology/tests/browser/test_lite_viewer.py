@@ -47,6 +47,7 @@ from apps.radiology.tests.browser.lite_driver import (
 )
 from apps.radiology.tests.browser.ohif_driver import pixel_stats
 from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.tests.live_server_requests import wait_for_live_server_requests
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -106,7 +107,7 @@ def open_browser() -> Iterator[Browser]:
         with chromium_browser() as browser:
             yield browser
     finally:
-        browser_conftest.wait_for_server_requests()
+        wait_for_live_server_requests()
 
 
 def keep(view: LiteView) -> None:

@@ -7,10 +7,7 @@ test runs on the filesystem store and on S3 (moto over HTTP).
 
 from __future__ import annotations
 
-import gc
 import io
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +45,8 @@ def connect(live_server: Any) -> Iterator[Connect]:
 
     Sessions keep their connections alive (a new connection per request would cost a server
     thread, a database connection and an S3 client each). At the end they are closed and the
-    server's request threads are let finish while the live server (and the test database
-    connection it shares on SQLite) is still there.
+    server's request threads are let finish (tests/live_server_requests.py) while the test
+    database connection they share on SQLite is still there.
     """
     sessions: list[requests.Session] = []
 
@@ -60,21 +57,9 @@ def connect(live_server: Any) -> Iterator[Connect]:
         return DICOMwebClient(url=f"{live_server.url}{API}", session=session)
 
     yield _connect
+    # The radiology conftest's autouse fixture then waits for the server's request threads.
     for session in sessions:
         session.close()
-    # A refused request's response lives on in a reference cycle (exception <-> traceback) with
-    # its connection open: collect it, so that connection closes too.
-    gc.collect()
-    httpd = live_server.thread.httpd
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_serves(thread, httpd) for thread in threading.enumerate()):
-        time.sleep(0.01)
-
-
-def _serves(thread: threading.Thread, httpd: object) -> bool:
-    """Whether the thread handles a request of this server (not of moto's S3 server)."""
-    target = getattr(thread, "_target", None)
-    return thread.is_alive() and getattr(target, "__self__", None) is httpd
 
 
 def as_user(connect: Connect, user: Any) -> DICOMwebClient:
