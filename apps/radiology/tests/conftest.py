@@ -23,7 +23,7 @@ from apps.radiology.demo import sample_path
 from apps.radiology.models import Modality, RadiologyOrder
 from apps.radiology.pacs_lite_service import DeclaredImage, IngestResult, PACSLiteService
 from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
-from apps.radiology.tests.live_server_requests import wait_for_live_server_requests
+from apps.radiology.tests.live_server_requests import wait_for_live_server_requests, watch_live_server
 
 PASSWORD = "pw-test-123"
 
@@ -41,6 +41,7 @@ def _live_server_done_before_flush(request: pytest.FixtureRequest) -> Iterator[N
         yield
         return
     request.getfixturevalue("transactional_db")
+    watch_live_server(request.getfixturevalue("live_server"))
     yield
     wait_for_live_server_requests()
 

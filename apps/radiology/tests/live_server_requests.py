@@ -1,51 +1,99 @@
 """Let pytest-django's live server finish its requests before the test database is flushed.
 
-The live server answers each connection in a thread of its own (socketserver's
-process_request_thread). On in-memory SQLite those threads share the test's database
-connection, so a request still running when the test ends meets the flush that follows
-("cannot commit transaction - SQL statements in progress", "database table is locked") and
-the rows the flush could not delete break the next test. A client gets its whole answer before
-the server has finished: the audit event is written when the response is closed, and a
-connection a closing browser opened may only now be accepted. So the wait lasts until no
-request thread of this server has been seen for QUIET_SECONDS.
+The live server answers each connection in a thread of its own. On in-memory SQLite those
+threads share the test's database connection, so a request still running when the test ends
+meets the flush that follows ("cannot commit transaction - SQL statements in progress",
+"database table is locked") and the rows the flush could not delete break the next test.
+A client has its whole answer before the server is done: the audit event is written when the
+response is closed, and a connection a closing browser opened may only now be accepted.
+
+So the live server's WSGI application is wrapped once to count the requests in progress, from
+the call to the response's close(), and the wait lasts until none has run for QUIET_SECONDS.
+Counting requests rather than server threads matters: a thread that waits for the next request
+on a kept-alive connection holds no statement, and may wait for as long as its client lives.
 """
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
-
-from django.core.servers.basehttp import ThreadedWSGIServer
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 QUIET_SECONDS = 0.3
 
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class RequestsInProgress:
+    """A WSGI application that counts the requests of the one it wraps until their close()."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._running = 0
+        self._last_finished = time.monotonic()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            self._running += 1
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            self._finished()
+            raise
+        return _ClosedThen(result, self._finished)
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._last_finished = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request finished; 0 while one runs."""
+        with self._lock:
+            return 0.0 if self._running else time.monotonic() - self._last_finished
+
+
+class _ClosedThen:
+    """The response iterable, whose close() also tells the counter (once)."""
+
+    def __init__(self, result: Iterable[bytes], finished: Callable[[], None]) -> None:
+        self._result = result
+        self._finished: Callable[[], None] | None = finished
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            finished, self._finished = self._finished, None
+            if finished is not None:
+                finished()
+
+
+_watched: RequestsInProgress | None = None
+
+
+def watch_live_server(live_server: Any) -> None:
+    """Count the requests of pytest-django's (session-wide) live server, wrapping its app once."""
+    global _watched
+    httpd = live_server.thread.httpd
+    app = httpd.get_app()
+    if not isinstance(app, RequestsInProgress):
+        app = RequestsInProgress(app)
+        httpd.set_app(app)
+    _watched = app
+
 
 def wait_for_live_server_requests(timeout: float = 15.0) -> None:
-    """Return once no thread has served a live-server request for QUIET_SECONDS (or after `timeout`)."""
-    # A refused request's response lives on in a reference cycle (exception <-> traceback)
-    # with its connection open: collect it, so that connection closes and its thread ends.
-    gc.collect()
+    """Return once no live-server request has run for QUIET_SECONDS (or after `timeout`)."""
+    if _watched is None:
+        return
     deadline = time.monotonic() + timeout
-    quiet_since: float | None = None
-    while time.monotonic() < deadline:
-        serving = [thread for thread in threading.enumerate() if _serves_live_server(thread)]
-        for thread in serving:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if serving:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
-            return
+    while _watched.quiet_for() < QUIET_SECONDS and time.monotonic() < deadline:
         time.sleep(0.02)
-
-
-def _serves_live_server(thread: threading.Thread) -> bool:
-    """Whether the thread handles a request of Django's live server (not of moto's in-process S3 server)."""
-    target = getattr(thread, "_target", None)
-    return (
-        thread.is_alive()
-        and thread is not threading.current_thread()
-        and isinstance(getattr(target, "__self__", None), ThreadedWSGIServer)
-    )

@@ -44,9 +44,9 @@ def connect(live_server: Any) -> Iterator[Connect]:
     """connect(authorization) -> a DICOMwebClient of the live server sending that Authorization.
 
     Sessions keep their connections alive (a new connection per request would cost a server
-    thread, a database connection and an S3 client each). At the end they are closed and the
-    server's request threads are let finish (tests/live_server_requests.py) while the test
-    database connection they share on SQLite is still there.
+    thread, a database connection and an S3 client each). At the end they are closed; the
+    radiology conftest then lets the server finish its requests (tests/live_server_requests.py)
+    while the test database connection they share on SQLite is still there.
     """
     sessions: list[requests.Session] = []
 
@@ -57,7 +57,6 @@ def connect(live_server: Any) -> Iterator[Connect]:
         return DICOMwebClient(url=f"{live_server.url}{API}", session=session)
 
     yield _connect
-    # The radiology conftest's autouse fixture then waits for the server's request threads.
     for session in sessions:
         session.close()
 
