@@ -81,3 +81,8 @@ clean:
 .PHONY: bench
 bench: setup
 	$(BIN)/python bench/compare_orthanc.py
+
+## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (~3-5 min; as root: runs PostgreSQL)
+.PHONY: bench-hostile
+bench-hostile: setup
+	$(BIN)/python bench/hostile_inputs.py

@@ -7,6 +7,7 @@ With DJANGO_DEBUG unset or 0 the server refuses to start without a secret key an
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -60,8 +61,12 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's JS/CSS as static files (SPECTACULAR_SETTINGS' *_DIST = "SIDECAR").
+    "drf_spectacular_sidecar",
     "storages",
     "corsheaders",
+    # Failed-login counting and lockout per username + client address (apps/radiology/login_protection.py).
+    "axes",
     "apps.emr",
     "apps.radiology",
 ]
@@ -71,6 +76,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files (admin, API docs) without a separate web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Requests nginx marks as the viewer's origin are routed with config.viewer_urls (before
+    # anything resolves a URL): see config/viewer_origin.py.
+    "config.viewer_origin.ViewerOriginMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -78,6 +86,15 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "apps.radiology.audit.AuditMiddleware",
+    # Last (django-axes asks for it): turns a locked-out login into the lockout answer, which
+    # the audit middleware above then records as a failed login.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "apps.radiology.login_protection.LoginAttemptBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 # The viewer's port runs the same app with config.viewer_urls (OHIF dist + DICOMweb).
@@ -221,8 +238,25 @@ RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "stag
 RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", (os.cpu_count() or 1) > 1)
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
+# STOW-RS limits, checked while a request is received (413 as soon as one is crossed): parts
+# per request, and bytes per request body (default: two files of the largest size).
+RADIOLOGY_STOW_MAX_PARTS = env_int("RADIOLOGY_STOW_MAX_PARTS", 1000, minimum=1)
+RADIOLOGY_STOW_MAX_REQUEST_BYTES = env_int("RADIOLOGY_STOW_MAX_REQUEST_BYTES", 4 * 1024**3, minimum=1)
 # Partial uploads idle longer than this are purged by `manage.py purge_radiology_uploads`.
 RADIOLOGY_UPLOAD_STALE_HOURS = env_int("RADIOLOGY_UPLOAD_STALE_HOURS", 72, minimum=1)
+# Rendering and frame limits (apps/radiology/dicomweb/pixels.py), checked from the stored
+# header before any pixel is decoded. Decoded bytes one request may decode (rows x columns x
+# samples x bytes per sample x frames asked for; over it: 422 image_too_large_to_render).
+# Default 64 MiB: a 4096 x 5120 16-bit mammogram (40 MiB) and the largest single-frame
+# images in use (4800 x 6000 16-bit FFDM, 55 MiB; 4096 x 5120 RGB photos, 60 MiB) fit.
+# Measured peak memory above idle for an image just under it (63 MiB, 5632 x 5900 16-bit):
+# ~100 MiB uncompressed, ~160 MiB RLE (the decoder holds its input and two copies of its
+# output); a 16384 x 16384 16-bit image (512 MiB) or a 65535 x 65535 bomb never gets near.
+RADIOLOGY_MAX_DECODED_BYTES = env_int("RADIOLOGY_MAX_DECODED_BYTES", 64 * 1024**2, minimum=1)
+# Largest side of a rendered image or thumbnail (?viewport= above it: 400 viewport_too_large).
+RADIOLOGY_MAX_RENDER_SIDE = env_int("RADIOLOGY_MAX_RENDER_SIDE", 2048, minimum=1)
+# Distinct frames one WADO-RS frames request may list (above it: 400 too_many_frames).
+RADIOLOGY_MAX_FRAMES_PER_REQUEST = env_int("RADIOLOGY_MAX_FRAMES_PER_REQUEST", 1000, minimum=1)
 # The self-hosted OHIF viewer; empty selects the built-in lightweight viewer (seed: None).
 OHIF_VIEWER_URL = env_str("OHIF_VIEWER_URL", "http://127.0.0.1:3000/viewer")
 # Where `make viewer` unpacks the pinned @ohif/app dist.
@@ -259,12 +293,33 @@ CACHES = {
     "renders": {
         "BACKEND": "apps.radiology.render_cache.RenderFileCache",
         "LOCATION": str(Path(env_str("RADIOLOGY_RENDER_CACHE_DIR") or VAR_DIR / "render-cache")),
-        "OPTIONS": {"MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100)},
+        "OPTIONS": {
+            "MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100),
+            # Bytes the render cache may hold (oldest renders removed first); default 1 GiB.
+            "MAX_BYTES": env_int("RADIOLOGY_RENDER_CACHE_MAX_BYTES", 1024**3, minimum=1024**2),
+        },
     },
 }
 
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
+
+# --- Login protection (django-axes; apps/radiology/login_protection.py) -----------------------
+# Failed logins counted per username AND client address together, on the token endpoint and
+# /admin/login/: one account guessed at from a clinic's NAT locks out that account from that
+# address only. RADIOLOGY_LOGIN_FAILURE_LIMIT failures lock it for RADIOLOGY_LOGIN_COOLOFF_MINUTES
+# (then it unlocks by itself); `manage.py axes_reset_username <name>` unlocks at once.
+AXES_ENABLED = env_bool("RADIOLOGY_LOGIN_PROTECTION", True)
+AXES_FAILURE_LIMIT = env_int("RADIOLOGY_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("RADIOLOGY_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address the audit trail records (REMOTE_ADDR, or the trusted proxy's hop).
+AXES_CLIENT_IP_CALLABLE = "apps.radiology.login_protection.axes_client_address"
+AXES_LOCKOUT_CALLABLE = "apps.radiology.login_protection.lockout_response"
+# The audit trail (AuditEvent) is the one record of logins; axes keeps only its counters.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
 
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 
@@ -276,7 +331,8 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "apps.radiology.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
-    # Password guessing on the token endpoint is throttled (per client address).
+    # Attempts on the token endpoint are throttled per username AND client address (never per
+    # address alone: a clinic's NAT would share one budget); django-axes locks out failures.
     "DEFAULT_THROTTLE_RATES": {"auth-token": env_str("RADIOLOGY_TOKEN_RATE", "10/min")},
     # Which address that is: unset, DRF counts by the whole X-Forwarded-For header, which a
     # client makes up afresh for every guess. The connection's address, or behind a trusted
@@ -288,6 +344,13 @@ REST_FRAMEWORK = {
 }
 
 SPECTACULAR_SETTINGS = {
+    # Swagger UI from the pinned drf-spectacular-sidecar package under STATIC_URL, not a CDN:
+    # no third-party script runs on the admin's origin (issue 14).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl off: Swagger UI would otherwise load a badge from validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "TITLE": "PACS-lite API",
     "DESCRIPTION": "Radiology image store of the EMR: studies, series, images, signed URLs.",
     "VERSION": "1.0.0",
@@ -298,10 +361,34 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Log records never carry patient names, ids or file contents: only database ids and UIDs.
+# Link tokens, signatures and Authorization credentials are redacted from every line by one
+# filter (config/log_redaction.py) on every handler; gunicorn's own handlers get it from
+# gunicorn.conf.py. Django's defaults put unfiltered handlers on "django" (console, mail_admins
+# with the full request) and "django.server" (runserver's request lines): both replaced here,
+# "django" now reaching the console through the root logger.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact_secrets": {"()": "config.log_redaction.RedactSecrets"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]},
+        "django.server": {
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_secrets"],
+        },
+    },
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+    },
 }

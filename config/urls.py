@@ -8,6 +8,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.radiology.health import healthz
 from apps.radiology.views import ObtainTokenView
 
+# Django's own 400/403/404/500 as {"detail", "code"} JSON under /api/ (config/http_errors.py).
+handler400 = "config.http_errors.bad_request"
+handler403 = "config.http_errors.permission_denied"
+handler404 = "config.http_errors.page_not_found"
+handler500 = "config.http_errors.server_error"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -312,6 +312,9 @@ def test_a_made_up_x_forwarded_for_does_not_reset_the_count(three_per_minute: No
 
 @pytest.mark.django_db
 def test_behind_a_trusted_proxy_the_hop_it_added_is_counted(three_per_minute: None, settings: Any) -> None:
+    # The one switch, as config/settings.py applies it: the audit trail, the login lockout and the
+    # throttle all count by the address the proxy saw.
+    settings.RADIOLOGY_TRUST_X_FORWARDED_FOR = True
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
     make_user("doctor-alice", groups=(DOCTOR_GROUP,))
     proxy = "10.0.0.2"

@@ -2,6 +2,12 @@
 
 Nothing here deletes or edits a stored image: image rows are read-only and have no delete
 permission (the model refuses too); studies and series are protected by their foreign keys.
+
+Every radiology page (changelists, change views, inlines, the viewer redirect, the app's
+index entry) is for users who may see radiology data: doctors, radiology techs and
+superusers, on top of Django's own model permissions. A staff user of another part of the
+EMR (a clerk) sees none of it, not even an image's header or file key. The user admin
+gains one action: revoke every radiology link the selected users issued.
 """
 
 from __future__ import annotations
@@ -9,14 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from apps.radiology import signing
 from apps.radiology.models import (
     AuditEvent,
+    LinkRevocation,
     RadiologyImage,
     RadiologyOrder,
     RadiologySeries,
@@ -46,6 +56,31 @@ IMAGE_FIELDS = (
 )
 
 
+class RadiologyAccessMixin:
+    """Radiology pages only for who may see radiology data, whatever Django permissions say.
+
+    First in each admin's bases, so every check (and admin's own use of them: app index,
+    changelist, change view, history, inlines, actions) asks can_view_radiology first.
+    """
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return can_view_radiology(request.user) and super().has_module_permission(request)  # type: ignore[misc]
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_view_radiology(request.user) and super().has_view_permission(request, obj)  # type: ignore[misc]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_view_radiology(request.user) and super().has_change_permission(request, obj)  # type: ignore[misc]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # ModelAdmin's takes (request), an inline's (request, obj).
+        parent = super().has_add_permission  # type: ignore[misc]
+        return can_view_radiology(request.user) and (parent(request, obj) if obj is not None else parent(request))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_view_radiology(request.user) and super().has_delete_permission(request, obj)  # type: ignore[misc]
+
+
 class ReadOnlyMixin:
     """No add, change or delete from admin: these rows are written only by ingest."""
 
@@ -60,7 +95,7 @@ class ReadOnlyMixin:
 
 
 @admin.register(RadiologyOrder)
-class RadiologyOrderAdmin(admin.ModelAdmin):
+class RadiologyOrderAdmin(RadiologyAccessMixin, admin.ModelAdmin):
     list_display = ["id", "accession_number", "modality", "exam_requested", "status", "visit", "created_at"]
     list_filter = ["status", "modality", "created_at"]
     search_fields = ["accession_number", "visit__patient__hospital_number", "exam_requested"]
@@ -72,7 +107,7 @@ class RadiologyOrderAdmin(admin.ModelAdmin):
         return False
 
 
-class SeriesInline(ReadOnlyMixin, admin.TabularInline):
+class SeriesInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
     model = RadiologySeries
     fields = ["series_number", "series_uid", "series_description", "modality", "image_count"]
     readonly_fields = fields
@@ -84,7 +119,7 @@ class SeriesInline(ReadOnlyMixin, admin.TabularInline):
         return obj.images.count()
 
 
-class ImageInline(ReadOnlyMixin, admin.TabularInline):
+class ImageInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
     model = RadiologyImage
     fields = ["instance_number", "image_uid", "filename", "mime_type", "file_size", "checksum"]
     readonly_fields = fields
@@ -93,7 +128,7 @@ class ImageInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(RadiologyStudy)
-class RadiologyStudyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class RadiologyStudyAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["study_uid", "patient_id", "modality", "study_date", "study_description", "created_at"]
     list_filter = ["modality", "study_date", "created_at"]
     search_fields = ["study_uid", "patient_id", "accession_number", "radiology_order__accession_number"]
@@ -148,7 +183,7 @@ class RadiologyStudyAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(RadiologySeries)
-class RadiologySeriesAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class RadiologySeriesAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["series_uid", "study", "series_number", "modality", "series_description"]
     list_filter = ["modality"]
     search_fields = ["series_uid", "study__study_uid", "study__patient_id"]
@@ -157,7 +192,7 @@ class RadiologySeriesAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(RadiologyImage)
-class RadiologyImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class RadiologyImageAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["image_uid", "series", "instance_number", "mime_type", "file_size", "created_at"]
     list_filter = ["mime_type", "series__modality", "created_at"]
     search_fields = ["image_uid", "series__series_uid", "series__study__study_uid", "series__study__patient_id"]
@@ -166,7 +201,8 @@ class RadiologyImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     readonly_fields = IMAGE_FIELDS
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return bool(request.user.is_active and request.user.is_staff)
+        # Staff who may see radiology data, without a Django view permission of their own.
+        return bool(request.user.is_active and request.user.is_staff and can_view_radiology(request.user))
 
     # The change view is still reachable (read-only) so admins can inspect an image.
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -174,7 +210,7 @@ class RadiologyImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(ViewerToken)
-class ViewerTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ViewerTokenAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "study", "issued_to", "issued_at", "expires_at", "revoked_at"]
     list_filter = ["revoked_at", "issued_at"]
     search_fields = ["id", "study__study_uid"]
@@ -193,7 +229,7 @@ class ViewerTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class AuditEventAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "at",
         "username",
@@ -213,3 +249,43 @@ class AuditEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["username", "study_uid", "series_uid", "image_uid", "viewer_token_id", "route"]
     date_hierarchy = "at"
     list_select_related = ["user"]
+
+
+@admin.register(LinkRevocation)
+class LinkRevocationAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+    """Who had all their links revoked, when, by whom (written by the user admin's action or revoke_links_of)."""
+
+    list_display = ["user", "links_valid_after", "revoked_by"]
+    list_select_related = ["user", "revoked_by"]
+    search_fields = ["user__username"]
+
+
+_user_model = get_user_model()
+_registered_user_admin = (
+    type(admin.site.get_model_admin(_user_model)) if admin.site.is_registered(_user_model) else UserAdmin
+)
+
+
+class RadiologyLinksUserAdmin(_registered_user_admin):  # type: ignore[misc,valid-type]
+    """The EMR's user admin, plus revoking every radiology link a user issued (superusers only)."""
+
+    actions = [*(_registered_user_admin.actions or []), "revoke_radiology_links"]
+
+    @admin.action(
+        description="Revoke every radiology link these users issued (viewer links and image URLs)",
+        permissions=["revoke_links"],
+    )
+    def revoke_radiology_links(self, request: HttpRequest, queryset: Any) -> None:
+        users = list(queryset)
+        tokens = sum(signing.revoke_links_of(user=user, revoked_by=request.user) for user in users)
+        self.message_user(
+            request, f"Revoked every radiology link of {len(users)} user(s), {tokens} of them active viewer token(s)."
+        )
+
+    def has_revoke_links_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+
+if admin.site.is_registered(_user_model):
+    admin.site.unregister(_user_model)
+admin.site.register(_user_model, RadiologyLinksUserAdmin)

@@ -5,6 +5,12 @@ covered without each view remembering to: who (user, or viewer-token id), their 
 what (ids and UIDs from the URL), how (channel and route), when, the client address, and
 the outcome (from the status code). Query *names* are kept, never their values (a search
 by patient name must not copy the name into the trail), and never tokens.
+
+Also recorded: every failed login, on the token endpoint and admin (the username tried,
+the client address, the channel; never the password), and requests that came with a
+viewer token that was refused: its id when the signature is good (expired or revoked), or
+the role `invalid_viewer_token` when it is altered or malformed. A redirect to the admin
+login page is a denial, not an "allowed".
 """
 
 from __future__ import annotations
@@ -14,19 +20,27 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.signals import user_login_failed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
+from django.urls import NoReverseMatch, reverse
 
 from apps.radiology.after_response import when_closed
 from apps.radiology.models import AuditEvent
 from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP, group_names
+from apps.radiology.signing import viewer_token_id
 
 logger = logging.getLogger(__name__)
 
 AUDITED_PREFIXES = ("/api/v1/radiology/", "/admin/radiology/")
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+INVALID_VIEWER_TOKEN_ROLE = "invalid_viewer_token"  # noqa: S105 (a role name)
+# Set on the request by the user_login_failed receiver; the middleware records it with the answer.
+_FAILED_LOGIN = "_radiology_failed_login"
 _ID_KWARGS = {"pk": None, "image_id": "image_id", "study_id": "study_id"}
 
 
@@ -103,23 +117,36 @@ def record(
     status_code: int,
     address: str | None = None,
     query_keys: str = "",
+    presented_token: str | None = None,
+    outcome: str | None = None,
+    username: str = "",
     **what: Any,
 ) -> AuditEvent | None:
-    """Write one event; a failure to audit is logged loudly but never breaks the request."""
+    """Write one event; a failure to audit is logged loudly but never breaks the request.
+
+    `presented_token`: the viewer token the request came with, if any; when it was refused
+    (the request is anonymous) the event names it by id, or marks it invalid (see module doc).
+    `username`: the name tried, for an event with no user (a failed login).
+    """
     grant = getattr(user, "grant", None)
     real_user = user if getattr(user, "pk", None) is not None else None
+    role = role_of(user)
+    token_id = grant.token_id if grant is not None else None
+    if role == "anonymous" and presented_token is not None:
+        token_id = viewer_token_id(presented_token)  # an HMAC check, no query, off the request's latency
+        role = "viewer_token" if token_id is not None else INVALID_VIEWER_TOKEN_ROLE
     try:
         return AuditEvent.objects.create(
             user=real_user,
-            username=real_user.get_username() if real_user is not None else "",
-            role=role_of(user),
-            viewer_token_id=grant.token_id if grant is not None else None,
+            username=real_user.get_username() if real_user is not None else username[:150],
+            role=role,
+            viewer_token_id=token_id,
             channel=channel,
             action=action,
             route=route[:100],
             method=method[:10],
             status_code=status_code,
-            outcome=outcome_of(status_code),
+            outcome=outcome or outcome_of(status_code),
             client_address=address,
             query_keys=query_keys[:255],
             **{key: value for key, value in what.items() if value not in (None, "")},
@@ -140,7 +167,7 @@ def _id(value: Any) -> int | None:
     isdecimal, not isdigit: "²" is a digit that int() refuses, and a 30-digit id overflows the column.
     """
     text = str(value)
-    if not text.isdecimal():
+    if not text.isdecimal() or len(text) > 19:  # int() of thousands of digits is slow, then refused
         return None
     number = int(text)
     return number if number <= _MAX_ID else None
@@ -172,14 +199,50 @@ def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
     return what
 
 
+@receiver(user_login_failed, dispatch_uid="radiology-audit-failed-login")
+def _note_failed_login(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
+    """Mark the request; AuditMiddleware records the failure with the status it was answered with.
+
+    Django hands over credentials with the password already masked; only the username is kept.
+    A failure outside any request (a shell's authenticate()) is not a login attempt to audit.
+    """
+    if request is not None:
+        tried = credentials.get("username")
+        setattr(request, _FAILED_LOGIN, tried if isinstance(tried, str) else "")
+
+
+def _presented_viewer_token(request: HttpRequest, route: str) -> str | None:
+    """The viewer token the request came with: `Authorization: Bearer`, or the lite viewer's ?token=."""
+    scheme, _, credentials = (request.META.get("HTTP_AUTHORIZATION") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    if route == "lite-viewer" and "token" in request.GET:
+        return request.GET["token"]
+    return None
+
+
+def _is_login_redirect(response: HttpResponse) -> bool:
+    """A 3xx to the admin login page: admin sending someone without access away."""
+    if not 300 <= response.status_code < 400 or "Location" not in response:
+        return False
+    try:
+        login = reverse("admin:login")
+    except NoReverseMatch:  # the viewer's port routes no admin
+        return False
+    return urlsplit(response["Location"]).path == login
+
+
 class AuditMiddleware:
-    """Record an AuditEvent for each request under the radiology API and radiology admin."""
+    """Record an AuditEvent for each request under the radiology API and radiology admin, and each failed login."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        if hasattr(request, _FAILED_LOGIN):
+            self._record_failed_login(request, response)
+            return response
         if request.method == "OPTIONS" or not request.path.startswith(AUDITED_PREFIXES):
             return response
         match = request.resolver_match
@@ -197,6 +260,25 @@ class AuditMiddleware:
             status_code=response.status_code,
             address=client_address(request),
             query_keys=",".join(sorted(_CONTROL.sub("?", key) for key in request.GET if key.lower() != "token")),
+            presented_token=_presented_viewer_token(request, route or ""),
+            outcome=AuditEvent.Outcome.DENIED if _is_login_redirect(response) else None,
             **_what(route or "", dict(match.kwargs) if match is not None else {}, grant),
         )  # off the request's latency: a viewer asks for hundreds of frames (after_response.py)
         return response
+
+    @staticmethod
+    def _record_failed_login(request: HttpRequest, response: HttpResponse) -> None:
+        match = request.resolver_match
+        when_closed(
+            response,
+            record,
+            user=None,
+            username=getattr(request, _FAILED_LOGIN),
+            channel="admin" if request.path.startswith("/admin/") else "api",
+            action="login",
+            route=(match.url_name if match is not None else None) or "login",
+            method=request.method or "",
+            status_code=response.status_code,
+            outcome=AuditEvent.Outcome.DENIED,
+            address=client_address(request),
+        )

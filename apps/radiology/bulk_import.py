@@ -18,6 +18,7 @@ import pydicom
 from django.contrib.auth.models import AbstractBaseUser
 from pydicom.fileset import FileSet
 
+from apps.radiology import dicom
 from apps.radiology.dicom import SNIFF_LENGTH
 from apps.radiology.errors import RadiologyError
 from apps.radiology.models import RadiologyOrder
@@ -75,6 +76,7 @@ def _zip_opener(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
 
 
 def _iter_dicomdir(dicomdir: Path) -> Iterator[ImportItem]:
+    dicom.check_transfer_syntax(dicomdir)  # never inflate a deflated DICOMDIR
     file_set = FileSet(pydicom.dcmread(dicomdir))
     for instance in file_set:
         file_path = Path(instance.path)
@@ -90,6 +92,7 @@ def is_dicom_item(item: ImportItem) -> bool:
 def order_by_accession(item: ImportItem) -> RadiologyOrder:
     """The order whose accession number the file's header carries."""
     with item.open() as handle:
+        dicom.check_transfer_syntax(handle)  # a deflated data set is refused before it is inflated
         header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["AccessionNumber"])
     accession = str(header.get("AccessionNumber", "") or "").strip()
     order = RadiologyOrder.objects.filter(accession_number=accession).first() if accession else None

@@ -21,12 +21,15 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16
 
 from apps.radiology.dicom_json_fast import fast_dicom_json, fast_path_supported
 from apps.radiology.encoded_json import EncodedJSON
 from apps.radiology.errors import (
+    ImplausiblePixelData,
     InvalidDicom,
     InvalidJpeg,
     TruncatedFile,
@@ -46,6 +49,13 @@ BULK_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
 MAX_FRAGMENTS = 1_000_000
+# Fragments are also limited by the file's size: walking one costs a seek, a read and a few
+# Python objects (~4 us, ~200 bytes), so 8 MB of empty item headers (a million fragments)
+# took 14 s and 200 MiB. One fragment per 256 bytes of file (plus FRAGMENT_ALLOWANCE) keeps
+# that proportional to the upload; real encoders write one fragment per frame or a few
+# kilobytes and more each.
+BYTES_PER_FRAGMENT = 256
+FRAGMENT_ALLOWANCE = 1024
 # Explicit VRs whose element header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
 LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 # First bytes of a JPEG (SOI) and a JPEG 2000 codestream (SOC): where a new frame starts.
@@ -59,6 +69,11 @@ _EOF_WARNING = "End of file reached before delimiter"
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_BASELINE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.50"
 DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+# Transfer syntaxes whose whole data set (not only its frames) is deflated: Deflated Explicit
+# VR Little Endian and JPIP Referenced Deflate. Frame offsets in such a file mean nothing,
+# and pydicom inflates the whole data set in memory before reading a single element, so
+# they are refused from the file meta alone (a 1 MB file can inflate to gigabytes).
+DEFLATED_TRANSFER_SYNTAXES = frozenset({DEFLATED_TRANSFER_SYNTAX, "1.2.840.10008.1.2.4.95"})
 
 
 def sniff_mime_type(head: bytes) -> str:
@@ -124,6 +139,76 @@ def pixel_header_of(metadata: dict[str, Any]) -> dict[str, Any]:
     return {tag: metadata[tag] for tag in PIXEL_HEADER_TAGS if tag in metadata}
 
 
+def check_transfer_syntax(source: Path | IO[bytes]) -> str:
+    """Read only a DICOM file's meta group (0002) and refuse a deflated data set; return its transfer syntax.
+
+    It must come before anything reads the data set (see DEFLATED_TRANSFER_SYNTAXES). `source`
+    is a path, or a binary stream at the file's start (left somewhere in the meta: seek back
+    before reading the file). Raises pydicom's errors for a file that is not DICOM Part 10.
+    """
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            values = _meta_transfer_syntaxes(handle.read(META_SCAN_BYTES))
+    else:
+        values = _meta_transfer_syntaxes(source.read(META_SCAN_BYTES))
+        source.seek(0)
+    if values is None:  # not a plain meta group: pydicom's own reader decides
+        values = [_pydicom_meta_transfer_syntax(source)]
+    if any(value in DEFLATED_TRANSFER_SYNTAXES for value in values):
+        raise UnsupportedTransferSyntax()
+    return values[-1] if values else ""
+
+
+# Hand-walked rather than read with pydicom's read_file_meta_info, which costs ~200 us a file
+# (3% of parsing a CT header) for what is a dozen short elements. Anything the walk does
+# not fully understand goes to pydicom, so the two cannot disagree about deflate.
+META_SCAN_BYTES = 16 * 1024
+_META_VRS_16 = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)  # VRs with a 2-byte length
+
+
+def _meta_transfer_syntaxes(head: bytes) -> list[str] | None:
+    """Every (0002,0010) value of a plainly laid out Explicit VR Little Endian meta group, in order.
+
+    None when the walk is not sure: no DICM prefix, an unknown VR, an undefined length, or a
+    group that runs to or past the end of `head` (a stream may have returned fewer bytes).
+    """
+    if len(head) < SNIFF_LENGTH or head[128:132] != b"DICM":
+        return None
+    values: list[str] = []
+    position = SNIFF_LENGTH
+    while True:
+        if position + 8 > len(head):
+            return None
+        group, element = struct.unpack_from("<HH", head, position)
+        if group != 2:
+            return values
+        vr = head[position + 4 : position + 6]
+        if vr in _META_VRS_16:
+            length, value_offset = struct.unpack_from("<H", head, position + 6)[0], position + 8
+        elif vr in LONG_LENGTH_VRS:
+            if position + 12 > len(head):
+                return None
+            length, value_offset = struct.unpack_from("<I", head, position + 8)[0], position + 12
+        else:
+            return None
+        if length == UNDEFINED_LENGTH or value_offset + length > len(head):
+            return None
+        if element == 0x0010:
+            values.append(head[value_offset : value_offset + length].decode("latin-1").strip(" \x00\t\r\n"))
+        position = value_offset + length
+
+
+def _pydicom_meta_transfer_syntax(source: Path | IO[bytes]) -> str:
+    if isinstance(source, Path):
+        file_meta = read_file_meta_info(source)
+    else:
+        # What read_file_meta_info does for a path; pydicom has no public call for a stream.
+        read_preamble(source, False)
+        file_meta = _read_file_meta_info(source)
+        source.seek(0)
+    return str(file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+
+
 def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
     """Parse a spooled file whose type `sniff_mime_type` already decided."""
     if mime_type == DICOM_MIME_TYPE:
@@ -147,14 +232,12 @@ def parse_dicom(path: Path) -> ParsedImage:
         with warnings.catch_warnings(record=True) as caught, path.open("rb") as handle:
             # pydicom warns (rather than fails) on many malformed files; we decide below.
             warnings.simplefilter("always")
+            check_transfer_syntax(handle)  # leaves the handle at the file's start
             dataset = pydicom.dcmread(handle, defer_size=BULK_THRESHOLD, stop_before_pixels=True)
             # An undefined-length element cut short makes pydicom warn and return an
             # *empty* data set, which would otherwise pass as "no UIDs".
             if any(_EOF_WARNING in str(warning.message) for warning in caught):
                 raise TruncatedFile()
-            if str(dataset.file_meta.get("TransferSyntaxUID", "")) == DEFLATED_TRANSFER_SYNTAX:
-                # The data set is deflated: file offsets of frames would be meaningless.
-                raise UnsupportedTransferSyntax()
             pixel_position = handle.tell()
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
@@ -248,15 +331,71 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
             "encapsulated": False,
             "frame_length": frame_length,
         }
-    fragments, basic_offsets, end = _walk_items(handle, value_offset, file_size)
+    frames = _frame_count(dataset)
+    fragments, basic_offsets, end = _walk_items(handle, value_offset, file_size, frames=frames)
+    _check_plausible(dataset, frames, sum(length for _start, _offset, length in fragments))
     _check_trailing_elements(handle, end, file_size, endian=endian, implicit=implicit)
     return {
         "vr": vr,
         "offset": value_offset,
         "length": -1,
         "encapsulated": True,
-        "frames": _fragments_by_frame(handle, fragments, basic_offsets, _frame_count(dataset)),
+        "frames": _fragments_by_frame(handle, fragments, basic_offsets, frames),
     }
+
+
+# Compressed pixel data cannot be smaller than its codec allows for the size its header
+# declares; a file that is (the issue's 6.5 KB RLE file declaring 65535 x 65535 pixels) is
+# a decompression bomb, not an image. Each bound below is the codec's own minimum, so every
+# real file passes; ENCODED_SLACK halves it again for encoders that pad or split oddly.
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+# Huffman-coded JPEG (ITU T.81): DCT processes, where every 8x8 block of the first component
+# costs at least 2 bits (a 1-bit DC code and a 1-bit end-of-block), whatever the other
+# components and their subsampling; and lossless processes, at least 1 bit per sample.
+JPEG_DCT_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
+JPEG_LOSSLESS_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+# JPEG-LS (ITU T.87 A.7.1): a run never crosses the end of a line and every line writes at
+# least one bit, so a blank image still costs a bit per line.
+JPEG_LS_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+# JPEG 2000 has no such bound: an empty packet is one bit whatever its size, and a blank
+# 4096 x 5120 16-bit image encodes (OpenJPEG) to 183 bytes, 229,000:1. Its decode is bounded
+# where pixels are decoded (rendering's budget), not here: the archive stores it.
+ENCODED_SLACK = 2
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def _check_plausible(dataset: Dataset, frames: int, encoded_bytes: int) -> None:
+    """Refuse encapsulated pixel data smaller than its codec can encode the declared frames in."""
+    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        bytes_per_sample = _ceil_div(int(dataset.BitsAllocated), 8)
+    except (AttributeError, TypeError, ValueError):
+        return  # no usable size: nothing is decoded from it either
+    if min(rows, columns, samples, bytes_per_sample) <= 0:
+        return
+    pixels = rows * columns
+    if transfer_syntax == RLE_LOSSLESS:
+        # PS3.5 G: a 64-byte header, then one segment per byte of each sample, in which a
+        # 2-byte replicate run stands for at most 128 bytes.
+        per_frame = 64 + samples * bytes_per_sample * 2 * _ceil_div(pixels, 128)
+    elif transfer_syntax in JPEG_DCT_SYNTAXES:
+        per_frame = _ceil_div(_ceil_div(rows, 8) * _ceil_div(columns, 8) * 2, 8)
+    elif transfer_syntax in JPEG_LOSSLESS_SYNTAXES:
+        per_frame = _ceil_div(pixels * samples, 8)
+    elif transfer_syntax in JPEG_LS_SYNTAXES:
+        per_frame = _ceil_div(rows, 8)
+    else:
+        return
+    if encoded_bytes * ENCODED_SLACK < per_frame * frames:
+        raise ImplausiblePixelData(
+            f"The pixel data holds {encoded_bytes} bytes; {rows} x {columns} pixels x {frames} frame(s) "
+            f"in this transfer syntax need at least {per_frame * frames}."
+        )
 
 
 def _is_image(dataset: Dataset) -> bool:
@@ -294,14 +433,19 @@ def _check_trailing_elements(handle: IO[bytes], position: int, file_size: int, *
         position = value_offset + length
 
 
-def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tuple[int, int, int]], list[int], int]:
+def _walk_items(
+    handle: IO[bytes], offset: int, file_size: int, *, frames: int = 1
+) -> tuple[list[tuple[int, int, int]], list[int], int]:
     """Walk the items of encapsulated pixel data (PS3.5 A.4): the basic offset table, then fragments.
 
     Returns ([(item_start, data_offset, length), ...], basic offsets, end offset); raises TruncatedFile
-    if the sequence delimiter is not reached inside the file.
+    if the sequence delimiter is not reached inside the file. The offset table is read only
+    when it has one entry per frame (the only case _fragments_by_frame uses it): a table
+    declaring a gigabyte would otherwise become a list of 250 million integers.
     """
     fragments: list[tuple[int, int, int]] = []
     basic_offsets: list[int] = []
+    most_fragments = min(MAX_FRAGMENTS, FRAGMENT_ALLOWANCE + file_size // BYTES_PER_FRAGMENT)
     position = offset
     first = True
     while True:
@@ -318,12 +462,12 @@ def _walk_items(handle: IO[bytes], offset: int, file_size: int) -> tuple[list[tu
         if data_offset + length > file_size:
             raise TruncatedFile()
         if first:
-            table = handle.read(length)
-            basic_offsets = list(struct.unpack(f"<{length // 4}I", table[: length // 4 * 4]))
+            if frames > 1 and length == 4 * frames:
+                basic_offsets = list(struct.unpack(f"<{frames}I", handle.read(length)))
             first = False
         else:
             fragments.append((position, data_offset, length))
-            if len(fragments) > MAX_FRAGMENTS:
+            if len(fragments) > most_fragments:
                 raise InvalidDicom("The encapsulated pixel data has too many fragments.")
         position = data_offset + length
 

@@ -54,6 +54,13 @@ class TruncatedFile(RadiologyError):
     default_detail = "The file ends before its content does."
 
 
+class ImplausiblePixelData(InvalidDicom):
+    """A compressed frame declaring more decoded bytes than its codec can produce from its data."""
+
+    code = "implausible_pixel_data"
+    default_detail = "The compressed pixel data is too small for the image size its header declares."
+
+
 class InvalidJpeg(RadiologyError):
     code = "invalid_jpeg"
     default_detail = "The JPEG image could not be read."
@@ -166,6 +173,26 @@ class InvalidMultipart(RadiologyError):
     default_detail = "The body is not a valid multipart/related message with a boundary."
 
 
+# STOW-RS limits, applied while the body is received (settings RADIOLOGY_MAX_UPLOAD_SIZE,
+# RADIOLOGY_STOW_MAX_PARTS, RADIOLOGY_STOW_MAX_REQUEST_BYTES).
+class TooManyParts(InvalidMultipart):
+    code = "too_many_parts"
+    status_code = 413
+    default_detail = "Too many parts in one request."
+
+
+class PartTooLarge(RadiologyError):
+    code = "part_too_large"
+    status_code = 413
+    default_detail = "A part is larger than this server accepts for one file."
+
+
+class RequestTooLarge(RadiologyError):
+    code = "request_too_large"
+    status_code = 413
+    default_detail = "The request body is larger than this server accepts in one request."
+
+
 class UnsupportedMediaType(RadiologyError):
     code = "unsupported_media_type"
     status_code = 415
@@ -188,3 +215,47 @@ class RenderingFailed(RadiologyError):
     code = "rendering_failed"
     status_code = 422
     default_detail = "This image's pixel data could not be decoded."
+
+
+# Rendering and retrieval limits (settings RADIOLOGY_MAX_DECODED_BYTES, RADIOLOGY_MAX_RENDER_SIDE,
+# RADIOLOGY_MAX_FRAMES_PER_REQUEST), checked before any pixel is decoded or any byte is sent.
+class ImageTooLargeToRender(RadiologyError):
+    code = "image_too_large_to_render"
+    status_code = 422
+    default_detail = "This image is larger, decoded, than this server decodes in one request."
+
+
+class ViewportTooLarge(RadiologyError):
+    code = "viewport_too_large"
+    default_detail = "The viewport is larger than this server renders."
+
+
+class TooManyFrames(RadiologyError):
+    code = "too_many_frames"
+    default_detail = "More frames were asked for than this server sends in one request."
+
+
+class StoredObjectMissing(StorageFailure):
+    """The row says the bytes are there, the store has them not (or fewer): lost data, not a
+    store that is briefly away, hence 500 rather than StorageFailure's 503."""
+
+    code = "stored_object_missing"
+    status_code = 500
+    default_detail = "The stored file of this image is missing."
+
+
+# Access: logins and links (login_protection.py, signing.py).
+class LoginLockedOut(RadiologyError):
+    """Too many failed logins for one username from one client address (django-axes counts them)."""
+
+    code = "login_locked_out"
+    status_code = 429
+    default_detail = "Too many failed logins for this account from this address. Try again later."
+
+
+class LinkRevoked(RadiologyError):
+    """A correctly signed, unexpired link whose issuer lost access or had their links revoked."""
+
+    code = "link_revoked"
+    status_code = 403
+    default_detail = "This link was revoked: its issuer no longer has access, or its viewer link ended."

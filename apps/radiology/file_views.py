@@ -12,32 +12,48 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.views.decorators.http import require_safe
 
 from apps.radiology import storage
+from apps.radiology.errors import LinkRevoked as LinkRevokedError
 from apps.radiology.errors import StorageFailure
 from apps.radiology.file_responses import PRIVATE_NO_STORE, stream_object
-from apps.radiology.models import RadiologyImage
-from apps.radiology.signing import SignatureRejected, verify_image_url
+from apps.radiology.signing import (
+    LinkRevoked,
+    SignatureRejected,
+    check_link_issuer,
+    image_for_link,
+    parse_image_link,
+    verify_image_url,
+)
+
+_MAX_ID = 2**63 - 1
+INVALID_SIGNATURE = {"detail": "This image link is invalid or has expired.", "code": "invalid_signature"}
+# Only ever after a correct, unexpired signature: it tells nothing to someone who guesses links.
+LINK_REVOKED = {"detail": LinkRevokedError.default_detail, "code": LinkRevokedError.code}
 
 
-def _refused() -> JsonResponse:
-    response = JsonResponse(
-        {"detail": "This image link is invalid or has expired.", "code": "invalid_signature"}, status=403
-    )
+def _refused(body: dict[str, str] = INVALID_SIGNATURE) -> JsonResponse:
+    response = JsonResponse(body, status=403)
     response["Cache-Control"] = PRIVATE_NO_STORE
     return response
 
 
 @require_safe
 def signed_image(request: HttpRequest, image_id: int, filename: str) -> HttpResponse:
-    image = RadiologyImage.objects.filter(pk=image_id).first()
+    expires, token = request.GET.get("expires", ""), request.GET.get("token", "")
+    try:
+        link = parse_image_link(expires=expires, token=token)
+    except SignatureRejected:
+        return _refused()
+    if image_id > _MAX_ID:  # the id column is a bigint: a longer id names no image
+        return _refused()
+    # One query: the image, and whether the link's issuer (and viewer token) still stand.
+    image = image_for_link(image_id=image_id, link=link)
     if image is None:
         return _refused()  # same answer as a bad signature: ids are not enumerable
     try:
-        verify_image_url(
-            image=image,
-            filename=filename,
-            expires=request.GET.get("expires", ""),
-            token=request.GET.get("token", ""),
-        )
+        verify_image_url(image=image, filename=filename, expires=expires, token=token)
+        check_link_issuer(image=image, link=link)
+    except LinkRevoked:
+        return _refused(LINK_REVOKED)
     except SignatureRejected:
         return _refused()
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.db.models import F, Min
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -127,6 +128,7 @@ def lite_viewer(request: HttpRequest) -> HttpResponse:
             **viewer_context(study),
             "dicomweb": request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/"),
             "download": request.build_absolute_uri(reverse("radiology:lite-viewer-image-url")),
+            "maxRenderSide": settings.RADIOLOGY_MAX_RENDER_SIDE,
         },
         "study": study,
         "nonce": nonce,
@@ -146,9 +148,13 @@ class ImageDownloadUrlView(DicomWebView):
     """GET ?image=<SOPInstanceUID> with the viewer token -> {"image_url": signed URL of the original}."""
 
     def get(self, request: Request) -> Response:
+        image_uid = request.query_params.get("image", "")
+        # A NUL names no instance, and PostgreSQL refuses it in a query (the driver raised: a 500).
         image = (
-            RadiologyImage.objects.select_related("series__study")
-            .filter(image_uid=request.query_params.get("image", ""), series__study__in=self.studies())
+            None
+            if "\x00" in image_uid
+            else RadiologyImage.objects.select_related("series__study")
+            .filter(image_uid=image_uid, series__study__in=self.studies())
             .first()
         )
         if image is None:

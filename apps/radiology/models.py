@@ -351,3 +351,24 @@ class AuditEvent(WriteOnceModel):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username or self.role} {self.method} {self.route} {self.outcome}"
+
+
+class LinkRevocation(models.Model):
+    """A user's cut-off for the links they issued: every signed image URL and viewer token they
+    made at or before `links_valid_after` is refused.
+
+    Signed image URLs are not stored (only their signature exists), so revoking "every link a
+    user made" needs a per-user time, checked inside the lookup each link already makes
+    (signing.py). Viewer tokens are also revoked row by row, so admin shows them revoked.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="radiology_link_revocation"
+    )
+    links_valid_after = models.DateTimeField()
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"links of user {self.user_id} valid after {self.links_valid_after:%Y-%m-%d %H:%M:%S}"

@@ -106,7 +106,10 @@ def dist_file(request: HttpRequest, path: str = "") -> HttpResponse:
         candidate = Path(safe_join(dist, path)) if path else index
     except Exception:
         raise Http404("Not found") from None
-    is_asset = candidate.is_file() and candidate != index
+    try:
+        is_asset = candidate.is_file() and candidate != index
+    except (OSError, ValueError):  # a name too long for the filesystem (ENAMETOOLONG) names no asset
+        is_asset = False
     target = candidate if is_asset else index
     content_type, _encoding = mimetypes.guess_type(target.name)
     response = FileResponse(target.open("rb"), content_type=content_type or "application/octet-stream")

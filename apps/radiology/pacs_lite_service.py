@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -227,8 +228,8 @@ class PACSLiteService:
     def generate_image_url(
         *, image: RadiologyImage, user: AbstractBaseUser, expires_in: int | None = None, base_url: str = ""
     ) -> str:
-        """A signed, expiring URL that serves exactly this image's stored bytes."""
-        return signing.image_url(image=image, expires_in=expires_in, base_url=base_url)
+        """A signed, expiring URL that serves exactly this image's stored bytes, refused once `user` loses access."""
+        return signing.image_url(image=image, user=user, expires_in=expires_in, base_url=base_url)
 
     @staticmethod
     def revoke_viewer_token(*, token_id: Any) -> bool:
@@ -347,7 +348,9 @@ class PACSLiteService:
 class StagedFile:
     """A file already received into RADIOLOGY_STAGING_DIR, with the size and SHA-256 taken as it
     arrived. Nothing may write to it again: ingest takes it over as its spool (no copy, no
-    second hash), and the filesystem store links it in. Its owner still closes it."""
+    second hash), and the filesystem store links it in. Ingest opens it only while it reads
+    it (a STOW-RS batch of thousands of parts must not hold thousands of open files); its
+    owner still removes it."""
 
     path: Path
     size: int
@@ -359,13 +362,14 @@ class IngestItem:
     """One file to ingest and what its sender says about it (see `ingest_image`)."""
 
     order: RadiologyOrder
-    stream: IO[bytes]
+    # None only when `staged` is set: ingest then reads the staged file itself.
+    stream: IO[bytes] | None
     # None: the file is named after its image UID (a STOW-RS part has no name of its own).
     filename: str | None
     declared: DeclaredImage = field(default_factory=DeclaredImage)
     expected_size: int | None = None
     expected_checksum: str | None = None
-    # Set when `stream` is that staged file (a STOW-RS part).
+    # Set for a file already received into the staging directory (a STOW-RS part).
     staged: StagedFile | None = None
 
 
@@ -375,7 +379,8 @@ class _Prepared:
 
     index: int
     item: IngestItem
-    spool_file: IO[bytes]
+    # None for a staged item: its file is opened only while it is read (see _spool_reader).
+    spool_file: IO[bytes] | None
     spooled: _Spooled
     parsed: ParsedImage
     uids: _ResolvedUIDs
@@ -396,18 +401,20 @@ def _prepare(
 
     The files of a big batch are parsed on two cores (parse_helper.py).
     """
-    spooled_items: list[tuple[int, IngestItem, IO[bytes], _Spooled]] = []
+    spooled_items: list[tuple[int, IngestItem, IO[bytes] | None, _Spooled]] = []
     for index, item in enumerate(items):
         try:
             if item.filename is not None:
                 storage.safe_filename(item.filename)  # refuse an unusable name before reading any bytes
             if item.staged is not None:
-                spool_file, spooled = item.stream, _staged(item, item.staged)
+                spool_file, spooled = None, _staged(item, item.staged)
             else:
                 # Closed with the batch's other spools, when ingest_images leaves its ExitStack.
                 spool_file = spools.enter_context(
                     tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix="ingest-")  # noqa: SIM115
                 )
+                if item.stream is None:
+                    raise ValueError("an IngestItem needs a stream or a staged file")
                 spooled = _spool(
                     item.stream, spool_file, expected_size=item.expected_size, expected_checksum=item.expected_checksum
                 )
@@ -549,10 +556,10 @@ def _commit(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None) -> N
                 image_uid=entry.uids.image_uid,
                 filename=entry.filename,
             )
-            entry.spool_file.seek(0)
-            entry.stored_key = storage.save_new_object(
-                file_key, entry.spool_file, content_type=entry.spooled.mime_type, local_path=entry.spooled.path
-            )
+            with _spool_reader(entry) as spool_file:
+                entry.stored_key = storage.save_new_object(
+                    file_key, spool_file, content_type=entry.spooled.mime_type, local_path=entry.spooled.path
+                )
         _create_rows(entries, uploaded_by)
     except BaseException:
         # The rows did not commit: take the files back out so no file lingers without its row.
@@ -566,6 +573,17 @@ def _commit(entries: list[_Prepared], uploaded_by: AbstractBaseUser | None) -> N
         raise
     for entry in entries:
         logger.info("radiology image %s stored in study %s", entry.image.pk, entry.uids.study_uid)  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _spool_reader(entry: _Prepared) -> Iterator[IO[bytes]]:
+    """The entry's spooled bytes from their start: its open spool, or its staged file opened just for this."""
+    if entry.spool_file is not None:
+        entry.spool_file.seek(0)
+        yield entry.spool_file
+        return
+    with entry.spooled.path.open("rb") as handle:
+        yield handle
 
 
 def _commit_one(entry: _Prepared, uploaded_by: AbstractBaseUser | None) -> IngestResult | RadiologyError:
@@ -613,8 +631,8 @@ def _spool(
 def _staged(item: IngestItem, staged: StagedFile) -> _Spooled:
     """A staged file (see StagedFile) checked as _spool checks the bytes it copies."""
     _check_size_so_far(staged.size, item.expected_size)
-    item.stream.seek(0)
-    head = item.stream.read(SNIFF_LENGTH)
+    with staged.path.open("rb") as handle:
+        head = handle.read(SNIFF_LENGTH)
     return _checked(
         staged.path,
         staged.size,

@@ -4,6 +4,10 @@ A stored image never changes, so a render is fully determined by the image's che
 the render parameters: that key names the cache entry (Django's cache, by default a
 RenderFileCache under var/, shared by the workers of one host) and gives the ETag, so a
 browser that already has it gets 304 without the server decoding anything.
+
+A frame that could not be decoded is remembered too (a small entry per image and frame, for
+FAILURE_SECONDS), so a viewer retrying it, or every page that shows its thumbnail, costs a
+cache read rather than another decode of the same bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.http import HttpRequest, HttpResponse
 
 from apps.radiology.after_response import when_closed
+from apps.radiology.errors import RenderingFailed
 
 if TYPE_CHECKING:
     from apps.radiology.models import RadiologyImage
@@ -70,6 +75,29 @@ def render_key(
     quality: int,
 ) -> RenderKey:
     return RenderKey(image.pk, image.checksum, frame, media_type, viewport, window, quality)
+
+
+# How long a failed decode is remembered: the stored bytes never change, but a decoder plugin
+# installed meanwhile may read them; a day bounds how long that takes to show.
+FAILURE_SECONDS = 86400
+
+
+def _failure_key(image: RadiologyImage, frame: int) -> str:
+    return f"render-failed:{RENDER_FORM}:{image.pk}:{image.checksum}:{frame}"
+
+
+def remembered_failure(image: RadiologyImage, frame: int) -> RenderingFailed | None:
+    """The error a decode of this frame ended with, if it failed before (see remember_failure)."""
+    if image.pk is None:
+        return None
+    detail = caches[CACHE_ALIAS].get(_failure_key(image, frame))
+    return RenderingFailed(detail) if isinstance(detail, str) else None
+
+
+def remember_failure(image: RadiologyImage, frame: int, error: RenderingFailed) -> None:
+    """Keep the detail of a failed decode of this frame, so the next request does not decode again."""
+    if image.pk is not None:
+        caches[CACHE_ALIAS].set(_failure_key(image, frame), error.detail, timeout=FAILURE_SECONDS)
 
 
 def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> HttpResponse:
@@ -119,6 +147,12 @@ class RenderFileCache(BaseCache):
     cache may hold a little more than MAX_ENTRIES between culls. A cull removes the oldest
     entries down to MAX_ENTRIES less 1/CULL_FREQUENCY, as FileBasedCache removes random ones.
 
+    MAX_BYTES (optional) bounds the bytes the entries hold as well: a count alone lets 20,000
+    full-size PNGs of 2048 x 2048 fill a disk. A writer also culls once it has written
+    MAX_BYTES/100 since its last cull, and a cull then removes the oldest entries until they
+    hold MAX_BYTES less 1/CULL_FREQUENCY (each entry's size comes with the stat that gives
+    its age, so this costs no extra system call per entry).
+
     Entries are written to a temporary file and renamed, so a reader sees a whole entry or
     none; the header's length and CRC catch one a crash left torn (it is dropped, not served).
     Files are private to the server's user: renders are patient data.
@@ -134,6 +168,10 @@ class RenderFileCache(BaseCache):
         options = params.get("OPTIONS", {})
         self._cull_every = max(int(options.get("CULL_EVERY", self._max_entries // 100)), 1)
         self._writes = random.randrange(self._cull_every)  # noqa: S311 (spreads culls, not a secret)
+        max_bytes = options.get("MAX_BYTES")
+        self._max_bytes: int | None = int(max_bytes) if max_bytes else None
+        self._cull_bytes = max((self._max_bytes or 0) // 100, 1)
+        self._bytes_written = 0
 
     def _path(self, key: str, version: int | None) -> str:
         name = hashlib.sha256(self.make_and_validate_key(key, version=version).encode()).hexdigest()
@@ -144,10 +182,10 @@ class RenderFileCache(BaseCache):
         return default if value is _MISSING else value
 
     def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
-        self._write(self._path(key, version), value, self.get_backend_timeout(timeout))
+        self._bytes_written += self._write(self._path(key, version), value, self.get_backend_timeout(timeout))
         self._writes += 1
-        if self._writes >= self._cull_every:
-            self._writes = 0
+        if self._writes >= self._cull_every or (self._max_bytes and self._bytes_written >= self._cull_bytes):
+            self._writes = self._bytes_written = 0
             self._cull()
 
     def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
@@ -200,7 +238,8 @@ class RenderFileCache(BaseCache):
             os.remove(path)
         return _MISSING
 
-    def _write(self, path: str, value: Any, expiry: float | None) -> None:
+    def _write(self, path: str, value: Any, expiry: float | None) -> int:
+        """Write one entry whole; return its size in bytes."""
         if type(value) is bytes:
             kind, payload = _BYTES, value
         elif type(value) is str:
@@ -222,21 +261,46 @@ class RenderFileCache(BaseCache):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp)
             raise
+        return len(header) + len(payload)
 
     def _cull(self) -> None:
-        """Remove the oldest entries once there are more than MAX_ENTRIES, and stale temporary files."""
+        """Remove the oldest entries once there are more than MAX_ENTRIES or they hold more than
+        MAX_BYTES, and stale temporary files."""
         names = self._names()
         entries = [name for name in names if name.endswith((self.suffix, self.legacy_suffix))]
         now = time.time()
         for name in names:
             if name.endswith(self.temp_suffix) and now - self._mtime(name, now) > _STALE_TEMP_SECONDS:
                 self._remove(name)
-        if len(entries) <= self._max_entries:
+        too_many = len(entries) > self._max_entries
+        if not too_many and self._max_bytes is None:
             return
-        keep = self._max_entries - self._max_entries // self._cull_frequency if self._cull_frequency else 0
-        by_age = sorted(entries, key=lambda name: self._mtime(name, now))
-        for name in by_age[: max(len(by_age) - keep, 0)]:
+        stats = {name: self._stat(name, now) for name in entries}
+        held = sum(size for _mtime, size in stats.values())
+        too_large = self._max_bytes is not None and held > self._max_bytes
+        if not (too_many or too_large):
+            return
+
+        def kept(limit: int) -> int:
+            return limit - limit // self._cull_frequency if self._cull_frequency else 0
+
+        keep_entries = kept(self._max_entries) if too_many else len(entries)
+        keep_bytes = kept(self._max_bytes) if too_large and self._max_bytes is not None else held
+        remaining = len(entries)
+        for name in sorted(entries, key=lambda name: stats[name][0]):  # oldest first
+            if remaining <= keep_entries and held <= keep_bytes:
+                break
             self._remove(name)
+            remaining -= 1
+            held -= stats[name][1]
+
+    def _stat(self, name: str, now: float) -> tuple[float, int]:
+        """(modification time, size) of a file of the cache; (now, 0) if it is gone."""
+        try:
+            result = os.stat(os.path.join(self._dir, name))
+        except FileNotFoundError:
+            return now, 0
+        return result.st_mtime, result.st_size
 
     def _names(self) -> list[str]:
         try:

@@ -93,7 +93,9 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField()
+    # Django's own username limit: a longer one names no user, and would reach the failed-login
+    # records (varchar(255)), a 500 on PostgreSQL, before being refused.
+    username = serializers.CharField(max_length=150)
     password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
 
 

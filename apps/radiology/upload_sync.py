@@ -48,7 +48,9 @@ from apps.radiology.uids import validate_uid
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = "staging/uploads"
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+# ASCII digits, at most 19 (any int64): a header of thousands of digits must be a 400, not
+# the ValueError int() raises past 4300 digits (a 500).
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
 DECLARED_FIELDS = (
     "study_uid",
     "series_uid",
@@ -119,7 +121,7 @@ def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[R
 
 def parse_content_range(header: str, file_size: int) -> tuple[int, int]:
     """`bytes START-END/TOTAL` -> (START, END); TOTAL must be the declared size."""
-    match = _CONTENT_RANGE.match(header.strip())
+    match = _CONTENT_RANGE.fullmatch(header.strip())
     if match is None:
         raise InvalidContentRange()
     start, end, total = (int(group) for group in match.groups())

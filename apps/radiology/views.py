@@ -18,12 +18,13 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from apps.radiology import selectors, signing
+from apps.radiology.errors import InvalidQuery
 from apps.radiology.exceptions import InvalidExpiresIn
 from apps.radiology.filters import StudyFilter
+from apps.radiology.login_protection import UsernameAndClientRateThrottle, note_successful_login
 from apps.radiology.models import RadiologyImage, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.permissions import CanViewRadiologyRequest
@@ -62,11 +63,36 @@ def request_base_url(request: Request) -> str:
     return request.build_absolute_uri("/").rstrip("/")
 
 
+# ASCII digits only (str.isdigit() also accepts "²"), at most 18 so offset + limit fits SQL's
+# 64-bit LIMIT/OFFSET and int() never sees thousands of digits.
+_PAGE_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def _checked_page_number(request: Request, name: str) -> None:
+    """400 invalid_query for a ?limit=/?offset= that is given but not 1 to 18 ASCII digits.
+
+    An absent or empty parameter keeps DRF's behaviour (ignored).
+    """
+    raw = request.query_params.get(name)
+    if raw and not _PAGE_NUMBER.fullmatch(raw):
+        raise InvalidQuery(f"{name} must be a non-negative integer of at most 18 digits.")
+
+
 class OptInLimitOffsetPagination(LimitOffsetPagination):
     """Pagination only when the client sends ?limit= (the seed's list is a plain array)."""
 
     default_limit = None
     max_limit = 1000
+
+    def get_limit(self, request: Request) -> int | None:
+        """DRF's limit, after refusing what DRF would hand to int() or the database unchecked."""
+        _checked_page_number(request, self.limit_query_param)
+        return super().get_limit(request)
+
+    def get_offset(self, request: Request) -> int:
+        """DRF's offset; beyond 18 digits it overflowed SQL OFFSET (a 500), so it is refused."""
+        _checked_page_number(request, self.offset_query_param)
+        return super().get_offset(request)
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Either answer: the plain array (no ?limit=) or the page; links nullable the OAS 3.1 way.
@@ -163,7 +189,8 @@ class ObtainTokenView(APIView):
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
+    # Per username and client address together (login_protection.py); django-axes locks out failures.
+    throttle_classes = [UsernameAndClientRateThrottle]
     throttle_scope = "auth-token"
 
     @extend_schema(
@@ -184,5 +211,6 @@ class ObtainTokenView(APIView):
                 {"detail": "Unable to log in with the provided credentials.", "code": "invalid_credentials"},
                 status=status.HTTP_400_BAD_REQUEST,
             )
+        note_successful_login(request._request, serializer.validated_data["username"])
         token, _created = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})

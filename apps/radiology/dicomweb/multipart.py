@@ -3,12 +3,15 @@
 Out: each part is `--boundary CRLF Content-Type: ... CRLF CRLF <bytes> CRLF`, closed by
 `--boundary--`. The header is spelled exactly "Content-Type:" because OHIF's parser looks
 for that spelling; bytes are streamed part by part, never a whole study in memory.
-In: python-multipart's streaming parser writes each part to a temporary file as it arrives.
+In: python-multipart's streaming parser writes each part to a staging file as it arrives,
+under the STOW-RS limits (parts, bytes per part, bytes per request) checked on the way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -19,7 +22,14 @@ from typing import IO
 from django.conf import settings
 from python_multipart.multipart import MultipartParser
 
-from apps.radiology.errors import InvalidMultipart, RadiologyError, UnsupportedMediaType
+from apps.radiology.errors import (
+    InvalidMultipart,
+    PartTooLarge,
+    RadiologyError,
+    RequestTooLarge,
+    TooManyParts,
+    UnsupportedMediaType,
+)
 from apps.radiology.request_streams import request_body  # noqa: F401 (re-exported for the views)
 from apps.radiology.storage import STREAM_CHUNK_SIZE
 
@@ -61,21 +71,62 @@ class ReceivedPart:
     """One incoming part, spooled to a file of the staging directory as it arrived.
 
     Its size and SHA-256 are taken on the way in, so ingest can take the file over as its
-    spool (the filesystem store links it in) instead of copying and hashing it again.
+    spool (the filesystem store links it in) instead of copying and hashing it again. The
+    file is closed once its part is written and opened again only while it is read
+    (`open`): a request of thousands of parts holds one open file at a time, not one per
+    part. `discard` removes it; the request that received it always does.
     """
 
     content_type: str
-    file: IO[bytes]
+    path: Path
     size: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.file.name)
+    _reader: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def checksum(self) -> str:
         return self.digest.hexdigest()
+
+    def open(self) -> IO[bytes]:
+        """A new read handle on the staged bytes; the caller closes it."""
+        return self.path.open("rb")
+
+    @property
+    def file(self) -> IO[bytes]:
+        """One read handle kept for the part, opened on first use; closing it removes the part."""
+        if self._reader is None or self._reader.closed:
+            self._reader = _RemovingReader(self.path)
+        return self._reader
+
+    def discard(self) -> None:
+        """Close the part's handle, if open, and remove its staged file."""
+        if self._reader is not None:
+            self._reader.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _RemovingReader(io.BufferedReader):
+    """A read handle that removes its file when closed (what a NamedTemporaryFile does)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._path = path
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._path.unlink(missing_ok=True)
+
+
+def discard_parts(parts: list[ReceivedPart]) -> None:
+    """Remove every staged file of a request (also those ingest has linked into the store)."""
+    for part in parts:
+        part.discard()
+
+
+# RFC 2046 5.1.1: a boundary is 1 to 70 characters.
+MAX_BOUNDARY_LENGTH = 70
 
 
 def boundary_of(content_type: str) -> tuple[str, str | None]:
@@ -90,31 +141,71 @@ def boundary_of(content_type: str) -> tuple[str, str | None]:
     boundary = params.get("boundary")
     if not boundary:
         raise InvalidMultipart()
+    if len(boundary) > MAX_BOUNDARY_LENGTH or not boundary.isascii():
+        raise InvalidMultipart("The multipart boundary must be 1 to 70 ASCII characters.")
     return boundary, params.get("type")
 
 
-def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000) -> list[ReceivedPart]:
-    """Spool each part of a multipart/related request body to its own temporary file."""
+@dataclass(frozen=True)
+class PartLimits:
+    """What one request may bring: parts, bytes per part, bytes in all (the body as sent)."""
+
+    max_parts: int
+    max_part_size: int
+    max_request_bytes: int
+
+    @classmethod
+    def from_settings(cls, *, max_parts: int | None = None) -> PartLimits:
+        return cls(
+            max_parts=max_parts if max_parts is not None else settings.RADIOLOGY_STOW_MAX_PARTS,
+            max_part_size=settings.RADIOLOGY_MAX_UPLOAD_SIZE,
+            max_request_bytes=settings.RADIOLOGY_STOW_MAX_REQUEST_BYTES,
+        )
+
+
+def check_declared_length(content_length: str | None, limits: PartLimits | None = None) -> None:
+    """Refuse, before reading a byte, a body whose Content-Length is over the request limit."""
+    limits = limits or PartLimits.from_settings()
+    text = (content_length or "").strip()
+    # Only a plain ASCII number is compared; anything else is left to the server and the
+    # byte count kept while reading (which also covers chunked bodies).
+    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) > limits.max_request_bytes:
+        raise RequestTooLarge()
+
+
+def read_parts(
+    stream: IO[bytes], content_type: str, *, max_parts: int | None = None, limits: PartLimits | None = None
+) -> list[ReceivedPart]:
+    """Spool each part of a multipart/related request body to its own staging file.
+
+    The limits (see PartLimits; the settings by default) are checked as bytes arrive, so a
+    request over one is refused (413) after reading at most one chunk past it, and every
+    part already staged is removed. Only the part being written is open.
+    """
+    limits = limits or PartLimits.from_settings(max_parts=max_parts)
     boundary, _type = boundary_of(content_type)
     parts: list[ReceivedPart] = []
+    writing: list[IO[bytes]] = []  # the one open file: the part being received
     header_field = bytearray()
     header_value = bytearray()
     headers: dict[str, str] = {}
     ended: list[bool] = []
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
 
+    def close_writing() -> None:
+        while writing:
+            writing.pop().close()
+
     def on_part_begin() -> None:
         headers.clear()
-        if len(parts) >= max_parts:
-            raise InvalidMultipart("Too many parts in one request.")
-        parts.append(
-            ReceivedPart(
-                content_type="",
-                # Named "ingest-" as ingest's own spools: purge_interrupted_ingests removes
-                # those a killed server process left behind.
-                file=tempfile.NamedTemporaryFile(prefix="ingest-stow-", dir=settings.RADIOLOGY_STAGING_DIR),  # noqa: SIM115
-            )
-        )
+        close_writing()
+        if len(parts) >= limits.max_parts:
+            raise TooManyParts()
+        # Named "ingest-" as ingest's own spools: purge_interrupted_ingests removes those a
+        # killed server process left behind.
+        descriptor, name = tempfile.mkstemp(prefix="ingest-stow-", dir=settings.RADIOLOGY_STAGING_DIR)
+        parts.append(ReceivedPart(content_type="", path=Path(name)))
+        writing.append(os.fdopen(descriptor, "wb"))
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_field.extend(data[start:end])
@@ -132,27 +223,37 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         part, piece = parts[-1], memoryview(data)[start:end]
-        part.file.write(piece)
+        if part.size + (end - start) > limits.max_part_size:
+            raise PartTooLarge()
+        writing[-1].write(piece)
         part.digest.update(piece)
         part.size += end - start
+
+    def on_part_end() -> None:
+        close_writing()
 
     def on_end() -> None:
         ended.append(True)
 
-    parser = MultipartParser(
-        boundary.encode("latin-1"),
-        callbacks={
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_end": on_end,
-        },
-    )
     try:
+        parser = MultipartParser(
+            boundary.encode("latin-1"),
+            callbacks={
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+                "on_end": on_end,
+            },
+        )
+        received = 0
         while chunk := stream.read(STREAM_CHUNK_SIZE):
+            received += len(chunk)
+            if received > limits.max_request_bytes:
+                raise RequestTooLarge()
             parser.write(chunk)
         parser.finalize()
         if not ended:
@@ -160,17 +261,12 @@ def read_parts(stream: IO[bytes], content_type: str, *, max_parts: int = 10_000)
             # body cut short (a client gone mid-upload) would otherwise store its last part cut.
             raise InvalidMultipart("The body ends before its closing boundary.")
     except RadiologyError:
-        _close(parts)
+        close_writing()
+        discard_parts(parts)
         raise
     except Exception as exc:  # python-multipart raises its own error types on malformed input
-        _close(parts)
+        close_writing()
+        discard_parts(parts)
         raise InvalidMultipart() from exc
-    for part in parts:
-        part.file.flush()
-        part.file.seek(0)
+    close_writing()
     return parts
-
-
-def _close(parts: list[ReceivedPart]) -> None:
-    for part in parts:
-        part.file.close()

@@ -11,6 +11,12 @@ decoder with the Image Pixel attributes picked from the stored header JSON, so a
 neither a parse of the file nor, on S3, a download of all of it; what those ranges can't
 describe (bit-packed frames, big endian, frames ingest could not delimit) is decoded from the
 whole file as before.
+
+Nothing is decoded before its cost is known: check_decode_budget weighs the frames asked for
+from the stored header (rows x columns x samples x bytes per sample x frames) against
+RADIOLOGY_MAX_DECODED_BYTES, so a file declaring 65535 x 65535 pixels in a few kilobytes is a
+422 in microseconds, not gigabytes of memory; a decode that failed is remembered (render_cache)
+and not tried again. Renders are at most RADIOLOGY_MAX_RENDER_SIDE pixels a side.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import array
 import io
 import json
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +32,21 @@ from typing import Any
 
 import numpy as np
 import pydicom.pixels
+from django.conf import settings
 from django.db import connections, router
 from PIL import Image
 
-from apps.radiology import storage
+from apps.radiology import render_cache, storage
 from apps.radiology.dicom import PIXEL_HEADER_TAGS
-from apps.radiology.errors import FrameNotFound, NotAcceptable, RadiologyError, RenderingFailed
+from apps.radiology.errors import (
+    FrameNotFound,
+    ImageTooLargeToRender,
+    NotAcceptable,
+    RadiologyError,
+    RenderingFailed,
+    StoredObjectMissing,
+    ViewportTooLarge,
+)
 from apps.radiology.models import RadiologyImage
 
 from .accept import MediaRange
@@ -183,7 +199,7 @@ def _metadata_value(image: RadiologyImage, tag: str, default: Any = None) -> Any
 def frame_chunks(image: RadiologyImage, number: int, plan: FramePlan) -> Iterator[bytes]:
     """The bytes of one frame in the planned form."""
     if not plan.passthrough:
-        yield decode_frame(image, number).tobytes()
+        yield from decoded_chunks(decode_frame(image, number))
         return
     spans = frame_spans(image, number)
     word = _big_endian_word(image)
@@ -192,6 +208,17 @@ def frame_chunks(image: RadiologyImage, number: int, plan: FramePlan) -> Iterato
         return
     for offset, length in spans:
         yield from storage.iter_object_range(image.file_key, offset, length)
+
+
+def decoded_chunks(frame: np.ndarray) -> Iterator[memoryview]:
+    """A decoded frame's bytes in 1 MiB pieces of the array itself: the server copies each
+    piece as it sends it, never a second copy of the whole frame (tobytes() would be one)."""
+    raw = memoryview(np.ascontiguousarray(frame)).cast("B")
+    for start in range(0, len(raw), _SEND_CHUNK):
+        yield raw[start : start + _SEND_CHUNK]
+
+
+_SEND_CHUNK = 1024 * 1024
 
 
 def _big_endian_word(image: RadiologyImage) -> int:
@@ -225,6 +252,20 @@ def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
     """One frame decoded to a numpy array (colour as RGB), from its byte ranges or else the whole file."""
     if not 1 <= number <= image.number_of_frames:
         raise FrameNotFound()
+    check_decode_budget(image)
+    remembered = render_cache.remembered_failure(image, number)
+    if remembered is not None:
+        raise remembered
+    try:
+        return _decode_frame(image, number)
+    except RenderingFailed as failed:
+        # The stored bytes never change: a frame that failed to decode fails again, so the next
+        # request (a viewer retrying, every thumbnail of a study page) is answered from memory.
+        render_cache.remember_failure(image, number, failed)
+        raise
+
+
+def _decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
     options = _decoding_options(image) if image.is_dicom else None
     try:
         source = _frame_source(image, number) if options is not None else None
@@ -241,8 +282,50 @@ def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
             return pydicom.pixels.pixel_array(str(path), index=number - 1)
     except RadiologyError:
         raise
+    except FileNotFoundError:  # the whole file read from disk is gone: lost data, not bad pixels
+        raise StoredObjectMissing() from None
     except Exception as exc:  # decoders raise many types on data they can't handle
         raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
+
+
+def decoded_frame_bytes(image: RadiologyImage) -> int | None:
+    """Bytes one decoded frame takes, from the stored header: rows x columns x samples x bytes
+    per sample (what pydicom's pixel_array allocates: 1-bit data unpacked to a byte, 12-bit
+    to two); None when the header gives no dimensions (then no decoder has any to use)."""
+    if not image.is_dicom:  # a JPEG photo decodes to RGB (or grey) bytes
+        return image.rows * image.columns * 3 if image.rows and image.columns else None
+    rows = image.rows or _metadata_value(image, "00280010")
+    columns = image.columns or _metadata_value(image, "00280011")
+    if not rows or not columns:
+        return None
+    samples = int(_metadata_value(image, "00280002", 1) or 1)
+    bits = int(_metadata_value(image, "00280100", 8) or 8)
+    return int(rows) * int(columns) * max(samples, 1) * max(-(-bits // 8), 1)
+
+
+def check_decode_budget(image: RadiologyImage, frames: int = 1) -> None:
+    """422 image_too_large_to_render, before any byte is read, when decoding `frames` frames
+    would take more than RADIOLOGY_MAX_DECODED_BYTES.
+
+    The decoded frame is not the whole cost: a render adds a byte per pixel for the 8-bit
+    display image (Pillow maps it, and the float32 window is applied a strip at a time, see
+    to_display); the frame is read into one buffer that numpy uses as it is (_read_exactly);
+    a compressed frame's decoder holds its input and two copies of its output (pydicom's
+    array and the plugin's). Measured for a 16-bit frame just under the default 64 MiB:
+    ~100 MiB above idle uncompressed, ~160 MiB as RLE (config/settings.py says more).
+    """
+    try:
+        frame_bytes = decoded_frame_bytes(image)
+    except (TypeError, ValueError):
+        raise RenderingFailed("The image header's pixel description could not be read.") from None
+    if frame_bytes is None:
+        return
+    budget = settings.RADIOLOGY_MAX_DECODED_BYTES
+    if frame_bytes * frames > budget:
+        raise ImageTooLargeToRender(
+            f"Decoding {frames} frame(s) of this image takes {frame_bytes * frames} bytes; "
+            f"this server decodes at most {budget} bytes per request."
+        )
 
 
 def _decoding_options(image: RadiologyImage) -> dict[str, Any] | None:
@@ -278,7 +361,7 @@ def _decoding_options_of(image: RadiologyImage) -> dict[str, Any] | None:
     return options
 
 
-def _native_monochrome(image: RadiologyImage, source: bytes, options: dict[str, Any]) -> np.ndarray | None:
+def _native_monochrome(image: RadiologyImage, source: bytearray, options: dict[str, Any]) -> np.ndarray | None:
     """A native little-endian greyscale frame of 8, 16 or 32-bit samples straight into numpy:
     the array pydicom's decoder gives (same dtype, unused high bits masked or sign-extended as
     its correct_unused_bits does), without its ~50 us of set-up per call. None for anything else."""
@@ -294,14 +377,15 @@ def _native_monochrome(image: RadiologyImage, source: bytes, options: dict[str, 
     ):
         return None
     dtype = np.dtype(f"<{'i' if options['pixel_representation'] else 'u'}{bits // 8}")
-    pixels = np.frombuffer(source, dtype=dtype, count=rows * columns).reshape(rows, columns).copy()
+    # A view of the buffer read for it (ours alone, writable): no second copy of the frame.
+    pixels = np.frombuffer(source, dtype=dtype, count=rows * columns).reshape(rows, columns)
     if stored < bits:
         np.left_shift(pixels, bits - stored, out=pixels)
         np.right_shift(pixels, bits - stored, out=pixels)
     return pixels
 
 
-def _frame_source(image: RadiologyImage, number: int) -> bytes | None:
+def _frame_source(image: RadiologyImage, number: int) -> bytearray | None:
     """The frame as a decoder's buffer: its native bytes, or its fragments as encapsulated pixel
     data of one frame; None when the byte ranges can't give it (bit-packed frames, big endian
     8-bit data in OW words, fragments ingest could not group into frames)."""
@@ -313,16 +397,66 @@ def _frame_source(image: RadiologyImage, number: int) -> bytes | None:
         return None
     if not (image.pixel_data or {}).get("encapsulated"):
         offset, length = spans[0]
-        return storage.read_object_range(image.file_key, offset, length)
+        return _read_exactly(image, offset, length)
     # One read from the first fragment to the end of the last: a frame's fragments are
-    # consecutive items, and on S3 each read is a request.
+    # consecutive items, and on S3 each read is a request. Between them the file holds their
+    # item headers, the very bytes encapsulated pixel data of this one frame needs: the read
+    # lands straight after an empty offset table and the first item's header, in one buffer.
     start = min(offset for offset, _length in spans)
     end = max(offset + length for offset, length in spans)
-    raw = storage.read_object_range(image.file_key, start, end - start)
-    parts = [EMPTY_OFFSET_TABLE]
+    first = struct.pack("<HHI", 0xFFFE, 0xE000, spans[0][1])
+    source = _read_exactly(image, start, end - start, head=EMPTY_OFFSET_TABLE + first)
+    at = len(EMPTY_OFFSET_TABLE) + len(first) - start
+    if spans[0][0] == start and all(
+        source[at + offset - 8 : at + offset] == struct.pack("<HHI", 0xFFFE, 0xE000, length) for offset, length in spans
+    ):
+        return source
+    parts = [EMPTY_OFFSET_TABLE]  # anything else between the fragments: cut them out one by one
     for offset, length in spans:
-        parts += (struct.pack("<HHI", 0xFFFE, 0xE000, length), raw[offset - start : offset - start + length])
-    return b"".join(parts)
+        parts += (struct.pack("<HHI", 0xFFFE, 0xE000, length), source[at + offset : at + offset + length])
+    return bytearray(b"".join(parts))
+
+
+def _read_exactly(image: RadiologyImage, offset: int, length: int, *, head: bytes = b"") -> bytearray:
+    """`head`, then `length` bytes of the stored file from `offset`, read into one buffer (a
+    joined read would hold the frame twice). A stored object cut short is lost data (500),
+    not pixel data a decoder cannot handle (which would be remembered as a failed render)."""
+    buffer = bytearray(len(head) + length)
+    buffer[: len(head)] = head
+    filled = len(head)
+    try:
+        for chunk in storage.iter_object_range(image.file_key, offset, length):
+            take = min(len(chunk), len(buffer) - filled)
+            buffer[filled : filled + take] = chunk[:take]
+            filled += take
+    except StoredObjectMissing:
+        raise StoredObjectMissing() from None  # the same answer as the frame views give
+    if filled < len(buffer):
+        raise StoredObjectMissing(SHORT_OBJECT)
+    return buffer
+
+
+SHORT_OBJECT = "The stored file of this image is shorter than its recorded pixel data."
+
+
+def frames_extent(image: RadiologyImage, numbers: list[int]) -> int:
+    """The end (exclusive) of the last byte a response with these frames reads from the stored
+    file: the end of their byte ranges, or the whole file when they are decoded from it."""
+    try:
+        return max(offset + length for number in numbers for offset, length in frame_spans(image, number))
+    except FrameNotFound:
+        return image.file_size
+
+
+def require_stored(image: RadiologyImage, extent: int) -> None:
+    """500 stored_object_missing, before any answer starts, unless the stored object holds at
+    least `extent` bytes: one stat (filesystem) or HEAD (S3), instead of a 200 whose body
+    breaks off where the bytes run out."""
+    size = storage.object_size(image.file_key)
+    if size is None:
+        raise StoredObjectMissing()
+    if size < extent:
+        raise StoredObjectMissing(SHORT_OBJECT)
 
 
 @dataclass(frozen=True)
@@ -340,13 +474,24 @@ def parse_window(raw: str | None) -> Window | None:
         center, width = float(parts[0]), float(parts[1])
     except (IndexError, ValueError):
         raise RadiologyError("window must be center,width[,linear].") from None
+    # float() takes "nan", "inf" and "1e999"; past float32's range the display would be NaN or
+    # all black, and NaN slips through every comparison below.
+    if not all(math.isfinite(value) and abs(value) <= _FLOAT32_MAX for value in (center, width)):
+        raise RadiologyError("window center and width must be finite numbers.")
     if width < 1:
         raise RadiologyError("window width must be at least 1.")
     return Window(center, width)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Pixels windowed at a time by to_display (4 MiB of float32).
+_STRIP_PIXELS = 1 << 20
+
+
 def parse_viewport(raw: str | None, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
-    """?viewport=width,height (either may be empty: keep the aspect ratio)."""
+    """?viewport=width,height (either may be empty: keep the aspect ratio), each side at most
+    RADIOLOGY_MAX_RENDER_SIDE: a 128 x 128 CT asked at 8192 x 8192 is 4,000 times the pixels
+    to scale and encode, for nothing a screen shows."""
     if not raw:
         return default
     parts = [*raw.split(","), ""][:2]
@@ -354,9 +499,23 @@ def parse_viewport(raw: str | None, default: tuple[int, int] | None = None) -> t
         width, height = (int(part) if part else 0 for part in parts[:2])
     except ValueError:
         raise RadiologyError("viewport must be width,height in pixels.") from None
-    if width < 0 or height < 0 or width > 8192 or height > 8192 or (width == 0 and height == 0):
-        raise RadiologyError("viewport must be width,height between 1 and 8192.")
+    side = settings.RADIOLOGY_MAX_RENDER_SIDE
+    if width < 0 or height < 0 or (width == 0 and height == 0):
+        raise RadiologyError(f"viewport must be width,height between 1 and {side}.")
+    if width > side or height > side:
+        raise ViewportTooLarge(f"viewport must be width,height between 1 and {side}.")
     return width, height
+
+
+def render_viewport(image: RadiologyImage, viewport: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The viewport a render fits: the one asked for, or for a full-size render of an image
+    larger than RADIOLOGY_MAX_RENDER_SIDE, that side square (renders are never larger)."""
+    if viewport is not None:
+        return viewport
+    side = settings.RADIOLOGY_MAX_RENDER_SIDE
+    if max(image.rows or 0, image.columns or 0) > side:
+        return side, side
+    return None
 
 
 def _header_window(image: RadiologyImage) -> Window | None:
@@ -378,26 +537,39 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
         return Image.fromarray(pixels[..., :3], "RGB")
     if not image.is_dicom:
         return Image.fromarray(pixels.astype(np.uint8), "L")
-    # One float32 copy, then every step in place: the same operations in the same order as
-    # ((v * slope + intercept - (c - 0.5)) / (w - 1) + 0.5) * 255, so the same bytes, without
-    # a temporary array per step. (A lookup table indexed by the stored values was tried: numpy's
-    # fancy indexing costs more than these passes up to at least 512x512.)
-    values = pixels.astype(np.float32)
+    # A float32 copy of a strip of rows, then every step in place: the same operations in the
+    # same order as ((v * slope + intercept - (c - 0.5)) / (w - 1) + 0.5) * 255, so the same
+    # bytes, without a temporary array per step. (A lookup table indexed by the stored values
+    # was tried: numpy's fancy indexing costs more than these passes up to at least 512x512.)
+    # Strips of about a million pixels: a 512 x 512 frame is one strip, as before; a 4096 x 5120
+    # mammogram costs 4 MiB of float32 at a time instead of 80 MiB (the decoded-size budget
+    # counts on it, see check_decode_budget).
     slope = float(_metadata_value(image, "00281053", 1) or 1)
     intercept = float(_metadata_value(image, "00281052", 0) or 0)
-    if slope != 1:
-        values *= slope
-    if intercept:
-        values += intercept
+    step = max(_STRIP_PIXELS // max(pixels[0].size, 1), 1)
+    strips = range(0, pixels.shape[0], step)
+
+    def rescaled(start: int) -> np.ndarray:
+        values = pixels[start : start + step].astype(np.float32)
+        if slope != 1:
+            values *= slope
+        if intercept:
+            values += intercept
+        return values
+
     chosen = window or _header_window(image)
     if chosen is None:
-        low, high = float(values.min()), float(values.max())
+        extremes = [(float(values.min()), float(values.max())) for values in map(rescaled, strips)]
+        low, high = min(low for low, _high in extremes), max(high for _low, high in extremes)
         chosen = Window((low + high) / 2, max(high - low, 1.0))
-    values -= chosen.center - 0.5
-    values /= chosen.width - 1 if chosen.width > 1 else 1
-    values += 0.5
-    values *= 255.0
-    display = np.clip(values, 0, 255, out=values).astype(np.uint8)
+    display = np.empty(pixels.shape, dtype=np.uint8)
+    for start in strips:
+        values = rescaled(start)
+        values -= chosen.center - 0.5
+        values /= chosen.width - 1 if chosen.width > 1 else 1
+        values += 0.5
+        values *= 255.0
+        display[start : start + step] = np.clip(values, 0, 255, out=values).astype(np.uint8)
     if _metadata_value(image, "00280004", "MONOCHROME2") == "MONOCHROME1":
         np.subtract(255, display, out=display)
     return Image.fromarray(display, "L")
@@ -410,10 +582,15 @@ def fit(picture: Image.Image, viewport: tuple[int, int] | None) -> Image.Image:
     left with Lanczos (a 2048x2048 radiograph's 128x128 thumbnail in ~1.3 ms instead of ~11 ms);
     Pillow documents the result as indistinguishable from Lanczos alone at this gap.
     """
+    side = settings.RADIOLOGY_MAX_RENDER_SIDE
     if viewport is None:
-        return picture
-    width, height = viewport
-    scale = min(width / picture.width if width else float("inf"), height / picture.height if height else float("inf"))
+        if max(picture.size) <= side:
+            return picture
+        viewport = (side, side)
+    # A side left free is bounded by the largest render side, so "1000," of a 1-pixel-wide
+    # image is not 2048 x 1000 times taller.
+    width, height = viewport[0] or side, viewport[1] or side
+    scale = min(width / picture.width, height / picture.height)
     size = (max(round(picture.width * scale), 1), max(round(picture.height * scale), 1))
     return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 

@@ -25,9 +25,20 @@ from apps.radiology.prepared import PreparedLookup
 from apps.radiology.signing import ViewerGrant
 
 from .dicom_json import instance_attributes, series_attributes, study_attributes
+from .wildcards import WildcardMatch
 
 MAX_LIMIT = 1000
-_DATE = re.compile(r"^\d{8}$")
+# Values of one key (a UID list): beyond it SQLite refuses the statement (too many variables).
+MAX_VALUES = 1000
+# ASCII digits only: str.isdigit() and \d also accept "²" or "٣", which int() then refuses
+# or reads (a 500 or a surprise). At most 18 digits: offset + limit stays inside the 64-bit
+# integer SQL LIMIT/OFFSET bind to (2**63 and beyond were a 500), and int() never sees
+# thousands of digits.
+_PAGE_NUMBER = re.compile(r"[0-9]{1,18}")
+_DATE = re.compile(r"[0-9]{8}")
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+# SeriesNumber and InstanceNumber are 32-bit columns (IS values are at most 12 characters).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass
@@ -55,11 +66,35 @@ def _tag(name: str) -> str | None:
     return f"{tag:08X}" if tag is not None else None
 
 
+def _page_number(key: str, raw: str) -> int:
+    """limit or offset as an int; InvalidQuery (400 invalid_query) unless 1 to 18 ASCII digits."""
+    if not _PAGE_NUMBER.fullmatch(raw):
+        if raw.isascii() and raw.isdigit():
+            raise InvalidQuery(f"{key} must be a non-negative integer of at most 18 digits.")
+        raise InvalidQuery(f"{key} must be a non-negative integer.")
+    return int(raw)
+
+
+def _integer_value(keyword: str, raw: str) -> int:
+    """An integer attribute's value (SeriesNumber, InstanceNumber) in the 32-bit range of its column."""
+    if not _INTEGER.fullmatch(raw):
+        raise InvalidQuery(f"{keyword} must be an integer.")
+    number = int(raw)
+    if not INT32_MIN <= number <= INT32_MAX:
+        raise InvalidQuery(f"{keyword} must be an integer from {INT32_MIN} to {INT32_MAX}.")
+    return number
+
+
 def parse_search(params: Any) -> SearchQuery:
     """Read filters, includefield, limit and offset from a QueryDict."""
     query = SearchQuery()
     for key in params:
         values = [value for raw in params.getlist(key) for value in raw.split(",") if value != ""]
+        if "\x00" in key or any("\x00" in value for value in values):
+            # PostgreSQL cannot take NUL in a string (the driver raised: a 500).
+            raise InvalidQuery("A search parameter must not contain a NUL character.")
+        if len(values) > MAX_VALUES:
+            raise InvalidQuery(f"{_keyword(key)} takes at most {MAX_VALUES} values.")
         lowered = key.lower()
         if lowered == "includefield":
             for value in values:
@@ -68,13 +103,11 @@ def parse_search(params: Any) -> SearchQuery:
                 elif (tag := _tag(value)) is not None:
                     query.include_fields.add(tag)
         elif lowered in ("limit", "offset"):
-            raw = params.get(key, "")
-            if not raw.isdigit():
-                raise InvalidQuery(f"{key} must be a non-negative integer.")
+            number = _page_number(key, params.get(key, ""))
             if lowered == "limit":
-                query.limit = min(int(raw), MAX_LIMIT)
+                query.limit = min(number, MAX_LIMIT)
             else:
-                query.offset = int(raw)
+                query.offset = number
         elif lowered in ("fuzzymatching", "format"):
             continue
         elif values:
@@ -82,14 +115,10 @@ def parse_search(params: Any) -> SearchQuery:
     return query
 
 
-def _wildcard_regex(pattern: str) -> str:
-    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
-
-
 def _date_range(value: str) -> tuple[dt.date | None, dt.date | None]:
     start, dash, end = value.partition("-")
     for part in (start, end):
-        if part and not _DATE.match(part):
+        if part and not _DATE.fullmatch(part):
             raise InvalidQuery("StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD.")
 
     def as_date(text: str) -> dt.date | None:
@@ -113,8 +142,10 @@ def _study_q(filters: dict[str, list[str]], prefix: str = "") -> Q:
     if values := filters.get("AccessionNumber"):
         condition &= Q(**{f"{prefix}accession_number": values[0]})
     if values := filters.get("PatientName"):
-        regex = _wildcard_regex(values[0])
-        condition &= Q(**{f"{prefix}patient_dicom_name__iregex": regex}) | Q(**{f"{prefix}patient_name__iregex": regex})
+        # SQL LIKE, not a regular expression: linear time whatever the pattern (wildcards.py).
+        condition &= Q(WildcardMatch(F(f"{prefix}patient_dicom_name"), values[0])) | Q(
+            WildcardMatch(F(f"{prefix}patient_name"), values[0])
+        )
     if values := filters.get("StudyDate"):
         start, end = _date_range(values[0])
         if start:
@@ -136,9 +167,7 @@ def _series_q(filters: dict[str, list[str]], prefix: str = "") -> Q:
     if values := filters.get("Modality"):
         condition &= Q(**{f"{prefix}modality__in": values})
     if values := filters.get("SeriesNumber"):
-        if not values[0].lstrip("-").isdigit():
-            raise InvalidQuery("SeriesNumber must be an integer.")
-        condition &= Q(**{f"{prefix}series_number": int(values[0])})
+        condition &= Q(**{f"{prefix}series_number": _integer_value("SeriesNumber", values[0])})
     return condition
 
 
@@ -149,9 +178,7 @@ def _instance_q(filters: dict[str, list[str]]) -> Q:
     if values := filters.get("SOPClassUID"):
         condition &= Q(sop_class_uid__in=values)
     if values := filters.get("InstanceNumber"):
-        if not values[0].lstrip("-").isdigit():
-            raise InvalidQuery("InstanceNumber must be an integer.")
-        condition &= Q(instance_number=int(values[0]))
+        condition &= Q(instance_number=_integer_value("InstanceNumber", values[0]))
     return condition
 
 

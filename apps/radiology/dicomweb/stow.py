@@ -15,10 +15,11 @@ from typing import Any
 
 import pydicom
 from django.contrib.auth.models import AbstractBaseUser
+from pydicom.filereader import read_file_meta_info
 
 from apps.radiology import errors
-from apps.radiology.dicom import SNIFF_LENGTH, sniff_mime_type
-from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType
+from apps.radiology.dicom import SNIFF_LENGTH, check_transfer_syntax, sniff_mime_type
+from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType, UnsupportedTransferSyntax
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
 from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService, StagedFile
 
@@ -49,6 +50,8 @@ _REASONS: dict[type[RadiologyError], int] = {
     errors.InvalidUID: CANNOT_UNDERSTAND,
     errors.EmptyFile: CANNOT_UNDERSTAND,
     errors.UnsupportedFileType: CANNOT_UNDERSTAND,
+    errors.UnsupportedTransferSyntax: CANNOT_UNDERSTAND,
+    errors.ImplausiblePixelData: CANNOT_UNDERSTAND,
 }
 
 
@@ -108,15 +111,19 @@ def store_instances(
         if order is not None and study_uid is None:
             # Nothing to decide before ingest (which reads the header anyway): the UIDs a
             # failure report needs are read only for a part that fails (see below).
-            part.file.seek(0)
-            if not _looks_like_dicom(part.file.read(SNIFF_LENGTH)):
+            with part.open() as handle:
+                head = handle.read(SNIFF_LENGTH)
+            if not _looks_like_dicom(head):
                 answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
                 continue
-            part.file.seek(0)
-            items.append(IngestItem(order=order, stream=part.file, filename=None, staged=_staged(part)))
+            items.append(IngestItem(order=order, stream=None, filename=None, staged=_staged(part)))
             answers.append(part)
             continue
-        header = _header(part)
+        try:
+            header = _header(part)
+        except RadiologyError as refused:  # a data set no header can be read from without harm
+            answers.append(_failed(*_meta_uids(part), _REASONS.get(type(refused), PROCESSING_FAILURE), refused.code))
+            continue
         if header is None:
             answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
             continue
@@ -133,11 +140,8 @@ def store_instances(
         if target is None:
             answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
             continue
-        part.file.seek(0)
         items.append(
-            IngestItem(
-                order=target, stream=part.file, filename=f"{sop_instance or 'instance'}.dcm", staged=_staged(part)
-            )
+            IngestItem(order=target, stream=None, filename=f"{sop_instance or 'instance'}.dcm", staged=_staged(part))
         )
         answers.append((sop_class, sop_instance))
     results = iter(PACSLiteService.ingest_images(items, uploaded_by=user))
@@ -170,18 +174,23 @@ def _staged(part: ReceivedPart) -> StagedFile:
 
 
 def _header(part: ReceivedPart) -> pydicom.Dataset | None:
-    """The part's few elements STOW-RS decides on, or None if it is not readable DICOM."""
-    part.file.seek(0)
+    """The part's few elements STOW-RS decides on, or None if it is not readable DICOM.
+
+    Raises UnsupportedTransferSyntax for a deflated data set, decided from the file meta
+    before the data set is read: pydicom would inflate all of it in memory first.
+    """
     try:
-        return pydicom.dcmread(
-            part.file,
-            stop_before_pixels=True,
-            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "AccessionNumber"],
-        )
+        check_transfer_syntax(part.path)
+        with part.open() as handle:
+            return pydicom.dcmread(
+                handle,
+                stop_before_pixels=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "AccessionNumber"],
+            )
+    except UnsupportedTransferSyntax:
+        raise
     except Exception:  # any unreadable part is reported, not raised
         return None
-    finally:
-        part.file.seek(0)
 
 
 def _looks_like_dicom(head: bytes) -> bool:
@@ -198,8 +207,23 @@ def _sop_uids(header: pydicom.Dataset) -> tuple[str | None, str | None]:
 
 
 def _uids_of(part: ReceivedPart) -> tuple[str | None, str | None]:
-    header = _header(part)
+    try:
+        header = _header(part)
+    except RadiologyError:
+        return _meta_uids(part)
     return (None, None) if header is None else _sop_uids(header)
+
+
+def _meta_uids(part: ReceivedPart) -> tuple[str | None, str | None]:
+    """(SOP Class UID, SOP Instance UID) from the file meta alone, for a part whose data set is not read."""
+    try:
+        meta = read_file_meta_info(part.path)
+    except Exception:  # an unreadable meta: the failure is reported without UIDs
+        return None, None
+    return (
+        str(meta.get("MediaStorageSOPClassUID", "") or "") or None,
+        str(meta.get("MediaStorageSOPInstanceUID", "") or "") or None,
+    )
 
 
 def _order_by_accession(accession: str) -> RadiologyOrder | None:

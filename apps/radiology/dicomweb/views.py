@@ -8,9 +8,11 @@ written here because DRF's renderers don't speak them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.db.models import F, QuerySet
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
@@ -23,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.radiology import storage
+from apps.radiology.errors import StoredObjectMissing, TooManyFrames
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.prepared import PreparedLookup
 from apps.radiology.render_cache import cached_response, render_key
@@ -32,7 +35,17 @@ from . import pixels
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication, viewer_grant
 from .dicom_json import cached_metadata_array, image_summary, instance_metadata, jpeg_as_part10, summary_of
-from .multipart import InvalidMultipart, Part, content_type_header, new_boundary, read_parts, request_body, stream_parts
+from .multipart import (
+    InvalidMultipart,
+    Part,
+    check_declared_length,
+    content_type_header,
+    discard_parts,
+    new_boundary,
+    read_parts,
+    request_body,
+    stream_parts,
+)
 from .pixels import NotAcceptable
 from .qido import parse_search, search_instances, search_series, search_studies
 from .stow import store_instances
@@ -166,6 +179,7 @@ class DicomWebView(APIView):
             for wanted in self.accepted()
         ):
             raise NotAcceptable()
+        _require_whole_files(images)
         boundary = new_boundary()
 
         def parts() -> Iterator[Part]:
@@ -187,6 +201,23 @@ class DicomWebView(APIView):
         response = HttpResponse(content, content_type=media_type)
         response["Cache-Control"] = PRIVATE_CACHE
         return response
+
+
+def _require_whole_files(images: list[RadiologyImage]) -> None:
+    """500 stored_object_missing before the status line unless every stored file is there, whole.
+
+    A multipart body cannot take back its 200 once streaming has begun: a missing file would
+    otherwise end the body early, and the client would keep the instances before it as if the
+    study were complete. One stat per file on disk; on S3 one listing per thousand files of a
+    series or study (storage.object_sizes), not a HEAD each.
+    """
+    sizes = storage.object_sizes([image.file_key for image in images])
+    for image in images:
+        size = sizes.get(image.file_key)
+        if size is None:
+            raise StoredObjectMissing(f"The stored file of instance {image.image_uid} is missing.")
+        if size < image.file_size:
+            raise StoredObjectMissing(f"The stored file of instance {image.image_uid} is shorter than recorded.")
 
 
 def _study_image_rows(study: RadiologyStudy) -> Any:
@@ -215,12 +246,15 @@ class StudiesView(DicomWebView):
     def post(self, request: Request, study_uid: str | None = None) -> HttpResponse:
         self.require_json()  # before anything is stored: a 406 must not come after the store
         order_param = request.query_params.get("radiology_order_id")
-        if order_param is not None and not order_param.isdigit():
+        # ASCII digits only, and no more than a database id has: str.isdigit() also takes "²",
+        # which int() then refuses (a 500).
+        if order_param is not None and not (order_param.isascii() and order_param.isdigit() and len(order_param) <= 18):
             raise NotFound("No radiology order with this id.", code="order_not_found")
+        check_declared_length(request.headers.get("Content-Length"))
         parts = read_parts(request_body(request._request), request.headers.get("Content-Type", ""))
-        if not parts:
-            raise InvalidMultipart("The request has no parts to store.")
         try:
+            if not parts:
+                raise InvalidMultipart("The request has no parts to store.")
             outcome = store_instances(
                 parts=parts,
                 user=request.user,
@@ -229,8 +263,7 @@ class StudiesView(DicomWebView):
                 instance_url=self.retrieve_url,
             )
         finally:
-            for part in parts:
-                part.file.close()
+            discard_parts(parts)
         response = self.json_response(outcome.as_json(self.retrieve_url(study_uid) if study_uid else None))
         response.status_code = outcome.status
         return response
@@ -369,11 +402,15 @@ class FramesView(DicomWebView):
         plan = pixels.plan_frames(image, self.accepted())
         for number in numbers:
             pixels.frame_spans(image, number)  # 404 before streaming starts
-        first: list[bytes] = []
+        if not plan.passthrough:
+            pixels.check_decode_budget(image, len(numbers))
+        # One stat or HEAD: the frames' bytes are all there, or a 500 now rather than a 200 cut short.
+        pixels.require_stored(image, pixels.frames_extent(image, numbers))
+        first: list[memoryview] = []
         if not plan.passthrough:
             # Decode the first frame before answering: pixel data this server cannot decode is
             # a 422, not a 200 whose body breaks off once streaming has begun.
-            first.append(pixels.decode_frame(image, numbers[0]).tobytes())
+            first.extend(pixels.decoded_chunks(pixels.decode_frame(image, numbers[0])))
         boundary = new_boundary()
         parts = (
             Part(plan.part_content_type, first if index == 0 and first else pixels.frame_chunks(image, number, plan))
@@ -402,15 +439,19 @@ class BulkDataView(DicomWebView):
             plan = pixels.FramePlan(
                 True, *(pixels.stored_media(image) or (pixels.OCTET_STREAM, image.transfer_syntax_uid))
             )
+            numbers = list(range(1, image.number_of_frames + 1))
+            for number in numbers:
+                pixels.frame_spans(image, number)  # 404 before streaming starts, as for frames
+            pixels.require_stored(image, pixels.frames_extent(image, numbers))
             chunks: Iterator[bytes] = (
-                chunk
-                for number in range(1, image.number_of_frames + 1)
-                for chunk in pixels.frame_chunks(image, number, plan)
+                chunk for number in numbers for chunk in pixels.frame_chunks(image, number, plan)
             )
         elif tag in (image.bulk_data or {}):
             location = image.bulk_data[tag]
+            offset, length = int(location["offset"]), int(location["length"])
             plan = pixels.FramePlan(True, pixels.OCTET_STREAM, pixels.EXPLICIT_LITTLE)
-            chunks = storage.iter_object_range(image.file_key, int(location["offset"]), int(location["length"]))
+            pixels.require_stored(image, offset + length)
+            chunks = storage.iter_object_range(image.file_key, offset, length)
         else:
             raise NotFound("No such bulk data.", code="bulkdata_not_found")
         boundary = new_boundary()
@@ -421,13 +462,24 @@ class BulkDataView(DicomWebView):
 
 
 def _frame_numbers(raw: str) -> list[int]:
+    """The distinct frame numbers of a frame list, in the order first asked.
+
+    A frame asked twice is sent once: `frames/1,1,1,...` would otherwise be a small request
+    for a response a thousand frames long. At most RADIOLOGY_MAX_FRAMES_PER_REQUEST of them.
+    """
     try:
-        numbers = [int(part) for part in raw.split(",") if part.strip()]
+        numbers = list(dict.fromkeys(int(part) for part in raw.split(",") if part.strip()))
     except ValueError:
         raise NotFound("Frame numbers must be positive integers.", code="frame_not_found") from None
     if not numbers or any(number < 1 for number in numbers):
         raise NotFound("Frame numbers must be positive integers.", code="frame_not_found")
+    limit = settings.RADIOLOGY_MAX_FRAMES_PER_REQUEST
+    if len(numbers) > limit:
+        raise TooManyFrames(f"At most {limit} distinct frames may be asked for in one request.")
     return numbers
+
+
+_QUALITY = re.compile(r"[0-9]{1,3}")
 
 
 def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) -> HttpResponse:
@@ -435,10 +487,14 @@ def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) ->
     request = view.request
     media_type = pixels.rendered_media_type(view.accepted())
     thumbnail = getattr(view, "thumbnail", False)
-    viewport = pixels.parse_viewport(request.query_params.get("viewport"), (128, 128) if thumbnail else None)
+    viewport = pixels.render_viewport(
+        image, pixels.parse_viewport(request.query_params.get("viewport"), (128, 128) if thumbnail else None)
+    )
     window = pixels.parse_window(request.query_params.get("window"))
     quality_raw = request.query_params.get("quality", "")
-    quality = int(quality_raw) if quality_raw.isdigit() and 1 <= int(quality_raw) <= 100 else 85
+    # Anything but 1-100 in ASCII digits is the default, as before: not int() of thousands of
+    # digits (a ValueError past 4,300) nor of another script's digits.
+    quality = int(quality_raw) if _QUALITY.fullmatch(quality_raw) and 1 <= int(quality_raw) <= 100 else 85
     key = render_key(
         image,
         frame=frame,

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 
-from apps.radiology.models import RadiologyImage, RadiologyOrder
-from apps.radiology.tests.conftest import PASSWORD, IngestFile, MakeOrder
+from apps.radiology.models import RadiologyImage, RadiologyOrder, ViewerToken
+from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
+from apps.radiology.tests.conftest import PASSWORD, IngestFile, MakeOrder, make_user
 
 
 @pytest.fixture
@@ -160,3 +162,90 @@ def test_non_staff_users_are_sent_to_the_login_page(client: Client, doctor: Any,
     response = client.get(_changelist("radiologyimage"))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:login"))
+
+
+# --- only users who may see radiology data -------------------------------------------------------------
+
+RADIOLOGY_MODELS = [
+    "radiologyorder",
+    "radiologystudy",
+    "radiologyseries",
+    "radiologyimage",
+    "viewertoken",
+    "auditevent",
+]
+
+
+@pytest.fixture
+def clerk(db: None) -> Any:
+    """Staff of another part of the EMR, in no radiology group, even granted every radiology view permission."""
+    user = make_user("clerk-erin")
+    user.is_staff = True
+    user.save()
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="radiology"))
+    return user
+
+
+@pytest.fixture
+def clerk_client(clerk: Any) -> Client:
+    client = Client()
+    client.force_login(clerk)
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model", RADIOLOGY_MODELS)
+def test_staff_without_a_radiology_role_gets_no_changelist(
+    clerk_client: Client, image: RadiologyImage, model: str
+) -> None:
+    assert clerk_client.get(_changelist(model)).status_code == 403
+
+
+@pytest.mark.django_db
+def test_staff_without_a_radiology_role_cannot_open_any_change_page(
+    clerk_client: Client, image: RadiologyImage
+) -> None:
+    study = image.series.study
+    pages = {
+        "radiologyimage": image.pk,
+        "radiologyseries": image.series.pk,
+        "radiologystudy": study.pk,
+        "radiologyorder": study.radiology_order.pk,
+    }
+
+    responses = {
+        model: clerk_client.get(reverse(f"admin:radiology_{model}_change", args=[pk])) for model, pk in pages.items()
+    }
+    history = clerk_client.get(reverse("admin:radiology_radiologyimage_history", args=[image.pk]))
+    viewer = clerk_client.get(reverse("admin:radiology_radiologystudy_viewer", args=[study.pk]))
+
+    assert {model: response.status_code for model, response in responses.items()} == dict.fromkeys(pages, 403)
+    assert history.status_code == 403
+    assert viewer.status_code == 403
+    for response in (*responses.values(), history, viewer):
+        assert image.file_key not in response.content.decode()
+        assert study.patient_id not in response.content.decode()
+    assert not ViewerToken.objects.exists()
+
+
+@pytest.mark.django_db
+def test_staff_without_a_radiology_role_sees_no_radiology_app(clerk_client: Client, image: RadiologyImage) -> None:
+    index = clerk_client.get(reverse("admin:index"))
+    app = clerk_client.get(reverse("admin:app_list", args=["radiology"]))
+
+    assert index.status_code == 200
+    assert "Radiology (PACS-lite)" not in index.content.decode()
+    assert app.status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("group", [DOCTOR_GROUP, RADIOLOGY_TECH_GROUP])
+def test_staff_in_a_radiology_group_reads_the_image_page(
+    clerk: Any, clerk_client: Client, image: RadiologyImage, group: str
+) -> None:
+    clerk.groups.add(Group.objects.get_or_create(name=group)[0])
+
+    response = clerk_client.get(reverse("admin:radiology_radiologyimage_change", args=[image.pk]))
+
+    assert response.status_code == 200
+    assert image.file_key in response.content.decode()

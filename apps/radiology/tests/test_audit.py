@@ -7,23 +7,27 @@ tokens must never reach the trail: only query parameter names, never `token` its
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
-from apps.radiology import selectors
+from apps.radiology import audit, selectors
 from apps.radiology.errors import ImmutableRecord
+from apps.radiology.management.commands.export_radiology_audit import COLUMNS as EXPORT_COLUMNS
 from apps.radiology.models import AuditEvent, RadiologyUpload, ViewerToken
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.api_fixtures import NOT_AUTHENTICATED, PERMISSION_DENIED, token_client
-from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.tests.conftest import PASSWORD, MakeOrder
 from apps.radiology.tests.trust_helpers import (
     API,
     DICOMWEB,
@@ -305,7 +309,7 @@ def test_lite_viewer_page_with_an_altered_token_is_denied(stored: StoredStudy) -
 
     assert response.status_code == 403
     assert event_row(only_event()) == expected_event(
-        role="anonymous",
+        role="invalid_viewer_token",
         channel="viewer",
         action="read",
         route="lite-viewer",
@@ -482,7 +486,7 @@ def test_bad_viewer_token_is_recorded_as_denied(stored: StoredStudy) -> None:
     assert response.json() == INVALID_TOKEN
     event = only_event()
     assert event_row(event) == expected_event(
-        role="anonymous",
+        role="invalid_viewer_token",  # altered: no token id can be trusted from it
         channel="dicomweb",
         action="read",
         route="dicomweb-study-metadata",
@@ -601,10 +605,10 @@ def test_preflight_and_paths_outside_radiology_leave_no_event(doctor: AbstractBa
         client.options(stored.study_url("/metadata")),
         client.get("/healthz"),
         client.get("/api/v1/schema/"),
-        client.post("/api/v1/auth/token/", {"username": "doctor-alice", "password": "nope"}),
+        client.post("/api/v1/auth/token/", {"username": "doctor-alice", "password": PASSWORD}),
     ]
 
-    assert [response.status_code for response in responses] == [200, 200, 200, 200, 400]
+    assert [response.status_code for response in responses] == [200, 200, 200, 200, 200]
     assert AuditEvent.objects.count() == 0
 
 
@@ -836,3 +840,151 @@ def test_the_event_is_written_when_the_answer_is_closed_even_if_cut_short(
         ("dicomweb-frames", 200, stored.image.image_uid, "doctor")
     ]
     assert response.closed
+
+
+# --- refused viewer tokens and admin login redirects -------------------------------------------------
+
+
+def test_an_expired_viewer_token_is_recorded_by_its_id(stored: StoredStudy) -> None:
+    token = issue_token(stored.study, expires_in=-60)
+
+    response = bearer_client(token).get(stored.study_url("/metadata"))
+
+    assert response.status_code == 401
+    assert event_row(only_event()) == expected_event(
+        role="viewer_token",
+        viewer_token_id=ViewerToken.objects.get().pk,
+        channel="dicomweb",
+        action="read",
+        route="dicomweb-study-metadata",
+        method="GET",
+        study_uid=stored.study.study_uid,
+        status_code=401,
+        outcome="denied",
+    )
+
+
+def test_a_malformed_bearer_token_is_marked(stored: StoredStudy) -> None:
+    response = bearer_client("not-a-token").get(f"{DICOMWEB}/studies")
+
+    assert response.status_code == 401
+    assert (only_event().role, only_event().viewer_token_id) == ("invalid_viewer_token", None)
+
+
+def test_an_admin_login_redirect_is_a_denial(stored: StoredStudy) -> None:
+    url = reverse("admin:radiology_radiologystudy_change", args=[stored.study.pk])
+
+    response = Client().get(url)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/login/?next={url}"
+    assert event_row(only_event()) == expected_event(
+        role="anonymous",
+        channel="admin",
+        action="read",
+        route="radiology_radiologystudy_change",
+        method="GET",
+        study_id=stored.study.pk,
+        status_code=302,
+        outcome="denied",
+    )
+
+
+# --- DELETE refused by the database; the archive command is the one way ------------------------------
+
+
+def _raw_delete(event: AuditEvent) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM radiology_auditevent WHERE id = %s", [event.pk])
+
+
+def test_raw_sql_delete_is_refused_by_the_database(event: AuditEvent) -> None:
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _raw_delete(event)
+
+    assert event_row(AuditEvent.objects.get()) == event_row(event)
+
+
+def test_the_delete_guard_comes_back_after_migrate(event: AuditEvent) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER IF EXISTS radiology_audit_append_only ON radiology_auditevent")
+        else:
+            cursor.execute("DROP TRIGGER IF EXISTS radiology_audit_no_delete")
+
+    call_command("migrate", verbosity=0)
+
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _raw_delete(event)
+    assert AuditEvent.objects.count() == 1
+
+
+def _event_at(when: dt.datetime, monkeypatch: pytest.MonkeyPatch, route: str) -> AuditEvent:
+    """An event written as if at `when` (the trail's time comes from the clock, never from the caller)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(timezone, "now", lambda: when)
+        event = audit.record(user=None, channel="api", action="read", route=route, method="GET", status_code=200)
+    assert event is not None
+    return event
+
+
+def test_archive_moves_old_events_to_a_file_and_deletes_only_those(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone = timezone.get_current_timezone()
+    old = [_event_at(dt.datetime(2026, 1, day, 9, 30, tzinfo=zone), monkeypatch, route=f"old-{day}") for day in (2, 3)]
+    kept = _event_at(dt.datetime(2026, 2, 1, 0, 0, tzinfo=zone), monkeypatch, route="kept")
+    output = tmp_path / "audit-2026-01.csv"
+
+    call_command("archive_radiology_audit", "--before", "2026-02-01", "--output", str(output))
+
+    with open(output, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == EXPORT_COLUMNS
+    assert [row[EXPORT_COLUMNS.index("route")] for row in rows[1:]] == ["old-2", "old-3"]
+    assert [row[0] for row in rows[1:]] == [event.at.astimezone(zone).isoformat() for event in old]
+    remaining = list(AuditEvent.objects.order_by("id").values_list("route", "channel", "action", "method"))
+    assert remaining == [
+        ("kept", "api", "read", "GET"),
+        ("archive_radiology_audit", "maintenance", "delete", "CLI"),
+    ]
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _raw_delete(kept)  # the permit ended with the archive
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM radiology_audit_delete_permit")
+        assert cursor.fetchone() == (0,)
+
+
+def test_archive_refuses_to_overwrite_a_file_and_deletes_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _event_at(dt.datetime(2026, 1, 2, tzinfo=timezone.get_current_timezone()), monkeypatch, route="old")
+    output = tmp_path / "existing.csv"
+    output.write_text("keep me")
+
+    with pytest.raises(CommandError, match="exists; choose a new file"):
+        call_command("archive_radiology_audit", "--before", "2026-02-01", "--output", str(output))
+
+    assert output.read_text() == "keep me"
+    assert AuditEvent.objects.count() == 1
+
+
+def test_archive_refuses_a_day_in_the_future(tmp_path: Any) -> None:
+    with pytest.raises(CommandError, match="--before is in the future"):
+        call_command("archive_radiology_audit", "--before", "2999-01-01", "--output", str(tmp_path / "a.csv"))
+
+    assert not (tmp_path / "a.csv").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_empties_the_trail_and_the_guard_stays(doctor: AbstractBaseUser, stored: StoredStudy) -> None:
+    token_client(doctor).get(f"{API}/studies/")
+    assert AuditEvent.objects.count() == 1
+
+    call_command("flush", interactive=False, verbosity=0)
+
+    assert AuditEvent.objects.count() == 0
+    event = audit.record(user=None, channel="api", action="read", route="after", method="GET", status_code=200)
+    assert event is not None
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _raw_delete(event)

@@ -224,6 +224,7 @@ def test_config_has_the_study_header_and_series_in_order_with_ct_presets_and_hea
         ],
         "dicomweb": "http://testserver/api/v1/radiology/dicomweb",
         "download": "http://testserver/api/v1/radiology/viewer/image-url/",
+        "maxRenderSide": 2048,
     }
     assert [image.instance_number for image in viewer_study.ct] == [1, 2, 3]
     assert study.patient_id == viewer_study.ct[0].series.study.radiology_order.visit.patient.hospital_number

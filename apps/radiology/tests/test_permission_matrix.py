@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, Permission
 from django.db import transaction
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -36,8 +36,11 @@ from apps.radiology.tests.conftest import make_user
 from apps.radiology.tests.trust_helpers import StoredStudy, ingest_study, issue_token
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-USERS = ("nurse", "doctor", "radtech", "superuser")
-TOKENS = ("other_token", "expired_token")
+# clerk: staff of another part of the EMR, in no radiology group (with every radiology model permission).
+USERS = ("nurse", "clerk", "doctor", "radtech", "superuser")
+# Tokens of the target study whose issuer was deactivated, or removed from the radiology groups.
+ISSUER_GONE = ("inactive_issuer_token", "ungrouped_issuer_token")
+TOKENS = ("other_token", "expired_token", *ISSUER_GONE)
 ACTORS = ("anonymous", *USERS, *TOKENS)
 VIEWERS = ("doctor", "radtech", "superuser")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -79,6 +82,7 @@ def _store_settings(media: Path) -> dict[str, Any]:
 def _build_world(media: Path, staging: Path) -> World:
     users: dict[str, AbstractBaseUser] = {
         "nurse": make_user("matrix-nurse"),
+        "clerk": make_user("matrix-clerk"),
         "doctor": make_user("matrix-doctor", groups=(DOCTOR_GROUP,)),
         "radtech": make_user("matrix-radtech", groups=(RADIOLOGY_TECH_GROUP,)),
         "superuser": make_user("matrix-admin", superuser=True),
@@ -94,10 +98,20 @@ def _build_world(media: Path, staging: Path) -> World:
         mime_type="application/dicom",
         checksum="d" * 64,
     )
+    users["clerk"].is_staff = True
+    users["clerk"].save()
+    users["clerk"].user_permissions.add(*Permission.objects.filter(content_type__app_label="radiology"))
+    gone = make_user("matrix-gone", groups=(DOCTOR_GROUP,))
+    moved = make_user("matrix-moved", groups=(RADIOLOGY_TECH_GROUP,))
     tokens = {
         "other_token": issue_token(other.study, expires_in=3600),
         "expired_token": issue_token(target.study, expires_in=-60),
+        "inactive_issuer_token": issue_token(target.study, user=gone, expires_in=3600),
+        "ungrouped_issuer_token": issue_token(target.study, user=moved, expires_in=3600),
     }
+    gone.is_active = False
+    gone.save()
+    moved.groups.clear()
     auth = {
         "anonymous": {},
         **{name: {"Authorization": f"Token {Token.objects.create(user=user).key}"} for name, user in users.items()},
@@ -165,6 +179,7 @@ def rest(ok: dict[str, dict[str, int]]) -> Statuses:
     """A DRF endpoint with token/session login: anonymous and viewer tokens 401, nurse 403, the rest as given."""
     statuses = {actor: every_method(401) for actor in ("anonymous", *TOKENS)}
     statuses["nurse"] = every_method(403)
+    statuses["clerk"] = every_method(403)
     return {**statuses, **ok}
 
 
@@ -178,7 +193,9 @@ def dicomweb(get: int, *, other_token: int, stow: int | None = None) -> Statuses
     return {
         "anonymous": every_method(401),
         "expired_token": every_method(401),
+        **{actor: every_method(401) for actor in ISSUER_GONE},
         "nurse": every_method(403),
+        "clerk": every_method(403),
         "doctor": methods(get, post=403, write=403, options=200),
         "radtech": store,
         "superuser": store,
@@ -386,3 +403,23 @@ def test_admin_changelists(model: str, matrix: World) -> None:
         assert response.status_code == 302
         assert response["Location"] == f"/admin/login/?next={url}"
     assert superuser.status_code == 200
+
+
+def test_admin_refuses_staff_without_a_radiology_role(matrix: World) -> None:
+    """The clerk passes admin's staff check but no radiology page: changelists, change pages, the viewer."""
+    clerk = Client()
+    clerk.force_login(get_user_model().objects.get(username="matrix-clerk"))
+    image, study = matrix.target.image, matrix.target.study
+    urls = [
+        *(reverse(f"admin:radiology_{model}_changelist") for model in RADIOLOGY_ADMIN),
+        reverse("admin:radiology_radiologyimage_change", args=[image.pk]),
+        reverse("admin:radiology_radiologyseries_change", args=[matrix.target.series.pk]),
+        reverse("admin:radiology_radiologystudy_change", args=[study.pk]),
+        reverse("admin:radiology_radiologyorder_change", args=[study.radiology_order.pk]),
+        reverse("admin:radiology_radiologystudy_viewer", args=[study.pk]),
+    ]
+
+    statuses = {url: clerk.get(url).status_code for url in urls}
+
+    assert statuses == dict.fromkeys(urls, 403)
+    assert clerk.get(reverse("admin:app_list", args=["radiology"])).status_code == 404

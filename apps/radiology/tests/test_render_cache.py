@@ -44,7 +44,8 @@ def test_the_real_settings_use_it_in_the_configured_directory_with_the_configure
     renders = production_settings.CACHES["renders"]  # the test settings swap in LocMemCache
     assert renders["BACKEND"] == "apps.radiology.render_cache.RenderFileCache"
     assert renders["LOCATION"] == str(production_settings.VAR_DIR / "render-cache")  # RADIOLOGY_RENDER_CACHE_DIR unset
-    assert renders["OPTIONS"] == {"MAX_ENTRIES": 20000}  # RADIOLOGY_RENDER_CACHE_ENTRIES unset
+    # RADIOLOGY_RENDER_CACHE_ENTRIES and RADIOLOGY_RENDER_CACHE_MAX_BYTES unset
+    assert renders["OPTIONS"] == {"MAX_ENTRIES": 20000, "MAX_BYTES": 1024**3}
 
 
 def test_values_round_trip_with_their_type(folder: Path) -> None:
@@ -192,3 +193,36 @@ def test_a_fresh_render_is_kept_once_the_response_is_closed_and_served_from_the_
         key.etag,
     )
     assert made == [b"\xff\xd8rendered"]  # rendered once
+
+
+def test_the_cache_is_bounded_by_bytes_removing_the_oldest_entries_first(folder: Path) -> None:
+    """Issue 14 item 9: a count alone lets a few thousand full-size renders fill a disk."""
+    render = b"\xff" * 1000  # 1,025 bytes on disk with its header
+    cache = make_cache(folder, MAX_ENTRIES=1000, CULL_EVERY=1000, MAX_BYTES=10_000)  # culls per 100 bytes written
+    for number in range(9):
+        cache.set(f"k{number}", render)
+        os.utime(entry_path(folder, f"k{number}"), (1_000_000 + number, 1_000_000 + number))
+    assert len(entries(folder)) == 9  # 9,225 bytes: within MAX_BYTES, nothing removed
+
+    cache.set("k9", render)  # 10,250 bytes > 10,000: down to 10,000 - 10,000 // 3 = 6,667 bytes
+
+    kept = {entry_path(folder, f"k{number}").name for number in range(4, 10)}
+    assert entries(folder) == kept
+    assert sum((folder / name).stat().st_size for name in kept) == 6 * 1025
+    assert [cache.get(f"k{number}") for number in range(10)] == [None] * 4 + [render] * 6
+
+
+def test_a_writer_culls_once_it_has_written_a_hundredth_of_max_bytes(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(render_cache.random, "randrange", lambda stop: 0)
+    cache = make_cache(folder, MAX_ENTRIES=1000, CULL_EVERY=1000, MAX_BYTES=100_000)  # every 1,000 bytes
+    listings: list[str] = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(render_cache.os, "scandir", lambda path: listings.append(path) or real_scandir(path))
+    cache.set("small", b"x" * 100)
+    assert listings == []
+    cache.set("large", b"x" * 900)  # 1,050 bytes written since the last cull
+    assert listings == [str(folder)]
+    cache.set("next", b"x")
+    assert listings == [str(folder)]

@@ -170,6 +170,76 @@ def test_a_token_of_another_kind_or_key_is_refused(images: list[RadiologyImage],
     signing.verify_image_url(image=image, filename=filename, expires=expires, token=right)
 
 
+# --- Image URLs made for a user: the issuer is signed in ------------------------------------------
+
+
+def test_an_image_url_for_a_user_signs_issuer_and_issue_time(
+    images: list[RadiologyImage], clock: Any, doctor: Any
+) -> None:
+    image = images[0]
+    filename = image.file_key.rsplit("/", 1)[-1]
+    expires_at = FROZEN_NOW + 300
+    signature = django_signing.Signer(salt="pacs-lite.image-url.v1").signature(
+        f"{image.pk}/{image.checksum}/{filename}/{expires_at}/{doctor.pk}/{FROZEN_NOW}/-"
+    )
+
+    url = signing.image_url(image=image, user=doctor, expires_in=300, base_url="http://pacs.local")
+
+    assert url == (
+        f"http://pacs.local/api/v1/radiology/files/{image.pk}/{filename}"
+        f"?{urlencode({'expires': expires_at, 'token': f'{doctor.pk}.{FROZEN_NOW}.-.{signature}'})}"
+    )
+    link = signing.verify_image_url(
+        image=image, filename=filename, expires=str(expires_at), token=url.rsplit("=", 1)[1]
+    )
+    assert (link.issuer_id, link.issued_at, link.via_token_id) == (doctor.pk, FROZEN_NOW, None)
+
+
+def test_an_image_url_through_a_viewer_token_names_the_token(
+    images: list[RadiologyImage], clock: Any, doctor: Any, study: RadiologyStudy
+) -> None:
+    from apps.radiology.dicomweb.auth import ViewerTokenPrincipal
+
+    grant = signing.ViewerGrant(
+        token_id=uuid.uuid4(), study_id=study.pk, study_uid=study.study_uid, issuer_id=doctor.pk
+    )
+    _base, filename, expires, token = _parts(
+        signing.image_url(image=images[0], user=ViewerTokenPrincipal(grant), base_url="http://x")
+    )
+
+    link = signing.verify_image_url(image=images[0], filename=filename, expires=expires, token=token)
+    assert token.startswith(f"{doctor.pk}.{FROZEN_NOW}.{grant.token_id.hex}.")
+    assert (link.issuer_id, link.via_token_id) == (doctor.pk, grant.token_id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda parts: [str(int(parts[0]) + 1), *parts[1:]],  # another issuer
+        lambda parts: [parts[0], str(int(parts[1]) + 10), *parts[2:]],  # issued later (after a cut-off)
+        lambda parts: [parts[0], parts[1], uuid.uuid4().hex, parts[3]],  # through some token
+        lambda parts: [parts[3]],  # issuer dropped: the old, issuer-less form
+    ],
+    ids=["issuer", "issued-at", "via-token", "issuer-dropped"],
+)
+def test_the_issuer_fields_are_signed(images: list[RadiologyImage], clock: Any, doctor: Any, change: Any) -> None:
+    _base, filename, expires, token = _parts(signing.image_url(image=images[0], user=doctor, base_url="http://x"))
+
+    with pytest.raises(signing.SignatureRejected, match="bad signature"):
+        signing.verify_image_url(
+            image=images[0], filename=filename, expires=expires, token=".".join(change(token.split(".")))
+        )
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["1.2.-", "1.2.-.sig.x", "x.2.-.sig", "1.y.-.sig", "1.2.nothex.sig", "².2.-.sig", "9" * 30 + ".2.-.s", "1.2.3.s"],
+)
+def test_a_malformed_issuer_token_is_refused_before_any_query(token: str, django_assert_num_queries: Any) -> None:
+    with django_assert_num_queries(0), pytest.raises(signing.SignatureRejected, match="malformed link"):
+        signing.parse_image_link(expires=str(FROZEN_NOW), token=token)
+
+
 # --- Viewer tokens -----------------------------------------------------------------------
 
 
@@ -181,9 +251,9 @@ def test_a_viewer_token_records_who_may_open_which_study_until_when(study: Radio
     record = ViewerToken.objects.get()
     assert (record.study_id, record.issued_to_id, record.revoked_at) == (study.pk, doctor.pk, None)
     assert before + dt.timedelta(seconds=120) <= record.expires_at <= timezone.now() + dt.timedelta(seconds=120)
-    assert signing.verify_viewer_token(token) == signing.ViewerGrant(
-        token_id=record.id, study_id=study.pk, study_uid=study.study_uid
-    )
+    grant = signing.verify_viewer_token(token)
+    assert grant == signing.ViewerGrant(token_id=record.id, study_id=study.pk, study_uid=study.study_uid)
+    assert grant.issuer_id == doctor.pk
     payload = django_signing.loads(token, salt=signing.VIEWER_TOKEN_SALT)
     assert payload == {"t": record.id.hex, "s": study.study_uid, "e": int(record.expires_at.timestamp())}
 

@@ -64,9 +64,9 @@ def test_every_frame_of_a_native_multiframe_instance(radiology_store: str, put: 
     assert all(len(frame) == 10 * 10 * 4 for frame in expected)
     _type, parts = get_frames(doctor_client, stored, ",".join(str(n) for n in range(1, 16)), OHIF_ACCEPT)
     assert parts == [(f"application/octet-stream; transfer-syntax={EXPLICIT_LITTLE}", frame) for frame in expected]
-    # Asked out of order and twice: answered in the order asked.
+    # Asked out of order and twice: answered in the order first asked, each frame once.
     _type, parts = get_frames(doctor_client, stored, "15,1,7,7", OHIF_ACCEPT)
-    assert [content for _ct, content in parts] == [expected[14], expected[0], expected[6], expected[6]]
+    assert [content for _ct, content in parts] == [expected[14], expected[0], expected[6]]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_pixel_data_that_cannot_be_decoded_is_422_before_any_body(put: Put, doct
     assert json_of(response) == error("Could not decode the pixel data: RuntimeError.", "rendering_failed")
     # As stored, the frame still leaves: the client may have a decoder that copes.
     _type, parts = get_frames(doctor_client, stored, frames, OHIF_ACCEPT)
-    assert [content for _ct, content in parts] == stored_frames(stored) * len(frames.split(","))
+    assert [content for _ct, content in parts] == stored_frames(stored)  # a frame asked twice leaves once
 
 
 def test_an_instance_without_pixel_data_has_no_frames(put: Put, doctor_client: Client) -> None:

@@ -88,7 +88,7 @@ def test_rendered_fits_the_viewport_and_keeps_the_aspect_ratio(
     stored = put("JPEG2000.dcm")  # 256 wide, 1024 high
     picture = rendered(doctor_client, stored.url("/rendered"), viewport=viewport)
     assert picture.size == size
-    wanted = tuple(int(part) if part else 8192 for part in viewport.split(","))
+    wanted = tuple(int(part) if part else 2048 for part in viewport.split(","))
     fits(picture.size, (wanted[0], wanted[1]), (256, 1024))
 
 
@@ -228,8 +228,8 @@ def test_jpeg_quality_is_honoured(put: Put, doctor_client: Client) -> None:
     ("params", "body"),
     [
         ({"viewport": "abc"}, error("viewport must be width,height in pixels.", "radiology_error")),
-        ({"viewport": "0,0"}, error("viewport must be width,height between 1 and 8192.", "radiology_error")),
-        ({"viewport": "9000,10"}, error("viewport must be width,height between 1 and 8192.", "radiology_error")),
+        ({"viewport": "0,0"}, error("viewport must be width,height between 1 and 2048.", "radiology_error")),
+        ({"viewport": "9000,10"}, error("viewport must be width,height between 1 and 2048.", "viewport_too_large")),
         ({"window": "40"}, error("window must be center,width[,linear].", "radiology_error")),
         ({"window": "40,0"}, error("window width must be at least 1.", "radiology_error")),
     ],

@@ -1,0 +1,50 @@
+"""Django's own 400/403/404/500 answers as `{"detail", "code"}` JSON under /api/ (handler400 etc.).
+
+Errors raised inside DRF views already get that shape from the API's exception handler. These
+are the answers Django gives before or around a view: a path no pattern matches (a fuzzed
+frame list with an encoded "/", an id the URL converter refuses), a request Django itself
+refuses (RequestDataTooBig, a bad Host: 400), a CSRF failure (403). A client of the API
+branches on `code` there too, instead of parsing an HTML page. Elsewhere (admin, the viewer's
+pages) Django's own pages stay.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+
+API_PREFIXES = ("/api/", "/healthz")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIXES)
+
+
+def _json(detail: str, code: str, status: int) -> JsonResponse:
+    response = JsonResponse({"detail": detail, "code": code}, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json("The request could not be read.", "bad_request", 400)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json("You do not have permission to perform this action.", "permission_denied", 403)
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json("Not found.", "not_found", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return _json("The server could not answer this request.", "server_error", 500)
+    return defaults.server_error(request)
