@@ -4,9 +4,9 @@ Run from the repository root (as root, or as a user who may run PostgreSQL's ini
     make bench-hostile      (= .venv/bin/python bench/hostile_inputs.py)
 
 What it does, all on 127.0.0.1 and in a temporary directory (never var/):
-1. builds the hostile files (bench/hostile_files.py): an RLE bomb (~7 KB declaring 65535 x 65535
-   pixels), a valid 16384 x 16384 16-bit RLE image (~8 MiB, 512 MiB decoded), a deflate bomb
-   (~1 MB inflating to 1 GiB);
+1. builds the hostile files, streaming, with the tests' builders (apps/radiology/tests/ingest_bombs.py):
+   an RLE bomb (~7 KB declaring 65535 x 65535 pixels), a valid 16384 x 16384 16-bit RLE image
+   (~8 MiB, 512 MiB decoded), a deflate bomb (~1 MB inflating to 1 GiB);
 2. starts a throwaway PostgreSQL 15 cluster with fsync ON (durable, as production), migrates,
    seeds the demo users and orders, and starts gunicorn exactly as docker-compose.yml runs it
    (3 gthread workers x 4 threads, --timeout 300) with production settings (DJANGO_DEBUG=0, a
@@ -55,7 +55,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, quote, urlsplit
 
 import psycopg2
@@ -64,12 +64,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+ROOT = BENCH_DIR.parent
+sys.path[:0] = [str(BENCH_DIR), str(ROOT)]  # ROOT for the hostile file builders the tests use
 
 import _services as services  # noqa: E402
-import hostile_files  # noqa: E402
 
-ROOT = BENCH_DIR.parent
+from apps.radiology.tests import ingest_bombs  # noqa: E402
+
 RESULTS = BENCH_DIR / "results" / "hostile_inputs.md"
 MIB = 1024 * 1024
 API = "/api/v1/radiology"
@@ -700,8 +701,11 @@ def uids_of(path: Path) -> tuple[str, str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
 
 
-def stow(bench: Bench, case: str, expected: str, check: Check, order: int | str, data: bytes) -> Answer | None:
-    boundary = uuid.uuid4().hex
+def stow(
+    bench: Bench, case: str, expected: str, check: Check, order: int | str, data: bytes, boundary: str = ""
+) -> Answer | None:
+    """POST `data` as the one part of a STOW-RS request into `order` (a fresh boundary unless given)."""
+    boundary = boundary or uuid.uuid4().hex
     return bench.run(
         case,
         expected,
@@ -710,6 +714,54 @@ def stow(bench: Bench, case: str, expected: str, check: Check, order: int | str,
         f"{DICOMWEB}/studies?radiology_order_id={order}",
         headers={**bench.auth("radtech"), **STOW_JSON, "Content-Type": stow_type(boundary)},
         body=b"".join(multipart([data], boundary)),
+    )
+
+
+def upload_put(
+    bench: Bench,
+    case: str,
+    expected: str,
+    order: int,
+    *,
+    filename: str,
+    file_size: int,
+    checksum: str,
+    content_range: str,
+    body: bytes,
+) -> None:
+    """Create a resumable upload into `order` as radtech, then PUT `body` with this Content-Range (the case)."""
+    created = request(
+        bench.server.port,
+        "POST",
+        f"{API}/uploads/",
+        headers={**bench.auth("radtech"), "Content-Type": "application/json"},
+        body=json.dumps(
+            {
+                "client_upload_id": str(uuid.uuid4()),
+                "radiology_order": order,
+                "filename": filename,
+                "file_size": file_size,
+                "mime_type": "application/dicom",
+                "checksum": checksum,
+            }
+        ).encode(),
+    )
+    upload_id = (created.json() or {}).get("id") if created.status == 201 else None
+    if upload_id is None:
+        print(f"  {case.split()[0]} not run: creating the upload answered {created.shown}", flush=True)
+        return
+    bench.run(
+        case,
+        expected,
+        error_4xx(),
+        "PUT",
+        f"{API}/uploads/{upload_id}/binary/",
+        headers={
+            **bench.auth("radtech"),
+            "Content-Type": "application/octet-stream",
+            "Content-Range": content_range,
+        },
+        body=body,
     )
 
 
@@ -758,7 +810,6 @@ def qido_redos(bench: Bench, letters: str, database: str) -> None:
 
 
 def cases(bench: Bench, files: dict[str, Path], orders: list[int], setup: dict[str, Any]) -> None:
-    port = bench.server.port
     print("case 1: RLE bomb", flush=True)
     answer = stow(
         bench,
@@ -788,39 +839,17 @@ def cases(bench: Bench, files: dict[str, Path], orders: list[int], setup: dict[s
     stow(
         bench, f"3a STOW-RS deflate bomb ({len(bomb) / MIB:.1f} MiB -> 1 GiB)", "fast 4xx", error_4xx(), orders[3], bomb
     )
-    created = request(
-        port,
-        "POST",
-        f"{API}/uploads/",
-        headers={**bench.auth("radtech"), "Content-Type": "application/json"},
-        body=json.dumps(
-            {
-                "client_upload_id": str(uuid.uuid4()),
-                "radiology_order": orders[4],
-                "filename": "bomb.dcm",
-                "file_size": len(bomb),
-                "mime_type": "application/dicom",
-                "checksum": hashlib.sha256(bomb).hexdigest(),
-            }
-        ).encode(),
+    upload_put(
+        bench,
+        "3b upload sync PUT deflate bomb",
+        "fast 4xx",
+        orders[4],
+        filename="bomb.dcm",
+        file_size=len(bomb),
+        checksum=hashlib.sha256(bomb).hexdigest(),
+        content_range=f"bytes 0-{len(bomb) - 1}/{len(bomb)}",
+        body=bomb,
     )
-    upload_id = (created.json() or {}).get("id") if created.status == 201 else None
-    if upload_id is None:
-        print(f"  3b not run: creating the upload answered {created.shown}", flush=True)
-    else:
-        bench.run(
-            "3b upload sync PUT deflate bomb",
-            "fast 4xx",
-            error_4xx(),
-            "PUT",
-            f"{API}/uploads/{upload_id}/binary/",
-            headers={
-                **bench.auth("radtech"),
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"bytes 0-{len(bomb) - 1}/{len(bomb)}",
-            },
-            body=bomb,
-        )
 
     qido_redos(bench, "ab", "PostgreSQL")
 
@@ -908,59 +937,19 @@ def cases(bench: Bench, files: dict[str, Path], orders: list[int], setup: dict[s
             f"{DICOMWEB}/studies?offset={value}",
             headers={**doctor, "Accept": "application/dicom+json"},
         )
-    long_boundary = "b" * 300
-    bench.run(
-        "7d STOW-RS boundary of 300 chars",
+    stow(bench, "7d STOW-RS boundary of 300 chars", "4xx with code", error_4xx(), orders[6], b"not dicom", "b" * 300)
+    stow(bench, "7e STOW-RS ?radiology_order_id=²", "4xx with code", error_4xx(), quote("²"), b"not dicom")
+    upload_put(
+        bench,
+        "7f upload PUT, Content-Range of 5,000 digits",
         "4xx with code",
-        error_4xx(),
-        "POST",
-        f"{DICOMWEB}/studies?radiology_order_id={orders[6]}",
-        headers={**bench.auth("radtech"), **STOW_JSON, "Content-Type": stow_type(long_boundary)},
-        body=b"".join(multipart([b"not dicom"], long_boundary)),
+        orders[7],
+        filename="range.dcm",
+        file_size=1000,
+        checksum="0" * 64,
+        content_range=f"bytes 0-{digits}/1000",
+        body=b"\x00" * 1000,
     )
-    boundary = uuid.uuid4().hex
-    bench.run(
-        "7e STOW-RS ?radiology_order_id=²",
-        "4xx with code",
-        error_4xx(),
-        "POST",
-        f"{DICOMWEB}/studies?radiology_order_id={quote('²')}",
-        headers={**bench.auth("radtech"), **STOW_JSON, "Content-Type": stow_type(boundary)},
-        body=b"".join(multipart([b"not dicom"], boundary)),
-    )
-    created = request(
-        port,
-        "POST",
-        f"{API}/uploads/",
-        headers={**bench.auth("radtech"), "Content-Type": "application/json"},
-        body=json.dumps(
-            {
-                "client_upload_id": str(uuid.uuid4()),
-                "radiology_order": orders[7],
-                "filename": "range.dcm",
-                "file_size": 1000,
-                "mime_type": "application/dicom",
-                "checksum": "0" * 64,
-            }
-        ).encode(),
-    )
-    upload_id = (created.json() or {}).get("id") if created.status == 201 else None
-    if upload_id is None:
-        print(f"  7f not run: creating the upload answered {created.shown}", flush=True)
-    else:
-        bench.run(
-            "7f upload PUT, Content-Range of 5,000 digits",
-            "4xx with code",
-            error_4xx(),
-            "PUT",
-            f"{API}/uploads/{upload_id}/binary/",
-            headers={
-                **bench.auth("radtech"),
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"bytes 0-{digits}/1000",
-            },
-            body=b"\x00" * 1000,
-        )
 
 
 # --- Setup and report ----------------------------------------------------------------------
@@ -1062,15 +1051,20 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacs-hostile-")))
-        hostile_files.check_builders(workdir)
+        ingest_bombs.check_builders(workdir)
         files = {
             "rle_bomb": workdir / "rle-bomb.dcm",
             "big16": workdir / "big16.dcm",
             "deflate": workdir / "deflate.dcm",
         }
-        hostile_files.rle_bomb(files["rle_bomb"])
-        hostile_files.rle_constant_16bit(files["big16"])
-        hostile_files.deflate_bomb(files["deflate"])
+        builders: dict[str, Callable[[BinaryIO], object]] = {
+            "rle_bomb": lambda out: ingest_bombs.write_rle_bomb(out, side=65535, run_pairs=2900),
+            "big16": lambda out: ingest_bombs.write_rle_constant(out, side=16384, value=1000, bits=16),
+            "deflate": lambda out: ingest_bombs.write_deflate_bomb(out, inflated_bytes=1024 * MIB),
+        }
+        for name, build in builders.items():
+            with files[name].open("wb") as out:
+                build(out)
         step("hostile files built: " + ", ".join(f"{name} {path.stat().st_size:,} B" for name, path in files.items()))
         database_url = stack.enter_context(durable_postgres())
         env = services.pacs_env(workdir, database_url, secrets.token_urlsafe(50))

@@ -1,10 +1,13 @@
-"""Hostile and huge-but-real DICOM files for the ingest limit tests, built from pydicom, zlib and struct.
+"""Hostile and huge-but-real DICOM files, built from pydicom, zlib and struct: one source for the
+ingest limit tests, the render budget tests and bench/hostile_inputs.py.
 
-Pixel data is written by hand so a test never holds a decoded image: an RLE segment of a
-constant image is replicate runs (PS3.5 G.3.1: the two bytes 0x81, value repeat value 128
-times), and a deflate bomb is one history-free compressed block of zeros repeated (each
-ends with a full flush, so it is valid anywhere in the stream), so a 1 GiB bomb costs a
-few milliseconds to build.
+Pixel data is written by hand so neither a test nor the bench ever holds a decoded image: an
+RLE segment of a constant image is replicate runs (PS3.5 G.3.1: the two bytes 0x81, value
+repeat value 128 times), and a deflate bomb is one history-free compressed block of zeros
+repeated (each ends with a full flush, so it is valid anywhere in the stream), so a 1 GiB bomb
+costs a few milliseconds to build. Each `write_*` builder streams to a binary file, holding at
+most one repeated chunk (a row of runs, a compressed 1 MiB block) at a time; the builders of
+the same name without `write_` return the file's bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -24,6 +30,7 @@ from pydicom.uid import (
 )
 
 MIB = 1024 * 1024
+# Encapsulated pixel data: (7FE0,0010) OB, undefined length; items (FFFE,E000); end (FFFE,E0DD).
 PIXEL_DATA_UNDEFINED = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 ITEM = b"\xfe\xff\x00\xe0"
 SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -73,52 +80,79 @@ def file_start(ds: Dataset, transfer_syntax: str) -> tuple[bytes, bytes]:
     return head.getvalue(), body.getvalue()
 
 
+def item_header(length: int) -> bytes:
+    """The tag and length of an item of encapsulated pixel data."""
+    return ITEM + struct.pack("<I", length)
+
+
+def encapsulated_start(ds: Dataset, transfer_syntax: str, offset_table: bytes = b"") -> bytes:
+    """A file up to its first fragment: file meta, data set, pixel data of undefined length, offset table item."""
+    head, body = file_start(ds, transfer_syntax)
+    return head + body + PIXEL_DATA_UNDEFINED + item_header(len(offset_table)) + offset_table
+
+
 def encapsulated(ds: Dataset, transfer_syntax: str, fragments: list[bytes], offset_table: bytes = b"") -> bytes:
     """A file whose encapsulated pixel data is an offset table item and these fragments."""
-    head, body = file_start(ds, transfer_syntax)
-    items = b"".join(ITEM + struct.pack("<I", len(fragment)) + fragment for fragment in fragments)
-    return (
-        head
-        + body
-        + PIXEL_DATA_UNDEFINED
-        + ITEM
-        + struct.pack("<I", len(offset_table))
-        + offset_table
-        + items
-        + SEQUENCE_END
-    )
+    items = b"".join(item_header(len(fragment)) + fragment for fragment in fragments)
+    return encapsulated_start(ds, transfer_syntax, offset_table) + items + SEQUENCE_END
+
+
+def rle_header(segment_lengths: Sequence[int]) -> bytes:
+    """The 64-byte header of an RLE frame: the segment count and each segment's offset."""
+    offsets, position = [], 64
+    for length in segment_lengths:
+        offsets.append(position)
+        position += length
+    return struct.pack("<16I", len(segment_lengths), *offsets, *([0] * (15 - len(offsets))))
 
 
 def rle_fragment(segments: list[bytes]) -> bytes:
     """One RLE frame: the 64-byte header (segment count and offsets), then the segments."""
-    offsets, position = [], 64
-    for segment in segments:
-        offsets.append(position)
-        position += len(segment)
-    header = struct.pack("<16I", len(segments), *offsets, *([0] * (15 - len(offsets))))
-    return header + b"".join(segments)
+    return rle_header([len(segment) for segment in segments]) + b"".join(segments)
 
 
-def rle_constant(*, side: int, value: int = 1000, bits: int = 16) -> bytes:
+def rle_constant_segments(*, side: int, value: int = 1000, bits: int = 16) -> list[tuple[bytes, int]]:
+    """The segments of a `side` x `side` constant RLE frame as (one row's runs, `side` rows) (G.3.1:
+    each row is its own runs): the most significant byte plane first (G.2)."""
+    if side % 128:
+        raise ValueError("side must be a multiple of 128")
+    planes = [(value >> 8) & 0xFF, value & 0xFF] if bits == 16 else [value & 0xFF]
+    return [(bytes([REPLICATE_128, byte]) * (side // 128), side) for byte in planes]
+
+
+def write_rle(out: BinaryIO, ds: Dataset, segments: Sequence[tuple[bytes, int]]) -> int:
+    """Stream a one-frame RLE Lossless file with an empty offset table: segment i is its chunk
+    repeated its count of times. Returns the offset of the frame's RLE header in the file."""
+    lengths = [len(chunk) * count for chunk, count in segments]
+    start = encapsulated_start(ds, RLELossless) + item_header(64 + sum(lengths))
+    out.write(start)
+    out.write(rle_header(lengths))
+    for chunk, count in segments:
+        for _ in range(count):
+            out.write(chunk)
+    out.write(SEQUENCE_END)
+    return len(start)
+
+
+def write_rle_constant(out: BinaryIO, *, side: int, value: int = 1000, bits: int = 16) -> None:
     """A valid `side` x `side` constant image, RLE Lossless, each row its own runs (G.3.1).
 
     16384 x 16384 16-bit: 8 MiB on disk, 512 MiB decoded.
     """
-    if side % 128:
-        raise ValueError("side must be a multiple of 128")
-    row_runs = side // 128
-    planes = [(value >> 8) & 0xFF, value & 0xFF] if bits == 16 else [value & 0xFF]
-    segments = [bytes([REPLICATE_128, byte]) * row_runs * side for byte in planes]
-    return encapsulated(image_header(rows=side, columns=side, bits=bits), RLELossless, [rle_fragment(segments)])
+    segments = rle_constant_segments(side=side, value=value, bits=bits)
+    write_rle(out, image_header(rows=side, columns=side, bits=bits), segments)
 
 
-def rle_bomb(*, side: int = 65535, run_pairs: int = 3200) -> bytes:
-    """~6.5 KB declaring `side` x `side` 8-bit pixels (4 GiB for 65535): its one segment holds run_pairs x 128 bytes."""
-    segment = bytes([REPLICATE_128, 0]) * run_pairs
-    return encapsulated(image_header(rows=side, columns=side), RLELossless, [rle_fragment([segment])])
+def write_rle_bomb(out: BinaryIO, *, side: int = 65535, run_pairs: int = 3200) -> None:
+    """~6.5 KB declaring `side` x `side` 8-bit pixels (4 GiB for 65535): its one segment holds run_pairs x 128 bytes.
+
+    A decoder that trusts Rows x Columns allocates side**2 bytes before it finds out the data
+    ends far too soon.
+    """
+    write_rle(out, image_header(rows=side, columns=side), [(bytes([REPLICATE_128, 0]) * run_pairs, 1)])
 
 
-def deflate_bomb(*, inflated_bytes: int = 256 * MIB) -> bytes:
+def write_deflate_bomb(out: BinaryIO, *, inflated_bytes: int = 256 * MIB) -> None:
     """Deflated Explicit VR Little Endian whose data set inflates to ~`inflated_bytes`, mostly zeros.
 
     The file meta is plain (Part 10 requires it); the rest is one raw deflate stream: the
@@ -130,9 +164,50 @@ def deflate_bomb(*, inflated_bytes: int = 256 * MIB) -> bytes:
     head, body = file_start(ds, DeflatedExplicitVRLittleEndian)
     start = zlib.compressobj(9, zlib.DEFLATED, -15)
     header = body + b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<I", steps * MIB)
-    out = [head, start.compress(header) + start.flush(zlib.Z_FULL_FLUSH)]
+    out.write(head)
+    out.write(start.compress(header) + start.flush(zlib.Z_FULL_FLUSH))
     zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
     block = zeros.compress(bytes(MIB)) + zeros.flush(zlib.Z_FULL_FLUSH)
-    out.append(block * steps)
-    out.append(zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))  # the final, empty block
-    return b"".join(out)
+    for _ in range(steps):
+        out.write(block)
+    out.write(zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))  # the final, empty block
+
+
+def _built(write: Callable[..., object], **options: int) -> bytes:
+    buffer = io.BytesIO()
+    write(buffer, **options)
+    return buffer.getvalue()
+
+
+def rle_constant(*, side: int, value: int = 1000, bits: int = 16) -> bytes:
+    """The bytes of write_rle_constant."""
+    return _built(write_rle_constant, side=side, value=value, bits=bits)
+
+
+def rle_bomb(*, side: int = 65535, run_pairs: int = 3200) -> bytes:
+    """The bytes of write_rle_bomb."""
+    return _built(write_rle_bomb, side=side, run_pairs=run_pairs)
+
+
+def deflate_bomb(*, inflated_bytes: int = 256 * MIB) -> bytes:
+    """The bytes of write_deflate_bomb."""
+    return _built(write_deflate_bomb, inflated_bytes=inflated_bytes)
+
+
+def check_builders(workdir: Path) -> None:
+    """Small versions of the streaming builders read back through pydicom (bench/hostile_inputs.py
+    runs this before it builds the real ones, which are too big to decode there)."""
+    small = workdir / "small-rle.dcm"
+    with small.open("wb") as out:
+        write_rle_constant(out, side=256, value=0x1234)
+    pixels = pydicom.dcmread(small).pixel_array
+    if pixels.shape != (256, 256) or int(pixels.min()) != 0x1234 or int(pixels.max()) != 0x1234:
+        raise RuntimeError("the RLE writer is wrong")
+    deflated = workdir / "small-deflate.dcm"
+    with deflated.open("wb") as out:
+        write_deflate_bomb(out, inflated_bytes=2 * MIB)
+    ds = pydicom.dcmread(deflated)
+    if ds.file_meta.TransferSyntaxUID != DeflatedExplicitVRLittleEndian or len(ds.PixelData) != 2 * MIB:
+        raise RuntimeError("the deflate writer is wrong")
+    for path in (small, deflated):
+        path.unlink()

@@ -9,6 +9,7 @@ so a test states the whole row it expects.
 from __future__ import annotations
 
 import io
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,22 @@ def expected_event(**values: Any) -> dict[str, Any]:
     unknown = set(values) - set(EMPTY_EVENT)
     assert not unknown, f"not AuditEvent columns: {unknown}"
     return {**EMPTY_EVENT, **values}
+
+
+def refused_token_event(stored: StoredStudy, token_id: uuid.UUID) -> dict[str, Any]:
+    """The event of a study-metadata request with a refused (expired, revoked) viewer token: denied,
+    and, the signature being good, naming the token by its id."""
+    return expected_event(
+        role="viewer_token",
+        viewer_token_id=token_id,
+        channel="dicomweb",
+        action="read",
+        route="dicomweb-study-metadata",
+        method="GET",
+        study_uid=stored.study.study_uid,
+        status_code=401,
+        outcome="denied",
+    )
 
 
 def only_event() -> AuditEvent:

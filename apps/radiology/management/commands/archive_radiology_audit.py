@@ -8,7 +8,6 @@ holding a one-off permit that no other connection sees. The archive itself leave
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import os
@@ -20,15 +19,8 @@ from django.utils import timezone
 
 from apps.radiology import audit
 from apps.radiology.db_triggers import AUDIT_TABLE, allow_audit_deletes_in_transaction, end_audit_deletes
-from apps.radiology.management.commands.export_radiology_audit import _rows
+from apps.radiology.management.commands.export_radiology_audit import audit_rows, parse_day
 from apps.radiology.models import AuditEvent
-
-
-def _day(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 class Command(BaseCommand):
@@ -38,7 +30,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--before", required=True, type=_day, help="archive events before this day (YYYY-MM-DD)")
+        parser.add_argument(
+            "--before", required=True, type=parse_day, help="archive events before this day (YYYY-MM-DD)"
+        )
         parser.add_argument("--output", required=True, help="CSV file to create (must not exist)")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -81,7 +75,7 @@ class Command(BaseCommand):
         with handle:
             writer = csv.writer(handle)
             count = -1
-            for row in _rows(events, zone):
+            for row in audit_rows(events, zone):
                 writer.writerow(row)
                 count += 1
             handle.flush()

@@ -37,7 +37,8 @@ COLUMNS = [
 ]
 
 
-def _day(value: str) -> dt.date:
+def parse_day(value: str) -> dt.date:
+    """A YYYY-MM-DD command-line argument (for argparse's type=)."""
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
@@ -49,8 +50,8 @@ class Command(BaseCommand):
     help = "Write audit events from --since to --until (inclusive days, server time zone) as CSV."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--since", required=True, type=_day)
-        parser.add_argument("--until", required=True, type=_day)
+        parser.add_argument("--since", required=True, type=parse_day)
+        parser.add_argument("--until", required=True, type=parse_day)
         parser.add_argument("--output", help="file to write (default: standard output)")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -61,7 +62,7 @@ class Command(BaseCommand):
         start = dt.datetime.combine(since, dt.time.min, tzinfo=zone)
         end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
         events = AuditEvent.objects.filter(at__gte=start, at__lt=end).order_by("at", "id")
-        rows = _rows(events, zone)
+        rows = audit_rows(events, zone)
         if options["output"]:
             with open(options["output"], "w", newline="", encoding="utf-8") as handle:
                 count = sum(1 for _ in map(csv.writer(handle).writerow, rows)) - 1
@@ -76,7 +77,8 @@ class Command(BaseCommand):
             self.stdout.write(line.getvalue(), ending="")
 
 
-def _rows(events: Any, zone: Any) -> Iterator[list[Any]]:
+def audit_rows(events: Any, zone: Any) -> Iterator[list[Any]]:
+    """The CSV rows of these events, the header (COLUMNS) first; `at` in this time zone."""
     yield COLUMNS
     for event in events.iterator():
         row = [getattr(event, column) for column in COLUMNS]

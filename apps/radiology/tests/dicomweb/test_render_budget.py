@@ -3,11 +3,11 @@
 Every path that decodes pixels (rendered, thumbnail of an instance, a series and a frame,
 frames decoded to native pixels) weighs the frames asked for from the stored header before
 reading a byte: rows x columns x samples x bytes per sample x frames against
-RADIOLOGY_MAX_DECODED_BYTES. The files are real DICOM files written here: a 4096 x 5120 16-bit
-mammogram (renders), a valid 16384 x 16384 16-bit RLE file (8 MiB, accepted by ingest, 512 MiB
-decoded) and a 6 KB RLE file declaring 65535 x 65535 pixels (ingest now refuses it as
-implausible, so it is stored as an older server stored it: its bytes and a row). The decoder
-is watched with spies that wrap the real functions.
+RADIOLOGY_MAX_DECODED_BYTES. The files are real DICOM files written here (with the builders of
+ingest_bombs.py): a 4096 x 5120 16-bit mammogram (renders), a valid 16384 x 16384 16-bit RLE
+file (8 MiB, accepted by ingest, 512 MiB decoded) and a 6 KB RLE file declaring 65535 x 65535
+pixels (ingest now refuses it as implausible, so it is stored as an older server stored it: its
+bytes and a row). The decoder is watched with spies that wrap the real functions.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from django.core.cache import caches
 from django.test import Client
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
 from apps.radiology import render_cache, storage
@@ -34,6 +32,7 @@ from apps.radiology.dicom import pixel_header_of
 from apps.radiology.dicomweb import pixels
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologySeries
 from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.tests.ingest_bombs import file_start, rle_constant_segments, write_rle
 
 from .conftest import Put, Stored
 from .helpers import error, json_of, multipart_of
@@ -43,10 +42,6 @@ pytestmark = pytest.mark.django_db
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 UNCOMPRESSED_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 BUDGET = 64 * 1024 * 1024  # the default RADIOLOGY_MAX_DECODED_BYTES
-# Encapsulated pixel data: (7FE0,0010) OB of undefined length, an empty offset table, items.
-PIXEL_DATA_UNDEFINED = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
-EMPTY_OFFSET_TABLE = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
-SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 def too_large(decoded: int, frames: int = 1, budget: int = BUDGET) -> dict[str, str]:
@@ -75,51 +70,6 @@ def header_dataset(*, rows: int, columns: int, bits: int, study_uid: str) -> Dat
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     ds.WindowCenter, ds.WindowWidth = 2048, 4096
     return ds
-
-
-def file_start(ds: Dataset, transfer_syntax: str) -> bytes:
-    """Preamble, DICM, file meta and the data set (without pixel data), explicit VR little endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    head = io.BytesIO()
-    head.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(head, meta, enforce_standard=True)
-    body = pydicom.filebase.DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, False
-    write_dataset(body, ds)
-    return head.getvalue() + body.getvalue()
-
-
-def write_rle_file(path: Path, ds: Dataset, segment: Callable[[int], Iterator[bytes]], segment_length: int) -> int:
-    """A one-frame RLE Lossless file whose two segments (16-bit: high bytes, low bytes) are
-    streamed from `segment`; returns the offset of the fragment (the RLE header) in the file."""
-    start = file_start(ds, RLELossless)
-    fragment_length = 64 + 2 * segment_length
-    with path.open("wb") as handle:
-        handle.write(start + PIXEL_DATA_UNDEFINED + EMPTY_OFFSET_TABLE)
-        handle.write(b"\xfe\xff\x00\xe0" + struct.pack("<I", fragment_length))
-        handle.write(struct.pack("<2I", 2, 64) + struct.pack("<I", 64 + segment_length) + b"\x00" * 52)
-        for index in range(2):
-            for chunk in segment(index):
-                handle.write(chunk)
-        handle.write(SEQUENCE_END)
-    return len(start) + len(PIXEL_DATA_UNDEFINED) + len(EMPTY_OFFSET_TABLE) + 8
-
-
-def constant_segment(pixels_count: int) -> Callable[[int], Iterator[bytes]]:
-    """A byte plane of zeros as RLE replicate runs of 128 (0x81, value: two bytes each), streamed."""
-    runs = pixels_count // 128
-
-    def segment(_index: int) -> Iterator[bytes]:
-        block = b"\x81\x00" * 65536
-        for _ in range(runs // 65536):
-            yield block
-        yield b"\x81\x00" * (runs % 65536)
-
-    return segment
 
 
 def ingest_file(order: RadiologyOrder, path: Path) -> RadiologyImage:
@@ -182,7 +132,7 @@ def test_a_4096_by_5120_16_bit_mammogram_renders_capped_at_2048_and_its_frame_de
     ds = header_dataset(rows=5120, columns=4096, bits=16, study_uid=study_uid)
     ramp = (np.arange(5120 * 4096, dtype=np.uint32) % 4096).astype(np.uint16)
     path = tmp_path / "mammogram.dcm"
-    path.write_bytes(file_start(ds, ExplicitVRLittleEndian) + b"\xe0\x7f\x10\x00OW\x00\x00")
+    path.write_bytes(b"".join(file_start(ds, ExplicitVRLittleEndian)) + b"\xe0\x7f\x10\x00OW\x00\x00")
     with path.open("ab") as handle:
         handle.write(struct.pack("<I", ramp.nbytes) + ramp.tobytes())
     image = ingest_file(order, path)
@@ -215,7 +165,8 @@ def test_a_valid_16384_square_16_bit_rle_file_is_stored_but_never_decoded(
     side = 16384
     ds = header_dataset(rows=side, columns=side, bits=16, study_uid=generate_uid())
     path = tmp_path / "large.dcm"
-    write_rle_file(path, ds, constant_segment(side * side), side * side // 128 * 2)
+    with path.open("wb") as handle:
+        write_rle(handle, ds, rle_constant_segments(side=side, value=0))
     assert path.stat().st_size < 9 * 1024 * 1024
     image = ingest_file(order, path)  # the archive keeps it, byte-exact
     assert storage.read_object_range(image.file_key, 0, image.file_size) == path.read_bytes()
@@ -243,7 +194,8 @@ def stored_bomb(series: RadiologySeries, tmp_path: Path) -> RadiologyImage:
     ds = header_dataset(rows=65535, columns=65535, bits=16, study_uid=series.study.study_uid)
     ds.SeriesInstanceUID = series.series_uid
     path = tmp_path / "bomb.dcm"
-    offset = write_rle_file(path, ds, lambda _index: iter([b"\x81\x00" * 1024]), 2048)
+    with path.open("wb") as handle:
+        offset = write_rle(handle, ds, [(b"\x81\x00" * 1024, 1)] * 2)
     content = path.read_bytes()
     key = storage.save_new_object(
         f"radiology/{series.study.study_uid}/{series.series_uid}/{ds.SOPInstanceUID}/bomb.dcm",
