@@ -350,6 +350,28 @@ def directives(block: str) -> list[str]:
     return [" ".join(part.split()) for part in block.split(";") if part.strip()]
 
 
+def test_nginx_logs_no_query_string_and_no_referer() -> None:
+    """Tokens ride in query strings and Referers: nginx's access log names neither (issue 14)."""
+    conf = nginx_conf()
+    formats = dict(re.findall(r"log_format\s+(\w+)\s+((?:'[^']*'\s*)+);", conf))
+    access_logs = re.findall(r"access_log\s+([^;]+);", conf)
+    assert access_logs == ["/var/log/nginx/access.log pacs_no_secrets"]
+    # error-level messages quote the request line with its query string: critical ones only
+    assert re.findall(r"error_log\s+([^;]+);", conf) == ["/var/log/nginx/error.log crit"]
+    assert set(formats) == {"pacs_no_secrets"}
+    used = set(re.findall(r"\$\w+", formats["pacs_no_secrets"]))
+    assert used == {
+        "$remote_addr",
+        "$time_local",
+        "$request_method",
+        "$uri",
+        "$server_protocol",
+        "$status",
+        "$body_bytes_sent",
+        "$request_time",
+    }
+
+
 def test_compose_nginx_serves_the_ohif_dist_on_port_3000() -> None:
     nginx = compose()["services"]["nginx"]
     assert re.fullmatch(r"nginx:1\.2[7-9][.\w-]*", nginx["image"])
