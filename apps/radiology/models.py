@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.radiology.declared import DECLARED_FIELDS, Declared
 from apps.radiology.encoded_json import EncodedJSONEncoder
 from apps.radiology.errors import ImmutableImage, ImmutableRecord
 
@@ -250,7 +251,30 @@ class ViewerToken(models.Model):
         return str(self.id)
 
 
-class RadiologyUpload(models.Model):
+def _declared_column(spec: Declared) -> models.Field:
+    """The upload column of one declared field: blank (or null) when the device said nothing."""
+    if spec.kind == "int32":
+        return models.IntegerField(null=True, blank=True, help_text=spec.help_text)
+    if spec.kind == "flag":
+        return models.BooleanField(default=False, help_text=spec.help_text)
+    return models.CharField(max_length=spec.max_length, blank=True, help_text=spec.help_text)
+
+
+# One column per DeclaredImage field, derived from its one definition in declared.py (built with
+# type() rather than a class body because the names come from there).
+DeclaredImageColumns = type(
+    "DeclaredImageColumns",
+    (models.Model,),
+    {
+        "__module__": __name__,
+        "__doc__": "What a device declared about the image it uploads: one column per DeclaredImage field.",
+        "Meta": type("Meta", (), {"abstract": True}),
+        **{name: _declared_column(spec) for name, spec in DECLARED_FIELDS.items()},
+    },
+)
+
+
+class RadiologyUpload(DeclaredImageColumns):
     """One file a device is sending: its metadata first, then its bytes, possibly in chunks.
 
     `client_upload_id` is the device's idempotency key (unique per user). Chunks are staged as
@@ -271,14 +295,7 @@ class RadiologyUpload(models.Model):
     file_size = models.BigIntegerField()
     mime_type = models.CharField(max_length=64)
     checksum = models.CharField(max_length=64)
-    study_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
-    series_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
-    image_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
-    study_description = models.CharField(max_length=255, blank=True)
-    series_description = models.CharField(max_length=255, blank=True)
-    series_number = models.IntegerField(null=True, blank=True)
-    instance_number = models.IntegerField(null=True, blank=True)
-    modality = models.CharField(max_length=16, blank=True)
+    # What the device declared about the image: the columns of DeclaredImageColumns (declared.py).
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     received_bytes = models.BigIntegerField(default=0)
     chunk_offsets = models.JSONField(default=list, blank=True)

@@ -35,6 +35,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.radiology import bulk_insert, parse_helper, signing, storage
+from apps.radiology.declared import DeclaredImage  # defined there, also importable from here
 from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, sniff_mime_type
 from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
@@ -60,26 +61,6 @@ from apps.radiology.models import (
 from apps.radiology.uids import generate_uid, uid_from_name, validate_uid
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DeclaredImage:
-    """What a client says about an image besides its bytes.
-
-    For DICOM every UID given here must agree with the file's header; for a JPEG (which
-    has none) the UIDs given are used and the missing ones generated.
-    """
-
-    study_uid: str | None = None
-    series_uid: str | None = None
-    image_uid: str | None = None
-    study_description: str = ""
-    series_description: str = ""
-    series_number: int | None = None
-    instance_number: int | None = None
-    modality: str = ""
-    # A JPEG that is a photograph of a film (ConversionType "DF") rather than a screen capture ("SI").
-    photographed_film: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,38 +7,52 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.radiology.declared import DECLARED_FIELDS, INT32_MAX, INT32_MIN, Declared, DeclaredImage
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE, RadiologyImage, RadiologyUpload
 from apps.radiology.upload_sync import UploadMetadata
 
-# Series and instance numbers go to 32-bit integer columns (DICOM IS is 32-bit too): a larger
-# value must be a 400 here, not an out-of-range error from the database (a 500).
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+def _declared_field(spec: Declared) -> serializers.Field:
+    """The serializer field of one declared field: optional, with the column's empty value as default."""
+    help_text = spec.help_text or None
+    if spec.kind == "int32":
+        return serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX, help_text=help_text
+        )
+    if spec.kind == "flag":
+        return serializers.BooleanField(required=False, default=False, help_text=help_text)
+    return serializers.CharField(
+        max_length=spec.max_length, required=False, default="", allow_blank=True, help_text=help_text
+    )
 
 
 class UploadCreateSerializer(serializers.Serializer):
+    """The metadata a device posts: the file, then what it declares about the image (declared.py)."""
+
     client_upload_id = serializers.UUIDField()
     radiology_order = serializers.IntegerField(min_value=1)
     filename = serializers.CharField(max_length=255)
     file_size = serializers.IntegerField(min_value=1)
     mime_type = serializers.ChoiceField(choices=[DICOM_MIME_TYPE, JPEG_MIME_TYPE])
     checksum = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, hex")
-    study_uid = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
-    series_uid = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
-    image_uid = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
-    study_description = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
-    series_description = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
-    series_number = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX
-    )
-    instance_number = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX
-    )
-    modality = serializers.CharField(max_length=16, required=False, default="", allow_blank=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # The declared fields follow the file's, one per DeclaredImage field.
+        fields = super().get_fields()
+        fields.update((name, _declared_field(spec)) for name, spec in DECLARED_FIELDS.items())
+        return fields
 
     def to_metadata(self) -> UploadMetadata:
         data: dict[str, Any] = dict(self.validated_data)
-        data["radiology_order_id"] = data.pop("radiology_order")
-        return UploadMetadata(**data)
+        return UploadMetadata(
+            client_upload_id=data["client_upload_id"],
+            radiology_order_id=data["radiology_order"],
+            filename=data["filename"],
+            file_size=data["file_size"],
+            mime_type=data["mime_type"],
+            checksum=data["checksum"],
+            declared=DeclaredImage.from_columns(data),
+        )
 
 
 class UploadedImageSerializer(serializers.ModelSerializer):

@@ -20,7 +20,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.conf import settings
@@ -29,6 +29,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.radiology import storage
+from apps.radiology.declared import DECLARED_FIELDS, DeclaredImage
 from apps.radiology.errors import (
     ChecksumMismatch,
     EmptyFile,
@@ -42,7 +43,7 @@ from apps.radiology.errors import (
     UploadRangeMismatch,
 )
 from apps.radiology.models import RadiologyOrder, RadiologyUpload
-from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
+from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.uids import validate_uid
 
 logger = logging.getLogger(__name__)
@@ -51,16 +52,6 @@ STAGING_PREFIX = "staging/uploads"
 # ASCII digits, at most 19 (any int64): a header of thousands of digits must be a 400, not
 # the ValueError int() raises past 4300 digits (a 500).
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})")
-DECLARED_FIELDS = (
-    "study_uid",
-    "series_uid",
-    "image_uid",
-    "study_description",
-    "series_description",
-    "series_number",
-    "instance_number",
-    "modality",
-)
 
 
 @dataclass(frozen=True)
@@ -73,14 +64,7 @@ class UploadMetadata:
     file_size: int
     mime_type: str
     checksum: str
-    study_uid: str = ""
-    series_uid: str = ""
-    image_uid: str = ""
-    study_description: str = ""
-    series_description: str = ""
-    series_number: int | None = None
-    instance_number: int | None = None
-    modality: str = ""
+    declared: DeclaredImage = field(default_factory=DeclaredImage)
 
 
 def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[RadiologyUpload, bool]:
@@ -94,13 +78,12 @@ def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[R
         return existing, False
     if metadata.file_size > settings.RADIOLOGY_MAX_UPLOAD_SIZE:
         raise FileTooLarge()
-    for name in ("study_uid", "series_uid", "image_uid"):
-        if getattr(metadata, name):
-            validate_uid(getattr(metadata, name), field=name)
+    for name, spec in DECLARED_FIELDS.items():
+        if spec.kind == "uid" and getattr(metadata.declared, name):
+            validate_uid(getattr(metadata.declared, name), field=name)
     storage.safe_filename(metadata.filename)
     if not RadiologyOrder.objects.filter(pk=metadata.radiology_order_id).exists():
         raise OrderNotFound()
-    fields = {name: getattr(metadata, name) for name in DECLARED_FIELDS}
     try:
         with transaction.atomic():
             upload = RadiologyUpload.objects.create(
@@ -111,7 +94,7 @@ def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[R
                 file_size=metadata.file_size,
                 mime_type=metadata.mime_type,
                 checksum=metadata.checksum.lower(),
-                **fields,
+                **metadata.declared.columns(),
             )
     except IntegrityError:
         # The same device request arrived twice at once; the other one created it.
@@ -157,19 +140,6 @@ def upload_receive(
     if upload.received_bytes == upload.file_size:
         return _finish(upload), True
     return upload, False
-
-
-def _declared(upload: RadiologyUpload) -> DeclaredImage:
-    return DeclaredImage(
-        study_uid=upload.study_uid or None,
-        series_uid=upload.series_uid or None,
-        image_uid=upload.image_uid or None,
-        study_description=upload.study_description,
-        series_description=upload.series_description,
-        series_number=upload.series_number,
-        instance_number=upload.instance_number,
-        modality=upload.modality,
-    )
 
 
 def _receive_whole(upload: RadiologyUpload, body: IO[bytes] | None) -> RadiologyUpload:
@@ -246,7 +216,7 @@ def _ingest(upload: RadiologyUpload, stream: IO[bytes]) -> RadiologyUpload:
             stream=stream,
             filename=upload.filename,
             uploaded_by=upload.uploaded_by,
-            declared=_declared(upload),
+            declared=DeclaredImage.from_row(upload),
             expected_size=upload.file_size,
             expected_checksum=upload.checksum,
         )

@@ -16,6 +16,7 @@ from typing import IO, Any
 import pytest
 
 from apps.radiology import storage
+from apps.radiology.declared import DeclaredImage
 from apps.radiology.demo import jpeg_with_exif
 from apps.radiology.errors import (
     IncompleteBody,
@@ -56,7 +57,7 @@ def start(user: Any, order: RadiologyOrder, device_file: DeviceFile = CT, **decl
             file_size=device_file.size,
             mime_type=device_file.mime_type,
             checksum=device_file.checksum,
-            **declared,
+            declared=DeclaredImage(**declared),
         ),
     )
     assert created
