@@ -335,12 +335,15 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
     fragments, basic_offsets, end = _walk_items(handle, value_offset, file_size, frames=frames)
     _check_plausible(dataset, frames, sum(length for _start, _offset, length in fragments))
     _check_trailing_elements(handle, end, file_size, endian=endian, implicit=implicit)
+    grouped = _fragments_by_frame(handle, fragments, basic_offsets, frames)
+    first_spans = grouped[0] if grouped else [[data_offset, length] for _start, data_offset, length in fragments[:1]]
+    check_first_codestream(handle, dataset, first_spans)
     return {
         "vr": vr,
         "offset": value_offset,
         "length": -1,
         "encapsulated": True,
-        "frames": _fragments_by_frame(handle, fragments, basic_offsets, frames),
+        "frames": grouped,
     }
 
 
@@ -395,6 +398,181 @@ def _check_plausible(dataset: Dataset, frames: int, encoded_bytes: int) -> None:
         raise ImplausiblePixelData(
             f"The pixel data holds {encoded_bytes} bytes; {rows} x {columns} pixels x {frames} frame(s) "
             f"in this transfer syntax need at least {per_frame * frames}."
+        )
+
+
+# --- the size a compressed frame's own codestream declares ------------------------------------
+#
+# A JPEG, JPEG-LS or JPEG 2000 decoder allocates what the codestream's frame header declares,
+# not the Rows and Columns of the DICOM header: a 1 KB file whose header says 64 x 64 can carry
+# a blank 8192 x 8192 JPEG 2000 codestream (a few hundred bytes), whose decode peaks at hundreds
+# of MiB. So ingest refuses a first frame whose codestream disagrees with Rows / Columns, and
+# rendering weighs and compares every frame's codestream before its decoder sees it.
+#
+# A marker walk of our own rather than pydicom's: get_j2k_parameters (public) gives only the
+# precision, not the size, and reads no JP2 'ihdr'; _get_jpg_parameters (private) skips no fill
+# bytes and loops through a codestream that ends early. This one reads only `head` (the first
+# CODESTREAM_HEAD_BYTES of the frame's fragments), skipping marker segments by their lengths:
+# at most a few thousand steps, whatever the input.
+JPEG_2000_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+JPEG_FAMILY_SYNTAXES = JPEG_DCT_SYNTAXES | JPEG_LOSSLESS_SYNTAXES | JPEG_LS_SYNTAXES
+CODESTREAM_SYNTAXES = JPEG_FAMILY_SYNTAXES | JPEG_2000_SYNTAXES
+# Everything before a JPEG frame header (SOFn) is tables and application data, and before a JPEG
+# 2000 SIZ only the JP2 boxes: a few kilobytes in real files; 256 KiB leaves room for an ICC
+# profile or EXIF block in front. A frame header not found in it is not decoded.
+CODESTREAM_HEAD_BYTES = 256 * 1024
+# JPEG SOF0-SOF15 less DHT (C4), JPG (C8) and DAC (CC); SOF55 (F7) is JPEG-LS's (T.87 C.2.2).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+# Markers without a length: TEM and RST0-RST7 (T.81 B.1.1.3).
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+J2K_START = b"\xff\x4f\xff\x51"  # SOC, then SIZ (always second, 15444-1 A.3)
+
+
+@dataclass(frozen=True)
+class CodestreamSize:
+    """What a frame's codestream declares: its decoder allocates rows x columns x components
+    samples of up to `bits` bits."""
+
+    rows: int
+    columns: int
+    components: int
+    bits: int
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.rows * self.columns * max(self.components, 1) * max(_ceil_div(self.bits, 8), 1)
+
+
+class UnreadableCodestream(ValueError):
+    """The head starts as a codestream of its syntax, but declares no usable size within it."""
+
+
+def codestream_size(head: bytes | memoryview, transfer_syntax: str) -> CodestreamSize | None:
+    """The size the codestream starting `head` declares; None when `head` does not start like a
+    codestream of this transfer syntax (its decoder refuses such data) or the syntax has none
+    (native, RLE: their decoders allocate Rows x Columns). Raises UnreadableCodestream when it
+    starts like one but no frame header is found in `head`."""
+    head = bytes(head[:CODESTREAM_HEAD_BYTES])
+    if transfer_syntax in JPEG_FAMILY_SYNTAXES:
+        return _jpeg_size(head) if head.startswith(b"\xff\xd8") else None
+    if transfer_syntax in JPEG_2000_SYNTAXES:
+        if head.startswith(JP2_SIGNATURE):
+            return _jp2_size(head)
+        return _siz_size(head, 0) if head.startswith(J2K_START) else None
+    return None
+
+
+def _jpeg_size(head: bytes) -> CodestreamSize:
+    """The SOFn segment of a JPEG or JPEG-LS codestream (T.81 B.2.2, T.87 C.2.2)."""
+    at = 2
+    while at + 4 <= len(head):
+        if head[at] != 0xFF:
+            break  # not a marker where one must be
+        marker = head[at + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            at += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            at += 2
+            continue
+        if marker in (0x00, 0xD8, 0xD9, 0xDA):
+            break  # a stuffed byte, SOI again, EOI or a scan before any frame header
+        length = int.from_bytes(head[at + 2 : at + 4], "big")
+        if marker in _SOF_MARKERS:
+            if length < 8 or at + 10 > len(head):
+                break
+            precision, rows, columns, components = struct.unpack(">BHHB", head[at + 4 : at + 10])
+            # rows 0: set by a DNL marker after the first scan, i.e. unknown before decoding.
+            return CodestreamSize(rows, columns, components, precision)
+        if length < 2:
+            break
+        at += 2 + length
+    raise UnreadableCodestream("no JPEG frame header")
+
+
+def _siz_size(head: bytes, at: int) -> CodestreamSize:
+    """The SIZ segment of a JPEG 2000 codestream starting at `at` (15444-1 A.5.1)."""
+    if head[at : at + 4] != J2K_START or at + 42 > len(head):
+        raise UnreadableCodestream("no JPEG 2000 SIZ segment")
+    x_size, y_size, x_origin, y_origin = struct.unpack(">IIII", head[at + 8 : at + 24])
+    components = int.from_bytes(head[at + 40 : at + 42], "big")
+    precisions = head[at + 42 : at + 42 + 3 * components : 3]  # Ssiz of each component present
+    bits = max(((ssiz & 0x7F) + 1 for ssiz in precisions), default=1)
+    return CodestreamSize(max(y_size - y_origin, 0), max(x_size - x_origin, 0), components, bits)
+
+
+def _jp2_size(head: bytes) -> CodestreamSize:
+    """The SIZ of the codestream box (jp2c) of a JP2 file, which is what the decoder reads; an
+    image header box (ihdr) declaring another size makes it unreadable (15444-1 I.4, I.5.3.1)."""
+    declared: CodestreamSize | None = None
+    at, end = 0, len(head)
+    while at + 8 <= end:
+        length, kind = struct.unpack(">I4s", head[at : at + 8])
+        header = 8
+        if length == 1:  # an 8-byte length follows
+            if at + 16 > end:
+                break
+            length, header = int.from_bytes(head[at + 8 : at + 16], "big"), 16
+        elif length == 0:  # the box runs to the end of the file
+            length = end - at
+        if length < header:
+            break
+        if kind == b"jp2h":
+            inner, stop = at + header, min(at + length, end)
+            while inner + 8 <= stop:
+                inner_length, inner_kind = struct.unpack(">I4s", head[inner : inner + 8])
+                if inner_kind == b"ihdr" and inner + 19 <= stop:
+                    rows, columns, components, depth = struct.unpack(">IIHB", head[inner + 8 : inner + 19])
+                    declared = CodestreamSize(rows, columns, components, (depth & 0x7F) + 1)
+                    break
+                if inner_length < 8:
+                    break
+                inner += inner_length
+        elif kind == b"jp2c":
+            size = _siz_size(head, at + header)
+            if declared is not None and (declared.rows, declared.columns) != (size.rows, size.columns):
+                raise UnreadableCodestream("a JP2 image header that disagrees with its codestream")
+            return size
+        at += length
+    raise UnreadableCodestream("no JPEG 2000 codestream box")
+
+
+def check_first_codestream(handle: IO[bytes], dataset: Dataset, spans: list[list[int]]) -> None:
+    """Refuse a first frame whose codestream declares another size than Rows x Columns (its
+    decoder would allocate that size, not the header's), reading at most CODESTREAM_HEAD_BYTES
+    of its fragments. What cannot be told from them is stored; rendering refuses to decode it."""
+    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    if transfer_syntax not in CODESTREAM_SYNTAXES or not spans:
+        return
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return
+    head = bytearray()
+    for offset, length in spans:
+        if len(head) >= CODESTREAM_HEAD_BYTES:
+            break
+        handle.seek(offset)
+        head += handle.read(min(length, CODESTREAM_HEAD_BYTES - len(head)))
+    try:
+        size = codestream_size(head, transfer_syntax)
+    except UnreadableCodestream:
+        return
+    if size is not None and (size.rows, size.columns) != (rows, columns):
+        raise ImplausiblePixelData(
+            f"The first frame's codestream declares {size.rows} x {size.columns} pixels; "
+            f"the header declares {rows} x {columns}."
         )
 
 

@@ -259,3 +259,20 @@ class LinkRevoked(RadiologyError):
     code = "link_revoked"
     status_code = 403
     default_detail = "This link was revoked: its issuer no longer has access, or its viewer link ended."
+
+
+class CodestreamMismatch(RenderingFailed):
+    """A compressed frame whose codestream declares another size than the image header: its
+    decoder would produce (and allocate) that size, not the one the budget weighed."""
+
+    code = "codestream_mismatch"
+    default_detail = "The frame's compressed data declares another image size than the image header."
+
+
+class RenderingUnavailable(RadiologyError):
+    """The server, not the image, failed a decode (out of memory, a full disk, an I/O error):
+    answered 503 and never remembered as a failed render, so the next request tries again."""
+
+    code = "rendering_unavailable"
+    status_code = 503
+    default_detail = "The server could not decode this image right now; try again later."

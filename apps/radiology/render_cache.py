@@ -39,9 +39,9 @@ CACHE_ALIAS = "renders"
 # Private: it is patient data. Long-lived: the bytes behind a given ETag never change.
 BROWSER_CACHE = "private, max-age=86400"
 # Bump when pixels.render produces other bytes for the same parameters (2: JPEGs without
-# optimised Huffman tables, large reductions with reducing_gap), so an ETag keeps naming one
-# exact body.
-RENDER_FORM = 2
+# optimised Huffman tables, large reductions with reducing_gap; 3: JPEG photos decoded at a
+# reduced scale with Pillow's draft), so an ETag keeps naming one exact body.
+RENDER_FORM = 3
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,13 @@ from the stored header (rows x columns x samples x bytes per sample x frames) ag
 RADIOLOGY_MAX_DECODED_BYTES, so a file declaring 65535 x 65535 pixels in a few kilobytes is a
 422 in microseconds, not gigabytes of memory; a decode that failed is remembered (render_cache)
 and not tried again. Renders are at most RADIOLOGY_MAX_RENDER_SIDE pixels a side.
+
+The header is not the last word: a JPEG, JPEG-LS or JPEG 2000 decoder allocates what its
+codestream declares, so each compressed frame's codestream is read from the frame's own bytes
+(already in memory for its decoder) and weighed and compared with the header first
+(check_codestream). A JPEG photo is decoded by libjpeg at the scale its render needs (1/2, 1/4,
+1/8: Image.draft) and weighed at that scale. A decode that fails for the server's own reasons
+(out of memory, a full disk, the store away) answers 503 and is not remembered.
 """
 
 from __future__ import annotations
@@ -33,17 +40,26 @@ from typing import Any
 import numpy as np
 import pydicom.pixels
 from django.conf import settings
+from django.core.cache import caches
 from django.db import connections, router
 from PIL import Image
 
 from apps.radiology import render_cache, storage
-from apps.radiology.dicom import PIXEL_HEADER_TAGS
+from apps.radiology.dicom import (
+    CODESTREAM_HEAD_BYTES,
+    CODESTREAM_SYNTAXES,
+    PIXEL_HEADER_TAGS,
+    UnreadableCodestream,
+    codestream_size,
+)
 from apps.radiology.errors import (
+    CodestreamMismatch,
     FrameNotFound,
     ImageTooLargeToRender,
     NotAcceptable,
     RadiologyError,
     RenderingFailed,
+    RenderingUnavailable,
     StoredObjectMissing,
     ViewportTooLarge,
 )
@@ -248,52 +264,241 @@ def _little_endian_range(image: RadiologyImage, offset: int, length: int, word: 
     return swapped.tobytes()[offset - start : offset - start + length]
 
 
-def decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
-    """One frame decoded to a numpy array (colour as RGB), from its byte ranges or else the whole file."""
+def decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] | None = None) -> np.ndarray:
+    """One frame decoded to a numpy array (colour as RGB), from its byte ranges or else the whole file.
+
+    `viewport`: the render's (render_viewport); a JPEG photo is then decoded at the reduced scale
+    that still covers it (DICOM frames are always decoded whole).
+    """
     if not 1 <= number <= image.number_of_frames:
         raise FrameNotFound()
-    check_decode_budget(image)
-    remembered = render_cache.remembered_failure(image, number)
+    check_decode_budget(image, viewport=viewport)
+    remembered = remembered_failure(image, number)
     if remembered is not None:
         raise remembered
     try:
-        return _decode_frame(image, number)
-    except RenderingFailed as failed:
-        # The stored bytes never change: a frame that failed to decode fails again, so the next
-        # request (a viewer retrying, every thumbnail of a study page) is answered from memory.
-        render_cache.remember_failure(image, number, failed)
+        return _decode_frame(image, number, viewport)
+    except (RenderingFailed, ImageTooLargeToRender) as failed:
+        # The stored bytes never change: a frame that failed to decode (or whose codestream
+        # declares too large or another size) fails again, so the next request (a viewer
+        # retrying, every thumbnail of a study page) is answered from memory. A photo too large
+        # for one viewport may fit a smaller one: not remembered.
+        if image.is_dicom or isinstance(failed, RenderingFailed):
+            remember_failure(image, number, failed)
         raise
 
 
-def _decode_frame(image: RadiologyImage, number: int) -> np.ndarray:
-    options = _decoding_options(image) if image.is_dicom else None
+# Refusals of a decode remembered with their own class (render_cache keeps a RenderingFailed's
+# detail alone; these are kept as (code, detail) under the same key).
+_REMEMBERED = {error.code: error for error in (CodestreamMismatch, ImageTooLargeToRender)}
+
+
+def remembered_failure(image: RadiologyImage, number: int) -> RadiologyError | None:
+    """The refusal a decode of this frame ended with before, if any (one cache read)."""
+    if image.pk is None:
+        return None
+    value = caches[render_cache.CACHE_ALIAS].get(render_cache._failure_key(image, number))
+    if isinstance(value, str):
+        return RenderingFailed(value)
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in _REMEMBERED and isinstance(value[1], str):
+        return _REMEMBERED[value[0]](value[1])
+    return None
+
+
+def remember_failure(image: RadiologyImage, number: int, error: RadiologyError) -> None:
+    if type(error) is RenderingFailed:
+        render_cache.remember_failure(image, number, error)
+    elif image.pk is not None and error.code in _REMEMBERED:
+        key = render_cache._failure_key(image, number)
+        caches[render_cache.CACHE_ALIAS].set(key, (error.code, error.detail), timeout=render_cache.FAILURE_SECONDS)
+
+
+def _decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode, sorting what goes wrong: the data (RenderingFailed, remembered), the server's own
+    condition (RenderingUnavailable, 503, never remembered: out of memory, a full disk, an I/O
+    error, all of which pass), or the store (StorageFailure, as the storage layer raises it)."""
     try:
-        source = _frame_source(image, number) if options is not None else None
-        if options is not None and source is not None:
-            native = _native_monochrome(image, source, options)
-            if native is not None:
-                return native
-            decoder = pydicom.pixels.get_decoder(image.transfer_syntax_uid)
-            return decoder.as_array(source, index=0, validate=True, **options)[0]
-        with storage.local_path(image.file_key) as path:
-            if not image.is_dicom:
-                with Image.open(path) as photo:
-                    return np.asarray(photo.convert("RGB" if photo.mode != "L" else "L"))
-            return pydicom.pixels.pixel_array(str(path), index=number - 1)
+        return _decode_frame_of(image, number, viewport)
     except RadiologyError:
         raise
     except FileNotFoundError:  # the whole file read from disk is gone: lost data, not bad pixels
         raise StoredObjectMissing() from None
+    except MemoryError:
+        raise RenderingUnavailable("The server ran out of memory decoding this image; try again later.") from None
+    except OSError as exc:
+        # The system's errors carry an errno (ENOSPC, EIO, ...); Pillow's decoders raise OSError
+        # without one for data they can't read ("image file is truncated"): that is bad pixels.
+        if exc.errno is not None:
+            raise RenderingUnavailable(
+                f"The server could not read this image to decode it ({type(exc).__name__}); try again later."
+            ) from exc
+        raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
     except Exception as exc:  # decoders raise many types on data they can't handle
         raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
 
 
-def decoded_frame_bytes(image: RadiologyImage) -> int | None:
+def _decode_frame_of(image: RadiologyImage, number: int, viewport: tuple[int, int] | None) -> np.ndarray:
+    options = _decoding_options(image) if image.is_dicom else None
+    source = _frame_source(image, number) if options is not None else None
+    if options is not None and source is not None:
+        native = _native_monochrome(image, source, options)
+        if native is not None:
+            return native
+        if (image.pixel_data or {}).get("encapsulated"):
+            check_codestream(image, _source_head(source))
+        decoder = pydicom.pixels.get_decoder(image.transfer_syntax_uid)
+        return decoder.as_array(source, index=0, validate=True, **options)[0]
+    if not image.is_dicom:
+        with storage.local_path(image.file_key) as path:
+            return _decode_photo(image, path, viewport)
+    if (image.pixel_data or {}).get("encapsulated"):
+        # Frames ingest could not delimit: the first fragment is the one whose codestream can be
+        # found without parsing the file (a later frame's is found by pydicom below).
+        check_codestream(image, _first_fragment_head(image))
+    with storage.local_path(image.file_key) as path:
+        return pydicom.pixels.pixel_array(str(path), index=number - 1)
+
+
+def _source_head(source: bytearray) -> bytes:
+    """The first CODESTREAM_HEAD_BYTES of the frame's codestream in a buffer of _frame_source
+    (an empty offset table, then each fragment behind its item header)."""
+    head = bytearray()
+    at = len(EMPTY_OFFSET_TABLE)
+    while at + 8 <= len(source) and len(head) < CODESTREAM_HEAD_BYTES:
+        (length,) = struct.unpack_from("<I", source, at + 4)
+        head += source[at + 8 : at + 8 + min(length, CODESTREAM_HEAD_BYTES - len(head))]
+        at += 8 + length
+    return bytes(head)
+
+
+def _first_fragment_head(image: RadiologyImage) -> bytes:
+    """The first CODESTREAM_HEAD_BYTES of the first fragment: three small reads (the offset
+    table's item header, the fragment's, its head), from where ingest found the pixel data."""
+    if image.transfer_syntax_uid not in CODESTREAM_SYNTAXES:
+        return b""
+    at = int((image.pixel_data or {}).get("offset", 0))
+    lengths = []
+    for _item in ("offset table", "first fragment"):
+        header = storage.read_object_range(image.file_key, at, 8)
+        if len(header) < 8 or struct.unpack("<HH", header[:4]) != (0xFFFE, 0xE000):
+            return b""  # not where ingest found it: pydicom reading the file decides
+        lengths.append(struct.unpack("<I", header[4:])[0])
+        at += 8
+        if len(lengths) == 1:
+            at += lengths[0]
+    return storage.read_object_range(image.file_key, at, min(lengths[1], CODESTREAM_HEAD_BYTES))
+
+
+def check_codestream(image: RadiologyImage, head: bytes) -> None:
+    """Refuse, before its decoder allocates anything, a compressed frame whose codestream (its
+    first bytes, `head`) declares more than the budget or another size than the header: the
+    decoder allocates what the codestream says, which the header's budget did not weigh."""
+    syntax = image.transfer_syntax_uid
+    if syntax not in CODESTREAM_SYNTAXES:
+        return
+    try:
+        size = codestream_size(head, syntax)
+    except UnreadableCodestream as exc:
+        raise RenderingFailed(f"The frame's codestream declares no usable image size: {exc}.") from None
+    if size is None:
+        return  # not the start of a codestream of this syntax: its decoder refuses it outright
+    # pydicom's array has the header's bytes per sample (Bits Allocated), the codestream's size.
+    bits = int(_metadata_value(image, "00280100", 8) or 8)
+    decoded = max(size.decoded_bytes, size.rows * size.columns * max(size.components, 1) * max(-(-bits // 8), 1))
+    budget = settings.RADIOLOGY_MAX_DECODED_BYTES
+    if decoded > budget:
+        raise ImageTooLargeToRender(_too_large_detail(decoded, 1, budget))
+    rows = image.rows or _metadata_value(image, "00280010")
+    columns = image.columns or _metadata_value(image, "00280011")
+    if (size.rows, size.columns) != (int(rows or 0), int(columns or 0)):
+        raise CodestreamMismatch(
+            f"The frame's codestream declares {size.rows} x {size.columns} pixels; "
+            f"the image header declares {rows} x {columns}."
+        )
+
+
+# What a photo is decoded to: Pillow's mode and its bytes per pixel.
+_PHOTO_MODES = {"L": 1, "RGB": 3}
+
+
+def _decode_photo(image: RadiologyImage, path: Any, viewport: tuple[int, int] | None) -> np.ndarray:
+    """A JPEG photo decoded by Pillow, at the smallest of libjpeg's scales (1, 1/2, 1/4, 1/8)
+    that still covers the viewport's fitted size (Image.draft: the DCT is scaled while decoding,
+    so the full-size image is never held), weighed before decoding on that scale.
+
+    A progressive JPEG costs more: libjpeg holds the whole image's DCT coefficients (2 bytes each,
+    64 per 8 x 8 block of every component) until the last scan, at full size whatever the scale;
+    that buffer (_progressive_allowance) is added to the weight. Pillow's own decompression-bomb
+    guard (Image.MAX_IMAGE_PIXELS, left at its default) stays on: past twice that many pixels
+    Image.open refuses, as ingest does (dicom.parse_jpeg).
+    """
+    try:
+        photo_file = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeToRender("This photo has more pixels than this server decodes.") from None
+    with photo_file as photo:
+        mode = "L" if photo.mode == "L" else "RGB"
+        full = photo.size
+        if image.rows and image.columns and full != (image.columns, image.rows):
+            raise CodestreamMismatch(
+                f"The photo declares {full[1]} x {full[0]} pixels; "
+                f"the image record says {image.rows} x {image.columns}."
+            )
+        target = _draft_target(full, viewport)
+        if target is not None:
+            photo.draft(mode, target)
+        width, height = photo.size
+        weight = width * height * _PHOTO_MODES[mode]
+        if photo.info.get("progressive") or photo.info.get("progression"):
+            weight += _progressive_allowance(photo, full)
+        budget = settings.RADIOLOGY_MAX_DECODED_BYTES
+        if weight > budget:
+            raise ImageTooLargeToRender(_too_large_detail(weight, 1, budget))
+        return np.asarray(photo if photo.mode == mode else photo.convert(mode))
+
+
+def _draft_target(size: tuple[int, int], viewport: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The size fit() scales a picture of `size` to in `viewport` (None: left as it is)."""
+    if viewport is None:
+        return None
+    side = settings.RADIOLOGY_MAX_RENDER_SIDE
+    width, height = viewport[0] or side, viewport[1] or side
+    scale = min(width / size[0], height / size[1])
+    if scale >= 1:
+        return None
+    return max(round(size[0] * scale), 1), max(round(size[1] * scale), 1)
+
+
+def _draft_scale(size: tuple[int, int], target: tuple[int, int] | None) -> int:
+    """The reduction Image.draft picks for a JPEG of `size` asked for `target` (Pillow's rule:
+    the largest of 8, 4, 2, 1 at most the smaller whole ratio of the sides)."""
+    if target is None:
+        return 1
+    ratio = min(size[0] // target[0], size[1] // target[1])
+    return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
+
+
+def _progressive_allowance(photo: Image.Image, size: tuple[int, int]) -> int:
+    """Bytes of the DCT coefficients libjpeg keeps for a progressive JPEG of `size` (full size:
+    every component's blocks, padded to whole MCUs, 64 coefficients of 2 bytes each)."""
+    layers = getattr(photo, "layer", None) or [("", 1, 1, 0)] * len(photo.getbands())
+    most_h = max(layer[1] for layer in layers) or 1
+    most_v = max(layer[2] for layer in layers) or 1
+    mcus = -(-size[0] // (8 * most_h)) * -(-size[1] // (8 * most_v))
+    return sum(mcus * layer[1] * layer[2] * 64 * 2 for layer in layers)
+
+
+def decoded_frame_bytes(image: RadiologyImage, viewport: tuple[int, int] | None = None) -> int | None:
     """Bytes one decoded frame takes, from the stored header: rows x columns x samples x bytes
     per sample (what pydicom's pixel_array allocates: 1-bit data unpacked to a byte, 12-bit
-    to two); None when the header gives no dimensions (then no decoder has any to use)."""
+    to two); None when the header gives no dimensions (then no decoder has any to use). A JPEG
+    photo rendered for `viewport` is weighed at the scale it is decoded at (_decode_photo)."""
     if not image.is_dicom:  # a JPEG photo decodes to RGB (or grey) bytes
-        return image.rows * image.columns * 3 if image.rows and image.columns else None
+        if not (image.rows and image.columns):
+            return None
+        size = (image.columns, image.rows)
+        scale = _draft_scale(size, _draft_target(size, viewport))
+        return -(-size[0] // scale) * -(-size[1] // scale) * 3
     rows = image.rows or _metadata_value(image, "00280010")
     columns = image.columns or _metadata_value(image, "00280011")
     if not rows or not columns:
@@ -303,7 +508,14 @@ def decoded_frame_bytes(image: RadiologyImage) -> int | None:
     return int(rows) * int(columns) * max(samples, 1) * max(-(-bits // 8), 1)
 
 
-def check_decode_budget(image: RadiologyImage, frames: int = 1) -> None:
+def _too_large_detail(decoded: int, frames: int, budget: int) -> str:
+    return (
+        f"Decoding {frames} frame(s) of this image takes {decoded} bytes; "
+        f"this server decodes at most {budget} bytes per request."
+    )
+
+
+def check_decode_budget(image: RadiologyImage, frames: int = 1, *, viewport: tuple[int, int] | None = None) -> None:
     """422 image_too_large_to_render, before any byte is read, when decoding `frames` frames
     would take more than RADIOLOGY_MAX_DECODED_BYTES.
 
@@ -313,19 +525,19 @@ def check_decode_budget(image: RadiologyImage, frames: int = 1) -> None:
     a compressed frame's decoder holds its input and two copies of its output (pydicom's
     array and the plugin's). Measured for a 16-bit frame just under the default 64 MiB:
     ~100 MiB above idle uncompressed, ~160 MiB as RLE (config/settings.py says more).
+
+    The header's size is not the last word for a compressed frame: its codestream is weighed
+    and compared with it before the decoder runs (check_codestream).
     """
     try:
-        frame_bytes = decoded_frame_bytes(image)
+        frame_bytes = decoded_frame_bytes(image, viewport)
     except (TypeError, ValueError):
         raise RenderingFailed("The image header's pixel description could not be read.") from None
     if frame_bytes is None:
         return
     budget = settings.RADIOLOGY_MAX_DECODED_BYTES
     if frame_bytes * frames > budget:
-        raise ImageTooLargeToRender(
-            f"Decoding {frames} frame(s) of this image takes {frame_bytes * frames} bytes; "
-            f"this server decodes at most {budget} bytes per request."
-        )
+        raise ImageTooLargeToRender(_too_large_detail(frame_bytes * frames, frames, budget))
 
 
 def _decoding_options(image: RadiologyImage) -> dict[str, Any] | None:
@@ -575,23 +787,31 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
     return Image.fromarray(display, "L")
 
 
-def fit(picture: Image.Image, viewport: tuple[int, int] | None) -> Image.Image:
+def fit(
+    picture: Image.Image, viewport: tuple[int, int] | None, full_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Scale to fit inside the viewport, keeping the aspect ratio (never enlarging past it).
 
     reducing_gap=3: a large reduction first averages whole pixel blocks, then resamples what is
     left with Lanczos (a 2048x2048 radiograph's 128x128 thumbnail in ~1.3 ms instead of ~11 ms);
     Pillow documents the result as indistinguishable from Lanczos alone at this gap.
+
+    `full_size`: the image's own size when `picture` was decoded at a reduced scale (a photo,
+    see _decode_photo), so the render has the size a full decode would give.
     """
     side = settings.RADIOLOGY_MAX_RENDER_SIDE
+    full_width, full_height = full_size or picture.size
     if viewport is None:
-        if max(picture.size) <= side:
+        if max(full_width, full_height) <= side and picture.size == (full_width, full_height):
             return picture
         viewport = (side, side)
     # A side left free is bounded by the largest render side, so "1000," of a 1-pixel-wide
     # image is not 2048 x 1000 times taller.
     width, height = viewport[0] or side, viewport[1] or side
-    scale = min(width / picture.width, height / picture.height)
-    size = (max(round(picture.width * scale), 1), max(round(picture.height * scale), 1))
+    scale = min(width / full_width, height / full_height)
+    size = (max(round(full_width * scale), 1), max(round(full_height * scale), 1))
+    if size == picture.size:
+        return picture
     return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -609,7 +829,9 @@ def render(
     JPEGs use libjpeg's standard Huffman tables (no `optimize`): computing optimal ones is a
     second pass over the image, 3-4x the encoding time of a 512x512 frame, for files ~8% smaller.
     """
-    picture = fit(to_display(image, decode_frame(image, frame), window), viewport)
+    decoded = decode_frame(image, frame, viewport)
+    full_size = (image.columns, image.rows) if not image.is_dicom and image.rows and image.columns else None
+    picture = fit(to_display(image, decoded, window), viewport, full_size)
     buffer = io.BytesIO()
     if media_type == "image/png":
         picture.save(buffer, format="PNG", optimize=False)

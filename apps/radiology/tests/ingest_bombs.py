@@ -211,3 +211,59 @@ def check_builders(workdir: Path) -> None:
         raise RuntimeError("the deflate writer is wrong")
     for path in (small, deflated):
         path.unlink()
+
+
+# --- codestreams declaring another size than their DICOM header (issue 14, item 1) ------------
+
+
+def j2k_blank(*, rows: int, columns: int, bits: int = 16, jp2: bool = False) -> bytes:
+    """A real blank JPEG 2000 codestream of rows x columns (OpenJPEG), raw or in JP2 boxes."""
+    import numpy as np
+    from openjpeg import encode
+
+    dtype = np.uint16 if bits > 8 else np.uint8
+    return bytes(encode(np.zeros((rows, columns), dtype=dtype), bits_stored=bits, codec_format=1 if jp2 else 0))
+
+
+def j2k_resized(codestream: bytes, *, rows: int, columns: int) -> bytes:
+    """A one-tile JPEG 2000 codestream (or JP2 file) whose SIZ (and JP2 ihdr) declare rows x
+    columns instead: the image and its tile (15444-1 A.5.1: Xsiz, Ysiz, XTsiz, YTsiz), the rest as
+    it was. A blank image's packets are all empty, so this is what an encoder would write for a
+    blank image of that size (give or take resolution levels): a few hundred bytes declaring
+    rows x columns to its decoder."""
+    out = bytearray(codestream)
+    siz = out.index(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", out, siz + 8, columns, rows)  # Xsiz, Ysiz (origins stay 0)
+    struct.pack_into(">II", out, siz + 24, columns, rows)  # XTsiz, YTsiz: still one tile
+    ihdr = out.find(b"ihdr")
+    if ihdr >= 0:
+        struct.pack_into(">II", out, ihdr + 4, rows, columns)
+    return bytes(out)
+
+
+def jpeg_blank(*, rows: int, columns: int, mode: str = "L") -> bytes:
+    """A real baseline JPEG of rows x columns, one colour (Pillow)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (columns, rows), 0).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def jpeg_resized(jpeg: bytes, *, rows: int, columns: int) -> bytes:
+    """A JPEG whose frame header (SOF0, T.81 B.2.2) declares rows x columns instead: its decoder
+    allocates that size and fills what the scan lacks (libjpeg warns of a premature end)."""
+    out = bytearray(jpeg)
+    sof = out.index(b"\xff\xc0")
+    struct.pack_into(">HH", out, sof + 5, rows, columns)
+    return bytes(out)
+
+
+def codestream_file(
+    codestream: bytes, transfer_syntax: str, *, rows: int, columns: int, bits: int = 16, samples: int = 1
+) -> tuple[bytes, int]:
+    """A one-frame DICOM file of `transfer_syntax` whose header declares rows x columns and whose
+    one fragment is `codestream`; and the offset of that fragment in the file."""
+    ds = image_header(rows=rows, columns=columns, bits=bits, samples=samples)
+    start = encapsulated_start(ds, transfer_syntax) + item_header(len(codestream))
+    return start + codestream + SEQUENCE_END, len(start)

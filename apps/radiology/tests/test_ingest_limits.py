@@ -28,12 +28,14 @@ from django.conf import settings
 from django.test import override_settings
 from openjpeg import encode
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from apps.radiology import parse_helper
 from apps.radiology.bulk_import import ImportItem, ImportReport, import_item
 from apps.radiology.demo import sample_path
 from apps.radiology.dicom import (
+    CODESTREAM_HEAD_BYTES,
+    CODESTREAM_SYNTAXES,
     DEFLATED_TRANSFER_SYNTAXES,
     META_SCAN_BYTES,
     _meta_transfer_syntaxes,
@@ -46,9 +48,14 @@ from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys
 from apps.radiology.tests.ingest_bombs import (
     MIB,
+    codestream_file,
     deflate_bomb,
     encapsulated,
     image_header,
+    j2k_blank,
+    j2k_resized,
+    jpeg_blank,
+    jpeg_resized,
     rle_bomb,
     rle_constant,
     rle_fragment,
@@ -288,6 +295,91 @@ def test_a_blank_jpeg_2000_mammogram_is_stored_although_it_is_200000_to_1(order:
     result = ingest(order, content)
 
     assert read_stored(result.image.file_key) == content
+
+
+# --- a codestream declaring another size than its header (review of item 1) ------------------
+
+
+@pytest.mark.parametrize(
+    ("codestream", "syntax"),
+    [
+        (lambda: j2k_resized(j2k_blank(rows=64, columns=64), rows=8192, columns=8192), JPEG2000Lossless),
+        (lambda: j2k_resized(j2k_blank(rows=64, columns=64, jp2=True), rows=8192, columns=8192), JPEG2000),
+        (lambda: jpeg_resized(jpeg_blank(rows=16, columns=16), rows=8192, columns=8192), JPEGBaseline8Bit),
+    ],
+    ids=["j2k", "jp2", "jpeg"],
+)
+def test_a_64_square_header_over_an_8192_square_codestream_is_implausible(
+    order: RadiologyOrder, codestream: Callable[[], bytes], syntax: str
+) -> None:
+    """~1 KB, header 64 x 64 (8 KiB decoded), codestream 8192 x 8192: its decoder would allocate
+    the codestream's size. Refused from the first bytes of the fragment, nothing decoded."""
+    content, _offset = codestream_file(codestream(), syntax, rows=64, columns=64)
+    assert len(content) < 1500
+
+    error, peak = peak_allocated(lambda: ingest(order, content))
+
+    assert isinstance(error, ImplausiblePixelData)
+    assert (error.status_code, error.code, error.detail) == (
+        400,
+        "implausible_pixel_data",
+        "The first frame's codestream declares 8192 x 8192 pixels; the header declares 64 x 64.",
+    )
+    assert peak < 4 * MIB, peak
+    assert_nothing_left()
+
+
+def test_a_smaller_codestream_than_its_header_is_implausible_too(order: RadiologyOrder) -> None:
+    """The other way round, a real 128 x 96 JPEG 2000 behind a 256 x 256 header."""
+    content, _offset = codestream_file(j2k_blank(rows=128, columns=96), JPEG2000Lossless, rows=256, columns=256)
+
+    error = refused(lambda: ingest(order, content))
+
+    assert (error.status_code, error.code, error.detail) == (
+        400,
+        "implausible_pixel_data",
+        "The first frame's codestream declares 128 x 96 pixels; the header declares 256 x 256.",
+    )
+    assert_nothing_left()
+
+
+def test_a_codestream_whose_frame_header_is_past_the_head_read_is_stored(order: RadiologyOrder) -> None:
+    """What the first CODESTREAM_HEAD_BYTES cannot tell is stored (rendering refuses to decode it):
+    a JPEG with 300 KB of application segments before its frame header."""
+    jpeg = jpeg_blank(rows=64, columns=64)
+    padding = (b"\xff\xe1" + struct.pack(">H", 65000) + bytes(64998)) * 5
+    content, _offset = codestream_file(jpeg[:2] + padding + jpeg[2:], JPEGBaseline8Bit, rows=64, columns=64, bits=8)
+    assert len(padding) > CODESTREAM_HEAD_BYTES
+
+    result = ingest(order, content)
+
+    assert read_stored(result.image.file_key) == content
+
+
+def test_every_real_compressed_pydicom_file_agrees_with_its_codestream() -> None:
+    """The first frame of every JPEG, JPEG-LS and JPEG 2000 test file of pydicom declares the
+    header's size, except one synthetic file whose SIZ claims 3,722,445,056 columns."""
+    refused_names = {}
+    checked = 0
+    for path in sorted(Path(pydicom.data.__file__).parent.joinpath("test_files").glob("*.dcm")):
+        try:
+            transfer_syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", "") or "")
+        except Exception:  # not Part 10
+            transfer_syntax = ""
+        if transfer_syntax not in CODESTREAM_SYNTAXES:
+            continue
+        checked += 1
+        try:
+            parse_dicom(path)
+        except RadiologyError as error:
+            if "codestream" in error.detail:
+                refused_names[path.name] = error.detail
+    assert checked >= 25
+    assert refused_names == {
+        "JPEG2000-embedded-sequence-delimiter.dcm": (
+            "The first frame's codestream declares 1024 x 3722445056 pixels; the header declares 1024 x 256."
+        )
+    }
 
 
 # --- what parsing itself may allocate --------------------------------------------------------

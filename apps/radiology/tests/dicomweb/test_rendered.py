@@ -273,8 +273,8 @@ def test_a_jpeg_render_is_the_displayed_pixels_at_quality_85_with_standard_huffm
     Image.fromarray(displayed(ct, 40, 400), "L").save(expected, format="JPEG", quality=85)
     assert response.status_code == 200
     assert response.content == expected.getvalue()
-    # Render form 2 (standard tables) | image | checksum | frame | type | viewport | window | quality
-    raw = f"2|{ct.image.pk}|{ct.image.checksum}|1|image/jpeg|None|(40.0, 400.0)|85"
+    # Render form 3 (render_cache.RENDER_FORM) | image | checksum | frame | type | viewport | window | quality
+    raw = f"3|{ct.image.pk}|{ct.image.checksum}|1|image/jpeg|None|(40.0, 400.0)|85"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:40]
     assert response["ETag"] == f'"r-{digest}"'
     assert caches["renders"].get(f"render:{digest}") == response.content
