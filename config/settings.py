@@ -321,6 +321,10 @@ AXES_LOCKOUT_CALLABLE = "apps.radiology.login_protection.lockout_response"
 AXES_DISABLE_ACCESS_LOG = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
 
+# Every POST to the token endpoint from one client address, whatever the username tried: one
+# address spraying a few passwords over every account gets a 429 (never a lockout) past this.
+RADIOLOGY_TOKEN_RATE_PER_ADDRESS = env_str("RADIOLOGY_TOKEN_RATE_PER_ADDRESS", "60/min")
+
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 
 REST_FRAMEWORK = {

@@ -11,6 +11,7 @@ os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 # Tests talk plain HTTP to live servers; the HTTPS defaults are tested on their own.
 os.environ.setdefault("PACS_ALLOW_PLAIN_HTTP", "1")
 os.environ.setdefault("RADIOLOGY_TOKEN_RATE", "100000/min")
+os.environ.setdefault("RADIOLOGY_TOKEN_RATE_PER_ADDRESS", "100000/min")
 # Every file parsed in the test process (and in the servers tests start), so a test sees the
 # same work whatever ran before it; test_parse_helper.py turns the helper on.
 os.environ.setdefault("RADIOLOGY_INGEST_PARSE_HELPER", "0")

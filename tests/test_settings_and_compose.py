@@ -46,6 +46,7 @@ print(json.dumps({
     "AWS_S3_USE_SSL": settings.AWS_S3_USE_SSL,
     "DATABASE_ENGINE": settings.DATABASES["default"]["ENGINE"],
     "RADIOLOGY_MAX_UPLOAD_SIZE": settings.RADIOLOGY_MAX_UPLOAD_SIZE,
+    "RADIOLOGY_TOKEN_RATE_PER_ADDRESS": settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS,
 }, default=str))
 """
 
@@ -251,6 +252,17 @@ def test_env_example_as_is_gives_working_settings(tmp_path: Path) -> None:
     assert loaded["DEBUG"] is False
     assert loaded["DATABASE_ENGINE"] == "django.db.backends.postgresql"
     assert loaded["RADIOLOGY_MAX_UPLOAD_SIZE"] == 2147483648
+    assert loaded["RADIOLOGY_TOKEN_RATE_PER_ADDRESS"] == "60/min"
+
+
+def test_the_token_endpoint_has_a_per_address_rate_against_password_spraying(tmp_path: Path) -> None:
+    default = load_settings(tmp_path, **PRODUCTION)
+    configured = load_settings(tmp_path, **PRODUCTION, RADIOLOGY_TOKEN_RATE_PER_ADDRESS="200/hour")
+
+    assert (default["RADIOLOGY_TOKEN_RATE_PER_ADDRESS"], configured["RADIOLOGY_TOKEN_RATE_PER_ADDRESS"]) == (
+        "60/min",
+        "200/hour",
+    )
 
 
 # --- docker-compose.yml and .env.example -----------------------------------------------------------

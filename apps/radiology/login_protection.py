@@ -11,6 +11,11 @@ AXES_COOLOFF_TIME (a clinic has no on-call engineer to unlock accounts).
 The token endpoint's DRF throttle counted per client address alone (one person's typos
 locked out the clinic); it now counts per username and address too, a cap on attempts of
 any outcome that complements axes' count of failures.
+
+Both count per username, so one address could still try a few passwords on every account in
+turn (password spraying). A second, higher throttle counts every attempt from one address
+whatever the username (RADIOLOGY_TOKEN_RATE_PER_ADDRESS, default 60/min): over it the answer
+is a 429, never a lockout, so a busy clinic NAT is slowed for a minute, not locked out.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from rest_framework.request import Request
-from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 
 from apps.radiology.audit import client_address
 from apps.radiology.errors import LoginLockedOut
@@ -76,6 +81,23 @@ class UsernameAndClientRateThrottle(ScopedRateThrottle):
         name = username.strip().lower() if isinstance(username, str) else ""
         ident = hashlib.sha256(f"{name}\x00{client_address(request._request) or ''}".encode()).hexdigest()
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class ClientAddressRateThrottle(SimpleRateThrottle):
+    """Every token request from one client address, whatever the username: against password spraying.
+
+    Listed with UsernameAndClientRateThrottle; DRF asks every throttle, and either refuses. The
+    rate is read from settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS on each request (not copied
+    into the class at import, as DRF's DEFAULT_THROTTLE_RATES are).
+    """
+
+    scope = "auth-token-address"
+
+    def get_rate(self) -> str | None:
+        return settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": client_address(request._request) or ""}
 
 
 class LoginAttemptBackend(AxesStandaloneBackend):

@@ -24,7 +24,11 @@ from apps.radiology import selectors, signing
 from apps.radiology.errors import InvalidQuery
 from apps.radiology.exceptions import InvalidExpiresIn
 from apps.radiology.filters import StudyFilter
-from apps.radiology.login_protection import UsernameAndClientRateThrottle, note_successful_login
+from apps.radiology.login_protection import (
+    ClientAddressRateThrottle,
+    UsernameAndClientRateThrottle,
+    note_successful_login,
+)
 from apps.radiology.models import RadiologyImage, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.permissions import CanViewRadiologyRequest
@@ -189,8 +193,9 @@ class ObtainTokenView(APIView):
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
-    # Per username and client address together (login_protection.py); django-axes locks out failures.
-    throttle_classes = [UsernameAndClientRateThrottle]
+    # Per username and client address together, and (higher) per client address alone against
+    # password spraying (login_protection.py); django-axes locks out failures.
+    throttle_classes = [UsernameAndClientRateThrottle, ClientAddressRateThrottle]
     throttle_scope = "auth-token"
 
     @extend_schema(

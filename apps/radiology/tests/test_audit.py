@@ -10,19 +10,25 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, transaction
+from django.core.management.color import no_style
+from django.core.management.commands import flush as django_flush_command
+from django.core.management.sql import sql_flush
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from apps.radiology import audit, selectors
+from apps.radiology.db_triggers import audit_delete_permit
 from apps.radiology.errors import ImmutableRecord
+from apps.radiology.management.commands import archive_radiology_audit as archive_command
 from apps.radiology.management.commands.export_radiology_audit import COLUMNS as EXPORT_COLUMNS
 from apps.radiology.models import AuditEvent, RadiologyUpload, ViewerToken
 from apps.radiology.pacs_lite_service import PACSLiteService
@@ -910,6 +916,60 @@ def test_the_delete_guard_comes_back_after_migrate(event: AuditEvent) -> None:
     assert AuditEvent.objects.count() == 1
 
 
+def _permits() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM radiology_audit_delete_permit")
+        return cursor.fetchone()[0]
+
+
+def _empty_the_trail() -> None:
+    """What a flush does to the table: TRUNCATE on PostgreSQL, an unfiltered DELETE on SQLite."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # The test's own transaction holds deferred foreign-key checks of the rows it wrote,
+            # which TRUNCATE would refuse for reasons of its own: check them now.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("TRUNCATE radiology_auditevent")
+        else:
+            cursor.execute("DELETE FROM radiology_auditevent")
+
+
+def test_emptying_the_whole_table_is_refused_by_the_database(event: AuditEvent) -> None:
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _empty_the_trail()
+
+    assert event_row(AuditEvent.objects.get()) == event_row(event)
+
+
+def test_the_archive_permit_does_not_allow_truncate(event: AuditEvent) -> None:
+    # The archive's permit covers events before its day; TRUNCATE (PostgreSQL) would take all of
+    # them, so only the flush's permit (no end) lets it through. SQLite has no TRUNCATE: its
+    # DELETE of every row is checked row by row, and the newer row stops it.
+    with (
+        pytest.raises(DatabaseError, match="audit events are append-only"),
+        audit_delete_permit(before=event.at - dt.timedelta(seconds=1)),
+    ):
+        _empty_the_trail()
+
+    assert event_row(AuditEvent.objects.get()) == event_row(event)
+    assert _permits() == 0
+
+
+# PostgreSQL only, and defined only there (CI's second pass runs the suite on PostgreSQL), so the
+# SQLite pass skips nothing: SQLite has no TRUNCATE; its DELETE guard is tested above.
+if connection.vendor == "postgresql":
+
+    def test_the_truncate_guard_comes_back_after_migrate(event: AuditEvent) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER radiology_audit_no_truncate ON radiology_auditevent")
+
+        call_command("migrate", verbosity=0)
+
+        with pytest.raises(DatabaseError, match="audit events are append-only"):
+            _empty_the_trail()
+        assert AuditEvent.objects.count() == 1
+
+
 def _event_at(when: dt.datetime, monkeypatch: pytest.MonkeyPatch, route: str) -> AuditEvent:
     """An event written as if at `when` (the trail's time comes from the clock, never from the caller)."""
     with monkeypatch.context() as patch:
@@ -967,6 +1027,93 @@ def test_archive_refuses_a_day_in_the_future(tmp_path: Any) -> None:
     assert not (tmp_path / "a.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("zone_name", "archived", "kept"),
+    [
+        # West of UTC: 22:00 on the last day is already the next day in UTC (03:00 / 04:00 UTC).
+        ("America/New_York", [(1, 31, 22, 0), (1, 31, 23, 59)], [(2, 1, 0, 0), (2, 1, 18, 0)]),
+        # Far east of UTC: the first hours of the day are still the day before in UTC.
+        ("Asia/Tokyo", [(1, 31, 8, 0), (1, 31, 23, 59)], [(2, 1, 0, 0), (2, 1, 8, 0)]),
+        ("UTC", [(1, 31, 23, 59)], [(2, 1, 0, 0)]),
+    ],
+)
+def test_archive_cuts_at_midnight_of_the_server_time_zone(
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    zone_name: str,
+    archived: list[tuple[int, int, int, int]],
+    kept: list[tuple[int, int, int, int]],
+) -> None:
+    settings.TIME_ZONE = zone_name
+    assert settings.USE_TZ
+    zone = zoneinfo.ZoneInfo(zone_name)
+    assert timezone.get_current_timezone() == zone
+    # Written newest first, so the ids do not follow the time: only the time decides.
+    for month, day, hour, minute in sorted(archived + kept, reverse=True):
+        when = dt.datetime(2026, month, day, hour, minute, tzinfo=zone)
+        _event_at(when, monkeypatch, route=f"{month}-{day}T{hour:02}:{minute:02}")
+    output = tmp_path / "audit.csv"
+
+    call_command("archive_radiology_audit", "--before", "2026-02-01", "--output", str(output))
+
+    with open(output, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    in_id_order = sorted(archived, reverse=True)
+    assert rows[0] == EXPORT_COLUMNS
+    assert [row[EXPORT_COLUMNS.index("route")] for row in rows[1:]] == [
+        f"{m}-{d}T{h:02}:{mi:02}" for m, d, h, mi in in_id_order
+    ]
+    assert [row[0] for row in rows[1:]] == [
+        dt.datetime(2026, m, d, h, mi, tzinfo=zone).isoformat() for m, d, h, mi in in_id_order
+    ]
+    assert list(AuditEvent.objects.order_by("id").values_list("route", flat=True)) == [
+        *(f"{m}-{d}T{h:02}:{mi:02}" for m, d, h, mi in sorted(kept, reverse=True)),
+        "archive_radiology_audit",
+    ]
+    assert _permits() == 0
+
+
+def test_an_archive_that_cannot_match_its_file_deletes_nothing_and_removes_the_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone = timezone.get_current_timezone()
+    events = [
+        _event_at(dt.datetime(2026, 1, day, 9, 30, tzinfo=zone), monkeypatch, route=f"old-{day}") for day in (2, 3)
+    ]
+    # The file loses a row (as if the export and the delete disagreed): 1 written, 2 would go.
+    real_rows = archive_command.audit_rows
+    monkeypatch.setattr(archive_command, "audit_rows", lambda rows, zone: list(real_rows(rows, zone))[:-1])
+    output = tmp_path / "audit.csv"
+
+    with pytest.raises(CommandError, match="wrote 1 events but 2 matched; nothing deleted"):
+        call_command("archive_radiology_audit", "--before", "2026-02-01", "--output", str(output))
+
+    assert not output.exists()
+    assert list(tmp_path.iterdir()) == []
+    assert [event_row(event) for event in AuditEvent.objects.order_by("id")] == [event_row(event) for event in events]
+    assert _permits() == 0
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _raw_delete(events[0])  # the permit went with the rolled-back transaction
+
+
+def test_an_archive_whose_file_cannot_be_written_leaves_no_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _event_at(dt.datetime(2026, 1, 2, tzinfo=timezone.get_current_timezone()), monkeypatch, route="old")
+
+    def broken(rows: Any, zone: Any) -> Any:
+        yield EXPORT_COLUMNS
+        raise OSError("disk full")
+
+    monkeypatch.setattr(archive_command, "audit_rows", broken)
+    output = tmp_path / "audit.csv"
+
+    with pytest.raises(OSError, match="disk full"):
+        call_command("archive_radiology_audit", "--before", "2026-02-01", "--output", str(output))
+
+    assert list(tmp_path.iterdir()) == []
+    assert list(AuditEvent.objects.values_list("route", flat=True)) == ["old"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_flush_empties_the_trail_and_the_guard_stays(doctor: AbstractBaseUser, stored: StoredStudy) -> None:
     token_client(doctor).get(f"{API}/studies/")
@@ -979,3 +1126,96 @@ def test_flush_empties_the_trail_and_the_guard_stays(doctor: AbstractBaseUser, s
     assert event is not None
     with pytest.raises(DatabaseError, match="audit events are append-only"):
         _raw_delete(event)
+    assert _permits() == 0
+
+
+def _flush_statements(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every statement list the flush hands to execute_sql_flush (which runs each in one transaction)."""
+    seen: list[list[str]] = []
+    real = connection.ops.execute_sql_flush
+
+    def spy(sql_list: list[str]) -> None:
+        seen.append(list(sql_list))
+        real(sql_list)
+
+    monkeypatch.setattr(connection.ops, "execute_sql_flush", spy)
+    return seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_takes_the_permit_inside_its_own_transaction(
+    doctor: AbstractBaseUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_client(doctor).get(f"{API}/studies/")
+    seen = _flush_statements(monkeypatch)
+
+    call_command("flush", interactive=False, verbosity=0)
+
+    assert len(seen) == 1
+    assert (
+        seen[0][0]
+        == {
+            "postgresql": "INSERT INTO radiology_audit_delete_permit (before) VALUES ('infinity')",
+            "sqlite": "INSERT INTO radiology_audit_delete_permit (before) VALUES ('9999-12-31 23:59:59')",
+        }[connection.vendor]
+    )
+    assert seen[0][-1] == "DELETE FROM radiology_audit_delete_permit"
+    assert seen[0][1:-1] == sql_flush(no_style(), connection, reset_sequences=True, allow_cascade=False)
+    assert any("radiology_auditevent" in statement for statement in seen[0][1:-1])
+    assert (AuditEvent.objects.count(), _permits()) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_that_fails_half_way_rolls_back_the_permit_with_the_rest(
+    doctor: AbstractBaseUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a killed process would: the tables are emptied, then the transaction never commits.
+    token_client(doctor).get(f"{API}/studies/")
+    before = [event_row(event) for event in AuditEvent.objects.all()]
+    real_sql_flush = django_flush_command.sql_flush
+    monkeypatch.setattr(
+        django_flush_command,
+        "sql_flush",
+        lambda *args, **kwargs: [*real_sql_flush(*args, **kwargs), "SELECT * FROM no_such_table"],
+    )
+
+    with pytest.raises(CommandError, match="couldn't be flushed"):
+        call_command("flush", interactive=False, verbosity=0)
+
+    assert [event_row(event) for event in AuditEvent.objects.all()] == before
+    assert _permits() == 0
+    with pytest.raises(DatabaseError, match="audit events are append-only"):
+        _empty_the_trail()
+
+
+# PostgreSQL only, and defined only there (CI's second pass runs the suite on PostgreSQL), so the
+# SQLite pass skips nothing: SQLite's test database is one shared in-memory file, where a second
+# reader would be refused the lock rather than shown what it may see.
+if connection.vendor == "postgresql":
+
+    @pytest.mark.django_db(transaction=True)
+    def test_no_other_connection_sees_the_flush_permit(doctor: AbstractBaseUser) -> None:
+        token_client(doctor).get(f"{API}/studies/")
+        other = connections.create_connection(DEFAULT_DB_ALIAS)
+        seen: list[tuple[str, int, int]] = []
+
+        def look_from_elsewhere(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            result = execute(sql, params, many, context)
+            if "radiology_audit_delete_permit" in sql or sql.startswith("TRUNCATE"):
+                with other.cursor() as cursor:
+                    cursor.execute("SELECT COUNT(*) FROM radiology_audit_delete_permit")
+                    elsewhere = cursor.fetchone()[0]
+                raw = context["cursor"].cursor  # the driver's cursor: not through this wrapper again
+                raw.execute("SELECT COUNT(*) FROM radiology_audit_delete_permit")
+                seen.append((sql.split()[0], raw.fetchone()[0], elsewhere))
+            return result
+
+        try:
+            with connection.execute_wrapper(look_from_elsewhere):
+                call_command("flush", interactive=False, verbosity=0, inhibit_post_migrate=True)
+        finally:
+            other.close()
+
+        # The flush's connection holds the permit from its INSERT to its DELETE; the other never sees it.
+        assert seen == [("INSERT", 1, 0), ("TRUNCATE", 1, 0), ("DELETE", 0, 0)]
+        assert (AuditEvent.objects.count(), _permits()) == (0, 0)

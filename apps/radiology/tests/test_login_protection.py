@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from axes.models import AccessAttempt
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.test import Client
 from rest_framework.authtoken.models import Token
+from rest_framework.throttling import SimpleRateThrottle
 
 from apps.radiology.login_protection import UsernameAndClientRateThrottle
 from apps.radiology.models import AuditEvent
@@ -155,3 +157,38 @@ def test_the_token_throttle_counts_per_username_and_address(
     assert throttled.json()["code"] == "throttled"
     assert colleague.status_code == 200
     assert elsewhere.status_code == 200
+
+
+def test_one_address_trying_many_accounts_is_throttled_never_locked_out(
+    doctor: AbstractBaseUser, radtech: AbstractBaseUser, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Password spraying: one wrong password per account stays under the per-account lockout
+    # (3 here) and the per-username throttle; the per-address throttle stops the sweep.
+    settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS = "4/min"
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(SimpleRateThrottle, "timer", lambda self: clock[0])
+    accounts = ["doctor-alice", "radtech-bob", "admin-dana", "nobody-here"]
+
+    sprayed = [_token(username, WRONG, NAT) for username in accounts]
+    throttled = _token("nurse-charlie", WRONG, NAT)
+    throttled_right_password = _token("radtech-bob", PASSWORD, NAT)
+    elsewhere = _token("doctor-alice", PASSWORD, ELSEWHERE)
+    clock[0] += 61  # a minute later the address may try again: nothing was locked
+    after_a_minute = _token("doctor-alice", PASSWORD, NAT)
+
+    assert [(r.status_code, r.json()) for r in sprayed] == [(400, INVALID_CREDENTIALS)] * 4
+    assert [(r.status_code, r.json(), r["Retry-After"]) for r in (throttled, throttled_right_password)] == [
+        (429, {"detail": "Request was throttled. Expected available in 60 seconds.", "code": "throttled"}, "60")
+    ] * 2
+    assert (elsewhere.status_code, elsewhere.json()) == (200, {"token": Token.objects.get(user=doctor).key})
+    assert (after_a_minute.status_code, after_a_minute.json()) == (200, {"token": Token.objects.get(user=doctor).key})
+    assert not Token.objects.filter(user=radtech).exists()
+    # The throttled requests never reached a password check: the trail holds the four failures.
+    assert [event_row(event) for event in AuditEvent.objects.order_by("id")] == [
+        _failed_login_event(username=username, channel="api", route="api-token", status_code=400, address=NAT)
+        for username in accounts
+    ]
+    # One failure per account from NAT: under axes' limit, so nobody is locked out.
+    assert sorted(AccessAttempt.objects.values_list("username", "ip_address", "failures_since_start")) == sorted(
+        (username, NAT, 1) for username in accounts if username != "doctor-alice"
+    )

@@ -3,7 +3,8 @@
 The one sanctioned way to delete audit events (the database refuses every other DELETE,
 db_triggers.py). The file is written and flushed to disk first; only the rows it holds
 (events before --before, up to the last id written) are then deleted, in one transaction
-holding a one-off permit that no other connection sees. The archive itself leaves an event.
+holding a one-off permit that no other connection sees; if the count deleted is not the
+count written, the delete is rolled back and the file removed. The archive leaves an event.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from apps.radiology import audit
-from apps.radiology.db_triggers import AUDIT_TABLE, allow_audit_deletes_in_transaction, end_audit_deletes
+from apps.radiology.db_triggers import AUDIT_TABLE, audit_delete_permit
 from apps.radiology.management.commands.export_radiology_audit import audit_rows, parse_day
 from apps.radiology.models import AuditEvent
 
@@ -47,14 +48,23 @@ class Command(BaseCommand):
             self.stderr.write("No audit events before that day; nothing archived.")
             return
         written = self._write(output, events.filter(id__lte=last_id), zone)
-        with transaction.atomic():
-            allow_audit_deletes_in_transaction(before=cutoff)
-            with connection.cursor() as cursor:
-                cursor.execute(f"DELETE FROM {AUDIT_TABLE} WHERE at < %s AND id <= %s", [cutoff, last_id])  # noqa: S608
+        try:
+            with audit_delete_permit(before=cutoff), connection.cursor() as cursor:
+                # The cutoff as the database stores datetimes. SQLite compares text: an aware
+                # cutoff's text ("2026-02-01 00:00:00-05:00") does not sort with the stored UTC
+                # text ("2026-02-01 03:00:00"), and evening events west of UTC would not match.
+                cursor.execute(
+                    f"DELETE FROM {AUDIT_TABLE} WHERE at < %s AND id <= %s",  # noqa: S608 (a constant)
+                    [connection.ops.adapt_datetimefield_value(cutoff), last_id],
+                )
                 deleted = cursor.rowcount
-            end_audit_deletes()
-            if deleted != written:  # the file must hold every row removed: roll the delete back
-                raise CommandError(f"wrote {written} events but {deleted} matched; nothing deleted")
+                if deleted != written:  # the file must hold every row removed: roll the delete back
+                    raise CommandError(f"wrote {written} events but {deleted} matched; nothing deleted")
+        except BaseException:
+            # Nothing was deleted: a file next to a trail that still holds its rows would be
+            # archived twice by the next run (and mistaken for the archive of this one).
+            os.remove(output)
+            raise
         audit.record(
             user=None,
             channel="maintenance",
@@ -72,12 +82,16 @@ class Command(BaseCommand):
             handle = open(output, "x", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
         except FileExistsError:
             raise CommandError(f"{output} exists; choose a new file") from None
-        with handle:
-            writer = csv.writer(handle)
-            count = -1
-            for row in audit_rows(events, zone):
-                writer.writerow(row)
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with handle:
+                writer = csv.writer(handle)
+                count = -1  # the header row is not an event
+                for row in audit_rows(events, zone):
+                    writer.writerow(row)
+                    count += 1
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            os.remove(output)  # never a partial archive
+            raise
         return count
