@@ -809,6 +809,23 @@ def qido_redos(bench: Bench, letters: str, database: str) -> None:
         )
 
 
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def codestream_bomb(transfer_syntax: str) -> bytes:
+    """A ~1 KB file whose header says 64 x 64 and whose one fragment is a blank codestream
+    declaring 8192 x 8192 (its decoder would allocate that size, hundreds of MiB)."""
+    if transfer_syntax == JPEG_BASELINE:
+        codestream = ingest_bombs.jpeg_resized(ingest_bombs.jpeg_blank(rows=64, columns=64), rows=8192, columns=8192)
+        bits = 8
+    else:
+        blank = ingest_bombs.j2k_blank(rows=64, columns=64)
+        codestream, bits = ingest_bombs.j2k_resized(blank, rows=8192, columns=8192), 16
+    data, _offset = ingest_bombs.codestream_file(codestream, transfer_syntax, rows=64, columns=64, bits=bits)
+    return data
+
+
 def cases(bench: Bench, files: dict[str, Path], orders: list[int], setup: dict[str, Any]) -> None:
     print("case 1: RLE bomb", flush=True)
     answer = stow(
@@ -821,6 +838,18 @@ def cases(bench: Bench, files: dict[str, Path], orders: list[int], setup: dict[s
     )
     if answer is not None and stored(answer):
         renders_refused(bench, "1", files["rle_bomb"], frames=False)
+    # The header says 64 x 64; the codestream its decoder would read declares 8192 x 8192.
+    for letter, name, label in (("b", "j2k_bomb", "JPEG 2000"), ("c", "jpeg_bomb", "baseline JPEG")):
+        answer = stow(
+            bench,
+            f"1{letter} STOW-RS {label} 8192x8192 behind a 64x64 header ({files[name].stat().st_size:,} B)",
+            "4xx refused at ingest",
+            error_4xx(),
+            orders[1],
+            files[name].read_bytes(),
+        )
+        if answer is not None and stored(answer):
+            renders_refused(bench, f"1{letter}", files[name], frames=False)
 
     print("case 2: valid 16384x16384 16-bit", flush=True)
     answer = stow(
@@ -1056,11 +1085,15 @@ def main() -> int:
             "rle_bomb": workdir / "rle-bomb.dcm",
             "big16": workdir / "big16.dcm",
             "deflate": workdir / "deflate.dcm",
+            "j2k_bomb": workdir / "j2k-bomb.dcm",
+            "jpeg_bomb": workdir / "jpeg-bomb.dcm",
         }
         builders: dict[str, Callable[[BinaryIO], object]] = {
             "rle_bomb": lambda out: ingest_bombs.write_rle_bomb(out, side=65535, run_pairs=2900),
             "big16": lambda out: ingest_bombs.write_rle_constant(out, side=16384, value=1000, bits=16),
             "deflate": lambda out: ingest_bombs.write_deflate_bomb(out, inflated_bytes=1024 * MIB),
+            "j2k_bomb": lambda out: out.write(codestream_bomb(JPEG2000_LOSSLESS)),
+            "jpeg_bomb": lambda out: out.write(codestream_bomb(JPEG_BASELINE)),
         }
         for name, build in builders.items():
             with files[name].open("wb") as out:
