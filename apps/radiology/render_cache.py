@@ -30,7 +30,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.http import HttpRequest, HttpResponse
 
 from apps.radiology.after_response import when_closed
-from apps.radiology.errors import RenderingFailed
+from apps.radiology.errors import CodestreamMismatch, ImageTooLargeToRender, RadiologyError, RenderingFailed
 
 if TYPE_CHECKING:
     from apps.radiology.models import RadiologyImage
@@ -86,18 +86,27 @@ def _failure_key(image: RadiologyImage, frame: int) -> str:
     return f"render-failed:{RENDER_FORM}:{image.pk}:{image.checksum}:{frame}"
 
 
-def remembered_failure(image: RadiologyImage, frame: int) -> RenderingFailed | None:
-    """The error a decode of this frame ended with, if it failed before (see remember_failure)."""
+# The refusals a decode of a frame can end with that are remembered, by code: the entry is
+# (code, detail), and the same class with the same detail is raised again.
+REMEMBERED_FAILURES: dict[str, type[RadiologyError]] = {
+    error.code: error for error in (RenderingFailed, CodestreamMismatch, ImageTooLargeToRender)
+}
+
+
+def remembered_failure(image: RadiologyImage, frame: int) -> RadiologyError | None:
+    """The refusal a decode of this frame ended with before, if any (one cache read; see remember_failure)."""
     if image.pk is None:
         return None
-    detail = caches[CACHE_ALIAS].get(_failure_key(image, frame))
-    return RenderingFailed(detail) if isinstance(detail, str) else None
+    value = caches[CACHE_ALIAS].get(_failure_key(image, frame))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in REMEMBERED_FAILURES and isinstance(value[1], str):
+        return REMEMBERED_FAILURES[value[0]](value[1])
+    return None
 
 
-def remember_failure(image: RadiologyImage, frame: int, error: RenderingFailed) -> None:
-    """Keep the detail of a failed decode of this frame, so the next request does not decode again."""
-    if image.pk is not None:
-        caches[CACHE_ALIAS].set(_failure_key(image, frame), error.detail, timeout=FAILURE_SECONDS)
+def remember_failure(image: RadiologyImage, frame: int, error: RadiologyError) -> None:
+    """Keep a refused decode of this frame (one of REMEMBERED_FAILURES), so the next request does not decode again."""
+    if image.pk is not None and error.code in REMEMBERED_FAILURES:
+        caches[CACHE_ALIAS].set(_failure_key(image, frame), (error.code, str(error.detail)), timeout=FAILURE_SECONDS)
 
 
 def cached_response(request: HttpRequest, key: RenderKey, produce: object) -> HttpResponse:

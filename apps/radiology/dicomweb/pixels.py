@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import pydicom.pixels
 from django.conf import settings
-from django.core.cache import caches
 from django.db import connections, router
 from PIL import Image
 
@@ -273,7 +272,7 @@ def decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] |
     if not 1 <= number <= image.number_of_frames:
         raise FrameNotFound()
     check_decode_budget(image, viewport=viewport)
-    remembered = remembered_failure(image, number)
+    remembered = render_cache.remembered_failure(image, number)
     if remembered is not None:
         raise remembered
     try:
@@ -284,33 +283,8 @@ def decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] |
         # retrying, every thumbnail of a study page) is answered from memory. A photo too large
         # for one viewport may fit a smaller one: not remembered.
         if image.is_dicom or isinstance(failed, RenderingFailed):
-            remember_failure(image, number, failed)
+            render_cache.remember_failure(image, number, failed)
         raise
-
-
-# Refusals of a decode remembered with their own class (render_cache keeps a RenderingFailed's
-# detail alone; these are kept as (code, detail) under the same key).
-_REMEMBERED = {error.code: error for error in (CodestreamMismatch, ImageTooLargeToRender)}
-
-
-def remembered_failure(image: RadiologyImage, number: int) -> RadiologyError | None:
-    """The refusal a decode of this frame ended with before, if any (one cache read)."""
-    if image.pk is None:
-        return None
-    value = caches[render_cache.CACHE_ALIAS].get(render_cache._failure_key(image, number))
-    if isinstance(value, str):
-        return RenderingFailed(value)
-    if isinstance(value, tuple) and len(value) == 2 and value[0] in _REMEMBERED and isinstance(value[1], str):
-        return _REMEMBERED[value[0]](value[1])
-    return None
-
-
-def remember_failure(image: RadiologyImage, number: int, error: RadiologyError) -> None:
-    if type(error) is RenderingFailed:
-        render_cache.remember_failure(image, number, error)
-    elif image.pk is not None and error.code in _REMEMBERED:
-        key = render_cache._failure_key(image, number)
-        caches[render_cache.CACHE_ALIAS].set(key, (error.code, error.detail), timeout=render_cache.FAILURE_SECONDS)
 
 
 def _decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] | None = None) -> np.ndarray:
@@ -761,8 +735,8 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
     step = max(_STRIP_PIXELS // max(pixels[0].size, 1), 1)
     strips = range(0, pixels.shape[0], step)
 
-    def rescaled(start: int) -> np.ndarray:
-        values = pixels[start : start + step].astype(np.float32)
+    def rescale(stored: np.ndarray) -> np.ndarray:
+        values = stored.astype(np.float32)
         if slope != 1:
             values *= slope
         if intercept:
@@ -771,12 +745,15 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
 
     chosen = window or _header_window(image)
     if chosen is None:
-        extremes = [(float(values.min()), float(values.max())) for values in map(rescaled, strips)]
-        low, high = min(low for low, _high in extremes), max(high for _low, high in extremes)
+        # The rescale is monotonic, and so is float32 rounding: the extremes of the rescaled
+        # frame are the rescaled extremes of the stored one (swapped for a negative slope), the
+        # same values without rescaling the frame a second time.
+        ends = rescale(np.array([pixels.min(), pixels.max()], dtype=pixels.dtype))
+        low, high = float(ends.min()), float(ends.max())
         chosen = Window((low + high) / 2, max(high - low, 1.0))
     display = np.empty(pixels.shape, dtype=np.uint8)
     for start in strips:
-        values = rescaled(start)
+        values = rescale(pixels[start : start + step])
         values -= chosen.center - 0.5
         values /= chosen.width - 1 if chosen.width > 1 else 1
         values += 0.5

@@ -315,7 +315,7 @@ def test_a_frame_that_failed_to_decode_is_not_decoded_again(
             assert (response.status_code, json_of(response)) == (422, failed), url
     assert decodes == [(stored.image.pk, 1)]
     key = f"render-failed:{render_cache.RENDER_FORM}:{stored.image.pk}:{stored.image.checksum}:1"
-    assert caches["renders"].get(key) == failed["detail"]
+    assert caches["renders"].get(key) == ("rendering_failed", failed["detail"])
 
 
 # --- amplification ------------------------------------------------------------------------------
@@ -862,4 +862,4 @@ def test_a_decoder_error_on_a_photo_is_remembered_as_rendering_failed(
         response = doctor_client.get(stored.url("/thumbnail"), {"viewport": "64,64"})
         assert (response.status_code, json_of(response)) == (422, failed)
     assert decoders == ["broken"]
-    assert caches["renders"].get(failure_key(stored)) == failed["detail"]
+    assert caches["renders"].get(failure_key(stored)) == ("rendering_failed", failed["detail"])
