@@ -627,11 +627,9 @@ SHORT_OBJECT = "The stored file of this image is shorter than its recorded pixel
 
 def frames_extent(image: RadiologyImage, numbers: list[int]) -> int:
     """The end (exclusive) of the last byte a response with these frames reads from the stored
-    file: the end of their byte ranges, or the whole file when they are decoded from it."""
-    try:
-        return max(offset + length for number in numbers for offset, length in frame_spans(image, number))
-    except FrameNotFound:
-        return image.file_size
+    file: the end of their byte ranges. 404 (FrameNotFound) for a frame that does not exist or
+    cannot be located, before any answer starts."""
+    return max(offset + length for number in numbers for offset, length in frame_spans(image, number))
 
 
 def require_stored(image: RadiologyImage, extent: int) -> None:

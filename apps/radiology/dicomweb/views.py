@@ -400,12 +400,11 @@ class FramesView(DicomWebView):
         image = self.find_image(study_uid, series_uid, image_uid)
         numbers = _frame_numbers(frames)
         plan = pixels.plan_frames(image, self.accepted())
-        for number in numbers:
-            pixels.frame_spans(image, number)  # 404 before streaming starts
+        extent = pixels.frames_extent(image, numbers)  # 404 before streaming starts
         if not plan.passthrough:
             pixels.check_decode_budget(image, len(numbers))
         # One stat or HEAD: the frames' bytes are all there, or a 500 now rather than a 200 cut short.
-        pixels.require_stored(image, pixels.frames_extent(image, numbers))
+        pixels.require_stored(image, extent)
         first: list[memoryview] = []
         if not plan.passthrough:
             # Decode the first frame before answering: pixel data this server cannot decode is
@@ -440,8 +439,7 @@ class BulkDataView(DicomWebView):
                 True, *(pixels.stored_media(image) or (pixels.OCTET_STREAM, image.transfer_syntax_uid))
             )
             numbers = list(range(1, image.number_of_frames + 1))
-            for number in numbers:
-                pixels.frame_spans(image, number)  # 404 before streaming starts, as for frames
+            # 404 for a frame that cannot be located, then one stat or HEAD, before streaming starts.
             pixels.require_stored(image, pixels.frames_extent(image, numbers))
             chunks: Iterator[bytes] = (
                 chunk for number in numbers for chunk in pixels.frame_chunks(image, number, plan)
