@@ -315,7 +315,7 @@ AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("RADIOLOGY_LOGIN_COOLOFF_MINUTE
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The address the audit trail records (REMOTE_ADDR, or the trusted proxy's hop).
-AXES_CLIENT_IP_CALLABLE = "apps.radiology.login_protection.axes_client_address"
+AXES_CLIENT_IP_CALLABLE = "apps.radiology.audit.client_address"
 AXES_LOCKOUT_CALLABLE = "apps.radiology.login_protection.lockout_response"
 # The audit trail (AuditEvent) is the one record of logins; axes keeps only its counters.
 AXES_DISABLE_ACCESS_LOG = True

@@ -38,11 +38,6 @@ from apps.radiology.audit import client_address
 from apps.radiology.errors import LoginLockedOut
 
 
-def axes_client_address(request: HttpRequest) -> str | None:
-    """The address axes counts by: the same one the audit trail records (RADIOLOGY_TRUST_X_FORWARDED_FOR)."""
-    return client_address(request)
-
-
 def _cool_off_seconds() -> int:
     cool_off = settings.AXES_COOLOFF_TIME
     return int(cool_off.total_seconds()) if cool_off is not None else 0
