@@ -206,7 +206,7 @@ def _pydicom_meta_transfer_syntax(source: Path | IO[bytes]) -> str:
         read_preamble(source, False)
         file_meta = _read_file_meta_info(source)
         source.seek(0)
-    return str(file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    return _uid(file_meta, "TransferSyntaxUID") or ""
 
 
 def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
@@ -372,7 +372,7 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 def _check_plausible(dataset: Dataset, frames: int, encoded_bytes: int) -> None:
     """Refuse encapsulated pixel data smaller than its codec can encode the declared frames in."""
-    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    transfer_syntax = _uid(dataset.file_meta, "TransferSyntaxUID") or ""
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         samples = int(dataset.get("SamplesPerPixel", 1) or 1)
@@ -552,7 +552,7 @@ def check_first_codestream(handle: IO[bytes], dataset: Dataset, spans: list[list
     """Refuse a first frame whose codestream declares another size than Rows x Columns (its
     decoder would allocate that size, not the header's), reading at most CODESTREAM_HEAD_BYTES
     of its fragments. What cannot be told from them is stored; rendering refuses to decode it."""
-    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "").strip().rstrip("\x00")
+    transfer_syntax = _uid(dataset.file_meta, "TransferSyntaxUID") or ""
     if transfer_syntax not in CODESTREAM_SYNTAXES or not spans:
         return
     try:
