@@ -288,12 +288,8 @@ def object_sizes(keys: list[str]) -> dict[str, int | None]:
     folder = posixpath.commonpath(unique)
     if folder.count("/") < 1:  # "radiology" alone: every object in the store
         return {key: object_size(key) for key in unique}
-    found: dict[str, int] = {}
     try:
-        paginator = store.connection.meta.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(folder + "/")):
-            for entry in page.get("Contents", ()):
-                found[entry["Key"]] = int(entry["Size"])
+        found = {entry["Key"]: int(entry["Size"]) for entry in _s3_listing(store, folder + "/")}
     except (BotoCoreError, ClientError) as exc:
         raise StorageFailure() from exc
     return {key: found.get(store._normalize_name(key)) for key in unique}
@@ -356,15 +352,20 @@ def local_path(key: str) -> Iterator[Path]:
         yield Path(copy.name)
 
 
+def _s3_listing(store: S3Storage, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object entry (Key, Size, ...) under `prefix` in the bucket, listed page by page."""
+    paginator = store.connection.meta.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(prefix)):
+        yield from page.get("Contents", ())
+
+
 def iter_keys(prefix: str) -> Iterator[str]:
     """Every object key under `prefix` (e.g. "radiology/"), listed page by page."""
     store = radiology_storage()
     try:
         if isinstance(store, S3Storage):
-            paginator = store.connection.meta.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(prefix)):
-                for entry in page.get("Contents", ()):
-                    yield entry["Key"]
+            for entry in _s3_listing(store, prefix):
+                yield entry["Key"]
             return
         root = Path(store.path(""))
         base = root / prefix
