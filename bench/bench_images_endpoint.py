@@ -59,8 +59,8 @@ def main() -> int:
         call_command("migrate", verbosity=0, interactive=False)
 
         from apps.emr.models import Patient, Visit
+        from apps.radiology.access.permissions import DOCTOR_GROUP
         from apps.radiology.models import RadiologyOrder
-        from apps.radiology.permissions import DOCTOR_GROUP
         from apps.radiology.tests.api_fixtures import make_image_row, make_series, make_study
         from apps.radiology.tests.conftest import make_user
 

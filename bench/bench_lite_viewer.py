@@ -95,9 +95,9 @@ def main() -> int:
         call_command("migrate", verbosity=0, interactive=False)
 
         from apps.emr.models import Patient, Visit
+        from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
         from apps.radiology.models import RadiologyOrder
         from apps.radiology.pacs_lite_service import PACSLiteService
-        from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
         from apps.radiology.tests.browser.lite_driver import chromium_browser, ingest_cr_study
         from apps.radiology.tests.conftest import make_user
 

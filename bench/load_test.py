@@ -199,7 +199,7 @@ class Relabeller:
     """Distinct copies of CT_small: one parse, then new UIDs per copy (fast enough for hundreds)."""
 
     def __init__(self, study_uid: str, patient_name: str, patient_id: str) -> None:
-        from apps.radiology.demo import sample_path
+        from apps.radiology.operations.demo import sample_path
 
         self.template = pydicom.dcmread(sample_path("CT_small.dcm"))
         self.template.StudyInstanceUID = study_uid
@@ -208,7 +208,7 @@ class Relabeller:
         self.lock = threading.Lock()
 
     def copy(self, *, series_uid: str, series_number: int, instance_number: int) -> bytes:
-        from apps.radiology.uids import generate_uid
+        from apps.radiology.imagefiles.uids import generate_uid
 
         with self.lock:
             dataset: Dataset = copy.deepcopy(self.template)
@@ -233,11 +233,11 @@ def seed(env: dict[str, str], *, images: int, series: int, token_lifetime: int) 
     from django.db import connections
     from rest_framework.authtoken.models import Token
 
-    from apps.radiology import signing
+    from apps.radiology.access import signing
+    from apps.radiology.imagefiles.uids import generate_uid
     from apps.radiology.management.commands.seed_demo import create_demo_order, ensure_demo_users
     from apps.radiology.models import Modality
     from apps.radiology.pacs_lite_service import PACSLiteService
-    from apps.radiology.uids import generate_uid
 
     users = ensure_demo_users("load-test-password")
     order = create_demo_order(0, doctor=users["doctor"], modality=Modality.CT)
@@ -371,7 +371,7 @@ def uploader(
     chunk_size: int,
 ) -> None:
     """A radiology tech's device: new CT images in its own series, each declared then sent in chunks."""
-    from apps.radiology.uids import generate_uid
+    from apps.radiology.imagefiles.uids import generate_uid
 
     session = requests.Session()
     session.headers["Authorization"] = f"Token {seeded.radtech_token}"

@@ -65,7 +65,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "storages",
     "corsheaders",
-    # Failed-login counting and lockout per username + client address (apps/radiology/login_protection.py).
+    # Failed-login counting and lockout per username + client address (apps/radiology/access/login_protection.py).
     "axes",
     "apps.emr",
     "apps.radiology",
@@ -85,7 +85,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "apps.radiology.audit.AuditMiddleware",
+    "apps.radiology.access.audit.AuditMiddleware",
     # Last (django-axes asks for it): turns a locked-out login into the lockout answer, which
     # the audit middleware above then records as a failed login.
     "axes.middleware.AxesMiddleware",
@@ -93,7 +93,7 @@ MIDDLEWARE = [
 
 # django-axes first: it refuses a locked-out username+address before any password is checked.
 AUTHENTICATION_BACKENDS = [
-    "apps.radiology.login_protection.LoginAttemptBackend",
+    "apps.radiology.access.login_protection.LoginAttemptBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 
@@ -234,7 +234,7 @@ RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SEC
 # Where ingest spools incoming bytes while hashing and checking them (never in memory).
 RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
 # A helper process per server process parses part of each big ingest batch on another core
-# (apps/radiology/parse_helper.py); on by default where there is another core.
+# (apps/radiology/ingest/parse_helper.py); on by default where there is another core.
 RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", (os.cpu_count() or 1) > 1)
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
@@ -281,7 +281,7 @@ CORS_ALLOW_METHODS = ["GET", "OPTIONS", "POST"]
 CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Content-Location"]
 CORS_PREFLIGHT_MAX_AGE = 86400
 
-# Rendered images and thumbnails (apps/radiology/render_cache.py): a file cache shared by the
+# Rendered images and thumbnails (apps/radiology/dicomweb/render_cache.py): a file cache shared by the
 # workers of one host; it only ever holds derived, re-creatable bytes.
 CACHES = {
     # Shared by the workers of one host (the token endpoint's throttle counts live here).
@@ -291,7 +291,7 @@ CACHES = {
     },
     # Not FileBasedCache: it lists the whole directory on every write (see RenderFileCache).
     "renders": {
-        "BACKEND": "apps.radiology.render_cache.RenderFileCache",
+        "BACKEND": "apps.radiology.dicomweb.render_cache.RenderFileCache",
         "LOCATION": str(Path(env_str("RADIOLOGY_RENDER_CACHE_DIR") or VAR_DIR / "render-cache")),
         "OPTIONS": {
             "MAX_ENTRIES": env_int("RADIOLOGY_RENDER_CACHE_ENTRIES", 20000, minimum=100),
@@ -304,7 +304,7 @@ CACHES = {
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
 
-# --- Login protection (django-axes; apps/radiology/login_protection.py) -----------------------
+# --- Login protection (django-axes; apps/radiology/access/login_protection.py) -----------------------
 # Failed logins counted per username AND client address together, on the token endpoint and
 # /admin/login/: one account guessed at from a clinic's NAT locks out that account from that
 # address only. RADIOLOGY_LOGIN_FAILURE_LIMIT failures lock it for RADIOLOGY_LOGIN_COOLOFF_MINUTES
@@ -315,8 +315,8 @@ AXES_COOLOFF_TIME = dt.timedelta(minutes=env_int("RADIOLOGY_LOGIN_COOLOFF_MINUTE
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The address the audit trail records (REMOTE_ADDR, or the trusted proxy's hop).
-AXES_CLIENT_IP_CALLABLE = "apps.radiology.audit.client_address"
-AXES_LOCKOUT_CALLABLE = "apps.radiology.login_protection.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "apps.radiology.access.audit.client_address"
+AXES_LOCKOUT_CALLABLE = "apps.radiology.access.login_protection.lockout_response"
 # The audit trail (AuditEvent) is the one record of logins; axes keeps only its counters.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
@@ -330,10 +330,10 @@ DEMO_PASSWORD = env_str("DEMO_PASSWORD", "pacs-demo-2026")
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "apps.radiology.token_auth.RadiologyTokenAuthentication",
+        "apps.radiology.access.token_auth.RadiologyTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "EXCEPTION_HANDLER": "apps.radiology.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "apps.radiology.api.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     # Attempts on the token endpoint are throttled per username AND client address (never per
     # address alone: a clinic's NAT would share one budget); django-axes locks out failures.

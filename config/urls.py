@@ -5,8 +5,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.radiology.health import healthz
-from apps.radiology.views import ObtainTokenView
+from apps.radiology.api.views import ObtainTokenView
+from apps.radiology.operations.health import healthz
 
 # Django's own 400/403/404/500 as {"detail", "code"} JSON under /api/ (config/http_errors.py).
 handler400 = "config.http_errors.bad_request"

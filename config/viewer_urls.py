@@ -11,7 +11,8 @@ them, and the OHIF fallback to index.html does not answer for them either.
 
 from django.urls import include, path, re_path
 
-from apps.radiology import file_views, lite_viewer, ohif
+from apps.radiology.api import file_views
+from apps.radiology.viewers import lite_viewer, ohif
 
 # The same names as apps/radiology/urls.py, in the same "radiology" namespace, so reverse()
 # in DICOMweb, the lite viewer and signing gives the same paths on this port.

@@ -25,7 +25,7 @@ from django.core.cache import caches
 from django.test import Client
 from rest_framework.throttling import SimpleRateThrottle
 
-from apps.radiology.permissions import DOCTOR_GROUP
+from apps.radiology.access.permissions import DOCTOR_GROUP
 from apps.radiology.tests.conftest import PASSWORD, make_user
 
 ROOT = Path(__file__).resolve().parent.parent

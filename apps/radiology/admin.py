@@ -23,7 +23,8 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps.radiology import signing
+from apps.radiology.access import signing
+from apps.radiology.access.permissions import can_view_radiology
 from apps.radiology.models import (
     AuditEvent,
     LinkRevocation,
@@ -34,7 +35,6 @@ from apps.radiology.models import (
     ViewerToken,
 )
 from apps.radiology.pacs_lite_service import PACSLiteService
-from apps.radiology.permissions import can_view_radiology
 
 IMAGE_FIELDS = (
     "image_uid",

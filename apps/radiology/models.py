@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.radiology.declared import DECLARED_FIELDS, Declared
-from apps.radiology.encoded_json import EncodedJSONEncoder
 from apps.radiology.errors import ImmutableImage, ImmutableRecord
+from apps.radiology.fastpaths.encoded_json import EncodedJSONEncoder
+from apps.radiology.imagefiles.declared import DECLARED_FIELDS, Declared
 
 DICOM_MIME_TYPE = "application/dicom"
 JPEG_MIME_TYPE = "image/jpeg"

@@ -34,9 +34,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.radiology import bulk_insert, parse_helper, signing, storage
-from apps.radiology.declared import DeclaredImage  # defined there, also importable from here
-from apps.radiology.dicom import SNIFF_LENGTH, ParsedImage, sniff_mime_type
+from apps.radiology import storage
+from apps.radiology.access import signing
 from apps.radiology.dicomweb.dicom_json import metadata_text
 from apps.radiology.errors import (
     ChecksumMismatch,
@@ -51,6 +50,11 @@ from apps.radiology.errors import (
     StudyMismatch,
     UIDMismatch,
 )
+from apps.radiology.fastpaths import bulk_insert
+from apps.radiology.imagefiles.declared import DeclaredImage  # defined there, also importable from here
+from apps.radiology.imagefiles.dicom import SNIFF_LENGTH, ParsedImage, sniff_mime_type
+from apps.radiology.imagefiles.uids import generate_uid, uid_from_name, validate_uid
+from apps.radiology.ingest import parse_helper
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
     RadiologyImage,
@@ -58,7 +62,6 @@ from apps.radiology.models import (
     RadiologySeries,
     RadiologyStudy,
 )
-from apps.radiology.uids import generate_uid, uid_from_name, validate_uid
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from apps.radiology import file_views, lite_viewer, upload_views, views
+from apps.radiology.api import file_views, upload_views, views
+from apps.radiology.viewers import lite_viewer
 
 app_name = "radiology"
 

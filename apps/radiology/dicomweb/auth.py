@@ -14,8 +14,8 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from apps.radiology.permissions import can_upload_radiology, can_view_radiology
-from apps.radiology.signing import SignatureRejected, ViewerGrant, verify_viewer_token
+from apps.radiology.access.permissions import can_upload_radiology, can_view_radiology
+from apps.radiology.access.signing import SignatureRejected, ViewerGrant, verify_viewer_token
 
 
 class ViewerTokenPrincipal:

@@ -22,10 +22,10 @@ from django.db.models import Count, Max, Q, QuerySet
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
-from apps.radiology.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
-from apps.radiology.encoded_json import EncodedJSON, encode
+from apps.radiology.dicomweb.render_cache import CACHE_ALIAS
+from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
+from apps.radiology.imagefiles.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
-from apps.radiology.render_cache import CACHE_ALIAS
 
 PIXEL_DATA = "7FE00010"
 

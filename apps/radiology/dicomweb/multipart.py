@@ -30,7 +30,7 @@ from apps.radiology.errors import (
     TooManyParts,
     UnsupportedMediaType,
 )
-from apps.radiology.request_streams import request_body  # noqa: F401 (re-exported for the views)
+from apps.radiology.ingest.request_streams import request_body  # noqa: F401 (re-exported for the views)
 from apps.radiology.storage import STREAM_CHUNK_SIZE
 
 CRLF = b"\r\n"

@@ -43,14 +43,8 @@ from django.conf import settings
 from django.db import connections, router
 from PIL import Image
 
-from apps.radiology import render_cache, storage
-from apps.radiology.dicom import (
-    CODESTREAM_HEAD_BYTES,
-    CODESTREAM_SYNTAXES,
-    PIXEL_HEADER_TAGS,
-    UnreadableCodestream,
-    codestream_size,
-)
+from apps.radiology import storage
+from apps.radiology.dicomweb import render_cache
 from apps.radiology.errors import (
     CodestreamMismatch,
     FrameNotFound,
@@ -61,6 +55,13 @@ from apps.radiology.errors import (
     RenderingUnavailable,
     StoredObjectMissing,
     ViewportTooLarge,
+)
+from apps.radiology.imagefiles.dicom import (
+    CODESTREAM_HEAD_BYTES,
+    CODESTREAM_SYNTAXES,
+    PIXEL_HEADER_TAGS,
+    UnreadableCodestream,
+    codestream_size,
 )
 from apps.radiology.models import RadiologyImage
 

@@ -19,10 +19,10 @@ from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
+from apps.radiology.access.signing import ViewerGrant
 from apps.radiology.errors import InvalidQuery
+from apps.radiology.fastpaths.prepared import PreparedLookup
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
-from apps.radiology.prepared import PreparedLookup
-from apps.radiology.signing import ViewerGrant
 
 from .dicom_json import instance_attributes, series_attributes, study_attributes
 from .wildcards import WildcardMatch

@@ -18,8 +18,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from pydicom.filereader import read_file_meta_info
 
 from apps.radiology import errors
-from apps.radiology.dicom import SNIFF_LENGTH, check_transfer_syntax, sniff_mime_type
 from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType, UnsupportedTransferSyntax
+from apps.radiology.imagefiles.dicom import SNIFF_LENGTH, check_transfer_syntax, sniff_mime_type
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
 from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService, StagedFile
 

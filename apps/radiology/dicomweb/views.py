@@ -25,11 +25,11 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.radiology import storage
+from apps.radiology.access.token_auth import RadiologyTokenAuthentication
+from apps.radiology.dicomweb.render_cache import cached_response, render_key
 from apps.radiology.errors import StoredObjectMissing, TooManyFrames
+from apps.radiology.fastpaths.prepared import PreparedLookup
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
-from apps.radiology.prepared import PreparedLookup
-from apps.radiology.render_cache import cached_response, render_key
-from apps.radiology.token_auth import RadiologyTokenAuthentication
 
 from . import pixels
 from .accept import MediaRange, parse_accept

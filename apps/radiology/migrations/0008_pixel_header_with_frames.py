@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import migrations
 
-PIXEL_HEADER_TAGS = (  # as apps.radiology.dicom.PIXEL_HEADER_TAGS when this was written
+PIXEL_HEADER_TAGS = (  # as apps.radiology.imagefiles.dicom.PIXEL_HEADER_TAGS when this was written
     "00280002",
     "00280004",
     "00280006",

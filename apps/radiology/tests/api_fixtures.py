@@ -19,7 +19,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from apps.radiology import signing
+from apps.radiology.access import signing
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
     RadiologyImage,
@@ -28,7 +29,6 @@ from apps.radiology.models import (
     RadiologyStudy,
 )
 from apps.radiology.pacs_lite_service import PACSLiteService
-from apps.radiology.uids import generate_uid
 
 API = "/api/v1"
 STUDIES = f"{API}/radiology/studies/"
@@ -138,7 +138,7 @@ def local_iso(value: dt.datetime) -> str:
 
 
 def freeze_signing_time(monkeypatch: pytest.MonkeyPatch, now: float = FROZEN_NOW) -> Callable[[float], None]:
-    """Make apps.radiology.signing see `now` as the time; return a setter to move it.
+    """Make apps.radiology.access.signing see `now` as the time; return a setter to move it.
 
     Only the signing module's `time` is replaced, so everything else (and the live server's
     socket timeouts) keeps the real clock; the live server runs in a thread of this process,

@@ -1,6 +1,6 @@
 """Fixtures of the radiology tests: role users, orders with their own patient, an ingest helper.
 
-Role users follow apps.radiology.permissions: `doctor` (Doctor group), `radtech` (Radiology
+Role users follow apps.radiology.access.permissions: `doctor` (Doctor group), `radtech` (Radiology
 Tech group), `nurse` (no group: no access to radiology) and `superuser`. Every one has the
 password PASSWORD. `make_order()` builds a fresh patient, visit and order each call, so
 tests never share a study by accident.
@@ -19,10 +19,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 
 from apps.emr.models import Patient, Visit
-from apps.radiology.demo import sample_path
+from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.models import Modality, RadiologyOrder
+from apps.radiology.operations.demo import sample_path
 from apps.radiology.pacs_lite_service import DeclaredImage, IngestResult, PACSLiteService
-from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.tests.live_server_requests import wait_for_live_server_requests, watch_live_server
 
 PASSWORD = "pw-test-123"

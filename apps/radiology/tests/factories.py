@@ -16,8 +16,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from apps.radiology import storage
-from apps.radiology.demo import sample_path
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.operations.demo import sample_path
 
 BULK_THRESHOLD = 1024
 PIXEL_DATA_TAG = "7FE00010"

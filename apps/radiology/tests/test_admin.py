@@ -9,8 +9,8 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 
+from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.models import RadiologyImage, RadiologyOrder, ViewerToken
-from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.tests.conftest import PASSWORD, IngestFile, MakeOrder, make_user
 
 

@@ -35,7 +35,7 @@ def test_0008_keeps_the_pixel_header_beside_the_frames_of_rows_stored_without_it
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    from apps.radiology.dicom import pixel_header_of
+    from apps.radiology.imagefiles.dicom import pixel_header_of
 
     migration = importlib.import_module("apps.radiology.migrations.0008_pixel_header_with_frames")
     stored = ingest_study(make_order(), images=2)

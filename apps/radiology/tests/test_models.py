@@ -13,7 +13,6 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
 
-from apps.radiology.demo import jpeg_with_exif
 from apps.radiology.errors import ImmutableImage
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
@@ -23,6 +22,7 @@ from apps.radiology.models import (
     RadiologyStudy,
     generate_accession_number,
 )
+from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys

@@ -18,11 +18,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.forms.models import model_to_dict
 from django.test import Client
 
-from apps.radiology import signing
-from apps.radiology.demo import sample_path
+from apps.radiology.access import signing
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyImage, RadiologyOrder, RadiologySeries, RadiologyStudy
+from apps.radiology.operations.demo import sample_path
 from apps.radiology.pacs_lite_service import PACSLiteService
-from apps.radiology.uids import generate_uid
 
 API = "/api/v1/radiology"
 DICOMWEB = f"{API}/dicomweb"

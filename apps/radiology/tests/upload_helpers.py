@@ -17,9 +17,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.response import Response
 from rest_framework.test import APIClient
 
+from apps.radiology.ingest.upload_sync import STAGING_PREFIX
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyUpload
 from apps.radiology.tests.factories import stored_keys
-from apps.radiology.upload_sync import STAGING_PREFIX
 
 UPLOADS = "/api/v1/radiology/uploads/"
 

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils import timezone
 
-from apps.radiology import audit
+from apps.radiology.access import audit
 from apps.radiology.db_triggers import AUDIT_TABLE, audit_delete_permit
 from apps.radiology.management.commands.export_radiology_audit import audit_rows, parse_day
 from apps.radiology.models import AuditEvent

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from apps.radiology.bulk_import import ImportReport, count_items, import_item, iter_source
+from apps.radiology.ingest.bulk_import import ImportReport, count_items, import_item, iter_source
 from apps.radiology.models import RadiologyOrder
 
 

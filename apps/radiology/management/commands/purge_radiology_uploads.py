@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from apps.radiology.upload_sync import purge_stale_uploads
+from apps.radiology.ingest.upload_sync import purge_stale_uploads
 
 
 class Command(BaseCommand):

@@ -12,9 +12,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from apps.emr.models import Patient, Visit
-from apps.radiology.demo import demo_visit_date, ingest_demo_study
+from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.models import Modality, RadiologyOrder
-from apps.radiology.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
+from apps.radiology.operations.demo import demo_visit_date, ingest_demo_study
 
 DEMO_USERS = {
     "doctor": {"groups": [DOCTOR_GROUP], "superuser": False, "first_name": "Ada", "last_name": "Okafor"},

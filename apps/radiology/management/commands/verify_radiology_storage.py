@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from apps.radiology import storage
 from apps.radiology.errors import StorageFailure
+from apps.radiology.ingest.upload_sync import STAGING_PREFIX
 from apps.radiology.models import RadiologyImage, RadiologyUpload
-from apps.radiology.upload_sync import STAGING_PREFIX
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.radiology.ohif import write_app_config
+from apps.radiology.viewers.ohif import write_app_config
 
 
 class Command(BaseCommand):

@@ -22,9 +22,9 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from apps.radiology.demo import ingest_demo_study, jpeg_with_exif
 from apps.radiology.management.commands.seed_demo import ensure_demo_users
 from apps.radiology.models import RadiologyStudy
+from apps.radiology.operations.demo import ingest_demo_study, jpeg_with_exif
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.browser.ohif_driver import CHROMIUM, ViewerVisit, visit_viewer
 from apps.radiology.tests.conftest import MakeOrder

@@ -32,11 +32,11 @@ from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, Reque
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from apps.radiology.demo import jpeg_with_exif, relabelled_dicom
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyOrder, RadiologyStudy
+from apps.radiology.operations.demo import jpeg_with_exif, relabelled_dicom
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.browser.ohif_driver import CHROMIUM, CHROMIUM_ARGS
-from apps.radiology.uids import generate_uid
 
 DESKTOP: dict[str, int] = {"width": 1280, "height": 800}
 PHONE: dict[str, int] = {"width": 360, "height": 640}

@@ -18,12 +18,12 @@ import pytest
 from django.contrib.auth.models import AbstractBaseUser
 from django.test import Client
 
-from apps.radiology.demo import jpeg_with_exif, sample_path
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
+from apps.radiology.operations.demo import jpeg_with_exif, sample_path
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import MakeOrder
-from apps.radiology.uids import generate_uid
 
 API = "/api/v1/radiology/dicomweb"
 PHOTO = "photo.jpg"

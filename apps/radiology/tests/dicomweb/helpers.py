@@ -20,7 +20,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from apps.radiology.prepared import executed_sql
+from apps.radiology.fastpaths.prepared import executed_sql
 
 CRLF = b"\r\n"
 # Some pydicom samples carry UIDs with a zero-led component; pydicom warns on every read.

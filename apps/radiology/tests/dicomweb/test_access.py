@@ -17,7 +17,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern
 
-from apps.radiology import signing
+from apps.radiology.access import signing
 from apps.radiology.dicomweb import urls as dicomweb_urls
 from apps.radiology.tests.api_fixtures import freeze_signing_time, token_client
 from apps.radiology.tests.conftest import PASSWORD

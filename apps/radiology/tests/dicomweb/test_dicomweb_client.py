@@ -23,10 +23,10 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from rest_framework.authtoken.models import Token
 
-from apps.radiology import signing
+from apps.radiology.access import signing
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage
 from apps.radiology.tests.factories import pydicom_json_without_bulk, row_counts
-from apps.radiology.uids import generate_uid
 
 from .conftest import API, PHOTO, Put, Stored, labelled
 from .helpers import QUIET_UID_WARNINGS

@@ -37,9 +37,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from apps.radiology import render_cache, storage
-from apps.radiology.dicom import pixel_header_of
-from apps.radiology.dicomweb import pixels
+from apps.radiology import storage
+from apps.radiology.dicomweb import pixels, render_cache
+from apps.radiology.imagefiles.dicom import pixel_header_of
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologySeries
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.ingest_bombs import (

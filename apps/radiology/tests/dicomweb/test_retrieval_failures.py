@@ -18,8 +18,8 @@ from django.http import HttpResponse
 from django.test import Client
 
 from apps.radiology import storage
-from apps.radiology.file_responses import parse_range
 from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.storage.responses import parse_range
 
 from .conftest import Put, Stored
 from .helpers import body_of, error, json_of, multipart_of

@@ -18,14 +18,15 @@ from dicomweb_client import DICOMwebClient
 from django.conf import settings
 from django.test import Client
 
-from apps.radiology import signing, storage
-from apps.radiology.demo import jpeg_with_exif
+from apps.radiology import storage
+from apps.radiology.access import signing
 from apps.radiology.dicomweb import stow as stow_module
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
+from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys
-from apps.radiology.uids import generate_uid
 
 from .conftest import API, Put, labelled
 from .helpers import QUIET_UID_WARNINGS, error, json_of

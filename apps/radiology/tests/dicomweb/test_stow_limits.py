@@ -24,11 +24,11 @@ from django.test import Client
 from apps.radiology import storage
 from apps.radiology.dicomweb.multipart import PartLimits, read_parts
 from apps.radiology.errors import PartTooLarge, RequestTooLarge, TooManyParts
+from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyOrder
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.factories import row_counts, stored_keys
 from apps.radiology.tests.ingest_bombs import MIB, deflate_bomb, rle_bomb
-from apps.radiology.uids import generate_uid
 
 from .conftest import API, labelled
 from .helpers import QUIET_UID_WARNINGS, error, json_of

@@ -21,7 +21,7 @@ from django.test import Client
 from PIL import Image
 from requests.structures import CaseInsensitiveDict
 
-from apps.radiology.demo import jpeg_with_exif
+from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.pacs_lite_service import DeclaredImage
 from apps.radiology.tests.factories import pydicom_json_without_bulk, read_stored
 

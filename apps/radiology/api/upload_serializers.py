@@ -1,0 +1,99 @@
+"""Serializers of the offline upload sync API: the metadata a device posts, and the upload state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from apps.radiology.imagefiles.declared import DECLARED_FIELDS, INT32_MAX, INT32_MIN, Declared, DeclaredImage
+from apps.radiology.ingest.upload_sync import UploadMetadata
+from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE, RadiologyImage, RadiologyUpload
+
+
+def _declared_field(spec: Declared) -> serializers.Field:
+    """The serializer field of one declared field: optional, with the column's empty value as default."""
+    help_text = spec.help_text or None
+    if spec.kind == "int32":
+        return serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=INT32_MIN, max_value=INT32_MAX, help_text=help_text
+        )
+    if spec.kind == "flag":
+        return serializers.BooleanField(required=False, default=False, help_text=help_text)
+    return serializers.CharField(
+        max_length=spec.max_length, required=False, default="", allow_blank=True, help_text=help_text
+    )
+
+
+class UploadCreateSerializer(serializers.Serializer):
+    """The metadata a device posts: the file, then what it declares about the image (declared.py)."""
+
+    client_upload_id = serializers.UUIDField()
+    radiology_order = serializers.IntegerField(min_value=1)
+    filename = serializers.CharField(max_length=255)
+    file_size = serializers.IntegerField(min_value=1)
+    mime_type = serializers.ChoiceField(choices=[DICOM_MIME_TYPE, JPEG_MIME_TYPE])
+    checksum = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, hex")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # The declared fields follow the file's, one per DeclaredImage field.
+        fields = super().get_fields()
+        fields.update((name, _declared_field(spec)) for name, spec in DECLARED_FIELDS.items())
+        return fields
+
+    def to_metadata(self) -> UploadMetadata:
+        data: dict[str, Any] = dict(self.validated_data)
+        return UploadMetadata(
+            client_upload_id=data["client_upload_id"],
+            radiology_order_id=data["radiology_order"],
+            filename=data["filename"],
+            file_size=data["file_size"],
+            mime_type=data["mime_type"],
+            checksum=data["checksum"],
+            declared=DeclaredImage.from_columns(data),
+        )
+
+
+class UploadedImageSerializer(serializers.ModelSerializer):
+    series_uid = serializers.CharField(source="series.series_uid", read_only=True)
+    study_uid = serializers.CharField(source="series.study.study_uid", read_only=True)
+    study = serializers.IntegerField(source="series.study_id", read_only=True)
+
+    class Meta:
+        model = RadiologyImage
+        fields = [
+            "id",
+            "image_uid",
+            "series_uid",
+            "study_uid",
+            "study",
+            "file_key",
+            "file_size",
+            "mime_type",
+            "checksum",
+        ]
+        read_only_fields = fields
+
+
+class UploadErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    """An upload's state: what a device needs to resume or to know it is done."""
+
+    image = UploadedImageSerializer(read_only=True, allow_null=True)
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RadiologyUpload
+        fields = ["id", "client_upload_id", "status", "received_bytes", "file_size", "image", "error"]
+        read_only_fields = fields
+
+    @extend_schema_field(UploadErrorSerializer(allow_null=True))
+    def get_error(self, upload: RadiologyUpload) -> dict[str, str] | None:
+        if upload.status != RadiologyUpload.Status.FAILED:
+            return None
+        return {"code": upload.error_code, "detail": upload.error_detail}

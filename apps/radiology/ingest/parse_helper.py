@@ -1,0 +1,197 @@
+"""Parsing the files of one ingest batch on two cores: this process and a helper process.
+
+A STOW-RS batch of 50 CT instances spends about half its time reading DICOM headers with
+pydicom, which is pure Python: threads would take turns on one core, so each server process
+may keep one helper process (`RADIOLOGY_INGEST_PARSE_HELPER`, on by default on a machine
+with more than one core). The helper gets the last part of every batch of at
+least MIN_BATCH files in one message, parses it while this process parses the rest, and
+answers in one message: parsed headers travel pickled, their JSON text already made
+(EncodedJSON), so taking them back costs a fraction of parsing them.
+
+An earlier helper (a ProcessPoolExecutor, one task per file) gained nothing: its feeder and
+result threads took the GIL from the parsing thread once per file. Here nothing runs in this
+process while the helper works but the caller's own parsing.
+
+The helper only reads spooled files: no database, no store. A file it could not parse comes
+back as None and is parsed here, so a file's outcome (and its error) never depends on where
+it was parsed. It is started in the background on first use (forkserver: never a fork of a
+threaded server process), used from the first batch after it is ready, and started again if
+it dies; a batch never waits for a helper to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from apps.radiology.errors import RadiologyError
+
+# Nothing here imports the radiology models at import time: the helper imports this module
+# before its Django is set up (_serve does that).
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerProcess
+
+    from apps.radiology.imagefiles.dicom import ParsedImage
+
+logger = logging.getLogger(__name__)
+
+# Smaller batches are parsed here: the hand-over costs about a millisecond.
+MIN_BATCH = 8
+# The helper's share: a little under half, as taking a parsed file back costs ~5% of parsing it.
+HELPER_SHARE = 0.45
+# A helper that has not answered in this long is taken for hung: killed, its files parsed here.
+ANSWER_TIMEOUT_SECONDS = 120
+
+
+class _Helper:
+    def __init__(self, process: ForkServerProcess, connection: Connection) -> None:
+        self.process = process
+        self.connection = connection
+        self.ready = threading.Event()
+        self.busy = threading.Lock()  # one batch at a time; another thread's batch parses alone
+
+    def stop(self) -> None:
+        self.connection.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+
+
+_lock = threading.Lock()
+_helper: _Helper | None = None
+
+
+def parse_files(files: list[tuple[Path, str]]) -> list[ParsedImage | RadiologyError]:
+    """Each (spooled path, MIME type) file parsed, or the RadiologyError that refuses it; in order."""
+    helper = _ready_helper() if len(files) >= MIN_BATCH else None
+    if helper is None or not helper.busy.acquire(blocking=False):
+        return [_parse_here(path, mime) for path, mime in files]
+    try:
+        split = len(files) - int(len(files) * HELPER_SHARE)
+        handed = _hand_over(helper, files[split:])
+        results: list[ParsedImage | RadiologyError] = [_parse_here(path, mime) for path, mime in files[:split]]
+        answers = _answers(helper, len(files) - split) if handed else None
+    finally:
+        helper.busy.release()
+    for (path, mime), answer in zip(files[split:], answers or [None] * (len(files) - split), strict=True):
+        results.append(answer if answer is not None else _parse_here(path, mime))
+    return results
+
+
+def _parse_here(path: Path, mime_type: str) -> ParsedImage | RadiologyError:
+    from apps.radiology.imagefiles.dicom import parse_image_file
+
+    try:
+        return parse_image_file(path, mime_type)
+    except RadiologyError as refused:
+        return refused
+
+
+def _hand_over(helper: _Helper, files: list[tuple[Path, str]]) -> bool:
+    try:
+        helper.connection.send([(str(path), mime) for path, mime in files])
+    except (OSError, ValueError):  # the helper is gone: this batch is parsed here
+        _discard(helper)
+        return False
+    return True
+
+
+def _answers(helper: _Helper, count: int) -> list[ParsedImage | None] | None:
+    """The helper's answer to the files just handed over (None if it died or hung)."""
+    try:
+        if helper.connection.poll(ANSWER_TIMEOUT_SECONDS):
+            answers = helper.connection.recv()
+            if isinstance(answers, list) and len(answers) == count:
+                return answers
+    except (OSError, EOFError, ValueError):
+        pass
+    _discard(helper)
+    return None
+
+
+def _ready_helper() -> _Helper | None:
+    """The helper if it is wanted and ready; otherwise None, starting one in the background."""
+    global _helper
+    if not settings.RADIOLOGY_INGEST_PARSE_HELPER:
+        return None
+    with _lock:
+        helper = _helper
+        if helper is None or (helper.ready.is_set() and not helper.process.is_alive()):
+            if helper is not None:
+                helper.stop()
+            helper = _helper = _start()
+    return helper if helper.ready.is_set() else None
+
+
+def _start() -> _Helper:
+    """A new helper process; `ready` is set (by a thread) once it has set up Django."""
+    context = multiprocessing.get_context("forkserver")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(theirs,), name="pacs-lite-parse-helper", daemon=True)
+    helper = _Helper(process, ours)  # type: ignore[arg-type]
+
+    def start_and_wait() -> None:
+        try:
+            process.start()
+            theirs.close()
+            if ours.poll(60) and ours.recv() == "ready":
+                helper.ready.set()
+                return
+        except Exception:  # noqa: S110 (it is logged below; the batch parses here)
+            pass
+        logger.warning("the ingest parse helper did not start; ingest parses in the server process")
+
+    threading.Thread(target=start_and_wait, name="parse-helper-start", daemon=True).start()
+    return helper
+
+
+def _discard(helper: _Helper) -> None:
+    """Stop a helper that failed; the next batch starts a new one."""
+    global _helper
+    logger.warning("the ingest parse helper failed; it is started again for a later batch")
+    with _lock:
+        if _helper is helper:
+            _helper = None
+    helper.stop()
+
+
+def wait_until_ready(timeout: float = 60) -> bool:
+    """Start the helper and wait for it (tests, and servers that warm up before serving)."""
+    _ready_helper()
+    helper = _helper
+    return helper is not None and helper.ready.wait(timeout) and _ready_helper() is helper
+
+
+def helper_pid() -> int | None:
+    helper = _helper
+    return helper.process.pid if helper is not None and helper.ready.is_set() else None
+
+
+def _serve(connection: Connection) -> None:
+    """The helper: parse each list of files it is sent; answer a ParsedImage or None for each."""
+    import django
+
+    django.setup()
+    from apps.radiology.imagefiles.dicom import parse_image_file
+    from config.gc_tuning import tune_for_long_lived_process
+
+    tune_for_long_lived_process()  # parsing makes as much garbage here as in the server process
+    connection.send("ready")
+    while True:
+        try:
+            files = connection.recv()
+        except (EOFError, OSError):
+            return  # the server process is gone
+        answers: list[ParsedImage | None] = []
+        for path, mime in files:
+            try:
+                answers.append(parse_image_file(Path(path), mime))
+            except Exception:  # refused or failed: the server process parses it and answers
+                answers.append(None)
+        connection.send(answers)

@@ -1,0 +1,378 @@
+"""The only module that touches the image store: STORAGES["radiology"] via django-storages.
+
+Filesystem (default) or S3/MinIO. Two rules hold on both:
+- an existing object is never overwritten: a second writer to the same key gets a fresh
+  key beside it (the filesystem backend opens with O_EXCL; the S3 backend below writes
+  with `If-None-Match: *`), so a race can never replace a stored patient image;
+- errors of the store surface as StorageFailure, so callers handle one exception type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import logging
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.utils.text import get_valid_filename
+from storages.backends.s3 import S3Storage
+
+from apps.radiology.errors import InvalidFilename, StorageFailure, StoredObjectMissing
+from apps.radiology.imagefiles.uids import validate_uid
+
+logger = logging.getLogger(__name__)
+
+STORAGE_ALIAS = "radiology"
+KEY_PREFIX = "radiology"
+MAX_FILENAME_LENGTH = 128
+STREAM_CHUNK_SIZE = 64 * 1024
+_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def radiology_storage() -> Storage:
+    """The configured store of radiology files."""
+    return storages[STORAGE_ALIAS]
+
+
+def is_s3(storage: Storage | None = None) -> bool:
+    return isinstance(storage or radiology_storage(), S3Storage)
+
+
+def safe_filename(original: str) -> str:
+    """Reduce a client's filename to a safe base name for a storage key.
+
+    Directory parts of either separator (`../`, `C:\\exports\\`) go, control characters
+    go, and what remains passes Django's get_valid_filename (letters, digits, `-_.`).
+    Raises InvalidFilename when nothing usable is left.
+    """
+    base = re.split(r"[\\/]", original or "")[-1]
+    base = _UNSAFE_CHARACTERS.sub("", base).strip().lstrip(".")
+    try:
+        cleaned = get_valid_filename(base)
+    except SuspiciousFileOperation as exc:
+        raise InvalidFilename() from exc
+    cleaned = cleaned.lstrip(".")
+    if not any(character.isalnum() for character in cleaned):
+        raise InvalidFilename()
+    if len(cleaned) > MAX_FILENAME_LENGTH:
+        stem, dot, extension = cleaned.rpartition(".")
+        if dot and 0 < len(extension) <= 16:
+            cleaned = f"{stem[: MAX_FILENAME_LENGTH - len(extension) - 1]}.{extension}"
+        else:
+            cleaned = cleaned[:MAX_FILENAME_LENGTH]
+    return cleaned
+
+
+def original_filename(original: str) -> str:
+    """The client's filename as kept on the image row (at most 255 characters).
+
+    Path parts stay (it is a record of what was sent), control characters go: PostgreSQL
+    text cannot hold NUL at all, and none of them belongs in a name shown to people.
+    """
+    return _UNSAFE_CHARACTERS.sub("", original or "")[:255]
+
+
+def build_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename: str) -> str:
+    """radiology/{study_uid}/{series_uid}/{image_uid}/{safe filename}, e.g.
+    radiology/1.2.3.4/1.2.3.4.1/1.2.3.4.1.1/chest_pa.dcm"""
+    validate_uid(study_uid, field="study_uid")
+    validate_uid(series_uid, field="series_uid")
+    validate_uid(image_uid, field="image_uid")
+    return f"{KEY_PREFIX}/{study_uid}/{series_uid}/{image_uid}/{safe_filename(filename)}"
+
+
+def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_path: Path | None = None) -> str:
+    """Stream `content` to a new object at `key` (or beside it if taken); return the key used.
+
+    `local_path`: where `content` lies on this machine, if it is a file nothing will write
+    to again (an ingest spool). The filesystem store then links it in rather than copying it.
+    """
+    upload = File(content, name=os.path.basename(key))
+    upload.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
+    store = radiology_storage()
+    try:
+        if local_path is not None and isinstance(store, FileSystemStorage):
+            linked = _link_new_file(store, key, local_path)
+            if linked is not None:
+                return linked
+        return store.save(key, upload)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
+        raise StorageFailure() from exc
+
+
+def _link_new_file(store: FileSystemStorage, key: str, source: Path) -> str | None:
+    """Hard-link `source` in as a new file at `key` (or beside it if taken); None if it cannot be.
+
+    What FileSystemStorage.save does for a stream, without copying the bytes: os.link, like
+    its O_EXCL open, fails on an existing name, so nothing stored is ever replaced. None
+    (the caller copies) when the spool is on another filesystem or cannot be linked, and
+    when directories need a mode of their own (Django's save sets it).
+    """
+    if store.directory_permissions_mode is not None:
+        return None
+    name = store.get_available_name(key)
+    while True:
+        full_path = Path(store.path(name))
+        full_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, full_path)
+        except FileExistsError:
+            name = store.get_available_name(name)
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return None
+            raise
+        # The spool was created private (0600); the stored file gets the mode Django's save gives.
+        os.chmod(full_path, store.file_permissions_mode if store.file_permissions_mode is not None else 0o644)
+        return name
+
+
+def delete_object(key: str) -> None:
+    """Remove an object this process wrote and no row references (clean-up after a failure)."""
+    try:
+        radiology_storage().delete(key)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        # Logged, not raised: the caller is already failing; verify_radiology_storage finds orphans.
+        logger.error("radiology storage clean-up failed for %s: %s", key, type(exc).__name__)
+
+
+def object_exists(key: str) -> bool:
+    try:
+        return radiology_storage().exists(key)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def object_modified_time(key: str) -> dt.datetime | None:
+    """When the object was last written (an aware datetime), or None if it is gone."""
+    try:
+        return radiology_storage().get_modified_time(key)
+    except FileNotFoundError:
+        return None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise StorageFailure() from exc
+    except (OSError, BotoCoreError) as exc:
+        raise StorageFailure() from exc
+
+
+def check_reachable() -> None:
+    """Raise StorageFailure unless the store answers; on S3 its bucket must exist.
+
+    A HEAD of a missing key is 404 whether the key or the whole bucket is missing, so S3 is
+    asked about the bucket itself (HeadBucket: the ListBucket right that listing needs).
+    """
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            store.connection.meta.client.head_bucket(Bucket=store.bucket_name)
+        else:
+            store.exists(f"{KEY_PREFIX}/.healthz")
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def open_object(key: str) -> IO[bytes] | None:
+    """Open a stored object for streaming reads; None if it is missing."""
+    try:
+        return radiology_storage().open(key, "rb")
+    except FileNotFoundError:
+        return None
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def iter_object_chunks(key: str, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield a stored object's bytes chunk by chunk (never all at once)."""
+    handle = open_object(key)
+    if handle is None:
+        raise StoredObjectMissing(f"Stored object {key} is missing.")
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
+
+
+class RadiologyS3Storage(S3Storage):
+    """S3/MinIO backend that refuses to overwrite: each write is a conditional PUT.
+
+    django-storages checks existence and then uploads, which leaves a window in which two
+    writers of one key both succeed and the later bytes replace the earlier. S3, MinIO and
+    moto honour `If-None-Match: *` on PUT, so the store itself arbitrates. s3transfer's
+    managed upload does not pass that header, hence a single streamed put_object (objects
+    here are far below S3's 5 GB single-PUT limit).
+    """
+
+    max_attempts = 5
+
+    def _save(self, name: str, content: Any) -> str:
+        params = self._get_write_parameters(name, content)
+        for _attempt in range(self.max_attempts):
+            if hasattr(content, "seek"):
+                content.seek(0)
+            try:
+                self.connection.meta.client.put_object(
+                    Bucket=self.bucket_name,
+                    Key=self._normalize_name(name),
+                    Body=content,
+                    IfNoneMatch="*",
+                    **params,
+                )
+                return name
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status not in (409, 412):
+                    raise
+                name = self.get_available_name(name)
+        raise StorageFailure("Could not find a free key for the object.")
+
+
+def presigned_get_url(key: str, *, expires_in: int, content_type: str, filename: str) -> str:
+    """A short-lived S3 GET URL that answers with our content type and no shared caching.
+
+    Only reached after the app checked its own signature: moto (and a misconfigured
+    MinIO) may not check expiry, so the app's signature is the real gate.
+    """
+    parameters = {
+        "ResponseContentType": content_type,
+        "ResponseCacheControl": "private, no-store, max-age=0",
+        "ResponseContentDisposition": f'inline; filename="{filename}"',
+    }
+    try:
+        return radiology_storage().url(key, parameters=parameters, expire=expires_in)
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+def object_size(key: str) -> int | None:
+    """Size in bytes of a stored object; None if missing."""
+    try:
+        return radiology_storage().size(key)
+    except FileNotFoundError:
+        return None
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+
+
+# Below this many keys object_sizes asks S3 about each (HEAD); from it, one listing of their
+# common folder (a study's or series' objects, 1,000 a page) answers for all of them.
+_LIST_FROM_KEYS = 4
+
+
+def object_sizes(keys: list[str]) -> dict[str, int | None]:
+    """Size in bytes of each stored object (None: missing), e.g. before streaming a whole study.
+
+    Filesystem: one stat each. S3: a HEAD each for a few keys; for more, one listing page per
+    thousand objects under their common folder (radiology/{study}/ or deeper), so checking a
+    500-instance study is one request, not 500. A shallower common folder (keys of several
+    studies) would list the whole store: then a HEAD each.
+    """
+    store = radiology_storage()
+    unique = list(dict.fromkeys(keys))
+    if not isinstance(store, S3Storage) or len(unique) < _LIST_FROM_KEYS:
+        return {key: object_size(key) for key in unique}
+    folder = posixpath.commonpath(unique)
+    if folder.count("/") < 1:  # "radiology" alone: every object in the store
+        return {key: object_size(key) for key in unique}
+    try:
+        found = {entry["Key"]: int(entry["Size"]) for entry in _s3_listing(store, folder + "/")}
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
+    return {key: found.get(store._normalize_name(key)) for key in unique}
+
+
+def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield `length` bytes of a stored object from `offset`: a seek on disk, a ranged GET on S3.
+
+    Frames and bulk data are served this way, so a frame of a large multi-frame object never
+    downloads or reads the rest of it.
+    """
+    if length <= 0:
+        return
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            response = store.connection.meta.client.get_object(
+                Bucket=store.bucket_name,
+                Key=store._normalize_name(key),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+            yield from response["Body"].iter_chunks(chunk_size)
+            return
+        with store.open(key, "rb") as handle:
+            handle.seek(offset)
+            remaining = length
+            while remaining > 0 and (chunk := handle.read(min(chunk_size, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+    except FileNotFoundError as exc:
+        raise StoredObjectMissing(f"Stored object {key} is missing.") from exc
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            raise StoredObjectMissing(f"Stored object {key} is missing.") from exc
+        raise StorageFailure() from exc
+    except (OSError, BotoCoreError) as exc:
+        raise StorageFailure() from exc
+
+
+def read_object_range(key: str, offset: int, length: int) -> bytes:
+    """Bytes of one small range (a frame, a bulk element) of a stored object."""
+    return b"".join(iter_object_range(key, offset, length))
+
+
+@contextlib.contextmanager
+def local_path(key: str) -> Iterator[Path]:
+    """A path on local disk holding the object: the file itself on the filesystem backend,
+    a streamed temporary copy on S3 (for decoders that need a seekable file)."""
+    store = radiology_storage()
+    if not isinstance(store, S3Storage):
+        yield Path(store.path(key))
+        return
+    settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix="pacs-object-", dir=settings.RADIOLOGY_STAGING_DIR) as copy:
+        try:
+            store.connection.meta.client.download_fileobj(store.bucket_name, store._normalize_name(key), copy)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageFailure() from exc
+        copy.flush()
+        yield Path(copy.name)
+
+
+def _s3_listing(store: S3Storage, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object entry (Key, Size, ...) under `prefix` in the bucket, listed page by page."""
+    paginator = store.connection.meta.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(prefix)):
+        yield from page.get("Contents", ())
+
+
+def iter_keys(prefix: str) -> Iterator[str]:
+    """Every object key under `prefix` (e.g. "radiology/"), listed page by page."""
+    store = radiology_storage()
+    try:
+        if isinstance(store, S3Storage):
+            for entry in _s3_listing(store, prefix):
+                yield entry["Key"]
+            return
+        root = Path(store.path(""))
+        base = root / prefix
+        if not base.exists():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                yield path.relative_to(root).as_posix()
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise StorageFailure() from exc
