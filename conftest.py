@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from django.conf import settings as django_settings
 
-S3_BACKEND = "apps.radiology.storage.RadiologyS3Storage"
-FILESYSTEM_BACKEND = "django.core.files.storage.FileSystemStorage"
+from apps.radiology.tests.stores import FILESYSTEM_BACKEND, S3_BACKEND, s3_client, s3_options
 
 
 def _free_port() -> int:
@@ -47,33 +45,11 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-def s3_options(endpoint: str, bucket: str) -> dict[str, Any]:
-    return {
-        "access_key": "testing",
-        "secret_key": "testing",
-        "bucket_name": bucket,
-        "region_name": "us-east-1",
-        "endpoint_url": endpoint,
-        "signature_version": "s3v4",
-        "addressing_style": "path",
-        "default_acl": None,
-        "querystring_auth": True,
-        "file_overwrite": False,
-    }
-
-
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
     """A fresh, empty bucket for one test."""
     bucket = f"radiology-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=bucket)
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     return bucket
 
 

@@ -333,7 +333,7 @@ REST_FRAMEWORK = {
         "apps.radiology.access.token_auth.RadiologyTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "EXCEPTION_HANDLER": "apps.radiology.api.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "apps.radiology.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     # Attempts on the token endpoint are throttled per username AND client address (never per
     # address alone: a clinic's NAT would share one budget); django-axes locks out failures.

@@ -6,8 +6,10 @@ permission (the model refuses too); studies and series are protected by their fo
 Every radiology page (changelists, change views, inlines, the viewer redirect, the app's
 index entry) is for users who may see radiology data: doctors, radiology techs and
 superusers, on top of Django's own model permissions. A staff user of another part of the
-EMR (a clerk) sees none of it, not even an image's header or file key. The user admin
-gains one action: revoke every radiology link the selected users issued.
+EMR (a clerk) sees none of it, not even an image's header or file key. Studies, series and
+images are also read through the read door (access/visible.py) as request.user, so the
+rows themselves are only those the user may see. The user admin gains one action: revoke
+every radiology link the selected users issued.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from django.utils.html import format_html, format_html_join
 
 from apps.radiology.access import signing
 from apps.radiology.access.permissions import can_view_radiology
+from apps.radiology.access.principals import principal_of_user
+from apps.radiology.access.visible import visible_images, visible_series, visible_studies
 from apps.radiology.models import (
     AuditEvent,
     LinkRevocation,
@@ -81,6 +85,24 @@ class RadiologyAccessMixin:
         return can_view_radiology(request.user) and super().has_delete_permission(request, obj)  # type: ignore[misc]
 
 
+class ThroughTheDoorMixin:
+    """Rows through the read door as request.user: admin's queryset, ordering and all, narrowed to them.
+
+    Every admin page (changelist, change view, history, inlines, actions) reads rows with
+    get_queryset. A user who may read nothing is refused (403), as RadiologyAccessMixin
+    refuses them, rather than shown an empty page: admin's history view looks for its row
+    before asking for permission, and a missing row would be a redirect, not a refusal.
+    """
+
+    door: Any  # visible_studies, visible_series or visible_images
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        principal = principal_of_user(request.user)
+        if principal.read_scope.is_nothing:
+            raise PermissionDenied
+        return super().get_queryset(request) & type(self).door(principal)  # type: ignore[misc]
+
+
 class ReadOnlyMixin:
     """No add, change or delete from admin: these rows are written only by ingest."""
 
@@ -107,8 +129,9 @@ class RadiologyOrderAdmin(RadiologyAccessMixin, admin.ModelAdmin):
         return False
 
 
-class SeriesInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
+class SeriesInline(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.TabularInline):
     model = RadiologySeries
+    door = visible_series
     fields = ["series_number", "series_uid", "series_description", "modality", "image_count"]
     readonly_fields = fields
     extra = 0
@@ -119,8 +142,9 @@ class SeriesInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
         return obj.images.count()
 
 
-class ImageInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
+class ImageInline(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.TabularInline):
     model = RadiologyImage
+    door = visible_images
     fields = ["instance_number", "image_uid", "filename", "mime_type", "file_size", "checksum"]
     readonly_fields = fields
     extra = 0
@@ -128,7 +152,8 @@ class ImageInline(RadiologyAccessMixin, ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(RadiologyStudy)
-class RadiologyStudyAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+class RadiologyStudyAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.ModelAdmin):
+    door = visible_studies
     list_display = ["study_uid", "patient_id", "modality", "study_date", "study_description", "created_at"]
     list_filter = ["modality", "study_date", "created_at"]
     search_fields = ["study_uid", "patient_id", "accession_number", "radiology_order__accession_number"]
@@ -173,7 +198,7 @@ class RadiologyStudyAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin)
         """Issue a viewer token for this admin and go to the study's viewer URL."""
         if not can_view_radiology(request.user):
             raise PermissionDenied
-        study = RadiologyStudy.objects.filter(pk=study_id).first()
+        study = visible_studies(principal_of_user(request.user)).filter(pk=study_id).first()
         if study is None:
             raise Http404
         url = PACSLiteService.generate_viewer_url(
@@ -183,7 +208,8 @@ class RadiologyStudyAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin)
 
 
 @admin.register(RadiologySeries)
-class RadiologySeriesAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+class RadiologySeriesAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.ModelAdmin):
+    door = visible_series
     list_display = ["series_uid", "study", "series_number", "modality", "series_description"]
     list_filter = ["modality"]
     search_fields = ["series_uid", "study__study_uid", "study__patient_id"]
@@ -192,7 +218,8 @@ class RadiologySeriesAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin
 
 
 @admin.register(RadiologyImage)
-class RadiologyImageAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+class RadiologyImageAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.ModelAdmin):
+    door = visible_images
     list_display = ["image_uid", "series", "instance_number", "mime_type", "file_size", "created_at"]
     list_filter = ["mime_type", "series__modality", "created_at"]
     search_fields = ["image_uid", "series__series_uid", "series__study__study_uid", "series__study__patient_id"]

@@ -11,6 +11,7 @@ class RadiologyConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
+        from apps.radiology.access import checks  # noqa: F401 (registers the system checks)
         from apps.radiology.db_triggers import ensure_immutability_triggers
 
         post_migrate.connect(ensure_immutability_triggers, sender=self)

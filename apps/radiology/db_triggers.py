@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.models import DateTimeField
 
 GUARDED_COLUMNS = ("series_id", "image_uid", "file_key", "file_size", "checksum")
 TABLE = "radiology_radiologyimage"
@@ -159,6 +160,17 @@ def drop_immutability_triggers(using: str = "default") -> None:
             cursor.execute("DROP TRIGGER IF EXISTS radiology_image_immutable")
 
 
+def datetime_parameter(value: datetime, *, using: str = "default") -> Any:
+    """An aware datetime as a raw SQL parameter, exactly as the ORM sends a DateTimeField's value.
+
+    Passed as it is, an aware datetime would not do on SQLite, which stores datetimes as UTC
+    text without an offset and compares them as text: "2026-02-01 00:00:00-05:00" does not sort
+    with the stored "2026-02-01 03:00:00". The field's public get_db_prep_value gives the
+    stored form on every database (UTC text on SQLite, the aware datetime on PostgreSQL).
+    """
+    return DateTimeField().get_db_prep_value(value, connections[using])
+
+
 @contextmanager
 def audit_delete_permit(*, before: datetime, using: str = "default") -> Iterator[None]:
     """A transaction in which audit events older than `before` may be DELETEd (the archive's).
@@ -170,7 +182,7 @@ def audit_delete_permit(*, before: datetime, using: str = "default") -> Iterator
     with transaction.atomic(using=using), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {AUDIT_PERMIT_TABLE} (before) VALUES (%s)",  # noqa: S608 (a constant)
-            [connection.ops.adapt_datetimefield_value(before)],
+            [datetime_parameter(before, using=using)],
         )
         yield
         _end_permits(cursor)

@@ -190,10 +190,13 @@ class RadiologyImage(WriteOnceModel):
     file_size = models.BigIntegerField()
     mime_type = models.CharField(max_length=64)
     checksum = models.CharField(max_length=64, help_text="SHA-256 of the stored bytes, hex, computed server-side")
-    # Its encoder writes the header's JSON text made at parse (encoded_json.py), not a new one.
+    # The stored header (imagefiles/stored_header.py writes and reads it, with metadata_text and
+    # pixel_data["header"]). Its encoder writes the JSON text made at parse (fastpaths/encoded_json.py),
+    # not a new one.
     image_metadata = models.JSONField(default=dict, blank=True, encoder=EncodedJSONEncoder)
     # Where the pixel data, each frame and other bulk elements lie in the stored file (from
-    # ingest), so DICOMweb serves frames and bulk data by byte range without re-parsing.
+    # ingest), so DICOMweb serves frames and bulk data by byte range without re-parsing; beside
+    # them, pixel_data["header"]: the header's pixel description (see stored_header.py).
     pixel_data = models.JSONField(default=dict, blank=True)
     bulk_data = models.JSONField(default=dict, blank=True)
     # A DICOM instance's whole WADO-RS metadata as JSON text, bulk data as BulkDataURIs relative

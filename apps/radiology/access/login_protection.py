@@ -29,13 +29,13 @@ from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_credentials
 from django.conf import settings
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from rest_framework.request import Request
 from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 
 from apps.radiology.access.audit import client_address
-from apps.radiology.errors import LoginLockedOut
+from apps.radiology.errors import LoginLockedOut, error_json_response
 
 
 def _cool_off_seconds() -> int:
@@ -55,9 +55,7 @@ def lockout_response(
             request, "radiology/login_locked_out.html", context, status=LoginLockedOut.status_code
         )
     else:
-        response = JsonResponse(
-            {"detail": LoginLockedOut.default_detail, "code": LoginLockedOut.code}, status=LoginLockedOut.status_code
-        )
+        response = error_json_response(LoginLockedOut())
     if seconds:
         response["Retry-After"] = str(seconds)
     response["Cache-Control"] = "no-store"

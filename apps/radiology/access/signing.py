@@ -13,7 +13,8 @@ token id or ->.<signature>`); a viewer token's row names its issuer. Each is ref
 issuer is inactive, no longer a doctor, radiology tech or superuser, or had all their links
 revoked (`revoke_links_of`, a per-user cut-off time: image URLs are not stored), and an image
 URL made through a viewer token dies with that token. These checks are folded into the one
-query each link already makes (`image_for_link`, `verify_viewer_token`): no extra round trip.
+query each link already makes (the door's `image_behind_link` in visible.py, and
+`verify_viewer_token`): no extra round trip.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
@@ -165,7 +166,7 @@ def parse_image_link(*, expires: str, token: str) -> ImageLink:
 def verify_image_url(*, image: RadiologyImage, filename: str, expires: str, token: str) -> ImageLink:
     """Raise SignatureRejected unless this URL was signed for exactly this image and is unexpired.
 
-    The issuer's standing is checked apart (`check_link_issuer`), on the row `image_for_link` read.
+    The issuer's standing is checked apart, on the row the door's `image_behind_link` read (visible.py).
     """
     link = parse_image_link(expires=expires, token=token)
     expected = signing.Signer(salt=IMAGE_URL_SALT).signature(link.message(image.pk, image.checksum, filename))
@@ -176,8 +177,11 @@ def verify_image_url(*, image: RadiologyImage, filename: str, expires: str, toke
     return link
 
 
-def _trusted_issuers(*, issued_at: Any) -> QuerySet[Any]:
-    """Users whose links made at `issued_at` still stand: active, in a radiology role, not cut off since."""
+def trusted_issuers(*, issued_at: Any) -> QuerySet[Any]:
+    """Users whose links made at `issued_at` still stand: active, in a radiology role, not cut off since.
+
+    The door (visible.py) checks an image link's issuer with it; verify_viewer_token a token's.
+    """
     user_model = get_user_model()
     memberships = user_model.groups.through.objects.filter(user_id=OuterRef("pk"), group__name__in=RADIOLOGY_GROUPS)
     return (
@@ -187,29 +191,6 @@ def _trusted_issuers(*, issued_at: Any) -> QuerySet[Any]:
             Q(radiology_link_revocation__isnull=True) | Q(radiology_link_revocation__links_valid_after__lt=issued_at)
         )
     )
-
-
-def image_for_link(*, image_id: int, link: ImageLink) -> RadiologyImage | None:
-    """The image a signed URL names, with whether its issuer and viewer token still stand, in one query."""
-    images = RadiologyImage.objects.filter(pk=image_id)
-    if link.issuer_id is not None:
-        issued_at = dt.datetime.fromtimestamp(link.issued_at or 0, tz=dt.UTC)
-        images = images.annotate(link_issuer_ok=Exists(_trusted_issuers(issued_at=issued_at).filter(pk=link.issuer_id)))
-    if link.via_token_id is not None:
-        images = images.annotate(
-            link_token_ok=Exists(
-                ViewerToken.objects.filter(pk=link.via_token_id, revoked_at__isnull=True, expires_at__gt=Now())
-            )
-        )
-    return images.first()
-
-
-def check_link_issuer(*, image: RadiologyImage, link: ImageLink) -> None:
-    """Raise LinkRevoked if the link's issuer lost access or its viewer token ended (read by image_for_link)."""
-    if link.issuer_id is not None and not getattr(image, "link_issuer_ok", False):
-        raise LinkRevoked("issuer no longer trusted")
-    if link.via_token_id is not None and not getattr(image, "link_token_ok", False):
-        raise LinkRevoked("viewer token revoked")
 
 
 @dataclass(frozen=True)
@@ -224,6 +205,11 @@ class ViewerGrant:
     issuer_id: int | None = field(default=None, compare=False)
 
 
+def _signed_viewer_token(record: ViewerToken, study_uid: str) -> str:
+    payload = {"t": record.id.hex, "s": study_uid, "e": int(record.expires_at.timestamp())}
+    return signing.dumps(payload, salt=VIEWER_TOKEN_SALT, compress=False)
+
+
 def issue_viewer_token(*, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None) -> str:
     """Record a ViewerToken and return the signed token string for it."""
     lifetime = default_expires_in(expires_in)
@@ -232,8 +218,52 @@ def issue_viewer_token(*, study: RadiologyStudy, user: AbstractBaseUser | None, 
         issued_to=user if user is not None and user.is_authenticated else None,
         expires_at=timezone.now() + dt.timedelta(seconds=lifetime),
     )
-    payload = {"t": record.id.hex, "s": study.study_uid, "e": int(record.expires_at.timestamp())}
-    return signing.dumps(payload, salt=VIEWER_TOKEN_SALT, compress=False)
+    return _signed_viewer_token(record, study.study_uid)
+
+
+# A reused token may end up to this share of its lifetime before a new one would (never
+# after): repeated calls within that window hand out the same token and write no row.
+REUSE_WINDOW_DIVISOR = 10
+REUSABLE_TOKEN_ID = "reusable_viewer_token_id"  # noqa: S105 (an annotation name)
+REUSABLE_TOKEN_EXPIRES_AT = "reusable_viewer_token_expires_at"  # noqa: S105 (an annotation name)
+
+
+def reusable_viewer_token(*, user: Any, expires_in: int | None = None) -> dict[str, Subquery]:
+    """Annotations for a study queryset: the caller's viewer token for each study that may be handed out again.
+
+    Live and unrevoked, issued to `user`, expiring no later than a new token would (never a
+    longer life than asked for) and at most a tenth of that lifetime earlier. Read as
+    subqueries of the study's own query, so reusing costs no round trip. A caller that is
+    not a user (a viewer token's stand-in) has no tokens of its own: nothing to reuse.
+    """
+    tokens = ViewerToken.objects.none()
+    if getattr(user, "pk", None) is not None and getattr(user, "is_authenticated", False):
+        lifetime = default_expires_in(expires_in)
+        latest = timezone.now() + dt.timedelta(seconds=lifetime)
+        earliest = latest - dt.timedelta(seconds=max(1, lifetime // REUSE_WINDOW_DIVISOR))
+        tokens = ViewerToken.objects.filter(
+            study_id=OuterRef("pk"),
+            issued_to_id=user.pk,
+            revoked_at__isnull=True,
+            expires_at__gt=Now(),
+            expires_at__gte=earliest,
+            expires_at__lte=latest,
+        ).order_by("-expires_at", "pk")
+    return {
+        REUSABLE_TOKEN_ID: Subquery(tokens.values("pk")[:1]),
+        REUSABLE_TOKEN_EXPIRES_AT: Subquery(tokens.values("expires_at")[:1]),
+    }
+
+
+def reused_or_new_viewer_token(
+    *, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None
+) -> str:
+    """The token of the study's reusable ViewerToken (annotated by reusable_viewer_token), else a new one."""
+    token_id = getattr(study, REUSABLE_TOKEN_ID, None)
+    expires_at = getattr(study, REUSABLE_TOKEN_EXPIRES_AT, None)
+    if token_id is None or expires_at is None:
+        return issue_viewer_token(study=study, user=user, expires_in=expires_in)
+    return _signed_viewer_token(ViewerToken(id=token_id, study=study, expires_at=expires_at), study.study_uid)
 
 
 def verify_viewer_token(token: str) -> ViewerGrant:
@@ -247,7 +277,7 @@ def verify_viewer_token(token: str) -> ViewerGrant:
         raise SignatureRejected("bad token") from None
     if expires_at < time.time():
         raise SignatureRejected("expired")
-    issuer_ok = Exists(_trusted_issuers(issued_at=OuterRef("issued_at")).filter(pk=OuterRef("issued_to_id")))
+    issuer_ok = Exists(trusted_issuers(issued_at=OuterRef("issued_at")).filter(pk=OuterRef("issued_to_id")))
     record = ViewerToken.objects.select_related("study").annotate(issuer_ok=issuer_ok).filter(pk=token_id).first()
     if record is None or record.revoked_at is not None or record.study.study_uid != study_uid:
         raise SignatureRejected("revoked")
@@ -293,10 +323,21 @@ def _with_study_and_token(base: str, study: RadiologyStudy, token: str) -> str:
 
 
 def lite_viewer_url(
-    *, study: RadiologyStudy, user: AbstractBaseUser | None, expires_in: int | None = None, base_url: str = ""
+    *,
+    study: RadiologyStudy,
+    user: AbstractBaseUser | None,
+    expires_in: int | None = None,
+    base_url: str = "",
+    reuse: bool = False,
 ) -> str:
-    """The built-in lightweight viewer of this server for the study (absolute: PACS_PUBLIC_URL or `base_url`)."""
-    token = issue_viewer_token(study=study, user=user, expires_in=expires_in)
+    """The built-in lightweight viewer of this server for the study (absolute: PACS_PUBLIC_URL or `base_url`).
+
+    `reuse`: hand out the token reusable_viewer_token found for `study`, if any, instead of a new one.
+    """
+    if reuse:
+        token = reused_or_new_viewer_token(study=study, user=user, expires_in=expires_in)
+    else:
+        token = issue_viewer_token(study=study, user=user, expires_in=expires_in)
     base = (settings.PACS_PUBLIC_URL or base_url.rstrip("/")) + reverse("radiology:lite-viewer")
     return _with_study_and_token(base, study, token)
 

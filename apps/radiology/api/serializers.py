@@ -53,7 +53,11 @@ class StudyImagesSerializer(serializers.ModelSerializer):
 
     series = StudySeriesSerializer(many=True, read_only=True)
     quick_look_url = serializers.SerializerMethodField(
-        help_text="The built-in lightweight viewer for this study (signed, expires with the image URLs)"
+        help_text=(
+            "The built-in lightweight viewer for this study (signed, expires with the image URLs). "
+            "Repeated calls hand out the caller's same link while it has at least nine tenths of the "
+            "asked lifetime left (never more than asked)."
+        )
     )
 
     class Meta:

@@ -1,4 +1,7 @@
-"""REST API v1 views: thin; parse input, call the service or a selector, shape the output."""
+"""REST API v1 views: thin; parse input, call the service or a selector, shape the output.
+
+Every read starts from the read door as the request's principal (access/visible.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import status, viewsets
+from rest_framework import viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
@@ -27,7 +30,8 @@ from apps.radiology.access.login_protection import (
     note_successful_login,
 )
 from apps.radiology.access.permissions import CanViewRadiologyRequest
-from apps.radiology.api.exceptions import InvalidExpiresIn
+from apps.radiology.access.principals import principal_of
+from apps.radiology.access.visible import visible_images
 from apps.radiology.api.filters import StudyFilter
 from apps.radiology.api.serializers import (
     ErrorSerializer,
@@ -38,7 +42,7 @@ from apps.radiology.api.serializers import (
     TokenResponseSerializer,
     ViewerUrlSerializer,
 )
-from apps.radiology.errors import InvalidQuery
+from apps.radiology.errors import InvalidCredentials, InvalidExpiresIn, InvalidQuery
 from apps.radiology.models import RadiologyImage, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 
@@ -124,7 +128,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = OptInLimitOffsetPagination
 
     def get_queryset(self) -> QuerySet[RadiologyStudy]:
-        return selectors.study_list()
+        return selectors.study_list(principal_of(self.request))
 
     @extend_schema(
         summary="A study's images grouped by series, with signed image URLs",
@@ -134,7 +138,12 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"], url_path="images", filterset_class=None, pagination_class=None)
     def images(self, request: Request, pk: str | None = None) -> Response:
         expires_in = requested_expires_in(request)
-        study = get_object_or_404(selectors.studies_with_series_and_images(), pk=pk)
+        # The caller's quick-look token for this study, if one can be handed out again, read in
+        # the study's own query: repeated calls write no new ViewerToken row.
+        studies = selectors.studies_with_series_and_images(principal_of(request)).annotate(
+            **signing.reusable_viewer_token(user=request.user, expires_in=expires_in)
+        )
+        study = get_object_or_404(studies, pk=pk)
         base_url = request_base_url(request)
         image_urls = {
             image.pk: PACSLiteService.generate_image_url(
@@ -144,7 +153,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             for image in series.images.all()
         }
         quick_look_url = signing.lite_viewer_url(
-            study=study, user=request.user, expires_in=expires_in, base_url=base_url
+            study=study, user=request.user, expires_in=expires_in, base_url=base_url, reuse=True
         )
         context = {"image_urls": image_urls, "quick_look_url": quick_look_url}
         return Response(StudyImagesSerializer(study, context=context).data)
@@ -168,8 +177,11 @@ class ImageViewSet(viewsets.GenericViewSet):
     """Images: only the signed-URL action is exposed."""
 
     permission_classes = [IsAuthenticated, CanViewRadiologyRequest]
-    queryset = RadiologyImage.objects.all()
+    queryset = RadiologyImage.objects.none()  # for the schema only: requests read through get_queryset
     serializer_class = ImageUrlSerializer
+
+    def get_queryset(self) -> QuerySet[RadiologyImage]:
+        return visible_images(principal_of(self.request))
 
     @extend_schema(
         summary="A signed, expiring URL for one image's bytes",
@@ -212,10 +224,7 @@ class ObtainTokenView(APIView):
             password=serializer.validated_data["password"],
         )
         if user is None or not user.is_active:
-            return Response(
-                {"detail": "Unable to log in with the provided credentials.", "code": "invalid_credentials"},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+            raise InvalidCredentials()
         note_successful_login(request._request, serializer.validated_data["username"])
         token, _created = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})

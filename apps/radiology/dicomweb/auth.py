@@ -1,5 +1,8 @@
 """Who may use DICOMweb: EMR users by session or token, or a viewer token for one study.
 
+The request's principal (access/principals.py) decides; the views read through the door
+(access/visible.py), which restricts a viewer token to its study.
+
 OHIF v3 takes `token` from the viewer URL and sends it as `Authorization: Bearer <token>`
 on every request. Such a token grants read of its one study only: searches see only that
 study, any other UID is 404, writes are 403. An altered, expired or revoked token is 401.
@@ -10,33 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from apps.radiology.access.permissions import can_upload_radiology, can_view_radiology
+from apps.radiology.access.principals import ViewerTokenPrincipal, principal_of
 from apps.radiology.access.signing import SignatureRejected, ViewerGrant, verify_viewer_token
+from apps.radiology.errors import InvalidToken
 
-
-class ViewerTokenPrincipal:
-    """The request's user when it came with a viewer token: authenticated, but only for one study."""
-
-    is_authenticated = True
-    is_active = True
-    is_anonymous = False
-    is_superuser = False
-    is_staff = False
-    pk = None
-    id = None
-
-    def __init__(self, grant: ViewerGrant) -> None:
-        self.grant = grant
-
-    def __str__(self) -> str:
-        return f"viewer-token:{self.grant.token_id}"
-
-    def get_username(self) -> str:
-        return str(self)
+__all__ = ["CanUseDicomWeb", "ViewerTokenAuthentication", "ViewerTokenPrincipal", "viewer_grant"]
 
 
 class ViewerTokenAuthentication(BaseAuthentication):
@@ -49,13 +33,11 @@ class ViewerTokenAuthentication(BaseAuthentication):
         if not parts or parts[0].lower() != self.keyword:
             return None
         if len(parts) != 2:
-            raise AuthenticationFailed("Malformed bearer token.", code="invalid_token")
+            raise InvalidToken("Malformed bearer token.")
         try:
             grant = verify_viewer_token(parts[1].decode("ascii"))
         except (SignatureRejected, UnicodeDecodeError):
-            raise AuthenticationFailed(
-                "The viewer token is invalid, expired or revoked.", code="invalid_token"
-            ) from None
+            raise InvalidToken() from None
         return ViewerTokenPrincipal(grant), grant
 
     def authenticate_header(self, request: Request) -> str:
@@ -63,18 +45,20 @@ class ViewerTokenAuthentication(BaseAuthentication):
 
 
 def viewer_grant(request: Request) -> ViewerGrant | None:
-    """The study scope of the request, if it came with a viewer token."""
+    """The viewer token's grant the request came with, if any (what it reads is the door's to say: principal_of)."""
     return request.auth if isinstance(request.auth, ViewerGrant) else None
 
 
 class CanUseDicomWeb(BasePermission):
-    """Viewer tokens read; doctors and radiology techs read; radiology techs store."""
+    """Principals that may read something read (viewer tokens, doctors, radiology techs); those that may store store.
+
+    Which rows a reader sees is the read door's answer (access/visible.py), not this class's.
+    """
 
     message = "Only doctors and radiology technicians may use DICOMweb; only technicians may store."
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        if viewer_grant(request) is not None:
-            return request.method in SAFE_METHODS
+        principal = principal_of(request)
         if request.method in SAFE_METHODS:
-            return can_view_radiology(request.user)
-        return can_upload_radiology(request.user)
+            return not principal.read_scope.is_nothing
+        return principal.may_store

@@ -1,7 +1,8 @@
 """DICOM JSON (PS3.18 F) for studies, series and instances, built from what ingest stored.
 
 Nothing here opens an image file: study and series attributes come from their rows, an
-instance's from the header JSON saved at ingest, with bulk data given as BulkDataURI.
+instance's from the header saved at ingest (read through imagefiles/stored_header.py), with
+bulk data given as BulkDataURI.
 A stored JPEG is presented as a Secondary Capture instance whose single frame is the
 JPEG itself, marked as a converted photo (ConversionType, LossyImageCompression "01").
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +23,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
 from apps.radiology.dicomweb.render_cache import CACHE_ALIAS
-from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
 
-PIXEL_DATA = "7FE00010"
+PIXEL_DATA = stored_header.PIXEL_DATA
+# Written at ingest and owned by stored_header; still importable from here (bench/compare_orthanc.py).
+metadata_text = stored_header.metadata_text
 
 
 def element(vr: str, *values: Any) -> dict[str, Any]:
@@ -118,76 +120,38 @@ def instance_metadata(
 ) -> dict[str, Any]:
     """The full metadata of one instance, bulk data as BulkDataURI (never inline).
 
-    `study` and `series` are only read for a JPEG (a DICOM instance's header has it all)."""
+    `study` and `series` are only read for a JPEG (a DICOM instance's stored header has it all)."""
     if image.is_dicom:
-        metadata = dict(image.image_metadata)
-    elif study is None or series is None:
+        return stored_header.instance_header(image, instance_url=instance_url)
+    if study is None or series is None:
         raise ValueError("A JPEG's metadata needs its study and series.")
-    else:
-        metadata = jpeg_secondary_capture(image, study=study, series=series)
-    metadata.update(_bulk_references(image, instance_url))
+    metadata = jpeg_secondary_capture(image, study=study, series=series)
+    metadata.update(stored_header.bulk_references(image, instance_url))
     return dict(sorted(metadata.items()))
-
-
-def _bulk_references(image: RadiologyImage, instance_url: str) -> dict[str, Any]:
-    """The BulkDataURI attributes of an image's bulk data and pixel data."""
-    references = {
-        tag: {"vr": location["vr"], "BulkDataURI": f"{instance_url}/bulk/{tag}"}
-        for tag, location in (image.bulk_data or {}).items()
-    }
-    if image.pixel_data:
-        references[PIXEL_DATA] = {
-            "vr": image.pixel_data.get("vr", "OB"),
-            "BulkDataURI": f"{instance_url}/bulk/{PIXEL_DATA}",
-        }
-    return references
-
-
-# How metadata_text writes an instance-relative BulkDataURI. Stored headers never hold a
-# BulkDataURI member (ingest drops bulk data), and inside a JSON string the quotes would be
-# escaped, so in the text this only ever starts one of the URIs instance_metadata added.
-_RELATIVE_BULK = '"BulkDataURI":"/bulk/'
-
-
-def metadata_text(image: RadiologyImage) -> str:
-    """A DICOM instance's metadata as stored in its row (RadiologyImage.metadata_text); "" for a JPEG."""
-    if not image.is_dicom:
-        return ""
-    header = image.image_metadata
-    if isinstance(header, EncodedJSON):  # just parsed: its text with the references put in
-        references = _bulk_references(image, "")
-        text = header.spliced({tag: encode(reference) for tag, reference in references.items()})
-        if text is not None:
-            return text
-    return encode(instance_metadata(image, study=None, series=None, instance_url=""))
 
 
 def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[str, str], str]) -> str:
     """The full metadata of many instances (in the queryset's order) as one DICOM JSON array, as text.
 
-    A DICOM instance's text was written at ingest and goes out as stored, its relative
-    BulkDataURIs made absolute: parsing kilobytes of stored JSON per instance into Python and
-    dumping it again was most of the cost of a series' metadata (and PostgreSQL's jsonb to
-    text, most of what remained). JPEGs take the general path (instance_metadata).
-    `instance_url(series_uid, image_uid)` is an instance's retrieve URL.
+    A DICOM instance's text was written at ingest and goes out as stored (stored_header.stored_texts);
+    JPEGs take the general path (instance_metadata). `instance_url(series_uid, image_uid)` is
+    an instance's retrieve URL.
     """
-    rows = images.values_list("pk", "image_uid", "series__series_uid", "metadata_text")
     pieces: list[str] = []
     general: dict[int, int] = {}  # image pk -> its index in pieces
-    for pk, image_uid, series_uid, text in rows:
-        if not text:
+    for pk, text in stored_header.stored_texts(images, instance_url=instance_url):
+        if text is None:
             general[pk] = len(pieces)
             pieces.append("")
             continue
-        absolute = json.dumps(f"{instance_url(series_uid, image_uid)}/bulk/")[:-1]
-        pieces.append(text.replace(_RELATIVE_BULK, f'"BulkDataURI":{absolute}'))
+        pieces.append(text)
     if general:
         for image in RadiologyImage.objects.select_related("series__study").filter(pk__in=general):
             series = image.series
             metadata = instance_metadata(
                 image, study=series.study, series=series, instance_url=instance_url(series.series_uid, image.image_uid)
             )
-            pieces[general[image.pk]] = encode(metadata)
+            pieces[general[image.pk]] = stored_header.compact_json(metadata)
     return "[" + ",".join(pieces) + "]"
 
 
@@ -241,8 +205,8 @@ def cached_metadata_array(
 
 def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries) -> dict[str, Any]:
     """A stored JPEG as a Secondary Capture instance (without its pixel data)."""
-    colour = image.image_metadata.get("mode", "RGB") != "L"
-    conversion = image.image_metadata.get("conversion_type", "SI")
+    colour = stored_header.photo_is_colour(image)
+    conversion = stored_header.photo_conversion_type(image)
     attributes = {
         "00080005": element("CS", "ISO_IR 192"),
         "00080016": element("UI", SECONDARY_CAPTURE_SOP_CLASS),

@@ -7,10 +7,10 @@ Rendered and thumbnail images decode one frame with pydicom (pylibjpeg / openjpe
 plugins), apply rescale and the VOI window, invert MONOCHROME1, and fit the viewport.
 
 Decoding reads only the frame's own bytes (the same byte ranges) and hands them to pydicom's
-decoder with the Image Pixel attributes picked from the stored header JSON, so a frame costs
-neither a parse of the file nor, on S3, a download of all of it; what those ranges can't
-describe (bit-packed frames, big endian, frames ingest could not delimit) is decoded from the
-whole file as before.
+decoder with the Image Pixel attributes of the stored header (imagefiles/stored_header.py
+keeps them with the image row), so a frame costs neither a parse of the file nor, on S3, a
+download of all of it; what those ranges can't describe (bit-packed frames, big endian, frames
+ingest could not delimit) is decoded from the whole file as before.
 
 Nothing is decoded before its cost is known: check_decode_budget weighs the frames asked for
 from the stored header (rows x columns x samples x bytes per sample x frames) against
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import array
 import io
-import json
 import math
 import struct
 from collections.abc import Iterator
@@ -40,7 +39,6 @@ from typing import Any
 import numpy as np
 import pydicom.pixels
 from django.conf import settings
-from django.db import connections, router
 from PIL import Image
 
 from apps.radiology import storage
@@ -56,10 +54,10 @@ from apps.radiology.errors import (
     StoredObjectMissing,
     ViewportTooLarge,
 )
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.dicom import (
     CODESTREAM_HEAD_BYTES,
     CODESTREAM_SYNTAXES,
-    PIXEL_HEADER_TAGS,
     UnreadableCodestream,
     codestream_size,
 )
@@ -154,64 +152,6 @@ def frame_spans(image: RadiologyImage, number: int) -> list[tuple[int, int]]:
     return [(int(location["offset"]) + (number - 1) * int(frame_length), int(frame_length))]
 
 
-def pixel_header(image: RadiologyImage) -> dict[str, Any]:
-    """The elements of PIXEL_HEADER_TAGS in the image's header (DICOM JSON), read once per instance.
-
-    Ingest keeps them in pixel_data["header"], loaded with the image row. For a row without
-    them: views load images with the header JSON deferred (~12 kB for a CT, decoded on every read);
-    loading it all to read a dozen elements cost a first render ~0.6 ms, picking them in the
-    database ~0.1 ms. Plain SQL because Django's JSON key lookups take digit-only keys such
-    as "00280100" for array indexes (on SQLite at every level, on PostgreSQL at the top), and
-    the ORM would add ~0.3 ms; other databases load the whole header.
-    """
-    memo: dict[str, Any] | None = image.__dict__.get("_pixel_header")
-    if memo is not None:
-        return memo
-    kept = (image.pixel_data or {}).get("header")
-    if kept is not None:  # ingest keeps them beside the frame locations (dicom.parse_dicom)
-        header = kept
-    elif "image_metadata" in image.__dict__ or image.pk is None:
-        header: dict[str, Any] = image.image_metadata
-    else:
-        header = _select_pixel_header(image)
-    image.__dict__["_pixel_header"] = header
-    return header
-
-
-def _select_pixel_header(image: RadiologyImage) -> dict[str, Any]:
-    """The PIXEL_HEADER_TAGS elements picked from the stored header by the database.
-
-    Walking the header once with *_each, not one `->` per tag: PostgreSQL would decompress
-    the (TOASTed) header for each of them, twice the time.
-    """
-    connection = connections[image._state.db or router.db_for_read(RadiologyImage, instance=image)]
-    if connection.vendor == "postgresql":
-        each, aggregate = "jsonb_each", "jsonb_object_agg(key, value)::text"
-    elif connection.vendor == "sqlite":
-        each, aggregate = "json_each", "json_group_object(key, json(value))"
-    else:
-        return image.image_metadata
-    meta = RadiologyImage._meta
-    quote = connection.ops.quote_name
-    table, column = quote(meta.db_table), quote(meta.get_field("image_metadata").column)
-    tags = ", ".join(f"'{tag}'" for tag in PIXEL_HEADER_TAGS)
-    sql = (
-        f"SELECT {aggregate} FROM {table}, {each}({table}.{column})"  # noqa: S608 (constants only)
-        f" WHERE {table}.{quote(meta.pk.column)} = %s AND key IN ({tags})"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [image.pk])
-        row = cursor.fetchone()
-    value = row[0] if row else None  # NULL: none of the tags (or no such row)
-    elements = json.loads(value) if isinstance(value, str) else value or {}
-    return {tag: element for tag, element in elements.items() if element is not None}
-
-
-def _metadata_value(image: RadiologyImage, tag: str, default: Any = None) -> Any:
-    values = (pixel_header(image).get(tag) or {}).get("Value") or []
-    return values[0] if values else default
-
-
 def frame_chunks(image: RadiologyImage, number: int, plan: FramePlan) -> Iterator[bytes]:
     """The bytes of one frame in the planned form."""
     if not plan.passthrough:
@@ -245,7 +185,7 @@ def _big_endian_word(image: RadiologyImage) -> int:
     """
     if image.transfer_syntax_uid != BIG_ENDIAN:
         return 1
-    bits = int(_metadata_value(image, "00280100", 8))
+    bits = int(stored_header.pixel_value(image, "00280100", 8))
     if bits in (16, 32):
         return bits // 8
     return 2 if (image.pixel_data or {}).get("vr") == "OW" else 1
@@ -378,13 +318,13 @@ def check_codestream(image: RadiologyImage, head: bytes) -> None:
     if size is None:
         return  # not the start of a codestream of this syntax: its decoder refuses it outright
     # pydicom's array has the header's bytes per sample (Bits Allocated), the codestream's size.
-    bits = int(_metadata_value(image, "00280100", 8) or 8)
+    bits = int(stored_header.pixel_value(image, "00280100", 8) or 8)
     decoded = max(size.decoded_bytes, size.rows * size.columns * max(size.components, 1) * max(-(-bits // 8), 1))
     budget = settings.RADIOLOGY_MAX_DECODED_BYTES
     if decoded > budget:
         raise ImageTooLargeToRender(_too_large_detail(decoded, 1, budget))
-    rows = image.rows or _metadata_value(image, "00280010")
-    columns = image.columns or _metadata_value(image, "00280011")
+    rows = image.rows or stored_header.pixel_value(image, "00280010")
+    columns = image.columns or stored_header.pixel_value(image, "00280011")
     if (size.rows, size.columns) != (int(rows or 0), int(columns or 0)):
         raise CodestreamMismatch(
             f"The frame's codestream declares {size.rows} x {size.columns} pixels; "
@@ -474,12 +414,12 @@ def decoded_frame_bytes(image: RadiologyImage, viewport: tuple[int, int] | None 
         size = (image.columns, image.rows)
         scale = _draft_scale(size, _draft_target(size, viewport))
         return -(-size[0] // scale) * -(-size[1] // scale) * 3
-    rows = image.rows or _metadata_value(image, "00280010")
-    columns = image.columns or _metadata_value(image, "00280011")
+    rows = image.rows or stored_header.pixel_value(image, "00280010")
+    columns = image.columns or stored_header.pixel_value(image, "00280011")
     if not rows or not columns:
         return None
-    samples = int(_metadata_value(image, "00280002", 1) or 1)
-    bits = int(_metadata_value(image, "00280100", 8) or 8)
+    samples = int(stored_header.pixel_value(image, "00280002", 1) or 1)
+    bits = int(stored_header.pixel_value(image, "00280100", 8) or 8)
     return int(rows) * int(columns) * max(samples, 1) * max(-(-bits // 8), 1)
 
 
@@ -525,26 +465,26 @@ def _decoding_options(image: RadiologyImage) -> dict[str, Any] | None:
 
 
 def _decoding_options_of(image: RadiologyImage) -> dict[str, Any] | None:
-    rows = image.rows or _metadata_value(image, "00280010")
-    columns = image.columns or _metadata_value(image, "00280011")
-    photometric = _metadata_value(image, "00280004")
-    bits_allocated = _metadata_value(image, "00280100")
+    rows = image.rows or stored_header.pixel_value(image, "00280010")
+    columns = image.columns or stored_header.pixel_value(image, "00280011")
+    photometric = stored_header.pixel_value(image, "00280004")
+    bits_allocated = stored_header.pixel_value(image, "00280100")
     if not (rows and columns and photometric and bits_allocated):
         return None
-    samples = int(_metadata_value(image, "00280002", 1) or 1)
+    samples = int(stored_header.pixel_value(image, "00280002", 1) or 1)
     options: dict[str, Any] = {
         "rows": int(rows),
         "columns": int(columns),
         "samples_per_pixel": samples,
         "photometric_interpretation": str(photometric),
         "bits_allocated": int(bits_allocated),
-        "bits_stored": int(_metadata_value(image, "00280101", bits_allocated) or bits_allocated),
-        "pixel_representation": int(_metadata_value(image, "00280103", 0) or 0),
+        "bits_stored": int(stored_header.pixel_value(image, "00280101", bits_allocated) or bits_allocated),
+        "pixel_representation": int(stored_header.pixel_value(image, "00280103", 0) or 0),
         "number_of_frames": 1,
         "pixel_keyword": "PixelData",
     }
     if samples > 1:
-        options["planar_configuration"] = int(_metadata_value(image, "00280006", 0) or 0)
+        options["planar_configuration"] = int(stored_header.pixel_value(image, "00280006", 0) or 0)
     return options
 
 
@@ -704,7 +644,7 @@ def render_viewport(image: RadiologyImage, viewport: tuple[int, int] | None) -> 
 
 
 def _header_window(image: RadiologyImage) -> Window | None:
-    center, width = _metadata_value(image, "00281050"), _metadata_value(image, "00281051")
+    center, width = stored_header.pixel_value(image, "00281050"), stored_header.pixel_value(image, "00281051")
     try:
         if center is not None and width is not None and float(width) >= 1:
             return Window(float(center), float(width))
@@ -729,8 +669,8 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
     # Strips of about a million pixels: a 512 x 512 frame is one strip, as before; a 4096 x 5120
     # mammogram costs 4 MiB of float32 at a time instead of 80 MiB (the decoded-size budget
     # counts on it, see check_decode_budget).
-    slope = float(_metadata_value(image, "00281053", 1) or 1)
-    intercept = float(_metadata_value(image, "00281052", 0) or 0)
+    slope = float(stored_header.pixel_value(image, "00281053", 1) or 1)
+    intercept = float(stored_header.pixel_value(image, "00281052", 0) or 0)
     step = max(_STRIP_PIXELS // max(pixels[0].size, 1), 1)
     strips = range(0, pixels.shape[0], step)
 
@@ -758,7 +698,7 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
         values += 0.5
         values *= 255.0
         display[start : start + step] = np.clip(values, 0, 255, out=values).astype(np.uint8)
-    if _metadata_value(image, "00280004", "MONOCHROME2") == "MONOCHROME1":
+    if stored_header.pixel_value(image, "00280004", "MONOCHROME2") == "MONOCHROME1":
         np.subtract(255, display, out=display)
     return Image.fromarray(display, "L")
 

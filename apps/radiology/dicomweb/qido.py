@@ -4,6 +4,9 @@ Matching (PS3.18 8.3.4, the subset OHIF and common clients send): UID lists, exa
 AccessionNumber and Modality, PatientName with * and ? (case-insensitive), StudyDate as a
 date or a range, ModalitiesInStudy; limit/offset; includefield (tags, keywords or "all").
 A fixed number of queries whatever the number of results.
+
+Every search runs as a principal and starts from the read door (access/visible.py): what it
+may not see is not there to match, the prepared fast path included.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from apps.radiology.access.signing import ViewerGrant
+from apps.radiology.access.principals import Principal
+from apps.radiology.access.visible import VisibleLookup, visible_images, visible_series, visible_studies
 from apps.radiology.errors import InvalidQuery
-from apps.radiology.fastpaths.prepared import PreparedLookup
-from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.models import RadiologyImage, RadiologySeries
 
 from .dicom_json import instance_attributes, series_attributes, study_attributes
 from .wildcards import WildcardMatch
@@ -203,10 +206,8 @@ def _select(attributes: dict[str, Any], extra: dict[str, Any], query: SearchQuer
 UrlMaker = Callable[..., str]
 
 
-def search_studies(query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker) -> list[dict[str, Any]]:
-    studies = RadiologyStudy.objects.filter(_study_q(query.filters))
-    if grant is not None:
-        studies = studies.filter(pk=grant.study_id)
+def search_studies(query: SearchQuery, *, principal: Principal, url: UrlMaker) -> list[dict[str, Any]]:
+    studies = visible_studies(principal).filter(_study_q(query.filters))
     # Counts as subqueries per study of the page: a join with GROUP BY counted every study's
     # series and images before the page was cut (10,000 studies: ~6x slower than 100).
     series_count = RadiologySeries.objects.filter(study_id=OuterRef("pk")).order_by().values("study_id")
@@ -256,24 +257,22 @@ def _series_listing(series: QuerySet[RadiologySeries]) -> QuerySet[RadiologySeri
     )
 
 
-_SERIES_OF_STUDY = PreparedLookup(
-    lambda study_uid: _series_listing(RadiologySeries.objects.filter(study__study_uid=study_uid)), parameters=1
+_SERIES_OF_STUDY = VisibleLookup(
+    visible_series, lambda series, study_uid: _series_listing(series.filter(study__study_uid=study_uid)), parameters=1
 )
 
 
 def search_series(
-    query: SearchQuery, *, grant: ViewerGrant | None, url: UrlMaker, study: RadiologyStudy | None = None
+    query: SearchQuery, *, principal: Principal, url: UrlMaker, study_uid: str | None = None
 ) -> list[dict[str, Any]]:
-    """Series matching `query`; only those of `study` when given (the caller found it visible)."""
-    if study is not None and query == SearchQuery():
-        # What a viewer asks first when it opens a study: one query compiled once (prepared.py).
-        page = _SERIES_OF_STUDY.all(study.study_uid)
+    """Series `principal` may see matching `query`; only those of the study `study_uid` when given."""
+    if study_uid is not None and query == SearchQuery():
+        # What a viewer asks first when it opens a study: one query compiled once per scope kind.
+        page = _SERIES_OF_STUDY.all(principal, study_uid)
     else:
-        series = RadiologySeries.objects.filter(_series_q(query.filters) & _study_q(query.filters, "study__"))
-        if study is not None:
-            series = series.filter(study_id=study.pk)
-        if grant is not None:
-            series = series.filter(study_id=grant.study_id)
+        series = visible_series(principal).filter(_series_q(query.filters) & _study_q(query.filters, "study__"))
+        if study_uid is not None:
+            series = series.filter(study__study_uid=study_uid)
         page = _page(_series_listing(series), query)
     wants_modalities = query.include_all or "00080061" in query.include_fields
     modalities = _modalities_by_study(list({item.study_id for item in page})) if wants_modalities else {}
@@ -311,20 +310,19 @@ def search_series(
 def search_instances(
     query: SearchQuery,
     *,
-    grant: ViewerGrant | None,
+    principal: Principal,
     url: UrlMaker,
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> list[dict[str, Any]]:
-    images = RadiologyImage.objects.filter(
+    """Instances `principal` may see matching `query`, of one study or series when given."""
+    images = visible_images(principal).filter(
         _instance_q(query.filters) & _series_q(query.filters, "series__") & _study_q(query.filters, "series__study__")
     )
     if study_uid is not None:
         images = images.filter(series__study__study_uid=study_uid)
     if series_uid is not None:
         images = images.filter(series__series_uid=series_uid)
-    if grant is not None:
-        images = images.filter(series__study_id=grant.study_id)
     wants_metadata = query.include_all or bool(query.include_fields)
     images = images.select_related("series__study").order_by(
         F("series__series_number").asc(nulls_last=True), "series_id", F("instance_number").asc(nulls_last=True), "id"

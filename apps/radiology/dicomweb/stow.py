@@ -20,8 +20,8 @@ from pydicom.filereader import read_file_meta_info
 from apps.radiology import errors
 from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType, UnsupportedTransferSyntax
 from apps.radiology.imagefiles.dicom import SNIFF_LENGTH, check_transfer_syntax, sniff_mime_type
+from apps.radiology.ingest.pipeline import IngestItem, StagedFile, ingest_images
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
-from apps.radiology.pacs_lite_service import IngestItem, PACSLiteService, StagedFile
 
 from .dicom_json import element
 from .multipart import ReceivedPart
@@ -114,7 +114,7 @@ def store_instances(
             with part.open() as handle:
                 head = handle.read(SNIFF_LENGTH)
             if not _looks_like_dicom(head):
-                answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
+                answers.append(_failed(None, None, CANNOT_UNDERSTAND, errors.InvalidDicom.code))
                 continue
             items.append(IngestItem(order=order, stream=None, filename=None, staged=_staged(part)))
             answers.append(part)
@@ -125,7 +125,7 @@ def store_instances(
             answers.append(_failed(*_meta_uids(part), _REASONS.get(type(refused), PROCESSING_FAILURE), refused.code))
             continue
         if header is None:
-            answers.append(_failed(None, None, CANNOT_UNDERSTAND, "invalid_dicom"))
+            answers.append(_failed(None, None, CANNOT_UNDERSTAND, errors.InvalidDicom.code))
             continue
         sop_class, sop_instance = _sop_uids(header)
         if study_uid is not None and str(header.get("StudyInstanceUID", "")) != study_uid:
@@ -138,13 +138,13 @@ def store_instances(
                 orders_by_accession[accession] = _order_by_accession(accession)
             target = orders_by_accession[accession]
         if target is None:
-            answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, "order_not_found"))
+            answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, OrderNotFound.code))
             continue
         items.append(
             IngestItem(order=target, stream=None, filename=f"{sop_instance or 'instance'}.dcm", staged=_staged(part))
         )
         answers.append((sop_class, sop_instance))
-    results = iter(PACSLiteService.ingest_images(items, uploaded_by=user))
+    results = iter(ingest_images(items, uploaded_by=user))
     outcome = StoreOutcome()
     for answer in answers:
         if isinstance(answer, dict):

@@ -25,15 +25,25 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.radiology import storage
+from apps.radiology.access.principals import Principal, principal_of
 from apps.radiology.access.token_auth import RadiologyTokenAuthentication
+from apps.radiology.access.visible import VisibleLookup, visible_images, visible_series, visible_studies
 from apps.radiology.dicomweb.render_cache import cached_response, render_key
-from apps.radiology.errors import StoredObjectMissing, TooManyFrames
-from apps.radiology.fastpaths.prepared import PreparedLookup
+from apps.radiology.errors import (
+    BulkDataNotFound,
+    FrameNotFound,
+    InstanceNotFound,
+    OrderNotFound,
+    SeriesNotFound,
+    StoredObjectMissing,
+    StudyNotFound,
+    TooManyFrames,
+)
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 
 from . import pixels
 from .accept import MediaRange, parse_accept
-from .auth import CanUseDicomWeb, ViewerTokenAuthentication, viewer_grant
+from .auth import CanUseDicomWeb, ViewerTokenAuthentication
 from .dicom_json import cached_metadata_array, image_summary, instance_metadata, jpeg_as_part10, summary_of
 from .multipart import (
     InvalidMultipart,
@@ -66,19 +76,24 @@ class FirstRendererNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-def _image_by_uid(image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyImage]:
-    images = RadiologyImage.objects.select_related("series__study")
+def _image_by_uid(images: QuerySet[RadiologyImage], image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyImage]:
+    images = images.select_related("series__study")
     if not with_metadata:
         images = images.defer("image_metadata")
     return images.filter(image_uid=image_uid).order_by()[:1]
 
 
-# Every frame, render and instance request starts here: compiled once (see prepared.py).
-_IMAGE = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=False), parameters=1)
-_STUDY = PreparedLookup(
-    lambda study_uid: RadiologyStudy.objects.filter(study_uid=study_uid).order_by()[:1], parameters=1
+# Every frame, render and instance request starts here: through the read door, compiled once
+# per scope kind (see access/visible.py and fastpaths/prepared.py).
+_IMAGE = VisibleLookup(
+    visible_images, lambda images, image_uid: _image_by_uid(images, image_uid, with_metadata=False), parameters=1
 )
-_IMAGE_WITH_METADATA = PreparedLookup(lambda image_uid: _image_by_uid(image_uid, with_metadata=True), parameters=1)
+_STUDY = VisibleLookup(
+    visible_studies, lambda studies, study_uid: studies.filter(study_uid=study_uid).order_by()[:1], parameters=1
+)
+_IMAGE_WITH_METADATA = VisibleLookup(
+    visible_images, lambda images, image_uid: _image_by_uid(images, image_uid, with_metadata=True), parameters=1
+)
 
 
 @extend_schema(exclude=True)
@@ -104,50 +119,50 @@ class DicomWebView(APIView):
     def accepted(self) -> list[MediaRange]:
         return parse_accept(self.request.headers.get("Accept"))
 
-    def studies(self) -> Any:
-        grant = viewer_grant(self.request)
-        queryset = RadiologyStudy.objects.all()
-        return queryset.filter(pk=grant.study_id) if grant is not None else queryset
+    def principal(self) -> Principal:
+        """Who asks: an EMR user or a viewer token's grant (what either may read is the door's answer)."""
+        return principal_of(self.request)
+
+    def studies(self) -> QuerySet[RadiologyStudy]:
+        return visible_studies(self.principal())
 
     def find_study(self, study_uid: str, **annotations: Any) -> RadiologyStudy:
         if annotations:
             study = self.studies().filter(study_uid=study_uid).annotate(**annotations).first()
         else:
-            study = _STUDY.first(study_uid)
-            if study is not None and not self.visible(study, study_uid):
-                study = None
+            study = _STUDY.first(self.principal(), study_uid)
         if study is None:
-            raise NotFound("No such study.", code="study_not_found")
+            raise StudyNotFound()
         return study
 
-    def visible(self, study: RadiologyStudy, study_uid: str) -> bool:
-        """The study is the one named in the URL, and a viewer token's grant covers it."""
-        grant = viewer_grant(self.request)
-        return study.study_uid == study_uid and (grant is None or study.pk == grant.study_id)
-
-    # Series and instances are found by their own UID (unique) and their study checked here:
-    # one indexed row and its parents, no subquery, so a lookup costs little to plan.
+    # Series and instances are found by their own UID (unique) among what the door lets the
+    # principal see, and the study in the URL compared here: one indexed row and its parents,
+    # no subquery, so a lookup costs little to plan.
 
     def find_series(self, study_uid: str, series_uid: str, **annotations: Any) -> RadiologySeries:
         found = list(
-            RadiologySeries.objects.select_related("study")
+            visible_series(self.principal())
+            .select_related("study")
             .filter(series_uid=series_uid)
             .annotate(**annotations)
             .order_by()[:1]
         )
-        if not found or not self.visible(found[0].study, study_uid):
-            raise NotFound("No such series.", code="series_not_found")
+        if not found or found[0].study.study_uid != study_uid:
+            raise SeriesNotFound()
         return found[0]
 
     def find_image(
         self, study_uid: str, series_uid: str, image_uid: str, *, with_metadata: bool = False
     ) -> RadiologyImage:
-        """The instance, scoped to what the request may see. Its header JSON (kilobytes, decoded
+        """The instance, among what the request may see. Its header JSON (kilobytes, decoded
         on every read) is only loaded when asked for, or later on first use."""
-        image = (_IMAGE_WITH_METADATA if with_metadata else _IMAGE).first(image_uid)
-        if image is None or image.series.series_uid != series_uid or not self.visible(image.series.study, study_uid):
-            raise NotFound("No such instance.", code="instance_not_found")
+        image = (_IMAGE_WITH_METADATA if with_metadata else _IMAGE).first(self.principal(), image_uid)
+        if image is None or image.series.series_uid != series_uid or image.series.study.study_uid != study_uid:
+            raise InstanceNotFound()
         return image
+
+    def images(self) -> QuerySet[RadiologyImage]:
+        return visible_images(self.principal())
 
     def require_json(self) -> None:
         """406 unless the client accepts DICOM JSON."""
@@ -220,20 +235,20 @@ def _require_whole_files(images: list[RadiologyImage]) -> None:
             raise StoredObjectMissing(f"The stored file of instance {image.image_uid} is shorter than recorded.")
 
 
-def _study_image_rows(study: RadiologyStudy) -> Any:
-    """The study's images, series by series (by number), instances by number."""
-    return RadiologyImage.objects.filter(series__study=study).order_by(
+def _study_image_rows(images: QuerySet[RadiologyImage], study: RadiologyStudy) -> Any:
+    """The study's images (of the door's `images`), series by series (by number), instances by number."""
+    return images.filter(series__study=study).order_by(
         F("series__series_number").asc(nulls_last=True), "series_id", *INSTANCE_ORDER
     )
 
 
-def _study_images(study: RadiologyStudy) -> list[RadiologyImage]:
-    return list(_study_image_rows(study).select_related("series__study"))
+def _study_images(images: QuerySet[RadiologyImage], study: RadiologyStudy) -> list[RadiologyImage]:
+    return list(_study_image_rows(images, study).select_related("series__study"))
 
 
 class DicomWebRoot(DicomWebView):
     def get(self, request: Request) -> HttpResponse:
-        raise NotFound("Use /studies, /series or /instances.", code="not_found")
+        raise NotFound("Use /studies, /series or /instances.")
 
 
 class StudiesView(DicomWebView):
@@ -241,7 +256,7 @@ class StudiesView(DicomWebView):
 
     def get(self, request: Request) -> HttpResponse:
         query = parse_search(request.query_params)
-        return self.json_response(search_studies(query, grant=viewer_grant(request), url=self.retrieve_url))
+        return self.json_response(search_studies(query, principal=self.principal(), url=self.retrieve_url))
 
     def post(self, request: Request, study_uid: str | None = None) -> HttpResponse:
         self.require_json()  # before anything is stored: a 406 must not come after the store
@@ -249,7 +264,7 @@ class StudiesView(DicomWebView):
         # ASCII digits only, and no more than a database id has: str.isdigit() also takes "²",
         # which int() then refuses (a 500).
         if order_param is not None and not (order_param.isascii() and order_param.isdigit() and len(order_param) <= 18):
-            raise NotFound("No radiology order with this id.", code="order_not_found")
+            raise OrderNotFound()
         check_declared_length(request.headers.get("Content-Length"))
         parts = read_parts(request_body(request._request), request.headers.get("Content-Type", ""))
         try:
@@ -273,7 +288,7 @@ class StudyView(StudiesView):
     """GET: retrieve a whole study. POST: STOW-RS into this study."""
 
     def get(self, request: Request, study_uid: str) -> HttpResponse:  # type: ignore[override]
-        return self.dicom_parts(_study_images(self.find_study(study_uid)))
+        return self.dicom_parts(_study_images(self.images(), self.find_study(study_uid)))
 
 
 class StudyMetadataView(DicomWebView):
@@ -283,7 +298,7 @@ class StudyMetadataView(DicomWebView):
         base = self.retrieve_url(study.study_uid)
         return self.json_text_response(
             cached_metadata_array(
-                _study_image_rows(study),
+                _study_image_rows(self.images(), study),
                 summary=summary_of(study),
                 scope=f"study:{study.pk}:{base}",
                 instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
@@ -293,9 +308,11 @@ class StudyMetadataView(DicomWebView):
 
 class StudySeriesSearchView(DicomWebView):
     def get(self, request: Request, study_uid: str) -> HttpResponse:
-        study = self.find_study(study_uid)
+        self.find_study(study_uid)
         query = parse_search(request.query_params)
-        return self.json_response(search_series(query, grant=viewer_grant(request), url=self.retrieve_url, study=study))
+        return self.json_response(
+            search_series(query, principal=self.principal(), url=self.retrieve_url, study_uid=study_uid)
+        )
 
 
 class StudyInstancesSearchView(DicomWebView):
@@ -303,26 +320,26 @@ class StudyInstancesSearchView(DicomWebView):
         self.find_study(study_uid)
         query = parse_search(request.query_params)
         return self.json_response(
-            search_instances(query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid)
+            search_instances(query, principal=self.principal(), url=self.retrieve_url, study_uid=study_uid)
         )
 
 
 class SeriesSearchView(DicomWebView):
     def get(self, request: Request) -> HttpResponse:
         query = parse_search(request.query_params)
-        return self.json_response(search_series(query, grant=viewer_grant(request), url=self.retrieve_url))
+        return self.json_response(search_series(query, principal=self.principal(), url=self.retrieve_url))
 
 
 class InstancesSearchView(DicomWebView):
     def get(self, request: Request) -> HttpResponse:
         query = parse_search(request.query_params)
-        return self.json_response(search_instances(query, grant=viewer_grant(request), url=self.retrieve_url))
+        return self.json_response(search_instances(query, principal=self.principal(), url=self.retrieve_url))
 
 
 class SeriesView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
         series = self.find_series(study_uid, series_uid)
-        images = list(series.images.select_related("series__study").order_by(*INSTANCE_ORDER))
+        images = list(self.images().filter(series=series).select_related("series__study").order_by(*INSTANCE_ORDER))
         return self.dicom_parts(images)
 
 
@@ -333,7 +350,7 @@ class SeriesMetadataView(DicomWebView):
         base = self.retrieve_url(study_uid, series_uid)
         return self.json_text_response(
             cached_metadata_array(
-                series.images.order_by(*INSTANCE_ORDER),
+                self.images().filter(series=series).order_by(*INSTANCE_ORDER),
                 summary=summary_of(series),
                 scope=f"series:{series.pk}:{base}",
                 instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
@@ -347,7 +364,7 @@ class SeriesInstancesSearchView(DicomWebView):
         query = parse_search(request.query_params)
         return self.json_response(
             search_instances(
-                query, grant=viewer_grant(request), url=self.retrieve_url, study_uid=study_uid, series_uid=series_uid
+                query, principal=self.principal(), url=self.retrieve_url, study_uid=study_uid, series_uid=series_uid
             )
         )
 
@@ -359,9 +376,9 @@ class SeriesRenderedView(DicomWebView):
 
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
         series = self.find_series(study_uid, series_uid)
-        images = list(series.images.order_by(*INSTANCE_ORDER))
+        images = list(self.images().filter(series=series).order_by(*INSTANCE_ORDER))
         if not images:
-            raise NotFound("The series has no instances.", code="instance_not_found")
+            raise InstanceNotFound("The series has no instances.")
         image = images[len(images) // 2]
         return render_response(self, image, frame=1)
 
@@ -451,7 +468,7 @@ class BulkDataView(DicomWebView):
             pixels.require_stored(image, offset + length)
             chunks = storage.iter_object_range(image.file_key, offset, length)
         else:
-            raise NotFound("No such bulk data.", code="bulkdata_not_found")
+            raise BulkDataNotFound()
         boundary = new_boundary()
         return StreamingHttpResponse(
             stream_parts([Part(plan.part_content_type, chunks)], boundary),
@@ -468,9 +485,9 @@ def _frame_numbers(raw: str) -> list[int]:
     try:
         numbers = list(dict.fromkeys(int(part) for part in raw.split(",") if part.strip()))
     except ValueError:
-        raise NotFound("Frame numbers must be positive integers.", code="frame_not_found") from None
+        raise FrameNotFound("Frame numbers must be positive integers.") from None
     if not numbers or any(number < 1 for number in numbers):
-        raise NotFound("Frame numbers must be positive integers.", code="frame_not_found")
+        raise FrameNotFound("Frame numbers must be positive integers.")
     limit = settings.RADIOLOGY_MAX_FRAMES_PER_REQUEST
     if len(numbers) > limit:
         raise TooManyFrames(f"At most {limit} distinct frames may be asked for in one request.")

@@ -8,7 +8,8 @@ soon as the rest of the pattern cannot match anywhere after it).
 Case: names match without regard to case, beyond ASCII too ("ñúñez*" finds "Ñúñez"), as the
 regular expression did. PostgreSQL's ILIKE folds with the database's locale; SQLite's LIKE folds
 ASCII only, so on SQLite both sides are lower-cased first, the column by a small Python function
-registered on the connection (Django registers its own REGEXP the same way).
+registered on the connection (Django registers its own REGEXP the same way; the registration,
+on the driver's connection, is in fastpaths/sqlite_functions.py).
 
 Django's `__contains`/`__startswith` escape `%` and `_` but cannot put a `*` in the middle of a
 pattern, hence this lookup.
@@ -23,6 +24,8 @@ from django.db.backends.signals import connection_created
 from django.db.models import Lookup
 from django.db.models.expressions import Expression
 from django.db.models.sql.compiler import SQLCompiler
+
+from apps.radiology.fastpaths.sqlite_functions import register_sqlite_function
 
 ESCAPE = "\\"
 _SQLITE_LOWER = "pacs_wildcard_lower"
@@ -53,8 +56,7 @@ def _lower(value: str | None) -> str | None:
 
 
 def _register_sqlite_lower(connection: BaseDatabaseWrapper, **_kwargs: Any) -> None:
-    if connection.vendor == "sqlite" and connection.connection is not None:
-        connection.connection.create_function(_SQLITE_LOWER, 1, _lower, deterministic=True)
+    register_sqlite_function(connection, _SQLITE_LOWER, 1, _lower)
 
 
 # On every new SQLite connection; as_sqlite also makes sure for connections opened before

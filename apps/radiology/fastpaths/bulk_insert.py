@@ -12,6 +12,13 @@ the table's sequence first (one query), so the objects come back with their pk s
 bulk_create sets them on PostgreSQL. Errors (a unique violation, a failed check) are
 Django's database errors, as from bulk_create, and like it, this runs in the caller's
 transaction.
+
+Django API beyond the documented (checked against Django 5.2.19; the names have been stable
+since Django 1.6, so there is no version pin, but test_private_api_versions.py checks them):
+`connection.ops.quote_name` and `connection.wrap_database_errors` (the context manager
+Django's own cursors use to turn driver errors into django.db errors). `Model._state`
+(`adding`, `db`) is underscored but documented in the Model instance reference. COPY itself is
+psycopg2's `copy_expert`, reached through Django's cursor wrapper.
 """
 
 from __future__ import annotations

@@ -15,6 +15,18 @@ set cannot decode, DS/IS strings that are not plain numbers, numbers whose lengt
 multiple of their size, and person names pydicom itself cannot put into JSON. When pydicom
 is configured away from its defaults, or is not the version checked, the whole data set
 goes to pydicom.
+
+Pinned: the rules were checked against the pydicom releases in CHECKED_PYDICOM_VERSIONS
+(requirements.txt pins 3.0.2). On any other release fast_path_supported() is False and
+apps.radiology.imagefiles.dicom.dicom_json uses pydicom's own conversion (the same JSON, only
+slower) until someone re-runs tests/fastpaths/test_dicom_json_fast.py against the new release
+and adds it; tests/fastpaths/test_private_api_versions.py fails meanwhile.
+
+Private pydicom API: ``Dataset._character_set`` (the character set Dataset.__getitem__ decodes
+text with, inherited from the parent data set in a sequence item), read only while the fast
+path runs. pydicom's private ``pydicom.tag._LUT_DESCRIPTOR_TAGS`` is copied here rather than
+imported, so an upgrade that drops it still imports this module (and falls back); the version
+test checks the copy is still pydicom's.
 """
 
 from __future__ import annotations
@@ -32,12 +44,12 @@ from pydicom.charset import default_encoding
 from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import _LUT_DESCRIPTOR_TAGS, BaseTag
+from pydicom.tag import BaseTag
 
-# The pydicom release these rules were checked against, line by line. Another release falls
+# The pydicom releases these rules were checked against, line by line. Another release falls
 # back to pydicom (correct, only slower) until someone re-checks and adds it here; a test
-# fails meanwhile so the slowdown is noticed.
-VERIFIED_PYDICOM_VERSIONS: Final = frozenset({"3.0.2"})
+# (test_private_api_versions.py) fails meanwhile so the slowdown is noticed.
+CHECKED_PYDICOM_VERSIONS: Final = frozenset({"3.0.2"})
 
 # Single-codec character sets (what pydicom.charset.convert_encodings returns for one value of
 # Specific Character Set) whose strict decoding and re-encoding are plain Python codecs:
@@ -78,8 +90,9 @@ _NUMBER_FORMATS: Final = {
     vr: (code, struct.calcsize(f"={code}"))
     for vr, code in {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}.items()
 }
-# hooks.raw_element_value adds 65536 to a negative first value of these (US or SS) tags.
-_LUT_DESCRIPTORS: Final = frozenset(int(tag) for tag in _LUT_DESCRIPTOR_TAGS)
+# hooks.raw_element_value adds 65536 to a negative first value of these (US or SS) tags:
+# Red/Green/Blue Palette Color LUT Descriptor and LUT Descriptor (pydicom.tag._LUT_DESCRIPTOR_TAGS).
+_LUT_DESCRIPTORS: Final = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _SLOW: Final = object()  # "let pydicom convert this element"
 
@@ -95,7 +108,7 @@ def fast_path_supported() -> bool:
     path would not (RAISE validation), so any of them sends the whole data set to pydicom.
     """
     return (
-        pydicom.__version__ in VERIFIED_PYDICOM_VERSIONS
+        pydicom.__version__ in CHECKED_PYDICOM_VERSIONS
         and config.settings.reading_validation_mode != config.RAISE
         and not config.use_DS_numpy
         and not config.use_IS_numpy

@@ -7,6 +7,24 @@ measured with timeit on PostgreSQL, the instance lookup took ~1.5 ms through the
 keeps the compiler of a first evaluation and reuses its SQL, its column map and Django's
 own row conversion and model building (from_db, select_related populators), so a row
 comes back exactly as the queryset would have given it.
+
+Private Django API, checked against Django 5.2.19 (requirements.txt), all of it in
+_Compiled and PreparedLookup:
+- `QuerySet.query.get_compiler(using=...)` and the SQLCompiler it gives: `as_sql()`, and what
+  that sets on the compiler (`select`, `klass_info`, `annotation_col_map`, `col_count`),
+  `get_converters()`, `apply_converters()`, `connection`;
+- `django.db.models.query.get_related_populators()` and its populators' `populate(row, obj)`
+  (how QuerySet builds select_related objects);
+- `connection.connection`, the driver's connection under Django's (not underscored, but not
+  documented): the PREPARE goes through the driver's own cursor, so it is no query of the
+  request (query counts, debug logs).
+On any other Django release (CHECKED_DJANGO_VERSIONS) every lookup simply evaluates its
+queryset: the same rows, compiled each time. tests/fastpaths/test_private_api_versions.py
+fails until someone re-checks this module against the new release.
+
+Public: `Model.from_db`, `connection.vendor`, `connection.cursor()` and the
+`connection_created` signal, which tells this module a connection opened a new database
+session (its prepared statements are gone).
 """
 
 from __future__ import annotations
@@ -14,15 +32,44 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+from weakref import WeakKeyDictionary
 
+import django
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.db.models import Model, QuerySet
-from django.db.models.query import get_related_populators
+from django.db.models.query import get_related_populators  # private: see the module docstring
+
+# The Django releases (major, minor) whose compiler internals this module was checked
+# against, line by line: 5.2 (5.2.19). A patch release of 5.2 fixes bugs without
+# reshaping the compiler; test_private_api_versions.py checks each name used here anyway.
+CHECKED_DJANGO_VERSIONS: Final = frozenset({(5, 2)})
+
+
+def fast_path_supported() -> bool:
+    """Whether the installed Django is one whose compiler internals this module was checked against."""
+    return django.VERSION[:2] in CHECKED_DJANGO_VERSIONS
+
 
 ModelT = TypeVar("ModelT", bound=Model)
 
 _statement_sql: dict[str, str] = {}
+
+# The statement names PREPAREd in each connection's current database session. A Django
+# connection object (one per thread and alias) outlives its sessions: Django opens a new one
+# after close() (CONN_MAX_AGE, a broken connection), announced by connection_created, and the
+# new session has none of the old one's statements. Weak keys: a thread's connection object
+# goes with its thread, and its entry with it.
+_prepared_in_session: WeakKeyDictionary[BaseDatabaseWrapper, set[str]] = WeakKeyDictionary()
+
+
+def _new_session(*, connection: BaseDatabaseWrapper, **_kwargs: Any) -> None:
+    _prepared_in_session[connection] = set()
+
+
+connection_created.connect(_new_session, dispatch_uid="pacs_lite_prepared_new_session")
 
 
 def executed_sql(sql: str) -> str:
@@ -58,7 +105,9 @@ class _Compiled:
         # registry holds one entry per distinct lookup however many threads come and go.
         self.statement_name = f"pacs_lite_lookup_{hashlib.sha256(self.sql.encode()).hexdigest()[:16]}"
         _statement_sql[self.statement_name] = self.sql
-        self.prepared_on: Any = None  # the driver connection it was PREPAREd on
+        # The session registry (a set of _prepared_in_session) it was last PREPAREd in or
+        # found there: while that is still the connection's, nothing needs looking up.
+        self.prepared_in: set[str] | None = None
 
     def _server_statement(self, connection: Any, params: list[Any]) -> tuple[str, list[Any]]:
         """`EXECUTE` of this SQL PREPAREd once per database session, on PostgreSQL.
@@ -71,22 +120,20 @@ class _Compiled:
         """
         if connection.vendor != "postgresql":
             return self.sql, params
-        driver_connection = connection.connection
-        if self.prepared_on is not driver_connection:
-            # The names this session has PREPAREd, kept beside Django's connection: another
-            # copy of the lookup (or another lookup of the same SQL) may have done it already.
-            session = getattr(connection, "_pacs_lite_prepared", None)
-            if session is None or session[0] is not driver_connection:
-                session = connection._pacs_lite_prepared = (driver_connection, set())
-            if self.statement_name not in session[1]:
+        session = _prepared_in_session.get(connection)
+        if session is None:  # a session opened before this module was imported: none of ours in it
+            session = _prepared_in_session.setdefault(connection, set())
+        if self.prepared_in is not session:
+            # Another copy of the lookup (another lookup of the same SQL) may have done it already.
+            if self.statement_name not in session:
                 # Django's placeholders become PostgreSQL's $1..$n ("%%" becomes "%"). Sent
                 # through the driver's own cursor: not a query of the request (query counts,
                 # debug logs), and no parameters, so nothing in it is interpolated again.
                 numbered = self.sql % tuple(f"${index}" for index in range(1, len(params) + 1))
-                with driver_connection.cursor() as cursor:
+                with connection.connection.cursor() as cursor:
                     cursor.execute(f"PREPARE {self.statement_name} AS {numbered}")
-                session[1].add(self.statement_name)
-            self.prepared_on = driver_connection
+                session.add(self.statement_name)
+            self.prepared_in = session
         placeholders = ", ".join(["%s"] * len(params))
         return f"EXECUTE {self.statement_name}({placeholders})" if params else f"EXECUTE {self.statement_name}", params
 
@@ -101,19 +148,15 @@ class PreparedLookup(Generic[ModelT]):
     def __init__(self, build: Callable[..., QuerySet[ModelT]], parameters: int) -> None:
         self.build = build
         self.markers = tuple(f"\x00prepared-parameter-{index}\x00" for index in range(parameters))
-        self._compiled: dict[int, _Compiled] = {}
-        self._lock = threading.Lock()
+        # Compiled per thread, as Django's connections are: converters are given the
+        # connection, and a compiler is never shared between two of them.
+        self._local = threading.local()
 
     def _for_connection(self) -> _Compiled:
-        # Compiled per connection object: each thread has its own, and converters are given it.
         connection = connections[DEFAULT_DB_ALIAS]
-        compiled = self._compiled.get(id(connection))
+        compiled: _Compiled | None = getattr(self._local, "compiled", None)
         if compiled is None or compiled.compiler.connection is not connection:
-            compiled = _Compiled(self.build(*self.markers), self.markers)
-            with self._lock:
-                if len(self._compiled) > 64:  # threads come and go; never more than a few alive
-                    self._compiled.clear()
-                self._compiled[id(connection)] = compiled
+            compiled = self._local.compiled = _Compiled(self.build(*self.markers), self.markers)
         return compiled
 
     def first(self, *values: str) -> ModelT | None:
@@ -125,6 +168,9 @@ class PreparedLookup(Generic[ModelT]):
         return self._run(values, one=False)
 
     def _run(self, values: tuple[str, ...], *, one: bool) -> list[ModelT]:
+        if not fast_path_supported():
+            queryset = self.build(*values)
+            return list(queryset[:1] if one else queryset)
         compiled = self._for_connection()
         params = list(compiled.params)
         for slot, value in zip(compiled.slots, values, strict=True):

@@ -8,7 +8,7 @@ every step (only the migration for its new column is left to write):
 - the upload serializer's fields (`upload_serializers.UploadCreateSerializer`);
 - the conversions between a DeclaredImage and those column values (`from_columns`,
   `from_row`, `columns`), which upload sync uses on the way in and on the way to ingest;
-- ingest itself (`PACSLiteService.ingest_image(declared=...)`), which reads the dataclass.
+- ingest itself (`ingest.pipeline.ingest_image(declared=...)`), which reads the dataclass.
 
 Imports only the standard library and uids.py, so that models.py can import it.
 """

@@ -21,7 +21,6 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16
@@ -35,7 +34,8 @@ from apps.radiology.errors import (
     UnsupportedTransferSyntax,
 )
 from apps.radiology.fastpaths.dicom_json_fast import fast_dicom_json, fast_path_supported
-from apps.radiology.fastpaths.encoded_json import EncodedJSON
+from apps.radiology.fastpaths.dicom_meta import file_meta_of
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.uids import validate_uid
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
 
@@ -110,33 +110,13 @@ class ParsedImage:
     number_of_frames: int = 1
     rows: int | None = None
     columns: int | None = None
+    # The header (DICOM JSON without bulk data; a JPEG's size and EXIF), already in the form
+    # it is stored in (stored_header.dicom_header).
     metadata: dict[str, Any] = field(default_factory=dict)
-    # Where pixel data and other bulk data lie in the file (see locate_pixel_data).
+    # Where pixel data and other bulk data lie in the file (see locate_pixel_data); a DICOM
+    # file's pixel data also carries its pixel description ("header", see stored_header).
     pixel_data: dict[str, Any] = field(default_factory=dict)
     bulk_data: dict[str, Any] = field(default_factory=dict)
-
-
-# The header elements decoding and display read: Image Pixel module, Modality and VOI LUT.
-# Ingest keeps them in pixel_data["header"] too, so a render reads them with the image row.
-PIXEL_HEADER_TAGS = (
-    "00280002",  # Samples per Pixel
-    "00280004",  # Photometric Interpretation
-    "00280006",  # Planar Configuration
-    "00280010",  # Rows
-    "00280011",  # Columns
-    "00280100",  # Bits Allocated
-    "00280101",  # Bits Stored
-    "00280103",  # Pixel Representation
-    "00281050",  # Window Center
-    "00281051",  # Window Width
-    "00281052",  # Rescale Intercept
-    "00281053",  # Rescale Slope
-)
-
-
-def pixel_header_of(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The PIXEL_HEADER_TAGS elements of a header in DICOM JSON."""
-    return {tag: metadata[tag] for tag in PIXEL_HEADER_TAGS if tag in metadata}
 
 
 def check_transfer_syntax(source: Path | IO[bytes]) -> str:
@@ -199,14 +179,7 @@ def _meta_transfer_syntaxes(head: bytes) -> list[str] | None:
 
 
 def _pydicom_meta_transfer_syntax(source: Path | IO[bytes]) -> str:
-    if isinstance(source, Path):
-        file_meta = read_file_meta_info(source)
-    else:
-        # What read_file_meta_info does for a path; pydicom has no public call for a stream.
-        read_preamble(source, False)
-        file_meta = _read_file_meta_info(source)
-        source.seek(0)
-    return _uid(file_meta, "TransferSyntaxUID") or ""
+    return _uid(file_meta_of(source), "TransferSyntaxUID") or ""
 
 
 def parse_image_file(path: Path, mime_type: str) -> ParsedImage:
@@ -242,11 +215,10 @@ def parse_dicom(path: Path) -> ParsedImage:
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
             bulk_data = _bulk_elements(dataset)
-            # Cut where metadata_text puts the BulkDataURIs, so its text is not encoded again.
-            bulk_tags = [*bulk_data, *([f"{PIXEL_DATA_TAG:08X}"] if pixel_data else [])]
-            metadata = EncodedJSON(dicom_json(dataset), cut_before=bulk_tags)
-            if pixel_data:
-                pixel_data["header"] = pixel_header_of(metadata)
+            # Encoded here, where the file is parsed (the parse helper's process, for a big batch).
+            metadata, pixel_data = stored_header.dicom_header(
+                dicom_json(dataset), pixel_data=pixel_data, bulk_data=bulk_data
+            )
             fields = _dicom_fields(dataset)
     except (TruncatedFile, InvalidDicom, UnsupportedTransferSyntax):
         raise

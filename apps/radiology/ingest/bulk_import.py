@@ -21,8 +21,8 @@ from pydicom.fileset import FileSet
 from apps.radiology.errors import RadiologyError
 from apps.radiology.imagefiles import dicom
 from apps.radiology.imagefiles.dicom import SNIFF_LENGTH
+from apps.radiology.ingest import pipeline
 from apps.radiology.models import RadiologyOrder
-from apps.radiology.pacs_lite_service import PACSLiteService
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def import_item(
             return
         target = order or order_by_accession(item)
         with item.open() as handle:
-            result = PACSLiteService.ingest_image(
+            result = pipeline.ingest_image(
                 order=target, stream=handle, filename=Path(item.name).name, uploaded_by=uploaded_by
             )
         report.bytes_read += item.size

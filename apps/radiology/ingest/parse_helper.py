@@ -6,7 +6,7 @@ may keep one helper process (`RADIOLOGY_INGEST_PARSE_HELPER`, on by default on a
 with more than one core). The helper gets the last part of every batch of at
 least MIN_BATCH files in one message, parses it while this process parses the rest, and
 answers in one message: parsed headers travel pickled, their JSON text already made
-(EncodedJSON), so taking them back costs a fraction of parsing them.
+(stored_header.dicom_header), so taking them back costs a fraction of parsing them.
 
 An earlier helper (a ProcessPoolExecutor, one task per file) gained nothing: its feeder and
 result threads took the GIL from the parsing thread once per file. Here nothing runs in this
@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from apps.radiology.errors import RadiologyError
-
-# Nothing here imports the radiology models at import time: the helper imports this module
-# before its Django is set up (_serve does that).
+# Nothing here imports the radiology models (nor errors.py, which imports DRF) at import time:
+# the helper imports this module before its Django is set up (_serve does that).
 if TYPE_CHECKING:
     from multiprocessing.context import ForkServerProcess
 
+    from apps.radiology.errors import RadiologyError
     from apps.radiology.imagefiles.dicom import ParsedImage
 
 logger = logging.getLogger(__name__)
@@ -85,6 +84,7 @@ def parse_files(files: list[tuple[Path, str]]) -> list[ParsedImage | RadiologyEr
 
 
 def _parse_here(path: Path, mime_type: str) -> ParsedImage | RadiologyError:
+    from apps.radiology.errors import RadiologyError
     from apps.radiology.imagefiles.dicom import parse_image_file
 
     try:

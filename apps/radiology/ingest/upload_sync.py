@@ -43,8 +43,8 @@ from apps.radiology.errors import (
 )
 from apps.radiology.imagefiles.declared import DECLARED_FIELDS, DeclaredImage
 from apps.radiology.imagefiles.uids import validate_uid
+from apps.radiology.ingest import pipeline
 from apps.radiology.models import RadiologyOrder, RadiologyUpload
-from apps.radiology.pacs_lite_service import PACSLiteService
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _finish(upload: RadiologyUpload) -> RadiologyUpload:
 
 def _ingest(upload: RadiologyUpload, stream: IO[bytes]) -> RadiologyUpload:
     try:
-        result = PACSLiteService.ingest_image(
+        result = pipeline.ingest_image(
             order=upload.radiology_order,
             stream=stream,
             filename=upload.filename,

@@ -17,9 +17,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.imagefiles.uids import generate_uid
+from apps.radiology.ingest.pipeline import ingest_image
 from apps.radiology.models import RadiologyImage, RadiologyOrder
-from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 
 
 def sample_path(name: str) -> Path:
@@ -93,14 +94,14 @@ def ingest_demo_study(order: RadiologyOrder, *, uploaded_by: AbstractBaseUser | 
                 patient_id=patient.hospital_number,
                 accession_number=order.accession_number,
             )
-            result = PACSLiteService.ingest_image(
+            result = ingest_image(
                 order=order,
                 stream=io.BytesIO(content),
                 filename=f"{sample.removesuffix('.dcm')}_{instance_number}.dcm",
                 uploaded_by=uploaded_by,
             )
             images.append(result.image)
-    photo = PACSLiteService.ingest_image(
+    photo = ingest_image(
         order=order,
         stream=io.BytesIO(jpeg_with_exif()),
         filename="film_photo.jpg",

@@ -23,11 +23,12 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.core.exceptions import SuspiciousFileOperation
+from django.core.exceptions import SuspiciousFileOperation, SuspiciousOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.text import get_valid_filename
 from storages.backends.s3 import S3Storage
+from storages.utils import safe_join
 
 from apps.radiology.errors import InvalidFilename, StorageFailure, StoredObjectMissing
 from apps.radiology.imagefiles.uids import validate_uid
@@ -207,6 +208,21 @@ def iter_object_chunks(key: str, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterato
             yield chunk
 
 
+def _s3_key(store: S3Storage, name: str) -> str:
+    """The bucket key of a storage name: `name` under the store's `location`, `.` and `..` resolved.
+
+    What django-storages' S3Storage does to every name it is given (its private _normalize_name,
+    as of version 1.14.6), built on its public storages.utils.safe_join, for the S3 calls made
+    here directly: a name that climbs out of `location` is refused, as in the backend itself.
+    The keys must stay the backend's (it reads what put_object below wrote):
+    tests/fastpaths/test_private_api_versions.py compares the two.
+    """
+    try:
+        return safe_join(store.location, name)
+    except ValueError as exc:
+        raise SuspiciousOperation(f"Attempted access to '{name}' denied.") from exc
+
+
 class RadiologyS3Storage(S3Storage):
     """S3/MinIO backend that refuses to overwrite: each write is a conditional PUT.
 
@@ -220,6 +236,9 @@ class RadiologyS3Storage(S3Storage):
     max_attempts = 5
 
     def _save(self, name: str, content: Any) -> str:
+        # The backend's own upload parameters (ContentType, ACL, AWS_S3_OBJECT_PARAMETERS): its
+        # private _get_write_parameters(name, content), checked against django-storages 1.14.6
+        # (tests/fastpaths/test_private_api_versions.py fails if it changes).
         params = self._get_write_parameters(name, content)
         for _attempt in range(self.max_attempts):
             if hasattr(content, "seek"):
@@ -227,7 +246,7 @@ class RadiologyS3Storage(S3Storage):
             try:
                 self.connection.meta.client.put_object(
                     Bucket=self.bucket_name,
-                    Key=self._normalize_name(name),
+                    Key=_s3_key(self, name),
                     Body=content,
                     IfNoneMatch="*",
                     **params,
@@ -292,7 +311,7 @@ def object_sizes(keys: list[str]) -> dict[str, int | None]:
         found = {entry["Key"]: int(entry["Size"]) for entry in _s3_listing(store, folder + "/")}
     except (BotoCoreError, ClientError) as exc:
         raise StorageFailure() from exc
-    return {key: found.get(store._normalize_name(key)) for key in unique}
+    return {key: found.get(_s3_key(store, key)) for key in unique}
 
 
 def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
@@ -308,7 +327,7 @@ def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STRE
         if isinstance(store, S3Storage):
             response = store.connection.meta.client.get_object(
                 Bucket=store.bucket_name,
-                Key=store._normalize_name(key),
+                Key=_s3_key(store, key),
                 Range=f"bytes={offset}-{offset + length - 1}",
             )
             yield from response["Body"].iter_chunks(chunk_size)
@@ -345,7 +364,7 @@ def local_path(key: str) -> Iterator[Path]:
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(prefix="pacs-object-", dir=settings.RADIOLOGY_STAGING_DIR) as copy:
         try:
-            store.connection.meta.client.download_fileobj(store.bucket_name, store._normalize_name(key), copy)
+            store.connection.meta.client.download_fileobj(store.bucket_name, _s3_key(store, key), copy)
         except (BotoCoreError, ClientError) as exc:
             raise StorageFailure() from exc
         copy.flush()
@@ -355,7 +374,7 @@ def local_path(key: str) -> Iterator[Path]:
 def _s3_listing(store: S3Storage, prefix: str) -> Iterator[dict[str, Any]]:
     """Every object entry (Key, Size, ...) under `prefix` in the bucket, listed page by page."""
     paginator = store.connection.meta.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=store.bucket_name, Prefix=store._normalize_name(prefix)):
+    for page in paginator.paginate(Bucket=store.bucket_name, Prefix=_s3_key(store, prefix)):
         yield from page.get("Contents", ())
 
 

@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from apps.radiology.errors import StoredObjectMissing
+from apps.radiology.errors import RangeNotSatisfiable, StoredObjectMissing, error_json_response
 from apps.radiology.storage import STREAM_CHUNK_SIZE
 
 # [0-9], not \d: \d also matches other scripts' digits, which int() would then read.
@@ -86,16 +86,13 @@ def stream_object(
     wanted = parse_range(request.headers.get("Range"), size)
     if wanted != "unsatisfiable" and _stored_size(handle) < (size if wanted is None else wanted[1] + 1):
         handle.close()
-        missing = StoredObjectMissing("The stored file is shorter than recorded.")
-        response = JsonResponse({"detail": missing.detail, "code": missing.code}, status=missing.status_code)
+        response = error_json_response(StoredObjectMissing("The stored file is shorter than recorded."))
         response["Cache-Control"] = PRIVATE_NO_STORE
         return response
     if wanted == "unsatisfiable":
         handle.close()
         # The shape of every other refusal, with the size a client needs to ask again.
-        response = JsonResponse(
-            {"detail": "The requested range is not satisfiable.", "code": "range_not_satisfiable"}, status=416
-        )
+        response = error_json_response(RangeNotSatisfiable())
         response["Content-Range"] = f"bytes */{size}"
     elif wanted is None:
         response = StreamingHttpResponse(_read_span(handle, 0, size), content_type=content_type)

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from apps.radiology import storage
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
-from apps.radiology.operations.demo import sample_path
+from apps.radiology.operations.demo import relabelled_dicom, sample_path
 
 BULK_THRESHOLD = 1024
 PIXEL_DATA_TAG = "7FE00010"
@@ -75,16 +75,33 @@ def dataset_bytes(dataset: Dataset, *, enforce_file_format: bool = True) -> byte
     return buffer.getvalue()
 
 
-def edited_sample(name: str, **changes: Any) -> bytes:
-    """A pydicom sample with some elements set (value) or removed (None), nothing else changed."""
-    dataset = pydicom.dcmread(sample_path(name))
+def _edit(dataset: Dataset, changes: dict[str, Any]) -> Dataset:
+    """Set elements by keyword (value) or remove them (None)."""
     for keyword, value in changes.items():
         if value is None:
             if keyword in dataset:
                 delattr(dataset, keyword)
         else:
             setattr(dataset, keyword, value)
-    return dataset_bytes(dataset)
+    return dataset
+
+
+def edited_sample(name: str, **changes: Any) -> bytes:
+    """A pydicom sample with some elements set (value) or removed (None), nothing else changed."""
+    return dataset_bytes(_edit(pydicom.dcmread(sample_path(name)), changes))
+
+
+def edited(content: bytes, **changes: Any) -> bytes:
+    """DICOM bytes with some elements set (value) or removed (None), nothing else changed."""
+    return dataset_bytes(_edit(pydicom.dcmread(io.BytesIO(content)), changes))
+
+
+def relabelled(name: str, *, study_uid: str, series_uid: str, instance_number: int = 1, **changes: Any) -> bytes:
+    """A pydicom sample moved into a study and series under a new SOP Instance UID (the demo
+    seeder's relabelled_dicom), other elements set or removed by keyword; everything else, pixel
+    data included, exactly as in the sample. The one relabelling helper of the tests."""
+    content = relabelled_dicom(name, study_uid=study_uid, series_uid=series_uid, instance_number=instance_number)
+    return edited(content, **changes) if changes else content
 
 
 def pydicom_json_without_bulk(path: Path) -> dict[str, Any]:

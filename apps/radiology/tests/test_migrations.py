@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from apps.radiology.dicomweb.dicom_json import metadata_text
+from apps.radiology.imagefiles.stored_header import metadata_text
 from apps.radiology.models import RadiologyImage
 from apps.radiology.tests.trust_helpers import ingest_study
 
@@ -35,7 +35,7 @@ def test_0008_keeps_the_pixel_header_beside_the_frames_of_rows_stored_without_it
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    from apps.radiology.imagefiles.dicom import pixel_header_of
+    from apps.radiology.imagefiles.stored_header import pixel_header_of
 
     migration = importlib.import_module("apps.radiology.migrations.0008_pixel_header_with_frames")
     stored = ingest_study(make_order(), images=2)

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 from django.contrib.auth.models import AbstractBaseUser
 from django.forms.models import model_to_dict
 from django.test import Client
@@ -21,8 +20,8 @@ from django.test import Client
 from apps.radiology.access import signing
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyImage, RadiologyOrder, RadiologySeries, RadiologyStudy
-from apps.radiology.operations.demo import sample_path
 from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.tests.factories import relabelled
 
 API = "/api/v1/radiology"
 DICOMWEB = f"{API}/dicomweb"
@@ -52,20 +51,6 @@ EMPTY_EVENT: dict[str, Any] = {
     "status_code": 0,
     "outcome": "",
 }
-
-
-def labelled_ct(*, study_uid: str, series_uid: str, instance_number: int) -> bytes:
-    """pydicom's CT_small.dcm moved into a study and series under a new SOP Instance UID."""
-    dataset = pydicom.dcmread(sample_path(SAMPLE))
-    image_uid = generate_uid()
-    dataset.StudyInstanceUID = study_uid
-    dataset.SeriesInstanceUID = series_uid
-    dataset.SOPInstanceUID = image_uid
-    dataset.file_meta.MediaStorageSOPInstanceUID = image_uid
-    dataset.InstanceNumber = instance_number
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -99,7 +84,7 @@ def ingest_study(order: RadiologyOrder, *, images: int = 1, user: AbstractBaseUs
     stored: list[RadiologyImage] = []
     contents: list[bytes] = []
     for number in range(1, images + 1):
-        content = labelled_ct(study_uid=study_uid, series_uid=series_uid, instance_number=number)
+        content = relabelled(SAMPLE, study_uid=study_uid, series_uid=series_uid, instance_number=number)
         result = PACSLiteService.ingest_image(
             order=order, stream=io.BytesIO(content), filename=f"ct_{number}.dcm", uploaded_by=user
         )

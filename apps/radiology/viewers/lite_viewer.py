@@ -19,14 +19,16 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_safe
-from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.radiology.access.principals import Principal, ViewerTokenPrincipal
 from apps.radiology.access.signing import SignatureRejected, verify_viewer_token
-from apps.radiology.dicomweb.auth import ViewerTokenPrincipal
+from apps.radiology.access.visible import visible_images, visible_series, visible_studies
 from apps.radiology.dicomweb.views import INSTANCE_ORDER, DicomWebView
-from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.errors import InstanceNotFound
+from apps.radiology.imagefiles.stored_header import pixel_header
+from apps.radiology.models import RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 
 CT_PRESETS = [
@@ -50,14 +52,18 @@ def _default_window(metadata: dict[str, Any]) -> list[float] | None:
         return None
 
 
-def viewer_context(study: RadiologyStudy) -> dict[str, Any]:
-    """What the page needs: the study header and, per series, its instances in order (3 queries)."""
+def viewer_context(study: RadiologyStudy, principal: Principal) -> dict[str, Any]:
+    """What the page needs: the study header and, per series, its instances in order (3 queries).
+
+    Series and instances are read through the door as `principal` (the page's viewer token).
+    """
+    images = visible_images(principal)
     # Unnumbered series and instances last on every database, as DICOMweb lists them.
     series_list = list(
-        RadiologySeries.objects.filter(study=study).order_by(F("series_number").asc(nulls_last=True), "id")
+        visible_series(principal).filter(study=study).order_by(F("series_number").asc(nulls_last=True), "id")
     )
     rows = (
-        RadiologyImage.objects.filter(series__study=study)
+        images.filter(series__study=study)
         .order_by(*INSTANCE_ORDER)
         .values_list("series_id", "image_uid", "number_of_frames", "mime_type")
     )
@@ -67,14 +73,13 @@ def viewer_context(study: RadiologyStudy) -> dict[str, Any]:
         instances[series_id].append([image_uid, frames])
         kinds.setdefault(series_id, mime_type)
     firsts = (
-        RadiologyImage.objects.filter(series__study=study)
-        .values("series_id")
-        .annotate(first=Min("id"))
-        .values_list("first", flat=True)
+        images.filter(series__study=study).values("series_id").annotate(first=Min("id")).values_list("first", flat=True)
     )
     windows = {
-        image.series_id: _default_window(image.image_metadata)
-        for image in RadiologyImage.objects.filter(pk__in=firsts).only("series_id", "image_metadata")
+        # Only a DICOM image with pixel data has a window; its pixel header is kept beside the frame
+        # offsets (stored_header.pixel_header reads it from the loaded column, no query).
+        image.series_id: _default_window(pixel_header(image)) if image.is_dicom and image.pixel_data else None
+        for image in images.filter(pk__in=firsts).only("series_id", "mime_type", "pixel_data")
     }
     return {
         "study": {
@@ -120,12 +125,13 @@ def lite_viewer(request: HttpRequest) -> HttpResponse:
     asked = request.GET.get("StudyInstanceUIDs")
     if asked and asked != grant.study_uid:
         return _refused(request, 403)
-    request.user = ViewerTokenPrincipal(grant)  # type: ignore[assignment]  # for the audit trail
-    study = RadiologyStudy.objects.get(pk=grant.study_id)
+    principal = ViewerTokenPrincipal(grant)
+    request.user = principal  # type: ignore[assignment]  # for the audit trail
+    study = visible_studies(principal).get(pk=grant.study_id)
     nonce = secrets.token_urlsafe(16)
     context = {
         "config": {
-            **viewer_context(study),
+            **viewer_context(study, principal),
             "dicomweb": request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/"),
             "download": request.build_absolute_uri(reverse("radiology:lite-viewer-image-url")),
             "maxRenderSide": settings.RADIOLOGY_MAX_RENDER_SIDE,
@@ -153,12 +159,10 @@ class ImageDownloadUrlView(DicomWebView):
         image = (
             None
             if "\x00" in image_uid
-            else RadiologyImage.objects.select_related("series__study")
-            .filter(image_uid=image_uid, series__study__in=self.studies())
-            .first()
+            else self.images().select_related("series__study").filter(image_uid=image_uid).first()
         )
         if image is None:
-            raise NotFound("No such instance.", code="instance_not_found")
+            raise InstanceNotFound()
         url = PACSLiteService.generate_image_url(
             image=image, user=request.user, expires_in=300, base_url=request.build_absolute_uri("/")
         )

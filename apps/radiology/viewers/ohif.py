@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.utils._os import safe_join
 from django.views.decorators.http import require_safe
 
 DICOMWEB_PATH = "/api/v1/radiology/dicomweb"
@@ -95,6 +95,21 @@ def app_config(request: HttpRequest) -> HttpResponse:
     return _with_viewer_headers(response)
 
 
+def _inside_dist(dist: Path, path: str) -> Path:
+    """`path` under `dist` with its `.` and `..` worked out; Http404 when that climbs out of dist.
+
+    Worked out on the names alone (os.path.abspath, no filesystem access), as Django's
+    `safe_join` did here before: a name the filesystem would refuse (a NUL, one too long) still
+    gets its usual answer, 404 if it climbs out and index.html otherwise, where Path.resolve()
+    would raise on a NUL. No symlink is followed: the dist `make viewer` unpacks has none.
+    """
+    root = Path(os.path.abspath(dist))
+    candidate = Path(os.path.abspath(root / path))
+    if not candidate.is_relative_to(root):
+        raise Http404("Not found")
+    return candidate
+
+
 @require_safe
 def dist_file(request: HttpRequest, path: str = "") -> HttpResponse:
     """A file of the OHIF dist, or index.html for client-side routes (/viewer?...)."""
@@ -102,10 +117,7 @@ def dist_file(request: HttpRequest, path: str = "") -> HttpResponse:
     index = dist / "index.html"
     if not index.is_file():
         raise Http404("The OHIF viewer is not installed: run `make viewer`.")
-    try:
-        candidate = Path(safe_join(dist, path)) if path else index
-    except Exception:
-        raise Http404("Not found") from None
+    candidate = _inside_dist(dist, path) if path else index
     try:
         is_asset = candidate.is_file() and candidate != index
     except (OSError, ValueError):  # a name too long for the filesystem (ENAMETOOLONG) names no asset

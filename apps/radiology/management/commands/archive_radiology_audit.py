@@ -19,7 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.radiology.access import audit
-from apps.radiology.db_triggers import AUDIT_TABLE, audit_delete_permit
+from apps.radiology.db_triggers import AUDIT_TABLE, audit_delete_permit, datetime_parameter
 from apps.radiology.management.commands.export_radiology_audit import audit_rows, parse_day
 from apps.radiology.models import AuditEvent
 
@@ -55,7 +55,7 @@ class Command(BaseCommand):
                 # text ("2026-02-01 03:00:00"), and evening events west of UTC would not match.
                 cursor.execute(
                     f"DELETE FROM {AUDIT_TABLE} WHERE at < %s AND id <= %s",  # noqa: S608 (a constant)
-                    [connection.ops.adapt_datetimefield_value(cutoff), last_id],
+                    [datetime_parameter(cutoff), last_id],
                 )
                 deleted = cursor.rowcount
                 if deleted != written:  # the file must hold every row removed: roll the delete back

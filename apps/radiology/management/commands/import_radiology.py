@@ -8,9 +8,9 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from apps.radiology.ingest.bulk_import import ImportReport, count_items, import_item, iter_source
+from apps.radiology.management.progress import progress_bar
 from apps.radiology.models import RadiologyOrder
 
 
@@ -48,8 +48,8 @@ class Command(BaseCommand):
 
         report = ImportReport()
         started = time.monotonic()
-        with tqdm(
-            total=count_items(path), unit="file", disable=options["no_progress"], file=self.stderr._out
+        with progress_bar(
+            self.stderr, total=count_items(path), unit="file", disable=options["no_progress"]
         ) as progress:
             for item in iter_source(path):
                 import_item(item, order=order, uploaded_by=uploaded_by, report=report)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from apps.radiology import storage
 from apps.radiology.errors import StorageFailure
 from apps.radiology.ingest.upload_sync import STAGING_PREFIX
+from apps.radiology.management.progress import progress_bar
 from apps.radiology.models import RadiologyImage, RadiologyUpload
 
 
@@ -45,8 +46,8 @@ class Command(BaseCommand):
         images = RadiologyImage.objects.filter(pk__gt=state["last_id"]).order_by("pk")
         remaining = images.values_list("file_size", flat=True)
         try:
-            with tqdm(
-                total=sum(remaining), unit="B", unit_scale=True, disable=options["no_progress"], file=self.stderr._out
+            with progress_bar(
+                self.stderr, total=sum(remaining), unit="B", unit_scale=True, disable=options["no_progress"]
             ) as progress:
                 for image in images.only("pk", "file_key", "file_size", "checksum").iterator():
                     problem = self._check(image, progress)

@@ -534,7 +534,7 @@ def test_bad_parameter_is_rejected(doctor: AbstractBaseUser, stored: StoredStudy
 def test_server_error_is_recorded(
     doctor: AbstractBaseUser, stored: StoredStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken() -> Any:
+    def broken(*_args: Any) -> Any:
         raise RuntimeError("database on fire")
 
     monkeypatch.setattr(selectors, "study_list", broken)

@@ -729,6 +729,111 @@ def test_study_images_query_count_is_the_same_for_1_and_200_images(
     assert counts == [6, 6]
 
 
+def _quick_look_grant(body: dict[str, Any]) -> signing.ViewerGrant:
+    return signing.verify_viewer_token(quick_look_token(body))
+
+
+def test_repeated_study_images_calls_reuse_one_quick_look_token(
+    doctor: AbstractBaseUser, study_with_image: tuple[RadiologyStudy, RadiologyImage]
+) -> None:
+    study, image = study_with_image
+    client = token_client(doctor)
+
+    first = client.get(study_url(study, "images/")).json()
+    second = client.get(study_url(study, "images/")).json()
+
+    record = ViewerToken.objects.get()
+    assert (record.study_id, record.issued_to_id, record.revoked_at) == (study.pk, doctor.pk, None)
+    assert (
+        _quick_look_grant(first)
+        == _quick_look_grant(second)
+        == signing.ViewerGrant(token_id=record.id, study_id=study.pk, study_uid=study.study_uid)
+    )
+    assert quick_look_url(second, study) == second["quick_look_url"]
+    for body in (first, second):
+        url = body["series"][0]["images"][0]["image_url"]
+        expires = int(parse_qs(urlsplit(url).query)["expires"][0])
+        assert_signed_image_url(url, image, expires_at=expires)
+
+
+def test_a_reused_quick_look_token_costs_no_write(
+    doctor: AbstractBaseUser, study_with_image: tuple[RadiologyStudy, RadiologyImage], django_assert_num_queries: Any
+) -> None:
+    study, _image = study_with_image
+    client = token_client(doctor)
+    client.get(study_url(study, "images/"))
+
+    # token+user+roles, the study (with the reusable token), its series, their images, the audit event.
+    with django_assert_num_queries(5) as captured:
+        assert client.get(study_url(study, "images/")).status_code == 200
+    assert not any(query["sql"].startswith("INSERT") and "viewertoken" in query["sql"] for query in captured)
+    assert ViewerToken.objects.count() == 1
+
+
+def test_a_revoked_quick_look_token_is_replaced_by_a_new_one(
+    doctor: AbstractBaseUser, study_with_image: tuple[RadiologyStudy, RadiologyImage]
+) -> None:
+    study, image = study_with_image
+    client = token_client(doctor)
+    first = _quick_look_grant(client.get(study_url(study, "images/")).json())
+
+    assert signing.revoke_viewer_token(first.token_id) is True
+    body = client.get(study_url(study, "images/")).json()
+
+    second = _quick_look_grant(body)
+    assert second.token_id != first.token_id
+    assert ViewerToken.objects.count() == 2
+    assert ViewerToken.objects.get(pk=second.token_id).revoked_at is None
+    url = body["series"][0]["images"][0]["image_url"]
+    assert_signed_image_url(url, image, expires_at=int(parse_qs(urlsplit(url).query)["expires"][0]))
+    again = _quick_look_grant(client.get(study_url(study, "images/")).json())
+    assert again.token_id == second.token_id
+    assert ViewerToken.objects.count() == 2
+
+
+def test_a_quick_look_token_is_reused_only_by_its_caller_for_its_study(
+    doctor: AbstractBaseUser,
+    radtech: AbstractBaseUser,
+    study_with_image: tuple[RadiologyStudy, RadiologyImage],
+    make_order: MakeOrder,
+) -> None:
+    study, _image = study_with_image
+    other = make_study_with_images(make_order(), images=1)
+
+    mine = _quick_look_grant(token_client(doctor).get(study_url(study, "images/")).json())
+    theirs = _quick_look_grant(token_client(radtech).get(study_url(study, "images/")).json())
+    other_study = _quick_look_grant(token_client(doctor).get(study_url(other, "images/")).json())
+
+    assert len({mine.token_id, theirs.token_id, other_study.token_id}) == 3
+    assert ViewerToken.objects.get(pk=theirs.token_id).issued_to_id == radtech.pk
+    assert other_study.study_id == other.pk
+
+
+def test_a_quick_look_token_never_lives_longer_than_asked_nor_much_shorter(
+    doctor: AbstractBaseUser, study_with_image: tuple[RadiologyStudy, RadiologyImage]
+) -> None:
+    """Reused only while its expiry is within a tenth of the asked lifetime before a new one's."""
+    study, _image = study_with_image
+    client = token_client(doctor)
+    long_lived = _quick_look_grant(client.get(study_url(study, "images/") + "?expires_in=3600").json())
+
+    short = _quick_look_grant(client.get(study_url(study, "images/") + "?expires_in=60").json())
+    short_again = _quick_look_grant(client.get(study_url(study, "images/") + "?expires_in=60").json())
+    # 3600 s asked again: the 3600 s token is still within its window (a tenth is 360 s).
+    long_again = _quick_look_grant(client.get(study_url(study, "images/") + "?expires_in=3600").json())
+    # 4500 s asked: the 3600 s token would end 900 s before a new one, more than a tenth (450 s).
+    longer = _quick_look_grant(client.get(study_url(study, "images/") + "?expires_in=4500").json())
+
+    assert short.token_id != long_lived.token_id
+    assert short_again.token_id == short.token_id
+    assert long_again.token_id == long_lived.token_id
+    assert longer.token_id not in (long_lived.token_id, short.token_id)
+    assert ViewerToken.objects.count() == 3
+    for grant, lifetime in ((long_lived, 3600), (short, 60), (longer, 4500)):
+        record = ViewerToken.objects.get(pk=grant.token_id)
+        assert lifetime - 1 <= (record.expires_at - record.issued_at).total_seconds() <= lifetime
+
+
 # --- 3. One image's signed URL -----------------------------------------------------------
 
 

@@ -20,10 +20,11 @@ from django.test import Client
 
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
-from apps.radiology.operations.demo import jpeg_with_exif, sample_path
+from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.tests.factories import relabelled
 
 API = "/api/v1/radiology/dicomweb"
 PHOTO = "photo.jpg"
@@ -67,27 +68,6 @@ class Stored:
 
     def dataset(self) -> pydicom.Dataset:
         return pydicom.dcmread(self.path)
-
-
-def labelled(name: str, *, study_uid: str, series_uid: str, instance_number: int = 1, **changes: Any) -> bytes:
-    """A pydicom sample moved into a study and series under a new SOP Instance UID; other elements as
-    given (keyword=value), everything else (pixel data included) exactly as in the sample."""
-    dataset = pydicom.dcmread(sample_path(name))
-    image_uid = generate_uid()
-    dataset.StudyInstanceUID = study_uid
-    dataset.SeriesInstanceUID = series_uid
-    dataset.SOPInstanceUID = image_uid
-    dataset.file_meta.MediaStorageSOPInstanceUID = image_uid
-    dataset.InstanceNumber = instance_number
-    for keyword, value in changes.items():
-        if value is None:
-            if keyword in dataset:
-                delattr(dataset, keyword)
-        else:
-            setattr(dataset, keyword, value)
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class Put(Protocol):
@@ -136,7 +116,7 @@ def put(make_order: MakeOrder, tmp_path: Path) -> Put:
             declared = declared or DeclaredImage(study_uid=study_uid, series_uid=series_uid, modality="OT")
             suffix = "jpg"
         else:
-            content = labelled(
+            content = relabelled(
                 name,
                 study_uid=study_uid,
                 series_uid=series_uid or generate_uid(),

@@ -26,9 +26,9 @@ from rest_framework.authtoken.models import Token
 from apps.radiology.access import signing
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage
-from apps.radiology.tests.factories import pydicom_json_without_bulk, row_counts
+from apps.radiology.tests.factories import pydicom_json_without_bulk, relabelled, row_counts
 
-from .conftest import API, PHOTO, Put, Stored, labelled
+from .conftest import API, PHOTO, Put, Stored
 from .helpers import QUIET_UID_WARNINGS
 
 pytestmark = [pytest.mark.django_db(transaction=True), QUIET_UID_WARNINGS]
@@ -192,7 +192,7 @@ def test_store_instances(connect: Connect, radtech: Any, make_order: Any) -> Non
     series_uid = generate_uid()
     datasets = [
         pydicom.dcmread(
-            io.BytesIO(labelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=n))
+            io.BytesIO(relabelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=n))
         )
         for n in (1, 2)
     ]
@@ -206,12 +206,12 @@ def test_store_instances(connect: Connect, radtech: Any, make_order: Any) -> Non
     # No order in the query: the order is the one with the instance's AccessionNumber.
     more = pydicom.dcmread(
         io.BytesIO(
-            labelled(
+            relabelled(
                 "MR_small.dcm", study_uid=study_uid, series_uid=generate_uid(), AccessionNumber=order.accession_number
             )
         )
     )
-    stray = pydicom.dcmread(io.BytesIO(labelled("MR_small.dcm", study_uid=generate_uid(), series_uid=generate_uid())))
+    stray = pydicom.dcmread(io.BytesIO(relabelled("MR_small.dcm", study_uid=generate_uid(), series_uid=generate_uid())))
     answer = client.store_instances([more, stray], study_instance_uid=study_uid)
     assert [item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence] == [more.SOPInstanceUID]
     assert [(item.ReferencedSOPInstanceUID, item.FailureReason) for item in answer.FailedSOPSequence] == [

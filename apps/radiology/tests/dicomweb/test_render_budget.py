@@ -39,7 +39,7 @@ from pydicom.uid import (
 
 from apps.radiology import storage
 from apps.radiology.dicomweb import pixels, render_cache
-from apps.radiology.imagefiles.dicom import pixel_header_of
+from apps.radiology.imagefiles.stored_header import pixel_header_of
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologySeries
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.ingest_bombs import (

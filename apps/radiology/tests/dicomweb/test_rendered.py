@@ -24,6 +24,7 @@ from PIL import Image
 
 from apps.radiology import storage
 from apps.radiology.dicomweb import pixels
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.models import RadiologyImage
 
 from .conftest import PHOTO, Put, Stored
@@ -311,8 +312,8 @@ def test_a_first_render_reads_its_pixel_header_with_the_image_in_one_query(
     ct = put("CT_small.dcm")
     reference = doctor_client.get(ct.url("/rendered"), {"viewport": "32,32"})
     caches["renders"].clear()  # each request below renders again
-    assert pixels.pixel_header(deferred(ct)) == {  # what the separate query gives (used outside the views)
-        tag: ct.image.image_metadata[tag] for tag in pixels.PIXEL_HEADER_TAGS if tag in ct.image.image_metadata
+    assert stored_header.pixel_header(deferred(ct)) == {  # what the separate query gives (used outside the views)
+        tag: ct.image.image_metadata[tag] for tag in stored_header.PIXEL_HEADER_TAGS if tag in ct.image.image_metadata
     }
 
     # the token and its roles, the image with its pixel header, the audit event
@@ -404,10 +405,10 @@ def test_a_render_reads_the_pixel_header_kept_with_the_frames_and_the_rest_of_th
 ) -> None:
     stored = put("MR_small.dcm")
     full = stored.image.image_metadata
-    expected = {tag: full[tag] for tag in pixels.PIXEL_HEADER_TAGS if tag in full}
+    expected = {tag: full[tag] for tag in stored_header.PIXEL_HEADER_TAGS if tag in full}
     image = deferred(stored)
     with django_assert_num_queries(0):  # ingest kept them in pixel_data["header"]
-        header = pixels.pixel_header(image)
+        header = stored_header.pixel_header(image)
         body = pixels.render(image, media_type="image/png")
     assert header == image.pixel_data["header"] == expected
     assert header["00281050"] == {"vr": "DS", "Value": [600.0]}  # the header window is among them
@@ -417,5 +418,5 @@ def test_a_render_reads_the_pixel_header_kept_with_the_frames_and_the_rest_of_th
     older = deferred(stored)
     del older.pixel_data["header"]
     with django_assert_num_queries(1):
-        assert pixels.pixel_header(older) == expected
+        assert stored_header.pixel_header(older) == expected
     assert "image_metadata" not in older.__dict__

@@ -26,9 +26,9 @@ from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
 from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import MakeOrder
-from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys
+from apps.radiology.tests.factories import read_stored, relabelled, row_counts, sample_bytes, stored_keys
 
-from .conftest import API, Put, labelled
+from .conftest import API, Put
 from .helpers import QUIET_UID_WARNINGS, error, json_of
 
 pytestmark = [pytest.mark.django_db, QUIET_UID_WARNINGS]
@@ -88,7 +88,7 @@ def sop_uid(content: bytes) -> str:
 
 
 def ct(study_uid: str | None = None, **changes: Any) -> bytes:
-    return labelled(
+    return relabelled(
         "CT_small.dcm",
         study_uid=study_uid or generate_uid(),
         series_uid=changes.pop("series_uid", generate_uid()),
@@ -171,7 +171,7 @@ def test_a_viewer_token_may_not_store(put: Put, target: RadiologyOrder) -> None:
     existing = put("MR_small.dcm", order=target)
     token = signing.issue_viewer_token(study=existing.study, user=None)
     client = Client(headers={"Authorization": f"Bearer {token}"})
-    content = labelled("CT_small.dcm", study_uid=existing.study_uid, series_uid=generate_uid())
+    content = relabelled("CT_small.dcm", study_uid=existing.study_uid, series_uid=generate_uid())
     for path in (STUDIES, existing.study_url()):
         response = stow(client, content, path=path, radiology_order_id=target.pk)
         assert response.status_code == 403
@@ -228,7 +228,7 @@ def test_a_partly_bad_request_stores_the_good_instances_only(
 ) -> None:
     study_uid = generate_uid()
     good = ct(study_uid)
-    good_mr = labelled("MR_small.dcm", study_uid=study_uid, series_uid=generate_uid())
+    good_mr = relabelled("MR_small.dcm", study_uid=study_uid, series_uid=generate_uid())
     whole = ct(study_uid)
     truncated = whole[: len(whole) - 5000]
     response = stow(
@@ -398,7 +398,7 @@ def test_an_answer_that_cannot_be_produced_is_406_before_anything_is_stored(
 def test_a_body_encoded_by_dicomweb_client(radtech_client: Client, target: RadiologyOrder) -> None:
     """dicomweb-client starts the body with CRLF and quotes the boundary."""
     study_uid = generate_uid()
-    first, second = ct(study_uid), labelled("MR_small.dcm", study_uid=study_uid, series_uid=generate_uid())
+    first, second = ct(study_uid), relabelled("MR_small.dcm", study_uid=study_uid, series_uid=generate_uid())
     content_type = 'multipart/related; type="application/dicom"; boundary="0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"'
     body = DICOMwebClient._encode_multipart_message([first, second, first], content_type)
     response = radtech_client.post(f"{STUDIES}?radiology_order_id={target.pk}", data=body, content_type=content_type)

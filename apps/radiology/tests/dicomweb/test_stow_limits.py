@@ -27,10 +27,10 @@ from apps.radiology.errors import PartTooLarge, RequestTooLarge, TooManyParts
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyOrder
 from apps.radiology.tests.conftest import MakeOrder
-from apps.radiology.tests.factories import row_counts, stored_keys
+from apps.radiology.tests.factories import relabelled, row_counts, stored_keys
 from apps.radiology.tests.ingest_bombs import MIB, deflate_bomb, rle_bomb
 
-from .conftest import API, labelled
+from .conftest import API
 from .helpers import QUIET_UID_WARNINGS, error, json_of
 
 pytestmark = [pytest.mark.django_db, QUIET_UID_WARNINGS]
@@ -86,7 +86,7 @@ def stow(client: Client, body: bytes, *, boundary: str = BOUNDARY, query: str = 
 
 
 def ct(study_uid: str) -> bytes:
-    return labelled("CT_small.dcm", study_uid=study_uid, series_uid=generate_uid())
+    return relabelled("CT_small.dcm", study_uid=study_uid, series_uid=generate_uid())
 
 
 def failed(sop_class: str | None, sop_instance: str | None, reason: int) -> dict[str, Any]:

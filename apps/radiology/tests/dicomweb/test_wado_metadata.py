@@ -18,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.radiology import storage
-from apps.radiology.pacs_lite_service import DeclaredImage
+from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.tests.factories import pydicom_json_without_bulk
 
 from .conftest import PHOTO, Put, Stored

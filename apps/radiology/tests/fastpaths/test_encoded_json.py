@@ -10,8 +10,9 @@ from typing import Any
 import pydicom
 import pytest
 
-from apps.radiology.dicomweb.dicom_json import instance_metadata, metadata_text
+from apps.radiology.dicomweb.dicom_json import instance_metadata
 from apps.radiology.fastpaths.encoded_json import EncodedJSON, EncodedJSONEncoder, encode
+from apps.radiology.imagefiles.stored_header import metadata_text
 from apps.radiology.models import RadiologyImage
 from apps.radiology.tests.factories import dataset_bytes, edited_sample
 
@@ -74,12 +75,12 @@ def test_the_field_encoder_writes_the_text_as_is_and_encodes_anything_else() -> 
 def test_the_image_metadata_column_gets_the_text_made_at_parse(
     order: Any, ingest_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def parsed_with_marked_text(value: dict[str, Any], **kwargs: Any) -> EncodedJSON:
-        encoded = EncodedJSON(value, **kwargs)
-        encoded.text = '{"written":"as is"}'
-        return encoded
+    class ParsedWithMarkedText(EncodedJSON):
+        def __init__(self, value: dict[str, Any], **kwargs: Any) -> None:
+            super().__init__(value, **kwargs)
+            self.text = '{"written":"as is"}'
 
-    monkeypatch.setattr("apps.radiology.imagefiles.dicom.EncodedJSON", parsed_with_marked_text)
+    monkeypatch.setattr("apps.radiology.imagefiles.stored_header.EncodedJSON", ParsedWithMarkedText)
     image = ingest_file(order, "CT_small.dcm").image
     assert RadiologyImage.objects.values_list("image_metadata", flat=True).get(pk=image.pk) == {"written": "as is"}
 

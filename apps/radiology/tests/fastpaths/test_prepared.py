@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from apps.radiology.fastpaths import prepared
@@ -148,12 +148,13 @@ def test_postgresql_plans_a_lookup_once_per_session_and_sqlite_gets_the_sql(stor
         (statement,) = _server_statements(name)
         assert statement.startswith(f"PREPARE {name} AS SELECT ")
         assert '"radiology_radiologyimage"."image_uid" = $1 LIMIT 1' in statement
-        assert compiled.prepared_on is connection.connection
+        assert compiled.prepared_in is prepared._prepared_in_session[connections[DEFAULT_DB_ALIAS]]
+        assert compiled.statement_name in compiled.prepared_in
         assert [executed_sql(sql) for sql in sent] == [compiled.sql] * 2  # what a query log means
     else:
         assert sent == [compiled.sql.replace("%s", f"'{image.image_uid}'") for image in stored.images]
         assert [executed_sql(sql) for sql in sent] == sent
-        assert compiled.prepared_on is None
+        assert compiled.prepared_in is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -167,6 +168,7 @@ def test_a_prepared_lookup_outlives_a_rollback_and_is_prepared_again_in_a_new_se
         raise RuntimeError("roll back")
     assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
     first_session = connection.connection
+    first_registry = lookup._for_connection().prepared_in
 
     connection.close()  # as Django does when CONN_MAX_AGE runs out
     assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
@@ -175,18 +177,23 @@ def test_a_prepared_lookup_outlives_a_rollback_and_is_prepared_again_in_a_new_se
     compiled = lookup._for_connection()
     if connection.vendor == "postgresql":
         assert connection.connection is not first_session
-        assert compiled.prepared_on is connection.connection
+        # connection_created gave the new session a registry of its own, PREPAREd in again.
+        assert first_registry is not None
+        assert (
+            compiled.prepared_in is prepared._prepared_in_session[connections[DEFAULT_DB_ALIAS]] is not first_registry
+        )
+        assert compiled.prepared_in == {compiled.statement_name}
         assert len(_server_statements(compiled.statement_name)) == 1
     else:  # SQLite: the suite's in-memory database keeps its one connection
         assert connection.connection is first_session
-        assert compiled.prepared_on is None
+        assert compiled.prepared_in is None
 
 
 def test_a_lookup_compiled_again_keeps_its_statement_name_and_one_registry_entry(stored: StoredStudy) -> None:
     lookup = PreparedLookup(by_uid, parameters=1)
     first = lookup._for_connection()
     entries = len(prepared._statement_sql)
-    lookup._compiled.clear()  # as for a new thread's connection
+    del lookup._local.compiled  # as for a new thread's connection
 
     again = lookup._for_connection()
 
@@ -195,3 +202,29 @@ def test_a_lookup_compiled_again_keeps_its_statement_name_and_one_registry_entry
     assert len(prepared._statement_sql) == entries
     assert prepared._statement_sql[again.statement_name] == again.sql
     assert lookup.first(stored.image.image_uid).pk == stored.image.pk  # type: ignore[union-attr]
+
+
+def test_on_a_django_release_not_checked_the_lookup_evaluates_its_queryset(
+    stored: StoredStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiler internals are left alone: same rows, one query each, nothing compiled ahead."""
+    monkeypatch.setattr(prepared, "CHECKED_DJANGO_VERSIONS", frozenset())
+    monkeypatch.setattr(prepared, "_Compiled", None)  # never built
+    lookup = PreparedLookup(by_uid, parameters=1)
+    expected = by_uid(stored.images[1].image_uid)[0]
+
+    with CaptureQueriesContext(connection) as captured:
+        found = lookup.first(stored.images[1].image_uid)
+        missing = lookup.first("2.25.1")
+        listed = PreparedLookup(
+            lambda uid: RadiologyImage.objects.filter(series__series_uid=uid).order_by("-instance_number"),
+            parameters=1,
+        ).all(stored.series.series_uid)
+
+    assert not prepared.fast_path_supported()
+    assert found is not None
+    assert field_values(found) == field_values(expected)
+    assert field_values(found.series.study) == field_values(expected.series.study)
+    assert missing is None
+    assert [image.pk for image in listed] == [stored.images[1].pk, stored.images[0].pk]
+    assert len(captured.captured_queries) == 3

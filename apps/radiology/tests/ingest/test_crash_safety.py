@@ -52,6 +52,7 @@ from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import read_stored, stored_keys
 from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
+from apps.radiology.tests.upload_helpers import DeviceFile, metadata, sha256_hex
 
 SEED = 20260116
 ROUNDS = 3
@@ -126,17 +127,10 @@ class Upload:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
+        return sha256_hex(self.content)
 
     def metadata(self, order_id: int) -> dict[str, Any]:
-        return {
-            "client_upload_id": self.client_upload_id,
-            "radiology_order": order_id,
-            "filename": self.name,
-            "file_size": len(self.content),
-            "mime_type": "application/dicom",
-            "checksum": self.checksum,
-        }
+        return metadata(order_id, DeviceFile(self.name, self.content), client_upload_id=self.client_upload_id)
 
 
 class ServerError(AssertionError):

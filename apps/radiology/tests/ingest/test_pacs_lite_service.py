@@ -16,9 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 import pydicom
 import pytest
 from django.db import IntegrityError, connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from apps.radiology import pacs_lite_service, storage
+from apps.radiology import storage
+from apps.radiology.access import signing
 from apps.radiology.errors import (
     EmptyFile,
     FileTooLarge,
@@ -38,6 +40,7 @@ from apps.radiology.errors import (
 from apps.radiology.fastpaths import bulk_insert
 from apps.radiology.imagefiles.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS, parse_dicom_date
 from apps.radiology.imagefiles.uids import generate_uid, is_valid_uid
+from apps.radiology.ingest import commit
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
     JPEG_MIME_TYPE,
@@ -53,14 +56,17 @@ from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import (
     assert_nothing_stored,
     dataset_bytes,
+    edited,
     edited_sample,
     pydicom_json_without_bulk,
     read_stored,
+    relabelled,
     row_counts,
     sample_bytes,
     sha256,
     stored_keys,
 )
+from apps.radiology.tests.stores import use_s3_store
 
 # pydicom's samples include a few non-conformant UIDs (rtdose.dcm) and so do tests on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
@@ -714,22 +720,7 @@ def test_storage_failure_leaves_no_row(
 def test_s3_bucket_missing_is_storage_failure_and_leaves_no_row(
     order: RadiologyOrder, ingest_file: IngestFile, settings: Any, s3_endpoint: str
 ) -> None:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "radiology": {
-            "BACKEND": "apps.radiology.storage.RadiologyS3Storage",
-            "OPTIONS": {
-                "access_key": "testing",
-                "secret_key": "testing",
-                "bucket_name": "pacs-lite-no-such-bucket",
-                "region_name": "us-east-1",
-                "endpoint_url": s3_endpoint,
-                "signature_version": "s3v4",
-                "addressing_style": "path",
-                "file_overwrite": False,
-            },
-        },
-    }
+    use_s3_store(settings, s3_endpoint, "pacs-lite-no-such-bucket")
 
     with pytest.raises(StorageFailure) as excinfo:
         ingest_file(order, "CT_small.dcm")
@@ -753,7 +744,7 @@ def test_row_failure_after_the_write_leaves_no_orphan_file(
         raise RuntimeError("database connection lost")
 
     monkeypatch.setattr(storage, "save_new_object", save_and_remember)
-    monkeypatch.setattr(pacs_lite_service, "_create_rows", database_down)
+    monkeypatch.setattr(commit, "create_rows", database_down)
 
     with pytest.raises(RuntimeError, match="database connection lost"):
         ingest_file(order, "CT_small.dcm")
@@ -933,6 +924,25 @@ def test_generate_image_url_is_signed_for_this_image(
     assert set(parse_qs(parts.query)) == {"expires", "token"}
 
 
+@pytest.mark.django_db
+def test_generate_image_url_is_tied_to_the_user_it_was_made_for(
+    order: RadiologyOrder, ingest_file: IngestFile, doctor: Any, settings: Any
+) -> None:
+    settings.PACS_PUBLIC_URL = ""
+    image = ingest_file(order, "CT_small.dcm").image
+
+    url = PACSLiteService.generate_image_url(image=image, user=doctor, expires_in=60, base_url="http://testserver")
+
+    parts = urlsplit(url)
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+    link = signing.verify_image_url(image=image, filename="CT_small.dcm", **query)
+    assert (link.issuer_id, link.via_token_id) == (doctor.pk, None)
+    assert link.issued_at is not None
+    assert Client().get(f"{parts.path}?{parts.query}").status_code == 200
+    signing.revoke_links_of(user=doctor)  # the issuer's links end, so this one does
+    assert Client().get(f"{parts.path}?{parts.query}").status_code == 403
+
+
 # --- batches: ingest_images ------------------------------------------------------------------------
 
 
@@ -953,11 +963,7 @@ def _series_of(count: int, *, study_uid: str, series_uid: str, first_number: int
 
 
 def _without_instance_number(*, study_uid: str, series_uid: str) -> bytes:
-    dataset = pydicom.dcmread(
-        io.BytesIO(relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1))
-    )
-    del dataset.InstanceNumber
-    return dataset_bytes(dataset)
+    return relabelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, InstanceNumber=None)
 
 
 def _items(order: RadiologyOrder, contents: list[bytes]) -> list[IngestItem]:
@@ -1279,12 +1285,9 @@ def test_a_repeat_with_other_bytes_after_a_refused_first_copy_is_judged_on_its_o
     stored = ingest_file(
         order, relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1)
     )
-    dataset = pydicom.dcmread(
-        io.BytesIO(relabelled_dicom("CT_small.dcm", study_uid=generate_uid(), series_uid=series_uid, instance_number=2))
-    )
-    wrong_study = dataset_bytes(dataset)
-    dataset.StudyInstanceUID = study_uid
-    corrected = dataset_bytes(dataset)
+    wrong_study = relabelled("CT_small.dcm", study_uid=generate_uid(), series_uid=series_uid, instance_number=2)
+    corrected = edited(wrong_study, StudyInstanceUID=study_uid)
+    dataset = pydicom.dcmread(io.BytesIO(corrected))
 
     outcomes = PACSLiteService.ingest_images(_items(order, [wrong_study, corrected, wrong_study]), uploaded_by=None)
 

@@ -25,8 +25,8 @@ from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import parse_helper
 from apps.radiology.models import RadiologyImage, RadiologyOrder
 from apps.radiology.pacs_lite_service import IngestItem, IngestResult, PACSLiteService
+from apps.radiology.tests.factories import relabelled
 from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
-from apps.radiology.tests.trust_helpers import labelled_ct
 
 BATCH = 20
 HELPER_PART = int(BATCH * parse_helper.HELPER_SHARE)  # the last 9 of 20
@@ -46,7 +46,7 @@ def ct_files(tmp_path: Path, count: int) -> list[tuple[Path, str]]:
     files = []
     for number in range(1, count + 1):
         path = tmp_path / f"{number}.dcm"
-        path.write_bytes(labelled_ct(study_uid=study_uid, series_uid=series_uid, instance_number=number))
+        path.write_bytes(relabelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=number))
         files.append((path, DICOM_MIME_TYPE))
     return files
 
@@ -122,7 +122,8 @@ def test_a_batch_ingested_with_the_helper_stores_what_this_process_parses(
 ) -> None:
     study_uid, series_uid = generate_uid(), generate_uid()
     contents = [
-        labelled_ct(study_uid=study_uid, series_uid=series_uid, instance_number=number) for number in range(1, 21)
+        relabelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=number)
+        for number in range(1, 21)
     ]
     contents[15] = contents[15][:-100]  # one truncated file among those the helper takes
     items = [IngestItem(order=order, stream=io.BytesIO(data), filename=f"{n}.dcm") for n, data in enumerate(contents)]
@@ -223,7 +224,9 @@ def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same
 
             def store_batch() -> None:
                 batch = [
-                    labelled_ct(study_uid=study_uid, series_uid=series_uid, instance_number=len(sent) + number)
+                    relabelled(
+                        "CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=len(sent) + number
+                    )
                     for number in range(1, 13)
                 ]
                 answer = client._http_post_multipart_application_dicom(url, batch)

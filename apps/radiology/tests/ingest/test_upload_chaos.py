@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import jpeg_with_exif, relabelled_dicom
 from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
+from apps.radiology.tests.stores import s3_client
+from apps.radiology.tests.upload_helpers import DeviceFile, metadata, sha256_hex
 
 SEED = 20260115
 TIMEOUT = 20  # seconds for any one HTTP request
@@ -78,13 +79,7 @@ class Store:
             if not self.media_root.exists():
                 return []
             return sorted(p.relative_to(self.media_root).as_posix() for p in self.media_root.rglob("*") if p.is_file())
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
+        client = s3_client(self.s3_endpoint)
         keys: list[str] = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             keys.extend(item["Key"] for item in page.get("Contents", []))
@@ -138,18 +133,11 @@ class SyncFile:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
+        return sha256_hex(self.content)
 
     def metadata(self, order_id: int) -> dict[str, Any]:
-        return {
-            "client_upload_id": self.client_upload_id,
-            "radiology_order": order_id,
-            "filename": self.filename,
-            "file_size": self.size,
-            "mime_type": self.mime_type,
-            "checksum": self.checksum,
-            **self.declared,
-        }
+        device_file = DeviceFile(self.filename, self.content, self.mime_type, self.declared)
+        return metadata(order_id, device_file, client_upload_id=self.client_upload_id)
 
 
 def study_files() -> list[SyncFile]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.exceptions import SuspiciousOperation
 from django.core.files.base import ContentFile
 from django.test import Client
 
@@ -21,6 +22,7 @@ from apps.radiology import storage
 from apps.radiology.errors import InvalidFilename, InvalidUID, StorageFailure
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.factories import read_stored, stored_keys
+from apps.radiology.tests.stores import use_s3_store
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
@@ -29,26 +31,6 @@ IMAGE = "1.2.826.0.1.3680043.8.498.1.1.1"
 
 def _boom(*_args: Any, **_kwargs: Any) -> Any:
     raise OSError("disk on fire")
-
-
-def _use_s3_bucket(settings: Any, endpoint: str, bucket: str) -> None:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "radiology": {
-            "BACKEND": "apps.radiology.storage.RadiologyS3Storage",
-            "OPTIONS": {
-                "access_key": "testing",
-                "secret_key": "testing",
-                "bucket_name": bucket,
-                "region_name": "us-east-1",
-                "endpoint_url": endpoint,
-                "signature_version": "s3v4",
-                "addressing_style": "path",
-                "default_acl": None,
-                "file_overwrite": False,
-            },
-        },
-    }
 
 
 # --- file keys and filenames --------------------------------------------------------------
@@ -267,12 +249,44 @@ def test_a_failing_link_is_storage_failure(
 
 
 def test_s3_bucket_that_does_not_exist_is_storage_failure(s3_endpoint: str, settings: Any) -> None:
-    _use_s3_bucket(settings, s3_endpoint, "no-such-bucket-pacs-lite")
+    use_s3_store(settings, s3_endpoint, "no-such-bucket-pacs-lite")
 
     with pytest.raises(StorageFailure) as excinfo:
         storage.save_new_object(f"radiology/{STUDY}/x.dcm", io.BytesIO(b"abc"), content_type="application/dicom")
 
     assert excinfo.value.code == "storage_unavailable"
+
+
+def test_the_s3_calls_made_here_name_objects_as_the_backend_does_under_a_location(
+    s3_endpoint: str, s3_bucket: str, settings: Any, tmp_path: Path
+) -> None:
+    """Ranged reads, size listings, local copies and conditional writes use the backend's keys.
+
+    Those S3 calls are made here directly; with AWS_LOCATION set the key is not the name, and
+    what one side writes the other must find.
+    """
+    use_s3_store(settings, s3_endpoint, s3_bucket)
+    settings.STORAGES["radiology"]["OPTIONS"]["location"] = "pacs"
+    settings.RADIOLOGY_STAGING_DIR = tmp_path / "staging"
+    names = [f"radiology/{STUDY}/{SERIES}/{IMAGE}/part{number}.dcm" for number in range(4)]
+    for number, name in enumerate(names):  # written by our conditional PUT (RadiologyS3Storage._save)
+        saved = storage.save_new_object(name, io.BytesIO(b"%d" % number * 8), content_type="application/dicom")
+        assert saved == name
+
+    store: Any = storage.radiology_storage()
+    listed = store.connection.meta.client.list_objects_v2(Bucket=s3_bucket)
+    assert sorted(entry["Key"] for entry in listed["Contents"]) == [f"pacs/{name}" for name in names]
+    assert storage.read_object_range(names[1], 2, 3) == b"111"
+    assert storage.object_sizes(names) == dict.fromkeys(names, 8)  # four keys: one listing
+    with storage.local_path(names[2]) as copy:
+        assert copy.read_bytes() == b"2" * 8
+    handle = storage.open_object(names[3])  # the backend's own read
+    assert handle is not None
+    with handle:
+        assert handle.read() == b"3" * 8
+    with pytest.raises(SuspiciousOperation) as refused:
+        storage.read_object_range("../outside.dcm", 0, 1)
+    assert str(refused.value) == "Attempted access to '../outside.dcm' denied."
 
 
 def test_missing_object_reads_as_none(radiology_store: str) -> None:
@@ -304,7 +318,7 @@ def test_delete_object_removes_and_a_failed_delete_is_logged_not_raised(
 
 
 def test_presigned_url_answers_with_our_headers(s3_endpoint: str, s3_bucket: str, settings: Any) -> None:
-    _use_s3_bucket(settings, s3_endpoint, s3_bucket)
+    use_s3_store(settings, s3_endpoint, s3_bucket)
     key = PACSLiteService.store_image(
         file_content=b"bytes", file_key=f"radiology/{STUDY}/p.dcm", content_type="application/dicom"
     )

@@ -16,11 +16,11 @@ import gzip
 import io
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pydicom
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import caches
@@ -28,7 +28,8 @@ from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.test import Client
 
-from apps.radiology.access.signing import issue_viewer_token, verify_viewer_token
+from apps.radiology.access.principals import ViewerTokenPrincipal
+from apps.radiology.access.signing import ViewerGrant, issue_viewer_token, verify_viewer_token
 from apps.radiology.dicomweb import pixels
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy, ViewerToken
@@ -37,6 +38,7 @@ from apps.radiology.pacs_lite_service import DeclaredImage, PACSLiteService
 from apps.radiology.tests.api_fixtures import freeze_signing_time
 from apps.radiology.tests.browser.lite_driver import ct_slice
 from apps.radiology.tests.conftest import MakeOrder
+from apps.radiology.tests.factories import relabelled
 from apps.radiology.viewers.lite_viewer import viewer_context
 
 pytestmark = pytest.mark.django_db
@@ -235,18 +237,8 @@ def test_a_series_without_a_number_comes_last_on_every_database(make_order: Make
     order = make_order()
     study_uid, unnumbered, numbered = generate_uid(), generate_uid(), generate_uid()
     for series_uid, series_number in ((unnumbered, None), (numbered, 7)):
-        dataset = pydicom.dcmread(
-            io.BytesIO(relabelled_dicom("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, instance_number=1))
-        )
-        if series_number is None:
-            del dataset.SeriesNumber
-        else:
-            dataset.SeriesNumber = series_number
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        PACSLiteService.ingest_image(
-            order=order, stream=io.BytesIO(buffer.getvalue()), filename="ct.dcm", uploaded_by=None
-        )
+        content = relabelled("CT_small.dcm", study_uid=study_uid, series_uid=series_uid, SeriesNumber=series_number)
+        PACSLiteService.ingest_image(order=order, stream=io.BytesIO(content), filename="ct.dcm", uploaded_by=None)
     study = RadiologyStudy.objects.get(study_uid=study_uid)
 
     series = config_of(open_page(study, token_for(study)))["series"]
@@ -257,8 +249,10 @@ def test_a_series_without_a_number_comes_last_on_every_database(make_order: Make
 def test_viewer_context_reads_the_study_in_three_queries(
     viewer_study: ViewerStudy, django_assert_num_queries: Any
 ) -> None:
+    study = viewer_study.study
+    principal = ViewerTokenPrincipal(ViewerGrant(token_id=uuid.uuid4(), study_id=study.pk, study_uid=study.study_uid))
     with django_assert_num_queries(3):
-        context = viewer_context(viewer_study.study)
+        context = viewer_context(study, principal)
     assert [len(series["instances"]) for series in context["series"]] == [3, 2, 1]
 
 

@@ -160,6 +160,75 @@ def test_lite_viewer_on_the_viewer_port_loads_only_same_origin_code(
     assert response["Content-Type"] == "text/html; charset=utf-8"
 
 
+DJANGO_NOT_FOUND_PAGE = (
+    b'\n<!doctype html>\n<html lang="en">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n'
+    b"  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n"
+)
+
+
+@pytest.fixture
+def small_dist(settings: Any, tmp_path: Path) -> Path:
+    """A dist of two files on the viewer's port, beside a file no request may reach."""
+    settings.ROOT_URLCONF = VIEWER_URLCONF
+    dist = tmp_path / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "index.html").write_bytes(b"<!doctype html><title>OHIF</title>")
+    (dist / "assets" / "app.css").write_bytes(b"body{}")
+    (tmp_path / "secret.txt").write_bytes(b"not part of the viewer")
+    (tmp_path / "dist-sibling").mkdir()
+    (tmp_path / "dist-sibling" / "index.html").write_bytes(b"not part of the viewer either")
+    settings.OHIF_DIST_DIR = dist
+    return dist
+
+
+def _body(response: Any) -> bytes:
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/..",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/assets/../../secret.txt",
+        "/../dist-sibling/index.html",
+        "/../%00",
+        "/../" + "a" * 5000,
+    ],
+)
+def test_a_path_that_climbs_out_of_the_dist_is_djangos_404_page(small_dist: Path, client: Client, path: str) -> None:
+    response = client.get(path)
+
+    assert (response.status_code, response["Content-Type"], _body(response)) == (
+        404,
+        "text/html; charset=utf-8",
+        DJANGO_NOT_FOUND_PAGE,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "served", "cache_control"),
+    [
+        ("/assets/app.css", b"body{}", "public, max-age=86400"),
+        ("/assets/./app.css", b"body{}", "public, max-age=86400"),
+        ("/viewer/../assets/app.css", b"body{}", "public, max-age=86400"),
+        ("/../dist/assets/app.css", b"body{}", "public, max-age=86400"),
+        ("/viewer", b"<!doctype html><title>OHIF</title>", "no-cache"),
+        ("/assets/..", b"<!doctype html><title>OHIF</title>", "no-cache"),
+        ("/%00", b"<!doctype html><title>OHIF</title>", "no-cache"),
+        ("/" + "a" * 5000, b"<!doctype html><title>OHIF</title>", "no-cache"),
+    ],
+)
+def test_a_path_that_stays_in_the_dist_is_its_file_or_index_html(
+    small_dist: Path, client: Client, path: str, served: bytes, cache_control: str
+) -> None:
+    response = client.get(path)
+
+    assert (response.status_code, _body(response), response["Cache-Control"]) == (200, served, cache_control)
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
