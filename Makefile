@@ -77,12 +77,12 @@ format: setup
 clean:
 	rm -rf $(VENV) var
 
-## bench: PACS-lite against Orthanc on the same data (~3-5 min; as root: may apt-get install orthanc, runs PostgreSQL)
+## bench: PACS-lite against Orthanc on the same data (~3 min; as root: may apt-get install orthanc, runs PostgreSQL)
 .PHONY: bench
 bench: setup
 	$(BIN)/python bench/compare_orthanc.py
 
-## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (~3-5 min; as root: runs PostgreSQL)
+## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (under a minute; as root: runs PostgreSQL)
 .PHONY: bench-hostile
 bench-hostile: setup
 	$(BIN)/python bench/hostile_inputs.py
