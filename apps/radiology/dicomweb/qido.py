@@ -25,6 +25,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from apps.radiology.access.principals import Principal
 from apps.radiology.access.visible import VisibleLookup, visible_images, visible_series, visible_studies
 from apps.radiology.errors import InvalidQuery
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.models import RadiologyImage, RadiologySeries
 
 from .dicom_json import instance_attributes, series_attributes, study_attributes
@@ -328,7 +329,7 @@ def search_instances(
         F("series__series_number").asc(nulls_last=True), "series_id", F("instance_number").asc(nulls_last=True), "id"
     )
     if not wants_metadata:
-        images = images.defer("image_metadata")
+        images = images.defer(stored_header.HEADER_COLUMN)
     page = _page(images, query)
     results = []
     for image in page:
@@ -337,7 +338,7 @@ def search_instances(
         extra: dict[str, Any] = {}
         if wants_metadata:
             extra = {
-                **(image.image_metadata if image.is_dicom else {}),
+                **stored_header.header_elements(image),
                 **series_attributes(series, study_uid=study.study_uid, instance_count=0, retrieve_url=""),
             }
             extra.pop("00201209", None)

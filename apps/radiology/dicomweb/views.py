@@ -39,6 +39,7 @@ from apps.radiology.errors import (
     StudyNotFound,
     TooManyFrames,
 )
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 
 from . import pixels
@@ -79,7 +80,7 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 def _image_by_uid(images: QuerySet[RadiologyImage], image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyImage]:
     images = images.select_related("series__study")
     if not with_metadata:
-        images = images.defer("image_metadata")
+        images = images.defer(stored_header.HEADER_COLUMN)
     return images.filter(image_uid=image_uid).order_by()[:1]
 
 

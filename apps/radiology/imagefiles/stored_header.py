@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # dicom.py imports this module to write the header it parses
     from apps.radiology.imagefiles.dicom import ParsedImage
 
 PIXEL_DATA = "7FE00010"
+# The column of the whole header: what a query defers when it will not read header_elements.
+HEADER_COLUMN = "image_metadata"
 
 # The header elements decoding and display read: Image Pixel module, Modality and VOI LUT.
 # Kept in pixel_data["header"] too (migration 0008 added them to older rows).
@@ -156,6 +158,13 @@ def _with_references(header: dict[str, Any], references: dict[str, Any]) -> dict
     return dict(sorted(metadata.items()))
 
 
+def header_elements(image: RadiologyImage) -> dict[str, Any]:
+    """A DICOM image's stored header elements as DICOM JSON (bulk data left out at ingest);
+    {} for a JPEG, whose stored header describes the photo, not DICOM elements (QIDO's
+    includefield answers from this)."""
+    return image.image_metadata if image.is_dicom else {}
+
+
 def instance_header(image: RadiologyImage, *, instance_url: str) -> dict[str, Any]:
     """A DICOM instance's full WADO-RS metadata, in tag order, bulk data as BulkDataURIs under
     `instance_url` (never inline). Loads the whole header: for many instances, stored_texts."""
@@ -195,10 +204,10 @@ def pixel_header(image: RadiologyImage) -> dict[str, Any]:
     kept = (image.pixel_data or {}).get("header")
     if kept is not None:
         header: dict[str, Any] = kept
-    elif image.pk is None or "image_metadata" not in image.get_deferred_fields():  # loaded (or never saved)
+    elif image.pk is None or HEADER_COLUMN not in image.get_deferred_fields():  # loaded (or never saved)
         header = image.image_metadata
     else:
-        picked = select_json_members(image, "image_metadata", PIXEL_HEADER_TAGS)
+        picked = select_json_members(image, HEADER_COLUMN, PIXEL_HEADER_TAGS)
         header = image.image_metadata if picked is None else picked
     image.__dict__["_pixel_header"] = header
     return header
