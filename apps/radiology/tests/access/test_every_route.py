@@ -251,12 +251,12 @@ def principals(nurse: AbstractBaseUser, other_token: str) -> list[Principal]:
 
 
 def body_of(response: HttpResponse) -> bytes:
-    try:
-        if getattr(response, "streaming", False):
-            return b"".join(response.streaming_content)  # type: ignore[attr-defined]
-        return bytes(response.content)
-    finally:
-        response.close()
+    """The whole body. Django's test client closes the response itself (a streaming one once its
+    content is read to the end) with close_old_connections held off; closing it again here would
+    send request_finished with it, and close the test's own database connection on PostgreSQL."""
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    return bytes(response.content)
 
 
 def ask(principal: Principal, method: str, path: str, query: dict[str, str]) -> tuple[int, bytes, HttpResponse]:
