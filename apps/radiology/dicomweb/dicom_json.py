@@ -28,8 +28,6 @@ from apps.radiology.imagefiles.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECON
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
 
 PIXEL_DATA = stored_header.PIXEL_DATA
-# Written at ingest and owned by stored_header; still importable from here (bench/compare_orthanc.py).
-metadata_text = stored_header.metadata_text
 
 
 def element(vr: str, *values: Any) -> dict[str, Any]:

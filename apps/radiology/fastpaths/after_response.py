@@ -30,6 +30,10 @@ from django.http import HttpResponseBase
 logger = logging.getLogger(__name__)
 
 
+def _nothing_left() -> None:
+    """The close() of a response whose work and own close() have run."""
+
+
 class _CloseThenWork:
     """A response's close(): the work registered with when_closed, each once, then Django's close()."""
 
@@ -38,6 +42,12 @@ class _CloseThenWork:
         self.pending: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
     def run(self) -> None:
+        # Let go of the response's own close() (a bound method, so it holds the response) before
+        # anything else: response.close -> this closer -> the response would otherwise be a
+        # reference cycle that keeps every response, its body included, alive until the cyclic
+        # collector runs, which config/gc_tuning.py makes rare in a worker. A second close() of
+        # the same response finds nothing left to do.
+        close, self.close = self.close, _nothing_left
         try:
             # Taken off the list before it runs: a response can be closed again from inside
             # its own close (a body iterator dropped half-read is finalised whenever the
@@ -50,7 +60,7 @@ class _CloseThenWork:
                 except Exception:
                     logger.exception("Work after the response (%s) failed", getattr(function, "__qualname__", function))
         finally:
-            self.close()
+            close()
 
 
 def when_closed(response: HttpResponseBase, function: Callable[..., Any], /, **arguments: Any) -> None:

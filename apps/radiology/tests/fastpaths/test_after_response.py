@@ -6,9 +6,11 @@ close() what the handler returned), without the test client's emulation in betwe
 
 from __future__ import annotations
 
+import gc
 import inspect
 import io
 import logging
+import weakref
 import wsgiref.util
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -236,3 +238,25 @@ def test_wsgi_a_file_sent_by_the_servers_file_wrapper_runs_the_work_when_the_wra
     result.close()
 
     assert events == ["sent", "file"]
+
+
+@pytest.mark.django_db  # Django's close() sends request_finished (close_old_connections)
+def test_a_closed_response_is_freed_without_the_cyclic_collector() -> None:
+    """Workers run with the cyclic collector made rare (config/gc_tuning.py): a response with work
+    must not sit in a reference cycle, or every body would stay in memory until it runs."""
+    ran: list[str] = []
+
+    def audit(*, what: str) -> None:
+        ran.append(what)
+
+    response = HttpResponse(b"x" * 1000)
+    when_closed(response, audit, what="audit")
+    alive = weakref.ref(response)
+    gc.disable()
+    try:
+        response.close()
+        del response
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert ran == ["audit"]
