@@ -818,6 +818,12 @@ def main() -> int:
             )
             rows, notes = compare(arguments, studies, pacs, orthanc)
             step("comparison done")
+            # Every worker, not only the one that later takes the upload: which one that is varies.
+            worker_rss = sorted(services.status_kib(pid, "VmRSS") // 1024 for pid in pacs_server.worker_pids)
+            notes.append(
+                f"RSS of the {len(worker_rss)} PACS-lite gunicorn workers after the comparison: "
+                f"{', '.join(f'{mib} MiB' for mib in worker_rss)} (total {sum(worker_rss)} MiB)."
+            )
 
             memory: list[MemoryFigures] = []
             if not arguments.skip_upload:
