@@ -93,6 +93,13 @@ class TruncatedFile(RadiologyError):
     default_detail = "The file ends before its content does."
 
 
+class MissingPixelData(InvalidDicom):
+    """An image object (by its SOP class or image attributes) ends, whole, without Pixel Data."""
+
+    code = "missing_pixel_data"
+    default_detail = "The file is an image object without Pixel Data (7FE0,0010), which every image must have."
+
+
 class ImplausiblePixelData(InvalidDicom):
     """A compressed frame declares more decoded bytes than its codec can produce from its data."""
 

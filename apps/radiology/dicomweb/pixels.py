@@ -4,7 +4,8 @@ Frames are served from the byte ranges ingest recorded (storage range reads, no 
 as stored when the client accepts it (OHIF asks `transfer-syntax=*`), or decoded to native
 little-endian pixels when the client wants `application/octet-stream` uncompressed.
 Rendered and thumbnail images decode one frame with pydicom (pylibjpeg / openjpeg / RLE
-plugins), apply rescale and the VOI window, invert MONOCHROME1, and fit the viewport.
+plugins), apply rescale and the VOI window, invert MONOCHROME1 (or draw a PALETTE COLOR
+frame's palette: render_palette), and fit the viewport.
 
 Decoding reads only the frame's own bytes (the same byte ranges) and hands them to pydicom's
 decoder with the Image Pixel attributes of the stored header (imagefiles/stored_header.py
@@ -420,7 +421,12 @@ def decoded_frame_bytes(image: RadiologyImage, viewport: tuple[int, int] | None 
         return None
     samples = int(stored_header.pixel_value(image, "00280002", 1) or 1)
     bits = int(stored_header.pixel_value(image, "00280100", 8) or 8)
-    return int(rows) * int(columns) * max(samples, 1) * max(-(-bits // 8), 1)
+    frame = int(rows) * int(columns) * max(samples, 1) * max(-(-bits // 8), 1)
+    if stored_header.pixel_value(image, "00280004") == PALETTE_COLOR:
+        # A render looks the indices up in the palette: pydicom's RGB (16-bit entries at most),
+        # then the 8-bit RGB drawn from it (render_palette).
+        frame += int(rows) * int(columns) * 3 * (2 + 1)
+    return frame
 
 
 def _too_large_detail(decoded: int, frames: int, budget: int) -> str:
@@ -584,6 +590,12 @@ def require_stored(image: RadiologyImage, extent: int) -> None:
         raise StoredObjectMissing(SHORT_OBJECT)
 
 
+PALETTE_COLOR = "PALETTE COLOR"
+# The most of a palette colour file's header read to find its palette: its three tables
+# are at most 3 x 65536 16-bit entries (384 KiB), which leaves ample room for the rest.
+PALETTE_HEADER_LIMIT = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Window:
     center: float
@@ -694,7 +706,13 @@ def to_display(image: RadiologyImage, pixels: np.ndarray, window: Window | None)
     for start in strips:
         values = rescale(pixels[start : start + step])
         values -= chosen.center - 0.5
-        values /= chosen.width - 1 if chosen.width > 1 else 1
+        if chosen.width <= 1:
+            # PS3.3 C.11.2.1.2.1 with w = 1 is a threshold: x <= c - 0.5 is black, above it
+            # white (the formula's w - 1 would divide by zero). A 1-bit segmentation's own
+            # range, 0..1, is this window (c 0.5, w 1): 0 black, 1 white, nothing grey.
+            display[start : start + step] = np.where(values > 0, 255, 0)
+            continue
+        values /= chosen.width - 1
         values += 0.5
         values *= 255.0
         display[start : start + step] = np.clip(values, 0, 255, out=values).astype(np.uint8)
@@ -746,6 +764,8 @@ def render(
     second pass over the image, 3-4x the encoding time of a 512x512 frame, for files ~8% smaller.
     """
     decoded = decode_frame(image, frame, viewport)
+    if image.is_dicom and stored_header.pixel_value(image, "00280004") == PALETTE_COLOR:
+        decoded = render_palette(image, decoded)
     full_size = (image.columns, image.rows) if not image.is_dicom and image.rows and image.columns else None
     picture = fit(to_display(image, decoded, window), viewport, full_size)
     buffer = io.BytesIO()
@@ -754,6 +774,53 @@ def render(
     else:
         picture.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def render_palette(image: RadiologyImage, indices: np.ndarray) -> np.ndarray:
+    """A PALETTE COLOR frame's indices looked up in its palette (PS3.3 C.7.6.3.1.5) by
+    pydicom's apply_color_lut, as 8-bit RGB: 16-bit entries keep their high byte, as dcmtk draws them.
+
+    Only a render draws the palette: decode_frame keeps the indices, which are the pixel data
+    a frame request is sent (and a failed lookup is not remembered against the frame).
+    """
+    try:
+        rgb = pydicom.pixels.apply_color_lut(indices, _palette_header(image))
+    except RadiologyError:
+        raise
+    except MemoryError:
+        raise RenderingUnavailable("The server ran out of memory decoding this image; try again later.") from None
+    except OSError as exc:
+        if exc.errno is not None:
+            raise RenderingUnavailable(
+                f"The server could not read this image to decode it ({type(exc).__name__}); try again later."
+            ) from exc
+        raise RenderingFailed(f"Could not apply the colour palette: {type(exc).__name__}.") from exc
+    except Exception as exc:  # a missing or malformed palette
+        raise RenderingFailed(f"Could not apply the colour palette: {type(exc).__name__}.") from exc
+    if rgb.dtype.itemsize > 1:
+        rgb = (rgb >> (8 * (rgb.dtype.itemsize - 1))).astype(np.uint8)
+    return rgb
+
+
+def _palette_header(image: RadiologyImage) -> pydicom.Dataset:
+    """The file's header up to its pixel data, where the palette is (descriptors, data, or
+    segmented data, 0028,1101-1103 / 1201-1203 / 1221-1223): neither the stored pixel header
+    nor, for tables above the bulk data threshold, the stored JSON holds them. One range read
+    of the bytes before the pixel data, at most PALETTE_HEADER_LIMIT, parsed by pydicom."""
+    offset = (image.pixel_data or {}).get("offset")
+    syntax = image.transfer_syntax_uid
+    if offset is None or (syntax not in NATIVE_SYNTAXES and syntax not in COMPRESSED_MEDIA):
+        # No recorded place (or a deflated file, whose bytes are not its elements): pydicom
+        # reads the file's header and stops at the pixel data.
+        with storage.local_path(image.file_key) as path:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    if int(offset) > PALETTE_HEADER_LIMIT:
+        raise ImageTooLargeToRender(
+            f"The header of this palette colour image takes {int(offset)} bytes; "
+            f"this server reads at most {PALETTE_HEADER_LIMIT} bytes of one to find its palette."
+        )
+    head = storage.read_object_range(image.file_key, 0, int(offset))
+    return pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
 
 
 def rendered_media_type(accepted: list[MediaRange]) -> str:

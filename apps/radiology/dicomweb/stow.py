@@ -52,6 +52,7 @@ _REASONS: dict[type[RadiologyError], int] = {
     errors.UnsupportedFileType: CANNOT_UNDERSTAND,
     errors.UnsupportedTransferSyntax: CANNOT_UNDERSTAND,
     errors.ImplausiblePixelData: CANNOT_UNDERSTAND,
+    errors.MissingPixelData: CANNOT_UNDERSTAND,
 }
 
 

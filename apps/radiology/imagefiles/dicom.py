@@ -29,6 +29,7 @@ from apps.radiology.errors import (
     ImplausiblePixelData,
     InvalidDicom,
     InvalidJpeg,
+    MissingPixelData,
     TruncatedFile,
     UnsupportedFileType,
     UnsupportedTransferSyntax,
@@ -221,7 +222,7 @@ def parse_dicom(path: Path) -> ParsedImage:
             )
             fields = _dicom_fields(dataset)
     except (TruncatedFile, InvalidDicom, UnsupportedTransferSyntax):
-        raise
+        raise  # MissingPixelData and ImplausiblePixelData are InvalidDicom
     except (InvalidDicomError, EOFError) as exc:
         raise InvalidDicom(f"The DICOM file could not be read: {type(exc).__name__}.") from exc
     except Exception as exc:  # pydicom raises many types on malformed values
@@ -267,7 +268,8 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
 
     Native: {"vr", "offset", "length", "encapsulated": False, "frame_length"}.
     Encapsulated: {"vr", "offset", "length": -1, "encapsulated": True, "frames": [[[offset, length], ...], ...]}
-    with the fragments of each frame. Raises TruncatedFile if the element ends early.
+    with the fragments of each frame. Raises TruncatedFile if the element ends early, and
+    MissingPixelData for an image whose data set ends, at an element's end, without it.
     """
     is_image = _is_image(dataset)
     # The encoding pydicom actually read the data set with (it infers one when the meta lacks it).
@@ -277,9 +279,17 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
     handle.seek(position)
     head = handle.read(8)
     if len(head) < 8 or struct.unpack(f"{endian}HH", head[:4]) != (0x7FE0, 0x0010):
-        if is_image:
-            raise TruncatedFile()  # an image whose pixel data is missing or cut short
-        return {}
+        if not is_image:
+            return {}
+        if not head and _ends_with_last_element(handle, dataset, file_size, endian=endian):
+            # The file ends exactly where its last element ends and holds no Pixel Data, which
+            # is Type 1 in the Image Pixel module (PS3.3 C.7.6.3): a non-conformant image. It may
+            # also have been cut exactly there; nothing in the bytes can tell, and "ends before
+            # its content does" would mislead for the pydicom DICOMDIR samples written so on purpose.
+            raise MissingPixelData()
+        # Bytes after the last element that are no whole element (a cut inside the next
+        # element's header: pydicom skips them), or another element where pixel data must be.
+        raise TruncatedFile()
     if implicit:
         vr, length, value_offset = "OW", struct.unpack("<I", head[4:8])[0], position + 8
     else:
@@ -560,6 +570,28 @@ def _is_image(dataset: Dataset) -> bool:
     return bool(sop_class) and "Image Storage" in UID(str(sop_class)).name
 
 
+def _ends_with_last_element(handle: IO[bytes], dataset: Dataset, file_size: int, *, endian: str) -> bool:
+    """Whether the file's last byte is the last byte of its last top-level element.
+
+    A defined length says where that element ends. An undefined-length one (a sequence, which
+    pydicom may hand over already converted) ends with a Sequence Delimitation Item: pydicom
+    read up to one without warning, so the file ends whole when its last 8 bytes are one.
+    """
+    last = None
+    for _tag, raw in dataset.items():
+        last = raw
+    if last is None:
+        return False
+    value_tell = getattr(last, "value_tell", None)
+    length = getattr(last, "length", None)
+    if value_tell is not None and length is not None and length != UNDEFINED_LENGTH:
+        return bool(value_tell + length == file_size)
+    if file_size < 8:
+        return False
+    handle.seek(file_size - 8)
+    return handle.read(8) == struct.pack(f"{endian}HHI", 0xFFFE, 0xE0DD, 0)
+
+
 def _check_trailing_elements(handle: IO[bytes], position: int, file_size: int, *, endian: str, implicit: bool) -> None:
     """Elements after the pixel data (usually trailing padding) must also end inside the file."""
     while position < file_size:
@@ -659,13 +691,23 @@ def _frame_count(dataset: Dataset) -> int:
         return 1
 
 
+# Photometric interpretations whose native pixel data is 4:2:2 subsampled (PS3.3 C.7.6.3.1.2,
+# PS3.5 8.2): two horizontally adjacent pixels share one Cb and one Cr, stored Y Y Cb Cr, so
+# a pixel takes 2 samples, not 3. YBR_PARTIAL_422 (retired) differs only in its value range.
+SUBSAMPLED_422 = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422"})
+
+
 def _native_frame_length(dataset: Dataset) -> int | None:
     """Bytes per frame of native pixel data (None when frames are not byte-aligned)."""
     try:
         bits = int(dataset.BitsAllocated) * int(dataset.Rows) * int(dataset.Columns)
-        bits *= int(dataset.get("SamplesPerPixel", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
+    photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip()
+    if samples == 3 and photometric in SUBSAMPLED_422:
+        samples = 2  # what pydicom's get_expected_length and its native decoder expect too
+    bits *= samples
     return bits // 8 if bits % 8 == 0 else None
 
 

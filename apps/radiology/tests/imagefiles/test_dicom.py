@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from apps.radiology.errors import (
     InvalidDicom,
     InvalidJpeg,
+    MissingPixelData,
     RadiologyError,
     TruncatedFile,
     UnsupportedFileType,
@@ -306,3 +308,57 @@ def test_cmyk_jpeg_is_refused_with_the_mode_named(tmp_path: Path) -> None:
 
     assert excinfo.value.detail == "JPEG colour mode CMYK is not supported; save the photo as RGB."
     assert excinfo.value.code == "invalid_jpeg"
+
+
+def test_native_ybr_full_422_frames_are_two_bytes_a_pixel(tmp_path: Path) -> None:
+    """4:2:2: two pixels share one Cb and one Cr (Y Y Cb Cr), PS3.3 C.7.6.3.1.2."""
+    content = sample_bytes("SC_ybr_full_422_uncompressed.dcm")
+    dataset = pydicom.dcmread(sample_path("SC_ybr_full_422_uncompressed.dcm"))
+
+    parsed = _parse(tmp_path, content)
+
+    assert (parsed.rows, parsed.columns, parsed.number_of_frames) == (100, 100, 1)
+    assert {key: parsed.pixel_data[key] for key in ("vr", "offset", "length", "encapsulated", "frame_length")} == {
+        "vr": "OB",
+        "offset": content.index(dataset.PixelData),
+        "length": 20_000,
+        "encapsulated": False,
+        "frame_length": 20_000,
+    }
+
+
+@pytest.mark.parametrize(("photometric", "frame_length"), [("YBR_PARTIAL_422", 20_000), ("YBR_FULL", 30_000)])
+def test_the_native_frame_length_follows_the_subsampling(tmp_path: Path, photometric: str, frame_length: int) -> None:
+    """YBR_PARTIAL_422 is laid out as YBR_FULL_422; YBR_FULL is not subsampled (30,000 bytes,
+    so the same 20,000 are short of it)."""
+    content = edited_sample("SC_ybr_full_422_uncompressed.dcm", PhotometricInterpretation=photometric)
+    if frame_length > 20_000:
+        with pytest.raises(TruncatedFile):
+            _parse(tmp_path, content)
+    else:
+        assert _parse(tmp_path, content).pixel_data["frame_length"] == frame_length
+
+
+def _header_end(content: bytes) -> int:
+    """Where the last element before the pixel data ends."""
+    dataset = pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True, defer_size=1024)
+    last = list(dataset.values())[-1]
+    return int(last.value_tell) + int(last.length)
+
+
+def test_an_image_ending_whole_without_pixel_data_is_missing_pixel_data(tmp_path: Path) -> None:
+    content = sample_bytes("CT_small.dcm")
+    with pytest.raises(MissingPixelData) as excinfo:
+        _parse(tmp_path, content[: _header_end(content)])
+    assert (excinfo.value.code, excinfo.value.status_code) == ("missing_pixel_data", 400)
+    assert str(excinfo.value.detail) == (
+        "The file is an image object without Pixel Data (7FE0,0010), which every image must have."
+    )
+
+
+@pytest.mark.parametrize("extra", [1, 4, 7, 12])
+def test_an_image_cut_inside_the_pixel_data_header_is_truncated_file(tmp_path: Path, extra: int) -> None:
+    """Bytes after the last whole element that are no whole element: a cut, not a missing element."""
+    content = sample_bytes("CT_small.dcm")
+    with pytest.raises(TruncatedFile):
+        _parse(tmp_path, content[: _header_end(content) + extra])
