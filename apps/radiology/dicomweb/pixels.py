@@ -34,6 +34,7 @@ import io
 import math
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,8 +234,17 @@ def _decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] 
     """Decode, sorting what goes wrong: the data (RenderingFailed, remembered), the server's own
     condition (RenderingUnavailable, 503, never remembered: out of memory, a full disk, an I/O
     error, all of which pass), or the store (StorageFailure, as the storage layer raises it)."""
-    try:
+    with _sorted_failures("Could not decode the pixel data"):
         return _decode_frame_of(image, number, viewport)
+
+
+@contextmanager
+def _sorted_failures(failed: str) -> Iterator[None]:
+    """What goes wrong in a decoder, sorted: RadiologyError as raised; the stored file gone
+    (StoredObjectMissing); the server's own condition (RenderingUnavailable); anything else is
+    the data (RenderingFailed, "`failed`: <type>")."""
+    try:
+        yield
     except RadiologyError:
         raise
     except FileNotFoundError:  # the whole file read from disk is gone: lost data, not bad pixels
@@ -248,9 +258,9 @@ def _decode_frame(image: RadiologyImage, number: int, viewport: tuple[int, int] 
             raise RenderingUnavailable(
                 f"The server could not read this image to decode it ({type(exc).__name__}); try again later."
             ) from exc
-        raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
+        raise RenderingFailed(f"{failed}: {type(exc).__name__}.") from exc
     except Exception as exc:  # decoders raise many types on data they can't handle
-        raise RenderingFailed(f"Could not decode the pixel data: {type(exc).__name__}.") from exc
+        raise RenderingFailed(f"{failed}: {type(exc).__name__}.") from exc
 
 
 def _decode_frame_of(image: RadiologyImage, number: int, viewport: tuple[int, int] | None) -> np.ndarray:
@@ -783,20 +793,8 @@ def render_palette(image: RadiologyImage, indices: np.ndarray) -> np.ndarray:
     Only a render draws the palette: decode_frame keeps the indices, which are the pixel data
     a frame request is sent (and a failed lookup is not remembered against the frame).
     """
-    try:
+    with _sorted_failures("Could not apply the colour palette"):  # a missing or malformed palette
         rgb = pydicom.pixels.apply_color_lut(indices, _palette_header(image))
-    except RadiologyError:
-        raise
-    except MemoryError:
-        raise RenderingUnavailable("The server ran out of memory decoding this image; try again later.") from None
-    except OSError as exc:
-        if exc.errno is not None:
-            raise RenderingUnavailable(
-                f"The server could not read this image to decode it ({type(exc).__name__}); try again later."
-            ) from exc
-        raise RenderingFailed(f"Could not apply the colour palette: {type(exc).__name__}.") from exc
-    except Exception as exc:  # a missing or malformed palette
-        raise RenderingFailed(f"Could not apply the colour palette: {type(exc).__name__}.") from exc
     if rgb.dtype.itemsize > 1:
         rgb = (rgb >> (8 * (rgb.dtype.itemsize - 1))).astype(np.uint8)
     return rgb
