@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from rest_framework import exceptions
+
+from apps.radiology.errors import BadRequest, RadiologyError, ServerError, error_json_response
 
 API_PREFIXES = ("/api/", "/healthz")
 
@@ -20,31 +23,35 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith(API_PREFIXES)
 
 
-def _json(detail: str, code: str, status: int) -> JsonResponse:
-    response = JsonResponse({"detail": detail, "code": code}, status=status)
+def _json(error: RadiologyError | exceptions.APIException) -> JsonResponse:
+    """The error's body as the API answers it (its code is in errors.all_error_codes()), never cached."""
+    if isinstance(error, RadiologyError):
+        response = error_json_response(error)
+    else:  # one of DRF's own codes, in DRF's own words
+        response = JsonResponse({"detail": str(error.detail), "code": error.default_code}, status=error.status_code)
     response["Cache-Control"] = "no-store"
     return response
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return _json("The request could not be read.", "bad_request", 400)
+        return _json(BadRequest())
     return defaults.bad_request(request, exception)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return _json("You do not have permission to perform this action.", "permission_denied", 403)
+        return _json(exceptions.PermissionDenied())
     return defaults.permission_denied(request, exception)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return _json("Not found.", "not_found", 404)
+        return _json(exceptions.NotFound())
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
-        return _json("The server could not answer this request.", "server_error", 500)
+        return _json(ServerError())
     return defaults.server_error(request)
