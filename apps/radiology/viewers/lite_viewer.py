@@ -27,8 +27,8 @@ from apps.radiology.access.signing import SignatureRejected, verify_viewer_token
 from apps.radiology.access.visible import visible_images, visible_series, visible_studies
 from apps.radiology.dicomweb.views import INSTANCE_ORDER, DicomWebView
 from apps.radiology.errors import InstanceNotFound
-from apps.radiology.imagefiles.stored_header import pixel_header
-from apps.radiology.models import RadiologyStudy
+from apps.radiology.imagefiles.stored_header import pixel_value
+from apps.radiology.models import RadiologyImage, RadiologyStudy
 from apps.radiology.pacs_lite_service import PACSLiteService
 
 CT_PRESETS = [
@@ -39,13 +39,9 @@ CT_PRESETS = [
 ]
 
 
-def _first_value(metadata: dict[str, Any], tag: str) -> Any:
-    values = (metadata.get(tag) or {}).get("Value") or []
-    return values[0] if values else None
-
-
-def _default_window(metadata: dict[str, Any]) -> list[float] | None:
-    center, width = _first_value(metadata, "00281050"), _first_value(metadata, "00281051")
+def _default_window(image: RadiologyImage) -> list[float] | None:
+    """The header's first window (centre, width), as the page starts a series with it."""
+    center, width = pixel_value(image, "00281050"), pixel_value(image, "00281051")
     try:
         return [float(center), float(width)] if center is not None and width is not None else None
     except (TypeError, ValueError):
@@ -77,8 +73,8 @@ def viewer_context(study: RadiologyStudy, principal: Principal) -> dict[str, Any
     )
     windows = {
         # Only a DICOM image with pixel data has a window; its pixel header is kept beside the frame
-        # offsets (stored_header.pixel_header reads it from the loaded column, no query).
-        image.series_id: _default_window(pixel_header(image)) if image.is_dicom and image.pixel_data else None
+        # offsets (stored_header.pixel_value reads it from the loaded column, no query).
+        image.series_id: _default_window(image) if image.is_dicom and image.pixel_data else None
         for image in images.filter(pk__in=firsts).only("series_id", "mime_type", "pixel_data")
     }
     return {
