@@ -4,6 +4,7 @@
 set -euo pipefail
 missing=()
 command -v dcmdump >/dev/null 2>&1 || missing+=(dcmtk)
+command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "Installing ${missing[*]} (apt-get)" >&2
 export DEBIAN_FRONTEND=noninteractive

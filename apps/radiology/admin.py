@@ -16,19 +16,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from apps.radiology.access import signing
-from apps.radiology.access.permissions import can_view_radiology
+from apps.radiology.access.permissions import can_upload_radiology, can_view_radiology
 from apps.radiology.access.principals import principal_of_user
 from apps.radiology.access.visible import visible_images, visible_series, visible_studies
+from apps.radiology.ingest import unmatched
 from apps.radiology.models import (
     AuditEvent,
     LinkRevocation,
@@ -36,6 +39,7 @@ from apps.radiology.models import (
     RadiologyOrder,
     RadiologySeries,
     RadiologyStudy,
+    UnmatchedImage,
     ViewerToken,
 )
 from apps.radiology.pacs_lite_service import PACSLiteService
@@ -54,6 +58,10 @@ IMAGE_FIELDS = (
     "file_size",
     "mime_type",
     "checksum",
+    "patient_identity",
+    "file_patient_id",
+    "file_patient_name",
+    "patient_identity_reason",
     "image_metadata",
     "uploaded_by",
     "created_at",
@@ -220,8 +228,8 @@ class RadiologySeriesAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMi
 @admin.register(RadiologyImage)
 class RadiologyImageAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.ModelAdmin):
     door = visible_images
-    list_display = ["image_uid", "series", "instance_number", "mime_type", "file_size", "created_at"]
-    list_filter = ["mime_type", "series__modality", "created_at"]
+    list_display = ["image_uid", "series", "instance_number", "mime_type", "patient_identity", "created_at"]
+    list_filter = ["mime_type", "patient_identity", "series__modality", "created_at"]
     search_fields = ["image_uid", "series__series_uid", "series__study__study_uid", "series__study__patient_id"]
     list_select_related = ["series"]
     fields = IMAGE_FIELDS
@@ -234,6 +242,131 @@ class RadiologyImageAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMix
     # The change view is still reachable (read-only) so admins can inspect an image.
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class AssignForm(forms.Form):
+    """Which order receives the files, and the tech's reason if some name another patient."""
+
+    accession_number = forms.CharField(max_length=16, help_text="The accession number of the order they belong to.")
+    patient_mismatch_reason = forms.CharField(
+        max_length=255,
+        required=False,
+        help_text="Only if files name another patient than the order's and you confirm they belong to it: why.",
+    )
+
+    def clean_accession_number(self) -> RadiologyOrder:
+        accession = self.cleaned_data["accession_number"].strip()
+        order = RadiologyOrder.objects.select_related("visit__patient").filter(accession_number=accession).first()
+        if order is None:
+            raise forms.ValidationError("No radiology order has this accession number.")
+        return order
+
+
+class DiscardForm(forms.Form):
+    reason = forms.CharField(max_length=255, help_text="Why these files are discarded (kept in the audit trail).")
+
+
+@admin.register(UnmatchedImage)
+class UnmatchedImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The unmatched inbox: files that came with no order, by what their own header says.
+
+    Radiology techs (and superusers) only: doctors see nothing of a file until it is assigned
+    to an order. Each action (assign the selected files, assign their whole studies, discard
+    with a reason) goes through ingest/unmatched.py and is audited there.
+    """
+
+    list_display = [
+        "received_at",
+        "status",
+        "source",
+        "patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "accession_number",
+        "modality",
+        "study_date",
+        "study_description",
+        "series_description",
+        "instance_number",
+    ]
+    list_filter = ["status", "source", "modality", "received_at"]
+    search_fields = ["patient_id", "patient_name", "accession_number", "study_uid", "image_uid"]
+    date_hierarchy = "received_at"
+    list_select_related = ["received_by", "handled_by"]
+    actions = ["assign_selected", "assign_whole_studies", "discard_selected"]
+    readonly_fields = [field.name for field in UnmatchedImage._meta.fields]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._is_tech(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._is_tech(request)
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        return self._is_tech(request)
+
+    @staticmethod
+    def _is_tech(request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_staff and can_upload_radiology(request.user))
+
+    @admin.action(description="Assign the selected files to an order", permissions=["decide"])
+    def assign_selected(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        return self._assign(request, queryset, list(queryset.values_list("pk", flat=True)), whole_studies=False)
+
+    @admin.action(description="Assign the whole studies of the selected files to an order", permissions=["decide"])
+    def assign_whole_studies(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        ids = unmatched.pending_of_studies(queryset.values_list("pk", flat=True))
+        return self._assign(request, queryset, ids, whole_studies=True)
+
+    @admin.action(description="Discard the selected files (with a reason)", permissions=["decide"])
+    def discard_selected(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        form = DiscardForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return self._decision_page(request, queryset, form, "Discard unmatched files", len(queryset))
+        discarded = unmatched.discard(
+            queryset.values_list("pk", flat=True),
+            user=request.user,
+            channel="admin",
+            reason=form.cleaned_data["reason"],
+        )
+        self.message_user(request, f"Discarded {len(discarded)} unmatched file(s).")
+        return None
+
+    def _assign(
+        self, request: HttpRequest, queryset: Any, ids: list[int], *, whole_studies: bool
+    ) -> HttpResponse | None:
+        form = AssignForm(request.POST if "apply" in request.POST else None)
+        title = "Assign the whole studies to an order" if whole_studies else "Assign files to an order"
+        if not form.is_valid():
+            return self._decision_page(request, queryset, form, title, len(ids))
+        report = unmatched.assign(
+            ids,
+            order=form.cleaned_data["accession_number"],
+            user=request.user,
+            channel="admin",
+            mismatch_reason=form.cleaned_data["patient_mismatch_reason"],
+        )
+        self.message_user(request, f"Assigned {len(report.assigned)} file(s) to the order.")
+        for row, error in report.refused:
+            self.message_user(request, f"{row.filename}: not assigned ({error.code}: {error.detail})", messages.ERROR)
+        return None
+
+    def _decision_page(
+        self, request: HttpRequest, queryset: Any, form: forms.Form, title: str, count: int
+    ) -> TemplateResponse:
+        return TemplateResponse(
+            request,
+            "admin/radiology/unmatched_decision.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "form": form,
+                "count": count,
+                "selected": queryset.values_list("pk", flat=True),
+                "action": request.POST.get("action", ""),
+                "opts": self.model._meta,
+            },
+        )
 
 
 @admin.register(ViewerToken)

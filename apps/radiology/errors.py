@@ -189,6 +189,36 @@ class StudyConflict(RadiologyError):
     default_detail = "This study UID already belongs to another order."
 
 
+class PatientMismatch(RadiologyError):
+    """The file's PatientID is the hospital number of another EMR patient than the order's.
+
+    Strong evidence of a wrong order: nothing is stored unless a radiology tech confirms the
+    file belongs to this order anyway, with a reason (which is stored and audited).
+    """
+
+    code = "patient_mismatch"
+    status_code = 409
+    default_detail = (
+        "The file's PatientID is another patient's hospital number. Nothing was stored; send it to the right "
+        "order, or confirm it belongs to this one with confirm_patient_mismatch and a patient_mismatch_reason."
+    )
+
+
+class MismatchReasonRequired(RadiologyError):
+    """A patient mismatch was confirmed without saying why (STOW-RS, bulk import, the inbox)."""
+
+    code = "mismatch_reason_required"
+    default_detail = "Confirming that a file naming another patient belongs to this order needs a reason."
+
+
+class UnmatchedAlreadyHandled(RadiologyError):
+    """An unmatched file was already assigned to an order or discarded."""
+
+    code = "unmatched_already_handled"
+    status_code = 409
+    default_detail = "This unmatched file was already assigned or discarded."
+
+
 class ImmutableRecord(RadiologyError):
     """A write-once record (an audit entry) was to be changed or deleted."""
 

@@ -168,6 +168,22 @@ class _ImageManager(models.Manager.from_queryset(WriteOnceQuerySet)):  # type: i
         return super().get_queryset().defer("metadata_text")
 
 
+class PatientIdentityCheck(models.TextChoices):
+    """What ingest found comparing a file's own PatientID with its order's patient (see
+    imagefiles/patient_identity.py): the image's record of a discrepancy."""
+
+    NOT_CHECKED = "not_checked", "Not checked (stored before identity checks)"
+    MATCHED = "matched", "The file's PatientID is the order's patient's hospital number"
+    MISSING_IN_FILE = "missing_in_file", "The file has no PatientID"
+    UNKNOWN_TO_EMR = "unknown_to_emr", "The file's PatientID is no EMR patient's hospital number"
+    CONFIRMED_OTHER_PATIENT = "confirmed_other_patient", "The file's PatientID is another patient's; a tech confirmed"
+    NOT_APPLICABLE = "not_applicable", "A photo (JPEG): no patient identity in the file"
+
+
+# Longest DICOM Person Name: three component groups of at most 64 characters each, with "=".
+PERSON_NAME_MAX_LENGTH = 194
+
+
 class RadiologyImage(WriteOnceModel):
     """One stored file (a DICOM instance or a JPEG), immutable once created."""
 
@@ -207,6 +223,15 @@ class RadiologyImage(WriteOnceModel):
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="radiology_images"
     )
+    # The file's own patient identity, kept because every reader is shown the study's (the EMR's)
+    # instead; `patient_identity` says how the two compared at ingest, and
+    # `patient_identity_reason` is the tech's reason for storing a file that names another patient.
+    patient_identity = models.CharField(
+        max_length=32, choices=PatientIdentityCheck.choices, default=PatientIdentityCheck.NOT_CHECKED
+    )
+    file_patient_id = models.CharField(max_length=64, blank=True)
+    file_patient_name = models.CharField(max_length=PERSON_NAME_MAX_LENGTH, blank=True)
+    patient_identity_reason = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = _ImageManager()
@@ -299,6 +324,8 @@ class RadiologyUpload(DeclaredImageColumns):
     mime_type = models.CharField(max_length=64)
     checksum = models.CharField(max_length=64)
     # What the device declared about the image: the columns of DeclaredImageColumns (declared.py).
+    # A tech's reason for storing the file though its PatientID is another patient's ("": not confirmed).
+    patient_mismatch_reason = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     received_bytes = models.BigIntegerField(default=0)
     chunk_offsets = models.JSONField(default=list, blank=True)
@@ -334,6 +361,14 @@ class AuditEvent(WriteOnceModel):
     and admin shows it read-only. Never holds file contents, tokens or search values.
     """
 
+    class IdentityAction(models.TextChoices):
+        """The actions beside read and write: a tech's decisions about whose image a file is."""
+
+        CONFIRM_MISMATCH = "confirm_mismatch", "Stored a file naming another patient, on a tech's word"
+        HOLD = "hold", "Held a file that came with no order as unmatched"
+        ASSIGN = "assign", "Assigned an unmatched file to an order"
+        DISCARD = "discard", "Discarded an unmatched file"
+
     class Outcome(models.TextChoices):
         ALLOWED = "allowed", "Allowed"
         DENIED = "denied", "Denied"
@@ -351,7 +386,9 @@ class AuditEvent(WriteOnceModel):
     channel = models.CharField(
         max_length=32, db_index=True, help_text="api, dicomweb, signed_url, viewer, admin, import"
     )
-    action = models.CharField(max_length=16, help_text="read or write")
+    action = models.CharField(
+        max_length=16, help_text="read, write, or an identity decision: confirm_mismatch, hold, assign, discard"
+    )
     route = models.CharField(max_length=100)
     method = models.CharField(max_length=10)
     order_id = models.BigIntegerField(null=True, blank=True)
@@ -362,6 +399,10 @@ class AuditEvent(WriteOnceModel):
     series_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
     image_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
     query_keys = models.CharField(max_length=255, blank=True, help_text="names of query parameters, never values")
+    unmatched_id = models.BigIntegerField(null=True, blank=True)
+    reason = models.CharField(
+        max_length=255, blank=True, help_text="a tech's reason: for storing a file naming another patient, or a discard"
+    )
     client_address = models.GenericIPAddressField(null=True, blank=True)
     status_code = models.PositiveSmallIntegerField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)
@@ -392,3 +433,66 @@ class LinkRevocation(models.Model):
 
     def __str__(self) -> str:
         return f"links of user {self.user_id} valid after {self.links_valid_after:%Y-%m-%d %H:%M:%S}"
+
+
+class UnmatchedImage(models.Model):
+    """A DICOM file that came with no order to go to, held byte-exact until a tech decides.
+
+    Ways in with no person at hand (bulk import by accession number, the DICOM network) cannot
+    ask which order a file belongs to. Its bytes are kept in the store under `unmatched/` and
+    this row lists what its header says (identity, UIDs, accession) so a tech can assign it (or
+    its whole study) to an order, through the same ingest as any other file, or discard it with
+    a reason (ingest/unmatched.py). No read door shows these: doctors see nothing until assigned.
+    The row stays after either, as the record of who decided what.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a tech"
+        ASSIGNED = "assigned", "Assigned to an order"
+        DISCARDED = "discarded", "Discarded"
+
+    file_key = models.CharField(max_length=1024, unique=True)
+    filename = models.CharField(max_length=255)
+    file_size = models.BigIntegerField()
+    checksum = models.CharField(max_length=64)
+    source = models.CharField(max_length=32, help_text="the way in: import, dicom")
+    study_uid = models.CharField(max_length=UID_MAX_LENGTH, db_index=True)
+    series_uid = models.CharField(max_length=UID_MAX_LENGTH)
+    image_uid = models.CharField(max_length=UID_MAX_LENGTH, db_index=True)
+    sop_class_uid = models.CharField(max_length=UID_MAX_LENGTH, blank=True)
+    accession_number = models.CharField(max_length=16, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+    study_description = models.CharField(max_length=255, blank=True)
+    series_description = models.CharField(max_length=255, blank=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    patient_id = models.CharField(max_length=64, blank=True, help_text="the file's own PatientID")
+    patient_name = models.CharField(max_length=PERSON_NAME_MAX_LENGTH, blank=True, help_text="the file's own")
+    patient_birth_date = models.CharField(max_length=8, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    received_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    received_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    handled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    handled_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=255, blank=True)
+    radiology_order = models.ForeignKey(
+        RadiologyOrder, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    image = models.ForeignKey(RadiologyImage, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(
+                fields=["image_uid"], condition=Q(status="pending"), name="rad_unmatched_one_pending_per_uid"
+            ),
+            models.CheckConstraint(condition=Q(file_size__gt=0), name="rad_unmatched_file_size_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Unmatched {self.image_uid} ({self.status})"

@@ -32,6 +32,10 @@ def studies_with_series_and_images(principal: Principal) -> QuerySet[RadiologySt
             "mime_type",
             "instance_number",
             "checksum",
+            "patient_identity",
+            "file_patient_id",
+            "file_patient_name",
+            "patient_identity_reason",
         )
     )
     series = (

@@ -20,8 +20,28 @@ class StudySerializer(serializers.ModelSerializer):
             "modality",
             "study_date",
             "patient_name",
+            "patient_id",
+            "patient_birth_date",
+            "patient_sex",
             "created_at",
         ]
+        read_only_fields = fields
+
+
+class ImagePatientIdentitySerializer(serializers.ModelSerializer):
+    """What the file itself says of its patient, and how it compared with the order's at ingest.
+
+    The study's patient (the EMR's) is the one every reader is shown; this is the record of a
+    discrepancy: `check` is matched, missing_in_file, unknown_to_emr, confirmed_other_patient
+    (with the tech's `reason`), not_applicable (a photo) or not_checked (stored before checks).
+    """
+
+    check = serializers.CharField(source="patient_identity")
+    reason = serializers.CharField(source="patient_identity_reason")
+
+    class Meta:
+        model = RadiologyImage
+        fields = ["check", "file_patient_id", "file_patient_name", "reason"]
         read_only_fields = fields
 
 
@@ -29,10 +49,20 @@ class StudyImageSerializer(serializers.ModelSerializer):
     """An image in the study's images endpoint, with its signed URL (made by the view)."""
 
     image_url = serializers.SerializerMethodField()
+    patient_identity = ImagePatientIdentitySerializer(source="*", read_only=True)
 
     class Meta:
         model = RadiologyImage
-        fields = ["id", "image_uid", "filename", "file_size", "mime_type", "instance_number", "image_url"]
+        fields = [
+            "id",
+            "image_uid",
+            "filename",
+            "file_size",
+            "mime_type",
+            "instance_number",
+            "image_url",
+            "patient_identity",
+        ]
         read_only_fields = fields
 
     def get_image_url(self, image: RadiologyImage) -> str:
@@ -62,7 +92,16 @@ class StudyImagesSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RadiologyStudy
-        fields = ["study_uid", "study_description", "series", "quick_look_url"]
+        fields = [
+            "study_uid",
+            "study_description",
+            "patient_name",
+            "patient_id",
+            "patient_birth_date",
+            "patient_sex",
+            "series",
+            "quick_look_url",
+        ]
         read_only_fields = fields
 
     def get_quick_look_url(self, study: RadiologyStudy) -> str:

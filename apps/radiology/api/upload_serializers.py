@@ -35,12 +35,28 @@ class UploadCreateSerializer(serializers.Serializer):
     file_size = serializers.IntegerField(min_value=1)
     mime_type = serializers.ChoiceField(choices=[DICOM_MIME_TYPE, JPEG_MIME_TYPE])
     checksum = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="SHA-256 of the whole file, hex")
+    confirm_patient_mismatch = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Store the file under this order even though its PatientID is another patient's hospital "
+        "number (a radiology tech's decision, audited); needs patient_mismatch_reason.",
+    )
+    patient_mismatch_reason = serializers.CharField(
+        max_length=255, required=False, default="", allow_blank=True, help_text="Why the file belongs to this order."
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         # The declared fields follow the file's, one per DeclaredImage field.
         fields = super().get_fields()
         fields.update((name, _declared_field(spec)) for name, spec in DECLARED_FIELDS.items())
         return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("confirm_patient_mismatch") and not attrs.get("patient_mismatch_reason", "").strip():
+            raise serializers.ValidationError(
+                {"patient_mismatch_reason": "A reason is required to confirm a patient mismatch."}
+            )
+        return attrs
 
     def to_metadata(self) -> UploadMetadata:
         data: dict[str, Any] = dict(self.validated_data)
@@ -52,6 +68,7 @@ class UploadCreateSerializer(serializers.Serializer):
             mime_type=data["mime_type"],
             checksum=data["checksum"],
             declared=DeclaredImage.from_columns(data),
+            patient_mismatch_reason=data["patient_mismatch_reason"].strip() if data["confirm_patient_mismatch"] else "",
         )
 
 

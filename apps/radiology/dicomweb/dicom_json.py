@@ -4,7 +4,8 @@ Nothing here opens an image file: study and series attributes come from their ro
 instance's from the header saved at ingest (read through imagefiles/stored_header.py), with
 bulk data given as BulkDataURI.
 A stored JPEG is presented as a Secondary Capture instance whose single frame is the
-JPEG itself, marked as a converted photo (ConversionType, LossyImageCompression "01").
+JPEG itself (or, for a JPEG process viewers do not decode, its decoded pixels: photo_is_decoded),
+marked as a converted photo (ConversionType, LossyImageCompression "01").
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from django.db.models import Count, Max, Q, QuerySet
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from apps.radiology import storage
+from apps.radiology.dicomweb import pixels
 from apps.radiology.dicomweb.render_cache import CACHE_ALIAS
 from apps.radiology.imagefiles import stored_header
-from apps.radiology.imagefiles.dicom import JPEG_BASELINE_TRANSFER_SYNTAX, SECONDARY_CAPTURE_SOP_CLASS
+from apps.radiology.imagefiles.dicom import (
+    DECODED_PHOTO_TRANSFER_SYNTAX,
+    JPEG_BASELINE_TRANSFER_SYNTAX,
+    SECONDARY_CAPTURE_SOP_CLASS,
+)
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
 
 PIXEL_DATA = stored_header.PIXEL_DATA
@@ -201,10 +207,25 @@ def cached_metadata_array(
     return str(text)
 
 
+def photo_is_decoded(image: RadiologyImage) -> bool:
+    """Whether a stored JPEG is presented as its decoded pixels rather than as the JPEG itself:
+    ingest chose the transfer syntax from its JPEG process (dicom.photo_transfer_syntax); a row
+    stored before that says JPEG Baseline, and is presented as before."""
+    return not image.is_dicom and image.transfer_syntax_uid == DECODED_PHOTO_TRANSFER_SYNTAX
+
+
 def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries) -> dict[str, Any]:
-    """A stored JPEG as a Secondary Capture instance (without its pixel data)."""
+    """A stored JPEG as a Secondary Capture instance (without its pixel data), conformant to
+    the SC Image IOD as dciodvfy checks it: Study ID is the accession number, as at study level
+    (study_attributes); Laterality and Patient Orientation (Type 2C: a photo knows neither) are
+    present and empty; no Number of Frames (single-frame SC has no Multi-frame module).
+
+    Its pixels are the JPEG's own codestream (colour as YBR_FULL_422, what a JPEG decoder
+    converts from) or, for a photo presented decoded (photo_is_decoded), RGB.
+    """
     colour = stored_header.photo_is_colour(image)
     conversion = stored_header.photo_conversion_type(image)
+    photometric = ("RGB" if photo_is_decoded(image) else "YBR_FULL_422") if colour else "MONOCHROME2"
     attributes = {
         "00080005": element("CS", "ISO_IR 192"),
         "00080016": element("UI", SECONDARY_CAPTURE_SOP_CLASS),
@@ -223,11 +244,13 @@ def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, seri
         "00100040": element("CS", study.patient_sex),
         "0020000D": element("UI", study.study_uid),
         "0020000E": element("UI", series.series_uid),
+        "00200010": element("SH", study.accession_number),
         "00200011": element("IS", series.series_number),
         "00200013": element("IS", image.instance_number),
+        "00200020": element("CS"),
+        "00200060": element("CS"),
         "00280002": element("US", 3 if colour else 1),
-        "00280004": element("CS", "YBR_FULL_422" if colour else "MONOCHROME2"),
-        "00280008": element("IS", 1),
+        "00280004": element("CS", photometric),
         "00280010": element("US", image.rows),
         "00280011": element("US", image.columns),
         "00280100": element("US", 8),
@@ -244,18 +267,23 @@ def jpeg_secondary_capture(image: RadiologyImage, *, study: RadiologyStudy, seri
 
 def jpeg_as_part10(
     image: RadiologyImage, *, study: RadiologyStudy, series: RadiologySeries
-) -> tuple[int, Iterator[bytes]]:
-    """A DICOM Part 10 file wrapping a stored JPEG unchanged (JPEG Baseline, one fragment).
+) -> tuple[int, Iterator[bytes | memoryview]]:
+    """A DICOM Part 10 file of a stored JPEG's Secondary Capture instance, in the transfer
+    syntax its row names: the JPEG unchanged as the one fragment (JPEG Baseline or Extended),
+    or a photo presented decoded as its decoded pixels (Explicit VR Little Endian).
 
-    Returns (total length, byte stream); the JPEG bytes stream from storage.
+    Returns (total length, byte stream); the JPEG bytes stream from storage. A decoded photo is
+    decoded when this is called (within pixels.check_decode_budget, which a caller may check first).
     """
     dataset = Dataset.from_json(jpeg_secondary_capture(image, study=study, series=series))
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
     dataset.file_meta.MediaStorageSOPInstanceUID = image.image_uid
-    dataset.file_meta.TransferSyntaxUID = JPEG_BASELINE_TRANSFER_SYNTAX
+    dataset.file_meta.TransferSyntaxUID = image.transfer_syntax_uid or JPEG_BASELINE_TRANSFER_SYNTAX
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    if photo_is_decoded(image):
+        return _with_decoded_pixels(image, buffer.getvalue())
     padded = image.file_size + (image.file_size % 2)
     header = buffer.getvalue() + (
         b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
@@ -271,3 +299,19 @@ def jpeg_as_part10(
         yield trailer
 
     return len(header) + image.file_size + len(trailer), chunks()
+
+
+def _with_decoded_pixels(image: RadiologyImage, head: bytes) -> tuple[int, Iterator[bytes | memoryview]]:
+    """(total length, byte stream) of a Part 10 file whose data set is `head` followed by the
+    photo's decoded pixels as native Pixel Data (OB, padded to even length)."""
+    frame = pixels.decode_frame(image, 1)
+    padding = b"\x00" if frame.nbytes % 2 else b""
+    header = head + b"\xe0\x7f\x10\x00OB\x00\x00" + (frame.nbytes + len(padding)).to_bytes(4, "little")
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        yield header
+        yield from pixels.decoded_chunks(frame)
+        if padding:
+            yield padding
+
+    return len(header) + frame.nbytes + len(padding), chunks()

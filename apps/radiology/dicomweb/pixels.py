@@ -630,6 +630,15 @@ def parse_window(raw: str | None) -> Window | None:
     return Window(center, width)
 
 
+def parse_overlays(raw: str | None) -> bool:
+    """?overlays=true (the default) burns the overlay planes into a render; false leaves them out."""
+    if raw is None or raw == "true":
+        return True
+    if raw == "false":
+        return False
+    raise RadiologyError("overlays must be true or false.")
+
+
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Pixels windowed at a time by to_display (4 MiB of float32).
 _STRIP_PIXELS = 1 << 20
@@ -767,8 +776,9 @@ def render(
     viewport: tuple[int, int] | None = None,
     window: Window | None = None,
     quality: int = 85,
+    overlays: bool = True,
 ) -> bytes:
-    """A frame as a displayable JPEG or PNG.
+    """A frame as a displayable JPEG or PNG, its overlay planes burned in unless `overlays` is False.
 
     JPEGs use libjpeg's standard Huffman tables (no `optimize`): computing optimal ones is a
     second pass over the image, 3-4x the encoding time of a 512x512 frame, for files ~8% smaller.
@@ -777,7 +787,10 @@ def render(
     if image.is_dicom and stored_header.pixel_value(image, "00280004") == PALETTE_COLOR:
         decoded = render_palette(image, decoded)
     full_size = (image.columns, image.rows) if not image.is_dicom and image.rows and image.columns else None
-    picture = fit(to_display(image, decoded, window), viewport, full_size)
+    display = to_display(image, decoded, window)
+    if overlays and has_overlays(image):
+        display = burn_overlays(image, frame, display)
+    picture = fit(display, viewport, full_size)
     buffer = io.BytesIO()
     if media_type == "image/png":
         picture.save(buffer, format="PNG", optimize=False)
@@ -819,6 +832,86 @@ def _palette_header(image: RadiologyImage) -> pydicom.Dataset:
         )
     head = storage.read_object_range(image.file_key, 0, int(offset))
     return pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+
+
+# --- overlays (PS3.3 C.9) ----------------------------------------------------------------------
+#
+# Ingest records each plane of 1-bit Overlay Data (60xx,3000) with where its bits lie in the file
+# (dicom.locate_overlays, pixel_data["overlays"]); a render reads, for the frame it draws, only the
+# bits of the plane's rows that fall on the image, by one range read per plane, and burns them in
+# white, as dcmtk's dcmj2pnm draws them by default (and OHIF over the image).
+
+# A plane more than this many times as wide as its image is no overlay of it: not drawn, so a
+# header declaring 65535 columns over a small image costs no large read.
+OVERLAY_WIDTH_FACTOR = 4
+
+
+def has_overlays(image: RadiologyImage) -> bool:
+    """Whether the image has overlay planes a render can draw (from the row, no query)."""
+    return bool(image.is_dicom and (image.pixel_data or {}).get("overlays"))
+
+
+def overlay_mask(image: RadiologyImage, frame: int) -> np.ndarray | None:
+    """Where the overlay planes shown on `frame` (1-based) cover the image: a rows x columns
+    boolean array; None when none is shown on it."""
+    rows, columns = int(image.rows or 0), int(image.columns or 0)
+    if rows < 1 or columns < 1:
+        return None
+    mask: np.ndarray | None = None
+    for plane in (image.pixel_data or {}).get("overlays") or []:
+        bits = _plane_bits(image, plane, frame, rows, columns)
+        if bits is None:
+            continue
+        mask = bits if mask is None else mask | bits
+    return mask
+
+
+def _plane_bits(image: RadiologyImage, plane: dict[str, Any], frame: int, rows: int, columns: int) -> np.ndarray | None:
+    """One plane's bits on `frame`, placed at its origin and cut to the image (None: not on it)."""
+    plane_rows, plane_columns = int(plane["rows"]), int(plane["columns"])
+    if plane_columns > OVERLAY_WIDTH_FACTOR * columns or plane_rows > OVERLAY_WIDTH_FACTOR * rows:
+        return None
+    index = 0
+    if plane.get("frames") is not None:  # a multi-frame overlay: frames first_frame .. first_frame + frames - 1
+        index = frame - int(plane.get("first_frame") or 1)
+        if not 0 <= index < int(plane["frames"]):
+            return None
+    top, left = (int(value) - 1 for value in plane["origin"])  # origin is 1-based (row, column)
+    first_row, last_row = max(0, -top), min(plane_rows, rows - top)  # plane rows that land on the image
+    first_column, last_column = max(0, -left), min(plane_columns, columns - left)
+    if first_row >= last_row or first_column >= last_column:
+        return None
+    # The plane's bits run on from frame to frame, row by row, least significant bit first
+    # (PS3.5 8.1.2), so a frame's rows need not start on a byte: read whole bytes (whole 16-bit
+    # words when they are swapped) around the bits wanted, unpack, cut.
+    start_bit = (index * plane_rows + first_row) * plane_columns
+    end_bit = (index * plane_rows + last_row) * plane_columns
+    word = 2 if plane.get("swapped") else 1
+    start = start_bit // (8 * word) * word
+    end = min(-(-end_bit // (8 * word)) * word, int(plane["length"]))
+    raw = storage.read_object_range(image.file_key, int(plane["offset"]) + start, end - start)
+    if plane.get("swapped"):
+        raw = np.frombuffer(raw[: len(raw) // 2 * 2], dtype=">u2").astype("<u2").tobytes()
+    unpacked = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    skip = start_bit - start * 8
+    wanted = (last_row - first_row) * plane_columns
+    if unpacked.size < skip + wanted:
+        return None  # the stored object is shorter than ingest recorded: draw nothing rather than fail
+    cut = unpacked[skip : skip + wanted].reshape(last_row - first_row, plane_columns)[:, first_column:last_column]
+    placed = np.zeros((rows, columns), dtype=bool)
+    placed[top + first_row : top + last_row, left + first_column : left + last_column] = cut.astype(bool)
+    return placed
+
+
+def burn_overlays(image: RadiologyImage, frame: int, picture: Image.Image) -> Image.Image:
+    """The display image with the frame's overlay planes burned in white (the brightest value)."""
+    with _sorted_failures("Could not draw the overlays"):
+        mask = overlay_mask(image, frame)
+    if mask is None or mask.shape != (picture.height, picture.width):
+        return picture
+    drawn = np.array(picture)
+    drawn[mask] = 255
+    return Image.fromarray(drawn, picture.mode)
 
 
 def rendered_media_type(accepted: list[MediaRange]) -> str:

@@ -40,8 +40,9 @@ CACHE_ALIAS = "renders"
 BROWSER_CACHE = "private, max-age=86400"
 # Bump when pixels.render produces other bytes for the same parameters (2: JPEGs without
 # optimised Huffman tables, large reductions with reducing_gap; 3: JPEG photos decoded at a
-# reduced scale with Pillow's draft), so an ETag keeps naming one exact body.
-RENDER_FORM = 3
+# reduced scale with Pillow's draft; 4: overlay planes burned in, and whether they are shown is
+# part of the key), so an ETag keeps naming one exact body.
+RENDER_FORM = 4
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,22 @@ class RenderKey:
     viewport: tuple[int, int] | None
     window: tuple[float, float] | None
     quality: int
+    # Overlay planes burned in: False both when hidden (?overlays=false) and when the image has
+    # none, so an image without overlays has one render, whichever was asked.
+    overlays: bool = False
 
     @property
     def digest(self) -> str:
-        parts = (self.image_id, self.checksum, self.frame, self.media_type, self.viewport, self.window, self.quality)
+        parts = (
+            self.image_id,
+            self.checksum,
+            self.frame,
+            self.media_type,
+            self.viewport,
+            self.window,
+            self.quality,
+            self.overlays,
+        )
         raw = "|".join(str(part) for part in (RENDER_FORM, *parts))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
@@ -73,8 +86,9 @@ def render_key(
     viewport: tuple[int, int] | None,
     window: tuple[float, float] | None,
     quality: int,
+    overlays: bool = False,
 ) -> RenderKey:
-    return RenderKey(image.pk, image.checksum, frame, media_type, viewport, window, quality)
+    return RenderKey(image.pk, image.checksum, frame, media_type, viewport, window, quality, overlays)
 
 
 # How long a failed decode is remembered: the stored bytes never change, but a decoder plugin

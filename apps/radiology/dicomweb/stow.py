@@ -3,7 +3,9 @@
 Which order an instance goes to: `?radiology_order_id=` when given (it wins, for every
 part); otherwise the order whose accession number equals the instance's AccessionNumber.
 Good instances are stored even when others fail; the answer lists both (PS3.18 10.5):
-200 all stored, 202 some failed, 409 none stored.
+200 all stored, 202 some failed, 409 none stored. An instance whose PatientID is another EMR
+patient's fails with Failure Reason A900 (patient_mismatch) unless the request confirms it:
+`?confirm_patient_mismatch=true&patient_mismatch_reason=...` (the tech's reason, audited).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pydicom.filereader import read_file_meta_info
 from apps.radiology import errors
 from apps.radiology.errors import OrderNotFound, RadiologyError, UnsupportedFileType, UnsupportedTransferSyntax
 from apps.radiology.imagefiles.dicom import SNIFF_LENGTH, check_transfer_syntax, sniff_mime_type
-from apps.radiology.ingest.pipeline import IngestItem, StagedFile, ingest_images
+from apps.radiology.ingest.identity import MismatchConfirmation
+from apps.radiology.ingest.pipeline import IngestItem, IngestResult, StagedFile, ingest_images
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyOrder
 
 from .dicom_json import element
@@ -40,6 +43,7 @@ _REASONS: dict[type[RadiologyError], int] = {
     errors.ImageConflict: DUPLICATE_SOP_INSTANCE,
     errors.StudyMismatch: DATA_SET_DOES_NOT_MATCH,
     errors.StudyConflict: DATA_SET_DOES_NOT_MATCH,
+    errors.PatientMismatch: DATA_SET_DOES_NOT_MATCH,
     errors.SeriesConflict: DATA_SET_DOES_NOT_MATCH,
     errors.UIDMismatch: DATA_SET_DOES_NOT_MATCH,
     errors.StorageFailure: OUT_OF_RESOURCES,
@@ -93,8 +97,13 @@ def store_instances(
     order_id: int | None,
     study_uid: str | None,
     instance_url: Callable[[str, str, str], str],
+    confirmation: MismatchConfirmation | None = None,
 ) -> StoreOutcome:
-    """Ingest the application/dicom parts as one batch; collect referenced and failed instances."""
+    """Ingest the application/dicom parts as one batch; collect referenced and failed instances.
+
+    `confirmation`: the tech's word (with a reason) that instances naming another patient than
+    their order's belong there anyway; without it they fail (PatientMismatch).
+    """
     order = None
     if order_id is not None:
         order = RadiologyOrder.objects.filter(pk=order_id).first()
@@ -117,7 +126,9 @@ def store_instances(
             if not _looks_like_dicom(head):
                 answers.append(_failed(None, None, CANNOT_UNDERSTAND, errors.InvalidDicom.code))
                 continue
-            items.append(IngestItem(order=order, stream=None, filename=None, staged=_staged(part)))
+            items.append(
+                IngestItem(order=order, stream=None, filename=None, staged=_staged(part), confirmation=confirmation)
+            )
             answers.append(part)
             continue
         try:
@@ -142,7 +153,13 @@ def store_instances(
             answers.append(_failed(sop_class, sop_instance, PROCESSING_FAILURE, OrderNotFound.code))
             continue
         items.append(
-            IngestItem(order=target, stream=None, filename=f"{sop_instance or 'instance'}.dcm", staged=_staged(part))
+            IngestItem(
+                order=target,
+                stream=None,
+                filename=f"{sop_instance or 'instance'}.dcm",
+                staged=_staged(part),
+                confirmation=confirmation,
+            )
         )
         answers.append((sop_class, sop_instance))
     results = iter(ingest_images(items, uploaded_by=user))
@@ -152,7 +169,8 @@ def store_instances(
             outcome.failed.append(answer)
             continue
         result = next(results)
-        if isinstance(result, RadiologyError):
+        if not isinstance(result, IngestResult):  # every part has an order: nothing is held
+            result = result if isinstance(result, RadiologyError) else RadiologyError()
             sop_class, sop_instance = answer if isinstance(answer, tuple) else _uids_of(answer)
             outcome.failed.append(
                 _failed(sop_class, sop_instance, _REASONS.get(type(result), PROCESSING_FAILURE), result.code)

@@ -40,12 +40,19 @@ from apps.radiology.errors import (
     TooManyFrames,
 )
 from apps.radiology.imagefiles import stored_header
+from apps.radiology.ingest.identity import confirmation_of
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 
-from . import pixels
+from . import pixels, transcode
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication
-from .dicom_json import cached_metadata_array, image_summary, instance_metadata, jpeg_as_part10, summary_of
+from .dicom_json import (
+    cached_metadata_array,
+    image_summary,
+    instance_metadata,
+    photo_is_decoded,
+    summary_of,
+)
 from .multipart import (
     InvalidMultipart,
     Part,
@@ -182,30 +189,20 @@ class DicomWebView(APIView):
         return response
 
     def dicom_parts(self, images: list[RadiologyImage]) -> StreamingHttpResponse:
-        """Whole instances as multipart/related; type="application/dicom", as stored."""
-        # Files leave as stored (no transcoding): any syntax, or the one they all have.
-        stored_syntaxes = {image.transfer_syntax_uid for image in images}
-        if not any(
-            wanted.media_type in ("*/*", "multipart/*")
-            or (
-                wanted.media_type == "multipart/related"
-                and wanted.part_type in (None, "application/dicom")
-                and (wanted.transfer_syntax in (None, "*") or {wanted.transfer_syntax} == stored_syntaxes)
-            )
-            for wanted in self.accepted()
-        ):
-            raise NotAcceptable()
+        """Whole instances as multipart/related; type="application/dicom", each in the transfer
+        syntax negotiated for it (transcode.py): by default Explicit VR Little Endian with the
+        served patient identity, with transfer-syntax=* the stored file byte for byte."""
+        plans = transcode.plan_instances(images, self.accepted())  # 406 before anything is read
         _require_whole_files(images)
+        # The first part is prepared before the status line: a single instance that cannot be
+        # produced is an error response, not a 200 whose body breaks off.
+        first = transcode.prepare(plans[0]) if plans else None
         boundary = new_boundary()
 
         def parts() -> Iterator[Part]:
-            for image in images:
-                transfer_syntax = image.transfer_syntax_uid
-                if image.is_dicom:
-                    chunks: Any = storage.iter_object_chunks(image.file_key)
-                else:
-                    _length, chunks = jpeg_as_part10(image, study=image.series.study, series=image.series)
-                yield Part(f"application/dicom; transfer-syntax={transfer_syntax}", chunks)
+            for index, plan in enumerate(plans):
+                ready = first if index == 0 and first is not None else transcode.prepare(plan)
+                yield Part(ready.content_type, ready.chunks)
 
         response = StreamingHttpResponse(
             stream_parts(parts(), boundary), content_type=content_type_header("application/dicom", boundary)
@@ -266,6 +263,11 @@ class StudiesView(DicomWebView):
         # which int() then refuses (a 500).
         if order_param is not None and not (order_param.isascii() and order_param.isdigit() and len(order_param) <= 18):
             raise OrderNotFound()
+        confirmation = confirmation_of(
+            request.query_params.get("confirm_patient_mismatch"),
+            request.query_params.get("patient_mismatch_reason"),
+            channel="dicomweb",
+        )
         check_declared_length(request.headers.get("Content-Length"))
         parts = read_parts(request_body(request._request), request.headers.get("Content-Type", ""))
         try:
@@ -277,6 +279,7 @@ class StudiesView(DicomWebView):
                 order_id=int(order_param) if order_param is not None else None,
                 study_uid=study_uid,
                 instance_url=self.retrieve_url,
+                confirmation=confirmation,
             )
         finally:
             discard_parts(parts)
@@ -390,7 +393,8 @@ class SeriesThumbnailView(SeriesRenderedView):
 
 class InstanceView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
-        return self.dicom_parts([self.find_image(study_uid, series_uid, image_uid)])
+        # With its header: the served patient identity of a rewritten instance is read from it.
+        return self.dicom_parts([self.find_image(study_uid, series_uid, image_uid, with_metadata=True)])
 
 
 class InstanceMetadataView(DicomWebView):
@@ -418,6 +422,9 @@ class FramesView(DicomWebView):
         image = self.find_image(study_uid, series_uid, image_uid)
         numbers = _frame_numbers(frames)
         plan = pixels.plan_frames(image, self.accepted())
+        if plan.passthrough and photo_is_decoded(image):
+            # A photo presented as native pixels is stored as its JPEG: what leaves is decoded.
+            plan = pixels.FramePlan(False, plan.media_type, plan.transfer_syntax)
         extent = pixels.frames_extent(image, numbers)  # 404 before streaming starts
         if not plan.passthrough:
             pixels.check_decode_budget(image, len(numbers))
@@ -462,6 +469,9 @@ class BulkDataView(DicomWebView):
             chunks: Iterator[bytes] = (
                 chunk for number in numbers for chunk in pixels.frame_chunks(image, number, plan)
             )
+            if photo_is_decoded(image):  # stored as its JPEG: decoded (before answering), as its frame is
+                plan = pixels.FramePlan(False, pixels.OCTET_STREAM, pixels.EXPLICIT_LITTLE)
+                chunks = pixels.decoded_chunks(pixels.decode_frame(image, 1))
         elif tag in (image.bulk_data or {}):
             location = image.bulk_data[tag]
             offset, length = int(location["offset"]), int(location["length"])
@@ -499,7 +509,8 @@ _QUALITY = re.compile(r"[0-9]{1,3}")
 
 
 def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) -> HttpResponse:
-    """rendered (full size unless ?viewport=) or thumbnail (default 128x128)."""
+    """rendered (full size unless ?viewport=) or thumbnail (default 128x128); overlay planes
+    burned in unless ?overlays=false."""
     request = view.request
     media_type = pixels.rendered_media_type(view.accepted())
     thumbnail = getattr(view, "thumbnail", False)
@@ -511,6 +522,7 @@ def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) ->
     # Anything but 1-100 in ASCII digits is the default, as before: not int() of thousands of
     # digits (a ValueError past 4,300) nor of another script's digits.
     quality = int(quality_raw) if _QUALITY.fullmatch(quality_raw) and 1 <= int(quality_raw) <= 100 else 85
+    overlays = pixels.parse_overlays(request.query_params.get("overlays"))
     key = render_key(
         image,
         frame=frame,
@@ -518,11 +530,18 @@ def render_response(view: DicomWebView, image: RadiologyImage, *, frame: int) ->
         viewport=viewport,
         window=(window.center, window.width) if window else None,
         quality=quality,
+        overlays=overlays and pixels.has_overlays(image),
     )
     return cached_response(
         request._request,
         key,
         lambda: pixels.render(
-            image, frame=frame, media_type=media_type, viewport=viewport, window=window, quality=quality
+            image,
+            frame=frame,
+            media_type=media_type,
+            viewport=viewport,
+            window=window,
+            quality=quality,
+            overlays=overlays,
         ),
     )

@@ -31,12 +31,17 @@ class EncodedJSON(dict[str, Any]):
     does not have), so `spliced` can place members there without encoding anything again.
     """
 
-    __slots__ = ("cuts", "pieces", "text")
+    __slots__ = ("cuts", "held", "pieces", "text")
 
-    def __init__(self, value: dict[str, Any], *, cut_before: Iterable[str] = ()) -> None:
+    def __init__(self, value: dict[str, Any], *, cut_before: Iterable[str] = (), hold: Iterable[str] = ()) -> None:
+        # `hold`: keys taken out (kept in `held`) and cut before, for `filled` to put other values in.
+        held = {key: value[key] for key in hold if key in value}
+        if held:
+            value = {key: member for key, member in value.items() if key not in held}
         super().__init__(value)
+        self.held: dict[str, Any] = held
         keys = list(value)
-        cuts = sorted(set(cut_before))
+        cuts = sorted(set(cut_before) | set(hold))
         if keys == sorted(keys) and not any(cut in value for cut in cuts):
             ends = [bisect.bisect_left(keys, cut) for cut in cuts]
             runs = zip([0, *ends], [*ends, len(keys)], strict=True)
@@ -50,16 +55,40 @@ class EncodedJSON(dict[str, Any]):
 
     @classmethod
     def _restored(
-        cls, value: dict[str, Any], text: str, pieces: tuple[str, ...], cuts: tuple[str, ...] | None
+        cls,
+        value: dict[str, Any],
+        text: str,
+        pieces: tuple[str, ...],
+        cuts: tuple[str, ...] | None,
+        held: dict[str, Any] | None = None,
     ) -> EncodedJSON:
         restored = cls.__new__(cls)
         dict.update(restored, value)
-        restored.text, restored.pieces, restored.cuts = text, pieces, cuts
+        restored.text, restored.pieces, restored.cuts, restored.held = text, pieces, cuts, held or {}
         return restored
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled (for the ingest parse helper) with its text: a copy is not encoded again.
-        return (EncodedJSON._restored, (dict(self), self.text, self.pieces, self.cuts))
+        return (EncodedJSON._restored, (dict(self), self.text, self.pieces, self.cuts, self.held))
+
+    def filled(self, members: dict[str, Any]) -> EncodedJSON:
+        """A new EncodedJSON: this one with `members` put in at cuts (the held keys' places),
+        still cut before its other cuts; only the members are encoded.
+
+        A member at no cut (or an object out of key order) means encoding the whole object anew.
+        """
+        merged = dict(sorted({**self, **members}.items()))
+        if self.cuts is None or not set(members) <= set(self.cuts):
+            return EncodedJSON(merged, cut_before=[cut for cut in self.cuts or () if cut not in members])
+        pieces = [self.pieces[0]]
+        remaining = []
+        for cut, piece in zip(self.cuts, self.pieces[1:], strict=True):
+            if cut in members:
+                pieces[-1] = ",".join(part for part in (pieces[-1], _member(cut, members[cut]), piece) if part)
+            else:
+                remaining.append(cut)
+                pieces.append(piece)
+        return EncodedJSON._restored(merged, _joined(pieces), tuple(pieces), tuple(remaining))
 
     def spliced(self, members: dict[str, str]) -> str | None:
         """The object's text with `members` (key -> its value's JSON text) added in key order.
@@ -79,6 +108,10 @@ class EncodedJSON(dict[str, Any]):
 
     __setitem__ = __delitem__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
+
+
+def _member(key: str, value: Any) -> str:
+    return f"{json.dumps(key)}:{encode(value)}"
 
 
 def _joined(pieces: Iterable[str]) -> str:

@@ -215,6 +215,8 @@ def parse_dicom(path: Path) -> ParsedImage:
             pixel_position = handle.tell()
             _check_complete(dataset, file_size)
             pixel_data = locate_pixel_data(handle, dataset, pixel_position, file_size)
+            if pixel_data and (overlays := locate_overlays(dataset, file_size)):
+                pixel_data["overlays"] = overlays
             bulk_data = _bulk_elements(dataset)
             # Encoded here, where the file is parsed (the parse helper's process, for a big batch).
             metadata, pixel_data = stored_header.dicom_header(
@@ -272,10 +274,7 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
     MissingPixelData for an image whose data set ends, at an element's end, without it.
     """
     is_image = _is_image(dataset)
-    # The encoding pydicom actually read the data set with (it infers one when the meta lacks it).
-    implicit, little_endian = dataset.original_encoding
-    endian = "<" if little_endian or little_endian is None else ">"
-    implicit = bool(implicit)
+    implicit, endian = read_encoding(dataset)
     handle.seek(position)
     head = handle.read(8)
     if len(head) < 8 or struct.unpack(f"{endian}HH", head[:4]) != (0x7FE0, 0x0010):
@@ -291,7 +290,8 @@ def locate_pixel_data(handle: IO[bytes], dataset: Dataset, position: int, file_s
         # element's header: pydicom skips them), or another element where pixel data must be.
         raise TruncatedFile()
     if implicit:
-        vr, length, value_offset = "OW", struct.unpack("<I", head[4:8])[0], position + 8
+        length, value_offset = struct.unpack("<I", head[4:8])[0], position + 8
+        vr = "OB" if length == UNDEFINED_LENGTH else "OW"  # encapsulated pixel data is OB (PS3.5 A.4)
     else:
         vr = head[4:6].decode("ascii", "replace")
         extra = handle.read(4)
@@ -430,6 +430,9 @@ class CodestreamSize:
     columns: int
     components: int
     bits: int
+    # The frame header's marker (T.81 B.1.1.3): 0xC0 baseline, 0xC1 extended sequential,
+    # 0xC2 progressive, ...; 0xF7 JPEG-LS; 0 for a JPEG 2000 codestream.
+    marker: int = 0
 
     @property
     def decoded_bytes(self) -> int:
@@ -476,7 +479,7 @@ def _jpeg_size(head: bytes) -> CodestreamSize:
                 break
             precision, rows, columns, components = struct.unpack(">BHHB", head[at + 4 : at + 10])
             # rows 0: set by a DNL marker after the first scan, i.e. unknown before decoding.
-            return CodestreamSize(rows, columns, components, precision)
+            return CodestreamSize(rows, columns, components, precision, marker)
         if length < 2:
             break
         at += 2 + length
@@ -556,6 +559,83 @@ def check_first_codestream(handle: IO[bytes], dataset: Dataset, spans: list[list
             f"The first frame's codestream declares {size.rows} x {size.columns} pixels; "
             f"the header declares {rows} x {columns}."
         )
+
+
+# Overlay planes (PS3.3 C.9.2): groups 6000-601E, even only, each with its own Overlay Data (60xx,3000).
+OVERLAY_GROUPS = range(0x6000, 0x6020, 2)
+
+
+def locate_overlays(dataset: Dataset, file_size: int) -> list[dict[str, Any]]:
+    """Where each overlay plane's bits lie in the file, with what drawing them needs: its size,
+    origin and frames ([] when there is none a render can draw).
+
+    Kept beside the pixel data locations (pixel_data["overlays"]) so a render draws them from
+    the image row and a byte range of the stored file, never the header JSON nor the whole file.
+    Only planes of 1-bit Overlay Data whose bytes are all in the file are kept; a plane embedded
+    in the pixel data's unused high bits (retired since 2004) is not drawn.
+    """
+    _implicit, endian = read_encoding(dataset)
+    planes: list[dict[str, Any]] = []
+    for group in OVERLAY_GROUPS:
+        if (group, 0x3000) not in dataset:
+            continue
+        raw = dataset.get_item((group, 0x3000), keep_deferred=True)  # its place, its value left unread
+        value_tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+        try:
+            rows, columns = int(dataset[group, 0x0010].value), int(dataset[group, 0x0011].value)
+            frames = _overlay_number(dataset, (group, 0x0015), 1)
+            first_frame = _overlay_number(dataset, (group, 0x0051), 1)
+            bits_allocated = _overlay_number(dataset, (group, 0x0100), 1)
+            origin = dataset.get((group, 0x0050))
+            origin_row, origin_column = (int(value) for value in origin.value) if origin is not None else (1, 1)
+        except (KeyError, TypeError, ValueError):
+            continue  # no usable size or origin: nothing to draw
+        if value_tell is None or length is None or length == UNDEFINED_LENGTH or value_tell + length > file_size:
+            continue
+        if bits_allocated != 1 or min(rows, columns, frames) < 1 or length * 8 < rows * columns * frames:
+            continue
+        vr = _vr_of(BaseTag((group << 16) | 0x3000), raw)
+        planes.append(
+            {
+                "group": f"{group:04X}",
+                "offset": value_tell,
+                "length": length,
+                "rows": rows,
+                "columns": columns,
+                "origin": [origin_row, origin_column],
+                # Number of Frames in Overlay absent: the plane is drawn on every frame (C.9.3).
+                "frames": frames if (group, 0x0015) in dataset else None,
+                "first_frame": first_frame,
+                # 16-bit words of a big endian OW value: their bytes swap back before unpacking.
+                "swapped": endian == ">" and vr == "OW",
+            }
+        )
+    return planes
+
+
+def _overlay_number(dataset: Dataset, tag: tuple[int, int], default: int) -> int:
+    element = dataset.get(tag)
+    if element is None or element.value in (None, ""):
+        return default
+    return int(element.value)
+
+
+def read_encoding(dataset: Dataset) -> tuple[bool, str]:
+    """(implicit VR, struct byte order "<" or ">") the data set was actually read with.
+
+    Not always what its file meta says: pydicom looks at the first element and reads the data
+    set as it finds it (SC_rgb_jpeg.dcm's meta says JPEG Baseline, explicit VR, over an implicit
+    VR data set), and dcmread's original_encoding still reports the meta's. Each element pydicom
+    has not converted yet records the encoding it was read with; a converted one does not, so
+    the first that does decides, else original_encoding (which it infers when the meta lacks it).
+    """
+    for _tag, raw in dataset.items():
+        implicit = getattr(raw, "is_implicit_VR", None)
+        little_endian = getattr(raw, "is_little_endian", None)
+        if implicit is not None and little_endian is not None:
+            return bool(implicit), "<" if little_endian else ">"
+    implicit, little_endian = dataset.original_encoding
+    return bool(implicit), "<" if little_endian or little_endian is None else ">"
 
 
 def _is_image(dataset: Dataset) -> bool:
@@ -919,18 +999,56 @@ def parse_jpeg(path: Path) -> ParsedImage:
         raise InvalidJpeg() from exc
     except Exception as exc:
         raise InvalidJpeg() from exc
-    metadata = {"width": width, "height": height, "mode": mode, "progressive": progressive, "exif": exif}
+    frame_marker = jpeg_frame_marker(path)
+    metadata = {
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "progressive": progressive,
+        "sof": frame_marker,
+        "exif": exif,
+    }
     file_size = path.stat().st_size
     return ParsedImage(
         mime_type=JPEG_MIME_TYPE,
         sop_class_uid=SECONDARY_CAPTURE_SOP_CLASS,
-        transfer_syntax_uid=JPEG_BASELINE_TRANSFER_SYNTAX,
+        transfer_syntax_uid=photo_transfer_syntax(frame_marker),
         rows=height,
         columns=width,
         metadata=metadata,
         # The whole file is the single frame of the Secondary Capture instance it appears as.
         pixel_data={"vr": "OB", "offset": 0, "length": -1, "encapsulated": True, "frames": [[[0, file_size]]]},
     )
+
+
+# How a photo is presented as a Secondary Capture instance, by its JPEG process (the frame
+# header's marker, T.81 B.1.1.3): baseline (SOF0) and 8-bit extended sequential (SOF1) as the
+# JPEG unchanged, in the transfer syntax of that process; any other process (progressive SOF2
+# above all; lossless, hierarchical or arithmetic-coded, rarely) as its decoded pixels in
+# Explicit VR Little Endian. Progressive JPEG has a transfer syntax, the retired "JPEG Full
+# Progression, Non-Hierarchical (Process 10 & 12)" 1.2.840.10008.1.2.4.55 (dcmtk's img2dcm
+# writes it), but neither pydicom nor OHIF's decoder (cornerstone's dicom-image-loader) reads
+# it: so labelled, the photo would not show in OHIF; labelled baseline, it would be a lie.
+JPEG_EXTENDED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.51"
+DECODED_PHOTO_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1"
+PHOTO_TRANSFER_SYNTAXES = {"SOF0": JPEG_BASELINE_TRANSFER_SYNTAX, "SOF1": JPEG_EXTENDED_TRANSFER_SYNTAX}
+
+
+def jpeg_frame_marker(path: Path) -> str:
+    """The JPEG's frame header marker, "SOF0" to "SOF15", read from its first
+    CODESTREAM_HEAD_BYTES (tables and EXIF come before it); "" when it is not in them."""
+    with path.open("rb") as handle:
+        head = handle.read(CODESTREAM_HEAD_BYTES)
+    try:
+        marker = _jpeg_size(head).marker
+    except UnreadableCodestream:
+        return ""
+    return f"SOF{marker - 0xC0}" if 0xC0 <= marker <= 0xCF else ""
+
+
+def photo_transfer_syntax(frame_marker: str) -> str:
+    """The transfer syntax a photo of this JPEG process is presented in (see above)."""
+    return PHOTO_TRANSFER_SYNTAXES.get(frame_marker, DECODED_PHOTO_TRANSFER_SYNTAX)
 
 
 def _json_value(value: Any) -> Any:

@@ -10,14 +10,19 @@ One header is kept in three forms on RadiologyImage, each for a reader that must
 - `pixel_data["header"]`: the dozen elements decoding and display read (PIXEL_HEADER_TAGS),
   beside the frame locations, so a render reads them with the image row it loads anyway.
 
+A DICOM header is stored with the EMR's patient identity in place of the file's own (the
+file's differing values kept as Original Attributes, patient_identity.py): every reader of
+these columns is shown the one identity; the stored file keeps its own.
+
 Nothing else knows how these columns are written or reads inside them: the parser and ingest
 call the writing half, DICOMweb the reading half.
 
 Writing. The header's JSON is encoded once (EncodedJSON, fastpaths/encoded_json.py), when the
 file is parsed: `dicom_header` runs inside dicom.parse_dicom, so for a big batch the encoding is
 done by the parse helper's process too (parse_helper.py), and the text travels back with the
-dict. It is encoded in pieces cut where metadata_text puts its BulkDataURIs, so `columns`, what
-ingest stores for a new row, writes metadata_text from those pieces without encoding again.
+dict. It is encoded in pieces cut where metadata_text puts its BulkDataURIs and with the patient
+identity held back (EncodedJSON's `hold`), so `columns`, what ingest stores for a new row, fills
+in the identity and writes metadata_text from those pieces, encoding only the identity again.
 
 Reading. `instance_header` (one instance's WADO-RS metadata), `stored_texts` (many instances'
 metadata as stored), `pixel_header` / `pixel_value` (the pixel description, without loading the
@@ -35,6 +40,7 @@ from django.db.models import QuerySet
 from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
 from apps.radiology.fastpaths.json_members import select_json_members
 from apps.radiology.imagefiles.declared import DeclaredImage
+from apps.radiology.imagefiles.patient_identity import HELD_TAGS, FileIdentity
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage
 
 if TYPE_CHECKING:  # dicom.py imports this module to write the header it parses
@@ -90,21 +96,38 @@ def dicom_header(
     the pixel data locations with the pixel description beside them.
     """
     bulk_tags = [*bulk_data, *([PIXEL_DATA] if pixel_data else [])]
-    encoded = EncodedJSON(header, cut_before=bulk_tags)
+    # The file's patient identity is held back: `columns` puts the EMR's in its place.
+    encoded = EncodedJSON(header, cut_before=bulk_tags, hold=HELD_TAGS)
     if pixel_data:
         pixel_data = {**pixel_data, "header": pixel_header_of(encoded)}
     return encoded, pixel_data
 
 
-def columns(parsed: ParsedImage, declared: DeclaredImage) -> dict[str, Any]:
+def file_identity(parsed: ParsedImage) -> FileIdentity:
+    """The patient identity elements the parsed file has (held back from its stored header)."""
+    header = parsed.metadata
+    if isinstance(header, EncodedJSON):
+        return FileIdentity(dict(header.held))
+    return FileIdentity({tag: header[tag] for tag in HELD_TAGS if tag in header})
+
+
+def columns(parsed: ParsedImage, declared: DeclaredImage, *, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The header columns of a new image row of this parsed file: RadiologyImage(**columns(...)).
 
-    A DICOM file's header is its DICOM JSON; a JPEG's is its EXIF and size plus how it was
-    made (ConversionType DF for a photographed film, SI for a screen capture).
+    A DICOM file's header is its DICOM JSON, with `identity` (patient_identity.served_members:
+    the EMR's patient attributes, and the file's differing ones as Original Attributes) in
+    place of the file's own, so every reader of the stored header sees the EMR's identity; a
+    JPEG's is its EXIF and size plus how it was made (ConversionType DF for a photographed
+    film, SI for a screen capture).
     """
     is_dicom = parsed.mime_type == DICOM_MIME_TYPE
     if is_dicom:
         header = parsed.metadata
+        if isinstance(header, EncodedJSON):
+            # Without an identity (no study to take it from), the file's own goes back in place.
+            header = header.filled(identity if identity is not None else header.held)
+        elif identity is not None:
+            header = with_identity(header, identity)
     else:
         header = {**parsed.metadata, "conversion_type": "DF" if declared.photographed_film else "SI"}
     return {
@@ -113,6 +136,17 @@ def columns(parsed: ParsedImage, declared: DeclaredImage) -> dict[str, Any]:
         "bulk_data": parsed.bulk_data,
         "metadata_text": _metadata_text(is_dicom, header, parsed.pixel_data, parsed.bulk_data),
     }
+
+
+def with_identity(header: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    """A DICOM header (a plain dict) with `identity` in place of its own patient identity."""
+    kept = {tag: element for tag, element in header.items() if tag not in HELD_TAGS}
+    return dict(sorted({**kept, **identity}.items()))
+
+
+def dicom_metadata_text(header: dict[str, Any], pixel_data: dict[str, Any], bulk_data: dict[str, Any]) -> str:
+    """The metadata_text of a DICOM header with these bulk data locations (migration 0013 rewrites with it)."""
+    return _metadata_text(True, header, pixel_data, bulk_data)
 
 
 def metadata_text(image: RadiologyImage) -> str:
@@ -188,6 +222,16 @@ def stored_texts(
             continue
         absolute = json.dumps(f"{instance_url(series_uid, image_uid)}/bulk/")[:-1]
         yield pk, text.replace(_RELATIVE_BULK, f'"BulkDataURI":{absolute}')
+
+
+def served_identity(image: RadiologyImage) -> dict[str, Any]:
+    """A DICOM image's patient identity as every reader is shown it (DICOM JSON): the EMR's
+    patient attributes and the Original Attributes Sequence with the file's differing values,
+    exactly as its WADO-RS metadata has them. {} for a JPEG (its metadata takes them from the study)."""
+    if not image.is_dicom:
+        return {}
+    header = image.image_metadata
+    return {tag: header[tag] for tag in HELD_TAGS if tag in header}
 
 
 def pixel_header(image: RadiologyImage) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 Only DICOM files are imported: a CD export also carries a viewer program, autorun files
 and HTML, which are counted as ignored, not as failures. With a DICOMDIR, the files it
 references are the import list; otherwise every file under the folder is looked at.
+
+Matched by accession number, a file whose accession no order has (or that has none) is not
+a failure: it is held in the unmatched inbox for a tech to assign (ingest/holding.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from apps.radiology.errors import RadiologyError
 from apps.radiology.imagefiles import dicom
 from apps.radiology.imagefiles.dicom import SNIFF_LENGTH
 from apps.radiology.ingest import pipeline
+from apps.radiology.ingest.identity import MismatchConfirmation
 from apps.radiology.models import RadiologyOrder
 
 
@@ -37,6 +41,7 @@ class ImportItem:
 @dataclass
 class ImportReport:
     stored: int = 0
+    held: int = 0
     skipped: int = 0
     ignored: int = 0
     bytes_read: int = 0
@@ -89,38 +94,49 @@ def is_dicom_item(item: ImportItem) -> bool:
     return len(head) == SNIFF_LENGTH and head[128:132] == b"DICM"
 
 
-def order_by_accession(item: ImportItem) -> RadiologyOrder:
-    """The order whose accession number the file's header carries."""
+def order_by_accession(item: ImportItem) -> RadiologyOrder | None:
+    """The order whose accession number the file's header carries; None if none has it."""
     with item.open() as handle:
         dicom.check_transfer_syntax(handle)  # a deflated data set is refused before it is inflated
         header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=["AccessionNumber"])
     accession = str(header.get("AccessionNumber", "") or "").strip()
-    order = RadiologyOrder.objects.filter(accession_number=accession).first() if accession else None
-    if order is None:
-        raise RadiologyError(
-            "No radiology order has this file's AccessionNumber." if accession else "The file has no AccessionNumber."
-        )
-    return order
+    return RadiologyOrder.objects.filter(accession_number=accession).first() if accession else None
 
 
 def import_item(
-    item: ImportItem, *, order: RadiologyOrder | None, uploaded_by: AbstractBaseUser | None, report: ImportReport
+    item: ImportItem,
+    *,
+    order: RadiologyOrder | None,
+    uploaded_by: AbstractBaseUser | None,
+    report: ImportReport,
+    confirmation: MismatchConfirmation | None = None,
 ) -> None:
-    """Ingest one file into `order` (or the order matched by AccessionNumber), recording the outcome."""
+    """Ingest one file into `order` (or the order matched by AccessionNumber, or the unmatched
+    inbox when none is), recording the outcome."""
     try:
         if not is_dicom_item(item):
             report.ignored += 1
             return
         target = order or order_by_accession(item)
         with item.open() as handle:
-            result = pipeline.ingest_image(
-                order=target, stream=handle, filename=Path(item.name).name, uploaded_by=uploaded_by
+            (outcome,) = pipeline.ingest_images(
+                [
+                    pipeline.IngestItem(
+                        order=target, stream=handle, filename=Path(item.name).name, confirmation=confirmation
+                    )
+                ],
+                uploaded_by=uploaded_by,
+                arrival=pipeline.Arrival("import"),
             )
+        if isinstance(outcome, RadiologyError):
+            raise outcome
         report.bytes_read += item.size
-        if result.created:
-            report.stored += 1
-        else:
+        if not outcome.created:
             report.skipped += 1
+        elif isinstance(outcome, pipeline.HeldResult):
+            report.held += 1
+        else:
+            report.stored += 1
     except RadiologyError as error:
         report.failures.append((item.name, f"{error.code}: {error.detail}"))
     except (OSError, ValueError, pydicom.errors.InvalidDicomError) as error:

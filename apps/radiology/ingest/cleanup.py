@@ -1,5 +1,7 @@
 """Clearing up after ingests that were killed: stored files without rows, and their spool files.
 
+Also the files of unmatched rows a tech has decided on, should their removal have failed.
+
 commit.py removes the files of a transaction that failed; a process killed between writing a
 file and committing its row (SIGKILL, out of memory, a power cut) cannot. This finds such
 files later (run by the `purge_interrupted_ingests` management command) and removes them once
@@ -19,7 +21,7 @@ from django.utils import timezone
 
 from apps.radiology import storage
 from apps.radiology.ingest.spool import SPOOL_PREFIX
-from apps.radiology.models import RadiologyImage
+from apps.radiology.models import RadiologyImage, UnmatchedImage
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +35,25 @@ def purge_interrupted_ingests(*, older_than: dt.timedelta) -> list[str]:
     """
     cutoff = timezone.now() - older_than
     removed: list[str] = []
-    keys = storage.iter_keys(f"{storage.KEY_PREFIX}/")
-    while batch := list(itertools.islice(keys, 500)):
-        referenced = set(RadiologyImage.objects.filter(file_key__in=batch).values_list("file_key", flat=True))
-        for key in batch:
-            if key in referenced:
-                continue
-            modified = storage.object_modified_time(key)
-            if modified is None or modified > cutoff or RadiologyImage.objects.filter(file_key=key).exists():
-                continue
-            storage.delete_object(key)
-            logger.warning("removed %s: written by an ingest that never committed its rows", key)
-            removed.append(key)
+    # An image's file is kept while its row exists; an unmatched file while it waits for a tech
+    # (once assigned or discarded, its file is removed after the decision commits: unmatched.py).
+    kept_by = {
+        storage.KEY_PREFIX: RadiologyImage.objects.all(),
+        storage.UNMATCHED_PREFIX: UnmatchedImage.objects.filter(status=UnmatchedImage.Status.PENDING),
+    }
+    for prefix, rows in kept_by.items():
+        keys = storage.iter_keys(f"{prefix}/")
+        while batch := list(itertools.islice(keys, 500)):
+            referenced = set(rows.filter(file_key__in=batch).values_list("file_key", flat=True))
+            for key in batch:
+                if key in referenced:
+                    continue
+                modified = storage.object_modified_time(key)
+                if modified is None or modified > cutoff or rows.filter(file_key=key).exists():
+                    continue
+                storage.delete_object(key)
+                logger.warning("removed %s: written by an ingest that never committed its rows", key)
+                removed.append(key)
     staging = Path(settings.RADIOLOGY_STAGING_DIR)
     for spool in staging.glob(f"{SPOOL_PREFIX}*") if staging.exists() else ():
         with contextlib.suppress(FileNotFoundError):

@@ -18,13 +18,23 @@ from typing import IO, TYPE_CHECKING
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from apps.radiology import storage
+from apps.radiology.access.audit import role_of
 from apps.radiology.errors import SeriesConflict, StudyMismatch
 from apps.radiology.fastpaths import bulk_insert
 from apps.radiology.imagefiles import stored_header
+from apps.radiology.imagefiles.patient_identity import EmrIdentity, served_members
 from apps.radiology.ingest.resolve import create_series_for_study, create_study_for_order
-from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologySeries, RadiologyStudy
+from apps.radiology.models import (
+    DICOM_MIME_TYPE,
+    AuditEvent,
+    RadiologyImage,
+    RadiologyOrder,
+    RadiologySeries,
+    RadiologyStudy,
+)
 
 if TYPE_CHECKING:  # pipeline.py hands its prepared entries to commit()
     from apps.radiology.ingest.pipeline import Prepared
@@ -74,18 +84,24 @@ def spool_reader(entry: Prepared) -> Iterator[IO[bytes]]:
 
 
 def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -> None:
-    """Create or reuse each entry's study and series and create the image rows, in one transaction."""
+    """Create or reuse each entry's study and series and create the image rows, in one transaction.
+
+    Each DICOM image's stored header gets the study's (the EMR's) patient identity, with the
+    file's differing values as Original Attributes; a tech's confirmation that a file naming
+    another patient belongs here is audited in the same transaction as the image it let in.
+    """
+    now = timezone.now()
     with transaction.atomic():
         # Lock the orders (in one order, so two batches cannot deadlock) so two first images
         # of one order cannot both create its study.
-        order_ids = sorted({entry.item.order.pk for entry in entries})
+        order_ids = sorted({entry.order.pk for entry in entries})
         list(RadiologyOrder.objects.select_for_update().filter(pk__in=order_ids).order_by("pk").values_list("pk"))
         studies: dict[int, RadiologyStudy] = {}
         series_by_uid: dict[str, RadiologySeries] = {}
         added_to_series: dict[int, int] = {}
         images: list[RadiologyImage] = []
         for entry in entries:
-            order, parsed, declared, uids = entry.item.order, entry.parsed, entry.item.declared, entry.uids
+            order, parsed, declared, uids = entry.order, entry.parsed, entry.item.declared, entry.uids
             modality = parsed.modality or declared.modality
             study = studies.get(order.pk)
             if study is None:
@@ -129,6 +145,9 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
                     RadiologyImage.objects.filter(series=series).count() + added_to_series.get(series.pk, 0) + 1
                 )
             added_to_series[series.pk] = added_to_series.get(series.pk, 0) + 1
+            identity = None
+            if parsed.mime_type == DICOM_MIME_TYPE:
+                identity = served_members(stored_header.file_identity(parsed), EmrIdentity.of_study(study), at=now)
             entry.image = RadiologyImage(
                 series=series,
                 image_uid=uids.image_uid,
@@ -144,13 +163,42 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
                 mime_type=entry.spooled.mime_type,
                 checksum=entry.spooled.checksum,
                 # image_metadata, pixel_data, bulk_data, metadata_text: as the stored header writes them
-                **stored_header.columns(parsed, declared),
+                **stored_header.columns(parsed, declared, identity=identity),
+                **(entry.identity.columns() if entry.identity is not None else {}),
                 uploaded_by=uploaded_by,
             )
             images.append(entry.image)
         # One INSERT (COPY on PostgreSQL) for the batch; rows are new, so WriteOnceModel.save's
         # only check does not apply.
         bulk_insert.insert_new(images)
+        _audit_confirmations(entries, uploaded_by)
+
+
+def _audit_confirmations(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -> None:
+    """One audit event for each file let in on a tech's word that it belongs to its order though
+    it names another patient: who, which file, which order, and the reason they gave."""
+    confirmed = [entry for entry in entries if entry.identity is not None and entry.identity.confirmed]
+    if not confirmed:
+        return
+    AuditEvent.objects.bulk_create(
+        AuditEvent(
+            user=uploaded_by,
+            username=uploaded_by.get_username() if uploaded_by is not None else "",
+            role=role_of(uploaded_by),
+            channel=entry.item.confirmation.channel if entry.item.confirmation else "",
+            action=AuditEvent.IdentityAction.CONFIRM_MISMATCH,
+            route="ingest",
+            method="",
+            order_id=entry.order.pk,
+            study_uid=entry.uids.study_uid,
+            series_uid=entry.uids.series_uid,
+            image_uid=entry.uids.image_uid,
+            status_code=201,
+            outcome=AuditEvent.Outcome.ALLOWED,
+            reason=entry.identity.reason,  # type: ignore[union-attr]
+        )
+        for entry in confirmed
+    )
 
 
 def store_new_object(*, file_content: bytes | IO[bytes], file_key: str, content_type: str) -> str:

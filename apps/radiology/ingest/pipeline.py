@@ -13,6 +13,11 @@ Order of work, and why (each stage has its module):
    there is never a file without its row nor a row without its file;
 4. cleanup.py removes the files of ingests killed between the two (SIGKILL, out of memory,
    power cut), once they are older than any ingest still under way.
+
+Beside the UIDs, identity.py compares the file's PatientID with the order's patient before
+anything is written (a file naming another patient is refused unless a tech confirmed it).
+A file that comes with no order at all (bulk import by accession, the DICOM network) takes
+the same first two stages and is then held for a tech in the unmatched inbox (holding.py).
 """
 
 from __future__ import annotations
@@ -27,30 +32,39 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from apps.radiology import storage
 from apps.radiology.errors import ImageConflict, RadiologyError
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.imagefiles.dicom import ParsedImage
-from apps.radiology.ingest import parse_helper
+from apps.radiology.ingest import holding, parse_helper
 from apps.radiology.ingest.commit import commit
+from apps.radiology.ingest.holding import Arrival
+from apps.radiology.ingest.identity import IdentityVerdict, KnownPatients, MismatchConfirmation
+from apps.radiology.ingest.outcomes import HeldResult, IngestResult
 from apps.radiology.ingest.resolve import KnownStudies, ResolvedUIDs, resolve_uids
 from apps.radiology.ingest.spool import Spooled, StagedFile, new_spool_file, spool, take_staged
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IngestItem", "IngestResult", "StagedFile", "ingest_image", "ingest_images"]
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    image: RadiologyImage
-    created: bool
+__all__ = [
+    "Arrival",
+    "HeldResult",
+    "IngestItem",
+    "IngestResult",
+    "MismatchConfirmation",
+    "StagedFile",
+    "ingest_image",
+    "ingest_images",
+]
 
 
 @dataclass(frozen=True)
 class IngestItem:
     """One file to ingest and what its sender says about it (see `ingest_image`)."""
 
-    order: RadiologyOrder
+    # None: the file came with no order (a way in with no person at hand); a DICOM file is then
+    # held in the unmatched inbox (holding.py) for a tech to assign.
+    order: RadiologyOrder | None
     # None only when `staged` is set: ingest then reads the staged file itself.
     stream: IO[bytes] | None
     # None: the file is named after its image UID (a STOW-RS part has no name of its own).
@@ -60,6 +74,8 @@ class IngestItem:
     expected_checksum: str | None = None
     # Set for a file already received into the staging directory (a STOW-RS part).
     staged: StagedFile | None = None
+    # A tech's confirmation that this file belongs to `order` though it names another patient.
+    confirmation: MismatchConfirmation | None = None
 
 
 @dataclass
@@ -75,6 +91,14 @@ class Prepared:
     uids: ResolvedUIDs
     stored_key: str | None = None
     image: RadiologyImage | None = None
+    identity: IdentityVerdict | None = None
+
+    @property
+    def order(self) -> RadiologyOrder:
+        """The order of an entry that has one (every entry but those held as unmatched)."""
+        if self.item.order is None:
+            raise ValueError("an unmatched file has no order")
+        return self.item.order
 
     @property
     def filename(self) -> str:
@@ -92,6 +116,7 @@ def ingest_image(
     declared: DeclaredImage | None = None,
     expected_size: int | None = None,
     expected_checksum: str | None = None,
+    confirmation: MismatchConfirmation | None = None,
 ) -> IngestResult:
     """Store one DICOM or JPEG file under `order`; see the module docstring for the order of work.
 
@@ -108,16 +133,19 @@ def ingest_image(
         declared=declared or DeclaredImage(),
         expected_size=expected_size,
         expected_checksum=expected_checksum,
+        confirmation=confirmation,
     )
     (outcome,) = ingest_images([item], uploaded_by=uploaded_by)
     if isinstance(outcome, RadiologyError):
         raise outcome
+    if not isinstance(outcome, IngestResult):  # an order was given: nothing is held
+        raise TypeError("an ingest with an order returned no image")
     return outcome
 
 
 def ingest_images(
-    items: list[IngestItem], *, uploaded_by: AbstractBaseUser | None
-) -> list[IngestResult | RadiologyError]:
+    items: list[IngestItem], *, uploaded_by: AbstractBaseUser | None, arrival: Arrival | None = None
+) -> list[IngestResult | HeldResult | RadiologyError]:
     """Store several files (one STOW-RS request); one outcome per item, in order.
 
     Each item is checked exactly as `ingest_image` checks one, and a bad item never stops
@@ -126,22 +154,21 @@ def ingest_images(
     commit in one transaction (with the files written before it, as for one). If that
     transaction fails (a concurrent ingest took a UID, two items disagree about a
     study), its files are removed and the items are committed one by one, each then
-    getting its own outcome.
+    getting its own outcome. Items with no order are held as unmatched (HeldResult); `arrival`
+    says how they came, for the audit trail.
     """
-    outcomes: list[IngestResult | RadiologyError | None] = [None] * len(items)
+    outcomes: list[IngestResult | HeldResult | RadiologyError | None] = [None] * len(items)
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as spools:
         prepared = _prepare(items, spools, outcomes)
+        orphans = [entry for entry in prepared if entry.item.order is None]
+        if orphans:
+            holding.hold(orphans, outcomes, received_by=uploaded_by, arrival=arrival or Arrival(""))
+            prepared = [entry for entry in prepared if entry.item.order is not None]
         fresh, repeats = _sort_out_stored(prepared, outcomes)
-        known = KnownStudies.of((entry.item.order, entry.uids) for entry in fresh)
-        checked: list[Prepared] = []
-        for entry in fresh:
-            try:
-                known.check(entry.item.order, entry.uids)
-            except RadiologyError as error:
-                outcomes[entry.index] = error
-                continue
-            checked.append(entry)
+        checked, refused = _placed(fresh)
+        for entry, error in refused:
+            outcomes[entry.index] = error
         if len(checked) > 1:
             try:
                 commit(checked, uploaded_by)
@@ -160,7 +187,9 @@ def ingest_images(
 
 
 def _prepare(
-    items: list[IngestItem], spools: contextlib.ExitStack, outcomes: list[IngestResult | RadiologyError | None]
+    items: list[IngestItem],
+    spools: contextlib.ExitStack,
+    outcomes: list[IngestResult | HeldResult | RadiologyError | None],
 ) -> list[Prepared]:
     """Spool, check and parse each item and give it its UIDs; record the refusals in `outcomes`.
 
@@ -194,6 +223,8 @@ def _prepare(
         try:
             if isinstance(parsed, RadiologyError):
                 raise parsed
+            if item.order is None and parsed.mime_type != DICOM_MIME_TYPE:
+                raise RadiologyError("A photo must come with the order it belongs to.")
             uids = resolve_uids(parsed, item.declared, order=item.order, checksum=spooled.checksum)
         except RadiologyError as error:
             outcomes[index] = error
@@ -202,8 +233,34 @@ def _prepare(
     return prepared
 
 
+def _placed(entries: list[Prepared]) -> tuple[list[Prepared], list[tuple[Prepared, RadiologyError]]]:
+    """(the entries that may join their order, the others with their refusal): an entry may if
+    the study and series it names are the order's (or new), and the file's patient is the
+    order's (or a tech confirmed it belongs there)."""
+    known = KnownStudies.of((entry.order, entry.uids) for entry in entries)
+    patients = KnownPatients.of(
+        (entry.order, entry.spooled.mime_type, stored_header.file_identity(entry.parsed)) for entry in entries
+    )
+    placed: list[Prepared] = []
+    refused: list[tuple[Prepared, RadiologyError]] = []
+    for entry in entries:
+        try:
+            known.check(entry.order, entry.uids)
+            entry.identity = patients.verdict(
+                entry.order,
+                entry.spooled.mime_type,
+                stored_header.file_identity(entry.parsed),
+                entry.item.confirmation,
+            )
+        except RadiologyError as error:
+            refused.append((entry, error))
+            continue
+        placed.append(entry)
+    return placed, refused
+
+
 def _sort_out_stored(
-    prepared: list[Prepared], outcomes: list[IngestResult | RadiologyError | None]
+    prepared: list[Prepared], outcomes: list[IngestResult | HeldResult | RadiologyError | None]
 ) -> tuple[list[Prepared], list[tuple[Prepared, Prepared]]]:
     """Answer the items already stored (one query); return the new ones, and the repeats
     within the batch (an item whose image UID an earlier item of the batch also has)."""
@@ -232,7 +289,7 @@ def _same_image(existing: RadiologyImage, entry: Prepared) -> RadiologyImage:
     """The stored image, if it is this exact file under this order; else ImageConflict."""
     if existing.checksum != entry.spooled.checksum:
         raise ImageConflict()
-    if existing.series.study.radiology_order_id != entry.item.order.pk:
+    if existing.series.study.radiology_order_id != entry.order.pk:
         raise ImageConflict("An image with this UID is already stored under another order.")
     return existing
 
@@ -252,7 +309,7 @@ def _stored_image(image_uid: str) -> RadiologyImage | None:
 def _repeat_outcome(
     entry: Prepared,
     first: Prepared,
-    first_outcome: IngestResult | RadiologyError | None,
+    first_outcome: IngestResult | HeldResult | RadiologyError | None,
     uploaded_by: AbstractBaseUser | None,
 ) -> IngestResult | RadiologyError:
     """An item repeating an earlier item's image UID: as if it came just after that one."""
@@ -265,10 +322,9 @@ def _repeat_outcome(
     if entry.spooled.checksum == first.spooled.checksum:
         return first_outcome if isinstance(first_outcome, RadiologyError) else ImageConflict()
     # Other bytes (say, the first copy corrected): nothing holds the UID, so it stands on its own.
-    try:
-        KnownStudies.of([(entry.item.order, entry.uids)]).check(entry.item.order, entry.uids)
-    except RadiologyError as error:
-        return error
+    _placed_entries, refused = _placed([entry])
+    if refused:
+        return refused[0][1]
     return _commit_one(entry, uploaded_by)
 
 

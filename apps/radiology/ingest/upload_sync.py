@@ -44,6 +44,7 @@ from apps.radiology.errors import (
 from apps.radiology.imagefiles.declared import DECLARED_FIELDS, DeclaredImage
 from apps.radiology.imagefiles.uids import validate_uid
 from apps.radiology.ingest import pipeline
+from apps.radiology.ingest.identity import MismatchConfirmation
 from apps.radiology.models import RadiologyOrder, RadiologyUpload
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class UploadMetadata:
     mime_type: str
     checksum: str
     declared: DeclaredImage = field(default_factory=DeclaredImage)
+    # Set when the tech confirms the file belongs to this order though it names another patient.
+    patient_mismatch_reason: str = ""
 
 
 def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[RadiologyUpload, bool]:
@@ -94,6 +97,7 @@ def upload_start(*, user: AbstractBaseUser, metadata: UploadMetadata) -> tuple[R
                 file_size=metadata.file_size,
                 mime_type=metadata.mime_type,
                 checksum=metadata.checksum.lower(),
+                patient_mismatch_reason=metadata.patient_mismatch_reason[:255],
                 **metadata.declared.columns(),
             )
     except IntegrityError:
@@ -219,6 +223,9 @@ def _ingest(upload: RadiologyUpload, stream: IO[bytes]) -> RadiologyUpload:
             declared=DeclaredImage.from_row(upload),
             expected_size=upload.file_size,
             expected_checksum=upload.checksum,
+            confirmation=MismatchConfirmation(upload.patient_mismatch_reason, channel="api")
+            if upload.patient_mismatch_reason
+            else None,
         )
     except (SizeMismatch, ChecksumMismatch, EmptyFile) as error:
         upload.refresh_from_db()

@@ -94,6 +94,16 @@ def build_file_key(*, study_uid: str, series_uid: str, image_uid: str, filename:
     return f"{KEY_PREFIX}/{study_uid}/{series_uid}/{image_uid}/{safe_filename(filename)}"
 
 
+UNMATCHED_PREFIX = "unmatched"
+
+
+def build_unmatched_key(*, image_uid: str, filename: str) -> str:
+    """unmatched/{image_uid}/{safe filename}: a file that came with no order, waiting for a tech
+    (ingest/holding.py). Outside radiology/, so nothing takes it for an image of a study."""
+    validate_uid(image_uid, field="image_uid")
+    return f"{UNMATCHED_PREFIX}/{image_uid}/{safe_filename(filename)}"
+
+
 def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_path: Path | None = None) -> str:
     """Stream `content` to a new object at `key` (or beside it if taken); return the key used.
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 from pathlib import Path
@@ -16,6 +17,13 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from apps.radiology import storage
+from apps.radiology.imagefiles.patient_identity import (
+    HELD_TAGS,
+    ORIGINAL_ATTRIBUTES,
+    EmrIdentity,
+    FileIdentity,
+    served_members,
+)
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
 from apps.radiology.operations.demo import relabelled_dicom, sample_path
 
@@ -131,3 +139,20 @@ def _without_bulk(node: Any) -> Any:
     if isinstance(node, list):
         return [_without_bulk(item) for item in node]
     return node
+
+
+def identity_modified_at(header: dict[str, Any]) -> dt.datetime:
+    """When ingest gave a stored header the EMR's identity (its Original Attributes item's time)."""
+    stamp = header[ORIGINAL_ATTRIBUTES]["Value"][-1]["04000562"]["Value"][0]
+    return dt.datetime.strptime(stamp, "%Y%m%d%H%M%S.%f%z")
+
+
+def served_json(file_json: dict[str, Any], study: RadiologyStudy, stored_header: dict[str, Any]) -> dict[str, Any]:
+    """What PACS-lite serves of a file's DICOM JSON once stored in `study`: the study's (the EMR's)
+    patient identity in the file's place, and the file's differing values as Original Attributes,
+    stamped with the time read from `stored_header` (the one value a test cannot know beforehand)."""
+    file_identity = FileIdentity({tag: file_json[tag] for tag in HELD_TAGS if tag in file_json})
+    emr = EmrIdentity.of_study(study)
+    at = identity_modified_at(stored_header) if ORIGINAL_ATTRIBUTES in stored_header else dt.datetime.now(dt.UTC)
+    kept = {tag: element for tag, element in file_json.items() if tag not in HELD_TAGS}
+    return dict(sorted({**kept, **served_members(file_identity, emr, at=at)}.items()))

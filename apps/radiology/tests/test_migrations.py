@@ -56,3 +56,54 @@ def test_0008_keeps_the_pixel_header_beside_the_frames_of_rows_stored_without_it
         data["header"] == pixel_header_of(image.image_metadata) for image in stored.images for data in [after[image.pk]]
     )
     assert after[stored.image.pk]["header"]["00280100"] == {"vr": "US", "Value": [16]}
+
+
+@pytest.mark.django_db
+def test_0013_gives_rows_stored_before_it_the_emr_identity_and_keeps_the_files_own(
+    make_order: Any, tmp_path: Any
+) -> None:
+    import importlib
+
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from apps.radiology.tests.factories import pydicom_json_without_bulk, read_stored, served_json
+
+    migration = importlib.import_module("apps.radiology.migrations.0013_patient_identity_and_unmatched")
+    stored = ingest_study(make_order(), images=2)
+    table = RadiologyImage._meta.db_table
+    file_headers = {}
+    with connection.cursor() as cursor:  # as rows stored before 0013 were: the file's own identity
+        for image in stored.images:
+            path = tmp_path / f"{image.pk}.dcm"
+            path.write_bytes(read_stored(image.file_key))
+            file_headers[image.pk] = own = pydicom_json_without_bulk(path)
+            old_text = metadata_text(
+                RadiologyImage(
+                    mime_type=image.mime_type,
+                    image_metadata=own,
+                    pixel_data=image.pixel_data,
+                    bulk_data=image.bulk_data,
+                )
+            )
+            cursor.execute(
+                f"UPDATE {table} SET image_metadata = %s, metadata_text = %s, patient_identity = 'not_checked', "  # noqa: S608
+                "file_patient_id = '', file_patient_name = '' WHERE id = %s",
+                [json.dumps(own), old_text, image.pk],
+            )
+
+    historical = (
+        MigrationExecutor(connection).loader.project_state(("radiology", "0013_patient_identity_and_unmatched")).apps
+    )
+    migration.serve_emr_identity(historical, None)
+
+    for image in RadiologyImage.objects.select_related("series__study"):
+        own = file_headers[image.pk]
+        assert image.image_metadata == served_json(own, image.series.study, image.image_metadata)
+        assert image.image_metadata["00100020"] == {"vr": "LO", "Value": [image.series.study.patient_id]}
+        assert image.metadata_text == metadata_text(image)
+        assert (image.patient_identity, image.file_patient_id, image.file_patient_name) == (
+            "not_checked",
+            own["00100020"]["Value"][0],
+            own["00100010"]["Value"][0]["Alphabetic"],
+        )

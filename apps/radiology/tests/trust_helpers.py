@@ -47,6 +47,8 @@ EMPTY_EVENT: dict[str, Any] = {
     "series_uid": "",
     "image_uid": "",
     "query_keys": "",
+    "unmatched_id": None,
+    "reason": "",
     "client_address": "127.0.0.1",
     "status_code": 0,
     "outcome": "",

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Min
+from django.db.models import BooleanField, ExpressionWrapper, F, Min, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -49,7 +49,8 @@ def _default_window(image: RadiologyImage) -> list[float] | None:
 
 
 def viewer_context(study: RadiologyStudy, principal: Principal) -> dict[str, Any]:
-    """What the page needs: the study header and, per series, its instances in order (3 queries).
+    """What the page needs: the study header and, per series, its instances in order, its
+    default window and whether it has overlays to show or hide (3 queries).
 
     Series and instances are read through the door as `principal` (the page's viewer token).
     """
@@ -61,13 +62,19 @@ def viewer_context(study: RadiologyStudy, principal: Principal) -> dict[str, Any
     rows = (
         images.filter(series__study=study)
         .order_by(*INSTANCE_ORDER)
-        .values_list("series_id", "image_uid", "number_of_frames", "mime_type")
+        # Whether ingest found overlay planes to draw (pixels.has_overlays), asked of the
+        # database: the page offers its overlay toggle only for a series that has some.
+        .annotate(overlays=ExpressionWrapper(Q(pixel_data__has_key="overlays"), output_field=BooleanField()))
+        .values_list("series_id", "image_uid", "number_of_frames", "mime_type", "overlays")
     )
     instances: dict[int, list[list[Any]]] = {series.pk: [] for series in series_list}
     kinds: dict[int, str] = {}
-    for series_id, image_uid, frames, mime_type in rows:
+    with_overlays: set[int] = set()
+    for series_id, image_uid, frames, mime_type, overlays in rows:
         instances[series_id].append([image_uid, frames])
         kinds.setdefault(series_id, mime_type)
+        if overlays:
+            with_overlays.add(series_id)
     firsts = (
         images.filter(series__study=study).values("series_id").annotate(first=Min("id")).values_list("first", flat=True)
     )
@@ -94,6 +101,7 @@ def viewer_context(study: RadiologyStudy, principal: Principal) -> dict[str, Any
                 "modality": series.modality,
                 "dicom": kinds.get(series.pk) == "application/dicom",
                 "window": windows.get(series.pk),
+                "overlays": series.pk in with_overlays,
                 "presets": CT_PRESETS if series.modality == "CT" else [],
                 "instances": instances[series.pk],
             }

@@ -9,7 +9,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.radiology.errors import RadiologyError
 from apps.radiology.ingest.bulk_import import ImportReport, count_items, import_item, iter_source
+from apps.radiology.ingest.identity import confirmation_of
 from apps.radiology.management.progress import progress_bar
 from apps.radiology.models import RadiologyOrder
 
@@ -17,8 +19,9 @@ from apps.radiology.models import RadiologyOrder
 class Command(BaseCommand):
     help = (
         "Import every DICOM file under PATH (folder, .zip, or CD/USB export with DICOMDIR) into --order, "
-        "or into the order matching each file's AccessionNumber (--by-accession). Files already stored "
-        "(same image UID and checksum) are skipped; exits non-zero if any file failed."
+        "or into the order matching each file's AccessionNumber (--by-accession; a file no order matches is "
+        "held in the unmatched inbox for a tech to assign in admin). Files already stored (same image UID and "
+        "checksum) are skipped; exits non-zero if any file failed."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,6 +32,12 @@ class Command(BaseCommand):
             "--by-accession", action="store_true", help="match each file to the order with its AccessionNumber"
         )
         parser.add_argument("--user", help="username recorded as uploader (default: none)")
+        parser.add_argument(
+            "--confirm-patient-mismatch",
+            metavar="REASON",
+            help="store files whose PatientID is another patient's hospital number under --order anyway, for "
+            "this reason (audited; needs --user). Without it such files fail with patient_mismatch.",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -46,19 +55,29 @@ class Command(BaseCommand):
             if uploaded_by is None:
                 raise CommandError(f"No user {options['user']}")
 
+        confirmation = None
+        if options["confirm_patient_mismatch"] is not None:
+            if uploaded_by is None:
+                raise CommandError("--confirm-patient-mismatch needs --user: the tech who confirms")
+            try:
+                confirmation = confirmation_of("true", options["confirm_patient_mismatch"], channel="import")
+            except RadiologyError as error:
+                raise CommandError(error.detail) from None
+
         report = ImportReport()
         started = time.monotonic()
         with progress_bar(
             self.stderr, total=count_items(path), unit="file", disable=options["no_progress"]
         ) as progress:
             for item in iter_source(path):
-                import_item(item, order=order, uploaded_by=uploaded_by, report=report)
+                import_item(item, order=order, uploaded_by=uploaded_by, report=report, confirmation=confirmation)
                 elapsed = max(time.monotonic() - started, 1e-6)
                 progress.set_postfix_str(f"{report.bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
                 progress.update(1)
         elapsed = max(time.monotonic() - started, 1e-6)
         self.stdout.write(
-            f"Stored {report.stored}, skipped {report.skipped} already stored, ignored {report.ignored} non-DICOM, "
+            f"Stored {report.stored}, held {report.held} unmatched, skipped {report.skipped} already stored, "
+            f"ignored {report.ignored} non-DICOM, "
             f"failed {len(report.failures)}; {report.bytes_read / 1e6:.1f} MB in {elapsed:.1f} s "
             f"({(report.stored + report.skipped) / elapsed:.1f} files/s, {report.bytes_read / elapsed / 1e6:.1f} MB/s)"
         )

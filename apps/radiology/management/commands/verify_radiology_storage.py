@@ -1,7 +1,8 @@
 """Re-hash every stored image and look for missing, corrupt and orphaned objects.
 
-Streams each object (never whole in memory), compares size and SHA-256 with its row,
-then lists the store for objects no row references. Long runs can be interrupted and
+Streams each object (never whole in memory), compares size and SHA-256 with its row (the
+images', then the files waiting in the unmatched inbox), then lists the store for objects no
+row references. Long runs can be interrupted and
 resumed: the last verified image id and the problems so far are kept in a checkpoint
 file. Exits non-zero when anything is wrong.
 """
@@ -21,7 +22,7 @@ from apps.radiology import storage
 from apps.radiology.errors import StorageFailure
 from apps.radiology.ingest.upload_sync import STAGING_PREFIX
 from apps.radiology.management.progress import progress_bar
-from apps.radiology.models import RadiologyImage, RadiologyUpload
+from apps.radiology.models import RadiologyImage, RadiologyUpload, UnmatchedImage
 
 
 class Command(BaseCommand):
@@ -60,22 +61,31 @@ class Command(BaseCommand):
         finally:
             # Also when interrupted (Ctrl-C, a failing store): the images done so far are not redone.
             self._save(checkpoint, state)
+        waiting = UnmatchedImage.objects.filter(status=UnmatchedImage.Status.PENDING).order_by("pk")
+        unmatched_problems = []
+        with tqdm(disable=True) as quiet:  # few files, and no checkpoint: verified whole each run
+            for row in waiting.only("pk", "file_key", "file_size", "checksum").iterator():
+                if problem := self._check(row, quiet):
+                    unmatched_problems.append(f"{problem.upper()} unmatched file {row.pk}: {row.file_key}")
         orphans = self._orphans()
         for kind in ("missing", "corrupt"):
             for entry in state[kind]:
                 self.stdout.write(f"{kind.upper()} image {entry['id']}: {entry['file_key']}")
+        for line in unmatched_problems:
+            self.stdout.write(line)
         for key in orphans:
             self.stdout.write(f"ORPHAN {key}")
-        problems = len(state["missing"]) + len(state["corrupt"]) + len(orphans)
+        problems = len(state["missing"]) + len(state["corrupt"]) + len(orphans) + len(unmatched_problems)
         self.stdout.write(
             f"Verified {state['verified']} images: {len(state['missing'])} missing, "
-            f"{len(state['corrupt'])} corrupt, {len(orphans)} orphaned objects."
+            f"{len(state['corrupt'])} corrupt, {len(orphans)} orphaned objects; "
+            f"{len(unmatched_problems)} problem(s) among unmatched files."
         )
         checkpoint.unlink(missing_ok=True)  # a complete run leaves nothing to resume
         if problems:
             raise CommandError(f"{problems} storage problem(s) found")
 
-    def _check(self, image: RadiologyImage, progress: tqdm) -> str | None:
+    def _check(self, image: RadiologyImage | UnmatchedImage, progress: tqdm) -> str | None:
         digest = hashlib.sha256()
         size = 0
         try:
@@ -92,12 +102,16 @@ class Command(BaseCommand):
         return None
 
     def _orphans(self) -> list[str]:
-        """Objects in the store that no image row (or pending upload) accounts for."""
+        """Objects in the store that no image row (or pending upload, or waiting unmatched file) accounts for."""
         orphans = []
         known = set(RadiologyImage.objects.values_list("file_key", flat=True))
         for key in storage.iter_keys(f"{storage.KEY_PREFIX}/"):
             if key not in known:
                 orphans.append(key)
+        waiting = set(
+            UnmatchedImage.objects.filter(status=UnmatchedImage.Status.PENDING).values_list("file_key", flat=True)
+        )
+        orphans += [key for key in storage.iter_keys(f"{storage.UNMATCHED_PREFIX}/") if key not in waiting]
         pending = {
             str(upload_id)
             for upload_id in RadiologyUpload.objects.filter(status=RadiologyUpload.Status.PENDING).values_list(

@@ -154,6 +154,7 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
 
     assert set(read_api["components"]["schemas"]) == {
         "Error",
+        "ImagePatientIdentity",
         "ImageUrl",
         "PaginatedStudyList",
         "Study",

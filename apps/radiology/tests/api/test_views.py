@@ -62,6 +62,9 @@ STUDY_KEYS = {
     "modality",
     "study_date",
     "patient_name",
+    "patient_id",
+    "patient_birth_date",
+    "patient_sex",
     "created_at",
 }
 
@@ -77,6 +80,9 @@ def study_body(study: RadiologyStudy) -> dict[str, Any]:
         "modality": study.modality,
         "study_date": study.study_date.isoformat() if study.study_date else None,
         "patient_name": study.patient_name,
+        "patient_id": study.patient_id,
+        "patient_birth_date": study.patient_birth_date.isoformat() if study.patient_birth_date else None,
+        "patient_sex": study.patient_sex,
         "created_at": local_iso(study.created_at),
     }
 
@@ -304,7 +310,16 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 TOP_LEVEL_KEYS: dict[str, set[str] | None] = {
     "studies-list": None,  # a plain list of studies
     "study-detail": STUDY_KEYS,
-    "study-images": {"study_uid", "study_description", "series", "quick_look_url"},
+    "study-images": {
+        "study_uid",
+        "study_description",
+        "patient_name",
+        "patient_id",
+        "patient_birth_date",
+        "patient_sex",
+        "series",
+        "quick_look_url",
+    },
     "study-viewer-url": {"viewer_url", "study_uid", "expires_in"},
     "image-url": {"image_url", "image_uid", "filename", "expires_in"},
 }
@@ -642,6 +657,12 @@ def test_study_images_are_grouped_by_series_number_and_instance_number(
             "mime_type": image.mime_type,
             "instance_number": image.instance_number,
             "image_url": body_urls[image.pk],
+            "patient_identity": {
+                "check": image.patient_identity,
+                "file_patient_id": image.file_patient_id,
+                "file_patient_name": image.file_patient_name,
+                "reason": image.patient_identity_reason,
+            },
         }
 
     body_urls = {item["id"]: item["image_url"] for series in body["series"] for item in series["images"]}
@@ -649,6 +670,7 @@ def test_study_images_are_grouped_by_series_number_and_instance_number(
     assert body == {
         "study_uid": study.study_uid,
         "study_description": "CT Head without contrast",
+        **study_patient(study),
         "quick_look_url": quick_look_url(body, study),
         "series": [
             {
@@ -685,6 +707,16 @@ def test_study_images_are_grouped_by_series_number_and_instance_number(
     assert signing.verify_viewer_token(quick_look_token(body)).study_id == study.pk
 
 
+def study_patient(study: RadiologyStudy) -> dict[str, Any]:
+    """The study's (the EMR's) patient, as the images endpoint shows it."""
+    return {
+        "patient_name": study.patient_name,
+        "patient_id": study.patient_id,
+        "patient_birth_date": study.patient_birth_date.isoformat() if study.patient_birth_date else None,
+        "patient_sex": study.patient_sex,
+    }
+
+
 def quick_look_token(body: dict[str, Any]) -> str:
     return parse_qs(urlsplit(body["quick_look_url"]).query)["token"][0]
 
@@ -705,6 +737,7 @@ def test_study_without_images_has_no_series(doctor: AbstractBaseUser, order: Rad
     assert body == {
         "study_uid": study.study_uid,
         "study_description": "Awaiting images",
+        **study_patient(study),
         "series": [],
         "quick_look_url": quick_look_url(body, study),
     }

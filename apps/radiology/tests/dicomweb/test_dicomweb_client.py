@@ -24,6 +24,7 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 
 from apps.radiology.access import signing
+from apps.radiology.imagefiles.patient_identity import EmrIdentity
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import RadiologyImage
 from apps.radiology.tests.factories import pydicom_json_without_bulk, relabelled, row_counts
@@ -34,6 +35,7 @@ from .helpers import QUIET_UID_WARNINGS
 pytestmark = [pytest.mark.django_db(transaction=True), QUIET_UID_WARNINGS]
 
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+IDENTITY_TAGS = ("00100010", "00100020", "00100030", "00100040")
 
 
 Connect = Callable[[str], DICOMwebClient]
@@ -121,7 +123,16 @@ def test_searches_metadata_instances_frames_and_renders(
     assert len(metadata) == 5
     dose_metadata = client.retrieve_instance_metadata(dose.study_uid, dose.series_uid, dose.image_uid)
     bulk_uri = dose_metadata.pop("7FE00010")["BulkDataURI"]
-    assert dose_metadata == pydicom_json_without_bulk(dose.path)
+    # The file's own JSON, but for the patient identity: the EMR's, the file's in Original Attributes.
+    in_file = pydicom_json_without_bulk(dose.path)
+    file_identity = {tag: in_file.pop(tag) for tag in IDENTITY_TAGS if tag in in_file}
+    served = {tag: dose_metadata.pop(tag) for tag in (*IDENTITY_TAGS, "04000561")}
+    assert dose_metadata == in_file
+    assert {tag: served[tag] for tag in IDENTITY_TAGS} == EmrIdentity.of_study(dose.study).elements()
+    [item] = served["04000561"]["Value"]
+    [modified] = item["04000550"]["Value"]
+    assert modified == {tag: file_identity[tag] for tag in IDENTITY_TAGS if tag in modified}
+    assert modified["00100020"] == file_identity["00100020"]
     # dicomweb-client sends `Host: <hostname>` without the port, and the server builds its URLs
     # from the Host header: only the path can be checked (and has to be put on the real origin).
     assert urlsplit(bulk_uri).path == dose.url("/bulk/7FE00010")
@@ -129,11 +140,19 @@ def test_searches_metadata_instances_frames_and_renders(
     series_metadata = client.retrieve_series_metadata(ct1.study_uid, ct1.series_uid)
     assert [uid(item, "00080018") for item in series_metadata] == [ct1.image_uid, ct2.image_uid]
 
-    # WADO-RS instances: exactly the stored files.
+    # WADO-RS instances: exactly the stored files (dicomweb-client asks transfer-syntax=* by default).
     for stored in (ct1, rle, dose):
         dataset = client.retrieve_instance(stored.study_uid, stored.series_uid, stored.image_uid)
         assert dataset == stored.dataset()
         assert dataset.PixelData == stored.dataset().PixelData
+    # Explicit VR Little Endian named: the RLE file decoded, with the served identity.
+    explicit = client.retrieve_instance(
+        rle.study_uid, rle.series_uid, rle.image_uid, media_types=(("application/dicom", EXPLICIT_LITTLE),)
+    )
+    assert explicit.file_meta.TransferSyntaxUID == EXPLICIT_LITTLE
+    assert np.array_equal(explicit.pixel_array, rle.dataset().pixel_array)
+    assert explicit.PatientID == rle.study.patient_id != rle.dataset().PatientID
+    assert explicit.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID == rle.dataset().PatientID
     photo_file = client.retrieve_instance(photo.study_uid, photo.series_uid, photo.image_uid)
     assert photo_file.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     assert list(pydicom.encaps.generate_frames(photo_file.PixelData, number_of_frames=1)) == [photo.content]

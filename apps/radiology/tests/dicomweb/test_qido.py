@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from apps.radiology.models import RadiologyOrder
+from apps.radiology.models import RadiologyOrder, RadiologyStudy
 
 from .conftest import API, PHOTO, Put, Stored
 from .helpers import QUIET_UID_WARNINGS, count_queries, error, json_of
@@ -511,7 +511,12 @@ def test_includefield_adds_attributes_to_instances(world: World, doctor_client: 
     assert found == {**plain, "0008103E": value("LO", "Sagittal T1")}
     [everything] = search(doctor_client, path, includefield="all")
     assert {tag: everything[tag] for tag in plain} == plain
-    assert everything["00100010"] == person("CompressedSamples^MR1")  # the file's own header
+    # The study's (the EMR's) patient, the file's own name kept as an Original Attribute.
+    study = RadiologyStudy.objects.get(study_uid=world.a)
+    assert everything["00100010"] == person(study.patient_dicom_name)
+    assert everything["00100020"] == value("LO", study.patient_id)
+    [original] = everything["04000561"]["Value"]
+    assert original["04000550"]["Value"][0]["00100010"] == person("CompressedSamples^MR1")
     assert everything["00280030"] == value("DS", 0.3125, 0.3125)
     assert "7FE00010" not in everything
     assert not [

@@ -274,8 +274,9 @@ def test_a_jpeg_render_is_the_displayed_pixels_at_quality_85_with_standard_huffm
     Image.fromarray(displayed(ct, 40, 400), "L").save(expected, format="JPEG", quality=85)
     assert response.status_code == 200
     assert response.content == expected.getvalue()
-    # Render form 3 (render_cache.RENDER_FORM) | image | checksum | frame | type | viewport | window | quality
-    raw = f"3|{ct.image.pk}|{ct.image.checksum}|1|image/jpeg|None|(40.0, 400.0)|85"
+    # Render form 4 (render_cache.RENDER_FORM) | image | checksum | frame | type | viewport | window | quality
+    # | overlays burned in (False: CT_small has none)
+    raw = f"4|{ct.image.pk}|{ct.image.checksum}|1|image/jpeg|None|(40.0, 400.0)|85|False"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:40]
     assert response["ETag"] == f'"r-{digest}"'
     assert caches["renders"].get(f"render:{digest}") == response.content

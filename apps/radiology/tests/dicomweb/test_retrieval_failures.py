@@ -29,6 +29,8 @@ pytestmark = pytest.mark.django_db
 OHIF_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 UNCOMPRESSED_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
+# The stored files byte for byte (DICOM_ACCEPT is Explicit VR Little Endian with the EMR's identity).
+STORED_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 MISSING = error("The stored file of this image is missing.", "stored_object_missing")
 SHORT = error("The stored file of this image is shorter than its recorded pixel data.", "stored_object_missing")
 
@@ -64,6 +66,8 @@ def test_a_missing_stored_object_is_500_before_any_body_on_every_retrieval(
         (stored.url(), DICOM_ACCEPT, whole),
         (stored.series_url(), DICOM_ACCEPT, whole),
         (stored.study_url(), DICOM_ACCEPT, whole),
+        (stored.url(), STORED_ACCEPT, whole),
+        (stored.study_url(), STORED_ACCEPT, whole),
         (stored.url("/rendered"), "image/jpeg", MISSING),
         (stored.url("/thumbnail"), "image/jpeg", MISSING),
     ]:
@@ -72,7 +76,7 @@ def test_a_missing_stored_object_is_500_before_any_body_on_every_retrieval(
     response = doctor_client.get(stored.url("/frames/2"), headers={"Accept": OHIF_ACCEPT})
     assert_refused_before_streaming(response, 404, error("The instance has no such frame.", "frame_not_found"))
     # The rest of the study is unaffected.
-    whole_other = doctor_client.get(other.url(), headers={"Accept": DICOM_ACCEPT})
+    whole_other = doctor_client.get(other.url(), headers={"Accept": STORED_ACCEPT})
     assert whole_other.status_code == 200
     assert multipart_of(whole_other)[1][0].content == other.content
 
@@ -117,7 +121,7 @@ def test_a_study_is_checked_with_one_listing_on_s3_and_one_stat_per_file_on_disk
         return real_size(key)
 
     monkeypatch.setattr(storage, "object_size", counted)
-    response = doctor_client.get(first.study_url(), headers={"Accept": DICOM_ACCEPT})
+    response = doctor_client.get(first.study_url(), headers={"Accept": STORED_ACCEPT})
     assert response.status_code == 200
     assert [part.content for part in multipart_of(response)[1]] == [first.content] + [s.content for s in rest]
     assert len(asked) == (0 if radiology_store == "s3" else 4)

@@ -417,7 +417,9 @@ def test_stored_instances_are_found_and_retrieved(
     assert [item["0020000D"]["Value"] for item in found] == [[study_uid]]
     image = RadiologyImage.objects.select_related("series").get()
     url = f"{API}/studies/{study_uid}/series/{image.series.series_uid}/instances/{image.image_uid}"
-    response = doctor_client.get(url)
+    response = doctor_client.get(
+        url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    )
     assert response.status_code == 200
     assert content in b"".join(response.streaming_content)
 

@@ -1,9 +1,10 @@
 """WADO-RS retrieval of whole instances: a study, a series or one instance as
 multipart/related; type="application/dicom".
 
-Each part must be byte for byte the stored file (sha256), readable by pydicom and by
-dcmtk's dcmdump. A stored JPEG leaves as a DICOM Secondary Capture file whose one pixel
-data fragment is the JPEG, unchanged.
+Asked with transfer-syntax=*, each part must be byte for byte the stored file (sha256),
+readable by pydicom and by dcmtk's dcmdump; without it, Explicit VR Little Endian with the
+served identity (test_wado_transcode.py). A stored JPEG leaves as a DICOM Secondary Capture
+file whose one pixel data fragment is the JPEG, unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.test import Client
 from PIL import Image
 from requests.structures import CaseInsensitiveDict
 
+from apps.radiology.imagefiles.patient_identity import EmrIdentity
 from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.pacs_lite_service import DeclaredImage
 from apps.radiology.tests.factories import pydicom_json_without_bulk, read_stored
@@ -33,6 +35,9 @@ pytestmark = [pytest.mark.django_db, QUIET_UID_WARNINGS]
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 NOT_ACCEPTABLE = error("None of the media types in Accept can be produced for this resource.", "not_acceptable")
+# The stored files themselves (without transfer-syntax=*, Explicit VR Little Endian and the EMR's identity).
+STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 
 
 def retrieve(
@@ -68,6 +73,24 @@ def check_with_dcmdump(content: bytes, image_uid: str, folder: Path) -> str:
     return result.stdout
 
 
+def emr_values(stored: Stored) -> dict[str, str]:
+    """The patient identity the study of `stored` shows, as DICOM keyword values."""
+    emr = EmrIdentity.of_study(stored.study)
+    return {
+        "PatientName": emr.name,
+        "PatientID": emr.patient_id,
+        "PatientBirthDate": emr.birth_date,
+        "PatientSex": emr.sex,
+    }
+
+
+def put_with_emr_identity(put: Put, name: str, **changes: object) -> Stored:
+    """A sample stored in the test's study whose file already says the EMR's identity (so a
+    default retrieval of an Explicit VR Little Endian file is the stored file)."""
+    first = put("CT_small.dcm")
+    return put(name, **emr_values(first), **changes)
+
+
 def dicom_part(stored: Stored) -> tuple[str, str]:
     return f"application/dicom; transfer-syntax={stored.image.transfer_syntax_uid}", sha256(stored.content)
 
@@ -84,16 +107,16 @@ def test_a_study_series_and_instance_are_the_stored_files(
     for stored in in_order:
         assert read_stored(stored.image.file_key) == stored.content
 
-    study = retrieve(doctor_client, ct1.study_url())
+    study = retrieve(doctor_client, ct1.study_url(), STORED)
     assert [(ct, sha256(content)) for ct, content in study] == [dicom_part(stored) for stored in in_order]
     for (_ct, content), stored in zip(study, in_order, strict=True):
         check_with_dcmdump(content, stored.image_uid, tmp_path)
         assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(content)).SOPInstanceUID == stored.image_uid
 
-    series = retrieve(doctor_client, ct1.series_url())
+    series = retrieve(doctor_client, ct1.series_url(), STORED)
     assert [(ct, sha256(content)) for ct, content in series] == [dicom_part(ct1), dicom_part(ct2)]
     for stored in in_order:
-        [(content_type, content)] = retrieve(doctor_client, stored.url())
+        [(content_type, content)] = retrieve(doctor_client, stored.url(), STORED)
         assert (content_type, sha256(content)) == dicom_part(stored)
         assert content == stored.content
 
@@ -101,26 +124,45 @@ def test_a_study_series_and_instance_are_the_stored_files(
 @pytest.mark.parametrize(
     "accept",
     [
-        'multipart/related; type="application/dicom"',
-        "multipart/related; type=application/dicom",
         'multipart/related; type="application/dicom"; transfer-syntax=*',
         "multipart/related; type=application/dicom; transfer-syntax=*",
-        "multipart/related",
-        "multipart/*",
-        "*/*",
-        'application/json, multipart/related; type="application/dicom";q=0.5',
+        'multipart/related; type="application/dicom"; transfer-syntax="*"',
+        'application/json, multipart/related; type="application/dicom"; transfer-syntax=*;q=0.5',
     ],
 )
-def test_accept_forms_for_whole_instances(put: Put, doctor_client: Client, accept: str) -> None:
+def test_accept_forms_for_the_stored_instances(put: Put, doctor_client: Client, accept: str) -> None:
     stored = put("MR_small_RLE.dcm")
     assert retrieve(doctor_client, stored.url(), accept) == [
         ("application/dicom; transfer-syntax=1.2.840.10008.1.2.5", stored.content)
     ]
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "multipart/related; type=application/dicom",
+        f"multipart/related; type=application/dicom; transfer-syntax={EXPLICIT_LITTLE}",
+        "multipart/related",
+        "multipart/*",
+        "*/*",
+        'application/json, multipart/related; type="application/dicom";q=0.5',
+    ],
+)
+def test_accept_forms_of_the_default_transfer_syntax(put: Put, doctor_client: Client, accept: str) -> None:
+    """The default media type and syntax (PS3.18 8.7.3): the RLE file decoded, as for the plain form."""
+    stored = put("MR_small_RLE.dcm")
+    default = retrieve(doctor_client, stored.url())
+    assert [content_type for content_type, _ in default] == [f"application/dicom; transfer-syntax={EXPLICIT_LITTLE}"]
+    assert np.array_equal(
+        pydicom.dcmread(io.BytesIO(default[0][1])).pixel_array, pydicom.dcmread(stored.path).pixel_array
+    )
+    assert retrieve(doctor_client, stored.url(), accept) == default
+
+
 def test_the_stored_transfer_syntax_may_be_named(put: Put, doctor_client: Client) -> None:
-    native = put("CT_small.dcm")
-    rle = put("MR_small_RLE.dcm")
+    # Files that already say the EMR's identity: named, their own syntax is the stored file.
+    native = put_with_emr_identity(put, "CT_small.dcm")
+    rle = put_with_emr_identity(put, "MR_small_RLE.dcm")
     for stored in (native, rle):
         syntax = stored.image.transfer_syntax_uid
         accept = f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'
@@ -181,12 +223,14 @@ def test_a_jpeg_photo_leaves_as_a_secondary_capture_file_around_the_unchanged_jp
 def test_a_study_with_dicom_and_a_photo(put: Put, doctor_client: Client, tmp_path: Path) -> None:
     ct = put("CT_small.dcm", SeriesNumber=1)
     photo = put(PHOTO, declared=DeclaredImage(series_number=2, modality="OT"))
-    parts = retrieve(doctor_client, ct.study_url())
+    parts = retrieve(doctor_client, ct.study_url(), STORED)
     assert [content_type for content_type, _ in parts] == [
         "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
         f"application/dicom; transfer-syntax={JPEG_BASELINE}",
     ]
     assert parts[0][1] == ct.content
+    # By default the photo's Secondary Capture is the same (its JPEG is lossy: never decoded).
+    assert retrieve(doctor_client, ct.study_url())[1] == parts[1]
     check_with_dcmdump(parts[1][1], photo.image_uid, tmp_path)
 
 

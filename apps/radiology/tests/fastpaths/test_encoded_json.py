@@ -76,9 +76,12 @@ def test_the_image_metadata_column_gets_the_text_made_at_parse(
     order: Any, ingest_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class ParsedWithMarkedText(EncodedJSON):
-        def __init__(self, value: dict[str, Any], **kwargs: Any) -> None:
-            super().__init__(value, **kwargs)
-            self.text = '{"written":"as is"}'
+        """The header as parse makes it; the header ingest fills in with the patient identity is marked."""
+
+        def filled(self, members: dict[str, Any]) -> EncodedJSON:
+            served = super().filled(members)
+            served.text = '{"written":"as is"}'
+            return served
 
     monkeypatch.setattr("apps.radiology.imagefiles.stored_header.EncodedJSON", ParsedWithMarkedText)
     image = ingest_file(order, "CT_small.dcm").image
@@ -143,3 +146,35 @@ def test_spliced_refuses_what_it_cannot_place_in_order(
     encoded = EncodedJSON(header, cut_before=cuts)
     assert encoded.text == encode(header)
     assert encoded.spliced(members) is None
+
+
+def test_held_members_are_taken_out_and_filled_in_their_place_with_only_the_members_encoded() -> None:
+    header = {"0001": 1, "0010": {"vr": "PN"}, "0020": "b", "0030": 3, "0040": "d"}
+    encoded = EncodedJSON(header, cut_before=["0035"], hold=["0010", "0030", "0099"])
+    assert dict(encoded) == {"0001": 1, "0020": "b", "0040": "d"}
+    assert encoded.held == {"0010": {"vr": "PN"}, "0030": 3}
+
+    filled = encoded.filled({"0010": "x", "0030": [1], "0099": None})
+
+    expected = {"0001": 1, "0010": "x", "0020": "b", "0030": [1], "0040": "d", "0099": None}
+    assert dict(filled) == expected
+    assert list(filled) == sorted(expected)
+    assert filled.text == encode(expected)
+    assert filled.cuts == ("0035",)  # still cut where a bulk member goes
+    assert filled.spliced({"0035": '"bulk"'}) == encode(dict(sorted({**expected, "0035": "bulk"}.items())))
+
+
+def test_filling_a_member_it_was_not_cut_before_encodes_the_whole_object() -> None:
+    encoded = EncodedJSON({"0001": 1, "0040": 4}, cut_before=["0035"], hold=["0010"])
+    filled = encoded.filled({"0002": 2})
+    assert filled.text == encode({"0001": 1, "0002": 2, "0040": 4})
+    assert filled.cuts == ("0010", "0035")
+
+
+def test_held_members_survive_pickling_for_the_parse_helper() -> None:
+    import pickle
+
+    encoded = EncodedJSON({"0001": 1, "0010": 2}, hold=["0010"])
+    copy = pickle.loads(pickle.dumps(encoded))  # noqa: S301 (our own object)
+    assert copy.held == {"0010": 2}
+    assert copy.filled({"0010": 3}).text == '{"0001":1,"0010":3}'

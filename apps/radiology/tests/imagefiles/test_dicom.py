@@ -30,6 +30,7 @@ from apps.radiology.imagefiles.dicom import (
     parse_image_file,
     sniff_mime_type,
 )
+from apps.radiology.imagefiles.patient_identity import HELD_TAGS
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE
 from apps.radiology.operations.demo import jpeg_with_exif, sample_path
 from apps.radiology.tests.factories import edited_sample, pydicom_json_without_bulk, sample_bytes
@@ -142,7 +143,10 @@ def test_metadata_is_pydicoms_json_model_without_bulk_data(name: str) -> None:
 
     parsed = parse_image_file(path, DICOM_MIME_TYPE)
 
-    assert parsed.metadata == pydicom_json_without_bulk(path)
+    # The patient identity is held back beside the rest, for ingest to put the EMR's in its place.
+    assert {**parsed.metadata, **parsed.metadata.held} == pydicom_json_without_bulk(path)
+    assert not set(parsed.metadata) & set(parsed.metadata.held)
+    assert set(parsed.metadata.held) <= set(HELD_TAGS)
     assert PIXEL_DATA not in parsed.metadata
     assert parsed.metadata["0020000D"] == {"vr": "UI", "Value": [pydicom.dcmread(path).StudyInstanceUID]}
 
@@ -210,8 +214,8 @@ def test_nul_padded_text_is_read_without_nul(tmp_path: Path) -> None:
     assert parsed.series_description == "AxialT1"
     assert parsed.study_description == "Head"
     assert parsed.metadata["0008103E"] == {"vr": "LO", "Value": ["AxialT1"]}
-    assert parsed.metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jo"}]}
-    assert not [text for text in _strings(parsed.metadata) if "\x00" in text]
+    assert parsed.metadata.held["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jo"}]}
+    assert not [text for text in _strings({**parsed.metadata, **parsed.metadata.held}) if "\x00" in text]
 
 
 # --- JPEG ----------------------------------------------------------------------------------------
@@ -230,6 +234,7 @@ def test_parse_jpeg_reads_size_and_exif(tmp_path: Path) -> None:
         "height": 240,
         "mode": "RGB",
         "progressive": False,
+        "sof": "SOF0",
         "exif": {"Make": "PACS-lite demo camera", "Model": "Phone X1", "DateTime": "2026:01:15 10:00:00"},
     }
 
@@ -238,7 +243,7 @@ def test_parse_jpeg_without_exif(tmp_path: Path) -> None:
     path = tmp_path / "plain.jpg"
     Image.new("RGB", (16, 8), "white").save(path, format="JPEG")
     parsed = parse_image_file(path, JPEG_MIME_TYPE)
-    assert parsed.metadata == {"width": 16, "height": 8, "mode": "RGB", "progressive": False, "exif": {}}
+    assert parsed.metadata == {"width": 16, "height": 8, "mode": "RGB", "progressive": False, "sof": "SOF0", "exif": {}}
 
 
 def test_exif_text_with_nul_is_read_without_nul(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
 from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.imagefiles.dicom import parse_image_file
+from apps.radiology.imagefiles.patient_identity import HELD_TAGS, EmrIdentity, served_members
 from apps.radiology.models import DICOM_MIME_TYPE, JPEG_MIME_TYPE, RadiologyImage
 from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.tests.factories import sample_bytes
@@ -26,13 +28,25 @@ def _parsed(tmp_path: Path, name: str, content: bytes, mime_type: str) -> Any:
     return parse_image_file(path, mime_type)
 
 
+EMR = EmrIdentity(name="Okafor^Ada", patient_id="H-1", birth_date="19800102", sex="F")
+AT = dt.datetime(2026, 12, 6, 10, 0, tzinfo=dt.UTC)
+
+
 def test_a_dicom_header_is_stored_encoded_with_its_pixel_description_beside_the_frames(tmp_path: Path) -> None:
     parsed = _parsed(tmp_path, "ct.dcm", sample_bytes("CT_small.dcm"), DICOM_MIME_TYPE)
-    columns = stored_header.columns(parsed, DeclaredImage())
+    identity = served_members(stored_header.file_identity(parsed), EMR, at=AT)
+    columns = stored_header.columns(parsed, DeclaredImage(), identity=identity)
 
     header = columns["image_metadata"]
     assert type(header) is EncodedJSON
     assert header.cuts == ("00431029", stored_header.PIXEL_DATA)  # where metadata_text puts its BulkDataURIs
+    # The EMR's identity in the file's place, the file's own kept as Original Attributes.
+    assert {tag: header[tag] for tag in HELD_TAGS} == identity
+    assert header["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Okafor^Ada"}]}
+    assert header["04000561"]["Value"][0]["04000550"]["Value"][0]["00100010"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "CompressedSamples^CT1"}],
+    }
     assert columns["pixel_data"] is parsed.pixel_data
     assert columns["pixel_data"]["header"] == stored_header.pixel_header_of(header)
     assert set(columns["pixel_data"]["header"]) == set(stored_header.PIXEL_HEADER_TAGS) & set(header)

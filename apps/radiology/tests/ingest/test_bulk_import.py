@@ -20,10 +20,10 @@ from django.core.management import CommandError, call_command
 from pydicom.fileset import FileSet
 
 from apps.radiology.imagefiles.uids import generate_uid
-from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyStudy
+from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyStudy, UnmatchedImage
 from apps.radiology.operations.demo import relabelled_dicom
 from apps.radiology.tests.conftest import MakeOrder
-from apps.radiology.tests.factories import read_stored, row_counts, stored_keys
+from apps.radiology.tests.factories import read_stored, row_counts, sha256, stored_keys
 
 TRUNCATED = "truncated_file: The file ends before its content does."
 
@@ -52,7 +52,8 @@ def run_import(*args: Any, progress: bool = False) -> CommandRun:
 def summary_pattern(*, stored: int, skipped: int, ignored: int, failed: int, megabytes: float) -> str:
     """The first output line; elapsed time and speeds vary, so they are matched as numbers."""
     return (
-        rf"Stored {stored}, skipped {skipped} already stored, ignored {ignored} non-DICOM, failed {failed}; "
+        rf"Stored {stored}, held 0 unmatched, skipped {skipped} already stored, ignored {ignored} non-DICOM, "
+        rf"failed {failed}; "
         rf"{re.escape(f'{megabytes:.1f}')} MB in \d+\.\d s \(\d+\.\d files/s, \d+\.\d MB/s\)"
     )
 
@@ -183,7 +184,9 @@ def test_a_single_file_can_be_imported(order: RadiologyOrder, tmp_path: Path) ->
     run = run_import(path, "--order", order.pk)
 
     assert run.error is None
-    assert run.lines[0].startswith("Stored 1, skipped 0 already stored, ignored 0 non-DICOM, failed 0;")
+    assert run.lines[0].startswith(
+        "Stored 1, held 0 unmatched, skipped 0 already stored, ignored 0 non-DICOM, failed 0;"
+    )
     assert_store_holds({"ct_1.dcm": files["ct_1.dcm"]})
 
 
@@ -195,7 +198,9 @@ def test_progress_bar_goes_to_stderr_when_asked(order: RadiologyOrder, tmp_path:
     assert run.error is None
     assert "5/5" in run.stderr
     assert "file" in run.stderr
-    assert run.lines[0].startswith("Stored 4, skipped 0 already stored, ignored 1 non-DICOM, failed 0;")
+    assert run.lines[0].startswith(
+        "Stored 4, held 0 unmatched, skipped 0 already stored, ignored 1 non-DICOM, failed 0;"
+    )
 
 
 @pytest.mark.parametrize(
@@ -328,28 +333,33 @@ def test_cd_export_into_one_order(order: RadiologyOrder, tmp_path: Path) -> None
     run = run_import(cd, "--order", order.pk)
 
     assert run.error is None
-    assert run.lines[0].startswith("Stored 4, skipped 0 already stored, ignored 0 non-DICOM, failed 0;")
+    assert run.lines[0].startswith(
+        "Stored 4, held 0 unmatched, skipped 0 already stored, ignored 0 non-DICOM, failed 0;"
+    )
     assert_store_holds(on_cd)
 
 
-def test_by_accession_reports_files_without_a_matching_order(order: RadiologyOrder, tmp_path: Path) -> None:
+def test_by_accession_holds_files_without_a_matching_order_as_unmatched(order: RadiologyOrder, tmp_path: Path) -> None:
     matching = study_files(order, accession=order.accession_number)
-    folder = write_folder(
-        tmp_path / "export",
-        {
-            **matching,
-            "x_unknown.dcm": study_files(accession="NOSUCHACC1")["ct_1.dcm"],
-            "y_none.dcm": study_files()["ct_1.dcm"],
-        },
-    )
+    unknown = study_files(accession="NOSUCHACC1")["ct_1.dcm"]
+    without = study_files()["ct_1.dcm"]
+    folder = write_folder(tmp_path / "export", {**matching, "x_unknown.dcm": unknown, "y_none.dcm": without})
 
     run = run_import(folder, "--by-accession")
 
-    assert run.error == "2 file(s) failed to import"
-    assert run.lines[0].startswith("Stored 4, skipped 0 already stored, ignored 0 non-DICOM, failed 2;")
-    assert run.lines[1:] == [
-        "FAILED x_unknown.dcm: radiology_error: No radiology order has this file's AccessionNumber.",
-        "FAILED y_none.dcm: radiology_error: The file has no AccessionNumber.",
-    ]
+    assert run.error is None
+    assert run.lines[0].startswith(
+        "Stored 4, held 2 unmatched, skipped 0 already stored, ignored 0 non-DICOM, failed 0;"
+    )
     assert RadiologyStudy.objects.get().radiology_order == order
-    assert_store_holds(matching)
+    held = {row.filename: row for row in UnmatchedImage.objects.all()}
+    assert {name: (row.status, row.source, row.checksum) for name, row in held.items()} == {
+        "x_unknown.dcm": ("pending", "import", sha256(unknown)),
+        "y_none.dcm": ("pending", "import", sha256(without)),
+    }
+    assert {read_stored(row.file_key) for row in held.values()} == {unknown, without}
+    assert all(row.file_key.startswith("unmatched/") for row in held.values())
+
+    again = run_import(folder, "--by-accession")  # the same export twice: nothing new anywhere
+    assert again.lines[0].startswith("Stored 0, held 0 unmatched, skipped 6 already stored,")
+    assert UnmatchedImage.objects.count() == 2

@@ -22,7 +22,7 @@ from django.test import Client
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from apps.radiology.errors import MissingPixelData, RadiologyError
+from apps.radiology.errors import MissingPixelData, RadiologyError, UnsupportedTransferSyntax
 from apps.radiology.models import RadiologyImage, RadiologyOrder
 from apps.radiology.tests.api_fixtures import token_client
 from apps.radiology.tests.conftest import IngestFile
@@ -150,3 +150,62 @@ def test_a_non_image_object_without_pixel_data_is_still_stored(
     assert read_stored(image.file_key) == content
     assert row_counts() == (1, 1, 1)
     assert stored_keys() == [image.file_key]
+
+
+SC_RGB_JPEG = "SC_rgb_jpeg.dcm"
+
+
+def test_a_data_set_in_another_encoding_than_its_file_meta_says_is_read_as_pydicom_reads_it(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile, doctor: Any
+) -> None:
+    """SC_rgb_jpeg.dcm's meta says JPEG Baseline (explicit VR) over an implicit VR data set:
+    pydicom reads the elements as it finds them, and so does locating its pixel data (it was
+    refused as truncated_file, its Pixel Data header read as explicit)."""
+    content = sample_bytes(SC_RGB_JPEG)
+    dataset = pydicom.dcmread(io.BytesIO(content))
+    assert dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+
+    image = ingest_file(order, SC_RGB_JPEG).image
+
+    image = RadiologyImage.objects.select_related("series__study").get(pk=image.pk)
+    assert (image.rows, image.columns, image.number_of_frames) == (256, 256, 1)
+    assert image.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
+    _offset_table, fragment = pydicom.encaps.generate_fragments(dataset.PixelData)  # the empty offset table first
+    offset = content.index(fragment)
+    assert {key: image.pixel_data[key] for key in ("vr", "encapsulated", "frames")} == {
+        "vr": "OB",
+        "encapsulated": True,
+        "frames": [[[offset, len(fragment)]]],
+    }
+    assert read_stored(image.file_key) == content
+
+    client: Client = token_client(doctor)
+    response = client.get(_url(image, "/frames/1"), headers={"Accept": OHIF_ACCEPT})
+    assert response.status_code == 200, response.content
+    _part_type, parts = multipart_of(response)
+    assert [(part.content_type, part.content) for part in parts] == [
+        ("image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50", fragment)
+    ]
+    response = client.get(
+        _url(image, "/frames/1"), headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert response.status_code == 200, response.content
+    _part_type, parts = multipart_of(response)
+    assert [part.content for part in parts] == [dataset.pixel_array.tobytes()]
+    metadata = client.get(_url(image, "/metadata")).json()[0]
+    assert metadata["7FE00010"]["vr"] == "OB"
+    assert metadata["00280004"] == {"vr": "CS", "Value": ["RGB"]}
+
+
+def test_a_deflated_file_is_unsupported_transfer_syntax(
+    radiology_store: str, order: RadiologyOrder, ingest_file: IngestFile
+) -> None:
+    with pytest.raises(RadiologyError) as excinfo:
+        ingest_file(order, "image_dfl.dcm")
+
+    assert type(excinfo.value) is UnsupportedTransferSyntax
+    assert (excinfo.value.code, excinfo.value.status_code) == ("unsupported_transfer_syntax", 415)
+    assert str(excinfo.value.detail) == (
+        "Deflated DICOM files are not accepted; send the file uncompressed or image-compressed."
+    )
+    assert_nothing_stored()

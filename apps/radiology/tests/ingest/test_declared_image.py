@@ -26,6 +26,8 @@ pytestmark = pytest.mark.django_db
 
 PHOTO = DeviceFile("film_photo.jpg", jpeg_with_exif(), mime_type=JPEG_MIME_TYPE)
 FILE_FIELDS = ["client_upload_id", "radiology_order", "filename", "file_size", "mime_type", "checksum"]
+# A tech's confirmation that a file naming another patient belongs to the order (test_identity.py).
+CONFIRMATION_FIELDS = ["confirm_patient_mismatch", "patient_mismatch_reason"]
 DICOMWEB = "/api/v1/radiology/dicomweb"
 
 
@@ -83,7 +85,7 @@ def test_the_serializer_and_the_upload_model_have_every_declared_field() -> None
     declared = [each.name for each in dataclasses.fields(DeclaredImage)]
 
     assert list(DECLARED_FIELDS) == declared
-    assert list(UploadCreateSerializer().fields) == FILE_FIELDS + declared
+    assert list(UploadCreateSerializer().fields) == FILE_FIELDS + CONFIRMATION_FIELDS + declared
     columns = {each.name for each in RadiologyUpload._meta.concrete_fields}
     assert set(declared) <= columns
 

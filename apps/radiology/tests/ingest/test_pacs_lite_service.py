@@ -63,6 +63,7 @@ from apps.radiology.tests.factories import (
     relabelled,
     row_counts,
     sample_bytes,
+    served_json,
     sha256,
     stored_keys,
 )
@@ -154,8 +155,10 @@ def test_ingest_dicom_sample(
     assert image.file_key == (
         f"radiology/{dataset.StudyInstanceUID}/{dataset.SeriesInstanceUID}/{dataset.SOPInstanceUID}/{name}"
     )
-    # The header as the DICOM JSON model, without the pixel data.
-    assert image.image_metadata == pydicom_json_without_bulk(path)
+    # The header as the DICOM JSON model, without the pixel data, with the EMR's patient identity
+    # (the file's differing values as Original Attributes).
+    assert image.image_metadata == served_json(pydicom_json_without_bulk(path), study, image.image_metadata)
+    assert image.image_metadata["00100020"] == {"vr": "LO", "Value": [patient.hospital_number]}
     assert "7FE00010" not in image.image_metadata
     # The bytes, stored once and byte-identical; the staging spool is gone.
     assert read_stored(image.file_key) == content
@@ -989,8 +992,9 @@ def _key(*, study_uid: str, series_uid: str, content: bytes, filename: str) -> s
 # savepoint and its release here, as the test runs inside one) with the order lock, the study
 # (lookup, UID check, savepoint, INSERT, release), the series (savepoint, get, savepoint, INSERT,
 # release, release) and one INSERT of every image row (on PostgreSQL a COPY,
-# after one query for the rows' ids). None of them is per image.
-BATCH_QUERIES = 19 if connection.vendor != "postgresql" else 20
+# after one query for the rows' ids), and the patient check's two (the order's patient, the EMR
+# patients the files name). None of them is per image.
+BATCH_QUERIES = 21 if connection.vendor != "postgresql" else 22
 
 
 @pytest.mark.django_db

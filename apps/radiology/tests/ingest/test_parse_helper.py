@@ -6,6 +6,7 @@ runs with the helper off (test_settings), so these tests turn it on.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import signal
@@ -23,9 +24,9 @@ from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
 from apps.radiology.imagefiles.dicom import DICOM_MIME_TYPE, parse_image_file
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import parse_helper
-from apps.radiology.models import RadiologyImage, RadiologyOrder
+from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
 from apps.radiology.pacs_lite_service import IngestItem, IngestResult, PACSLiteService
-from apps.radiology.tests.factories import relabelled
+from apps.radiology.tests.factories import relabelled, served_json
 from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 
 BATCH = 20
@@ -133,6 +134,7 @@ def test_a_batch_ingested_with_the_helper_stores_what_this_process_parses(
     assert [type(outcome) for outcome in outcomes] == [IngestResult] * 15 + [TruncatedFile] + [IngestResult] * 4
     stored = {image.filename: image for image in RadiologyImage.objects.all()}
     assert len(stored) == 19
+    study = RadiologyStudy.objects.get(radiology_order=order)
     texts = dict(RadiologyImage.objects.values_list("filename", "metadata_text"))
     for number, data in enumerate(contents):
         if number == 15:
@@ -142,7 +144,7 @@ def test_a_batch_ingested_with_the_helper_stores_what_this_process_parses(
         expected = parse_image_file(written, DICOM_MIME_TYPE)  # this process's own parse
         image = stored[f"{number}.dcm"]
         assert (image.image_metadata, image.pixel_data, image.bulk_data, image.instance_number) == (
-            expected.metadata,
+            served_json({**expected.metadata, **expected.metadata.held}, study, image.image_metadata),
             expected.pixel_data,
             expected.bulk_data,
             number + 1,
@@ -253,9 +255,21 @@ def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same
             server.stop()
     assert "parse helper" not in server.log_tail()  # no helper failed, none fell back
     assert len(stored) == len(sent)
+    # The server's own database: its study's EMR identity, as the first instance shows it (what
+    # this test checks is that the helper's parse is this process's; identity: test_identity.py).
+    first = next(iter(stored.values()))
+    served_study = RadiologyStudy(
+        patient_dicom_name=first["00100010"]["Value"][0]["Alphabetic"],
+        patient_id=first["00100020"]["Value"][0],
+        patient_birth_date=dt.date.fromisoformat(first["00100030"]["Value"][0])
+        if "Value" in first["00100030"]
+        else None,
+        patient_sex=first["00100040"].get("Value", [""])[0],
+    )
     for number, content in enumerate(sent):
         path = tmp_path / f"{number}.dcm"
         path.write_bytes(content)
         parsed = parse_image_file(path, DICOM_MIME_TYPE)
         metadata = stored[parsed.image_uid]  # type: ignore[index]
-        assert {tag: value for tag, value in metadata.items() if "BulkDataURI" not in value} == parsed.metadata
+        plain = {tag: value for tag, value in metadata.items() if "BulkDataURI" not in value}
+        assert plain == served_json({**parsed.metadata, **parsed.metadata.held}, served_study, plain)

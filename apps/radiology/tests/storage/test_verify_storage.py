@@ -92,7 +92,9 @@ def test_clean_store(stored: StoredStudy, checkpoint: Path) -> None:
     run = Run(checkpoint)
 
     assert run.error is None
-    assert run.out == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects.\n"
+    assert (
+        run.out == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files.\n"
+    )
     assert run.err == ""
     assert not checkpoint.exists()
 
@@ -102,7 +104,9 @@ def test_clean_store_shows_progress_in_bytes(stored: StoredStudy, checkpoint: Pa
 
     total = tqdm.format_sizeof(sum(len(content) for content in stored.contents))
     assert run.error is None
-    assert run.out == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects.\n"
+    assert (
+        run.out == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files.\n"
+    )
     assert "100%" in run.err
     assert f"| {total}/{total} [" in run.err
 
@@ -116,7 +120,9 @@ def test_a_pending_upload_chunk_is_not_an_orphan(
     run = Run(checkpoint)
 
     assert run.error is None
-    assert run.lines == ["Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects."]
+    assert run.lines == [
+        "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files."
+    ]
 
 
 def test_every_kind_of_problem(stored: StoredStudy, checkpoint: Path, radtech: AbstractBaseUser) -> None:
@@ -143,7 +149,7 @@ def test_every_kind_of_problem(stored: StoredStudy, checkpoint: Path, radtech: A
         f"CORRUPT image {third.pk}: {third.file_key}",
         f"ORPHAN {stray}",
         *(f"ORPHAN {key}" for key in leftovers),
-        "Verified 3 images: 1 missing, 2 corrupt, 3 orphaned objects.",
+        "Verified 3 images: 1 missing, 2 corrupt, 3 orphaned objects; 0 problem(s) among unmatched files.",
     ]
     assert run.error is not None
     assert str(run.error) == "6 storage problem(s) found"
@@ -161,7 +167,7 @@ def test_an_orphan_in_an_otherwise_empty_store(radiology_store: str, checkpoint:
 
     assert run.lines == [
         "ORPHAN radiology/1.2.3/4.5.6/7.8.9/lost.dcm",
-        "Verified 0 images: 0 missing, 0 corrupt, 1 orphaned objects.",
+        "Verified 0 images: 0 missing, 0 corrupt, 1 orphaned objects; 0 problem(s) among unmatched files.",
     ]
     assert str(run.error) == "1 storage problem(s) found"
 
@@ -219,7 +225,7 @@ def test_an_interrupted_run_resumes_after_the_last_verified_image(
         f"Resuming after image id {images[1].pk} (2 already verified)",
         f"MISSING image {images[3].pk}: {images[3].file_key}",
         f"CORRUPT image {images[0].pk}: {images[0].file_key}",
-        "Verified 5 images: 1 missing, 1 corrupt, 0 orphaned objects.",
+        "Verified 5 images: 1 missing, 1 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files.",
     ]
     assert str(run.error) == "2 storage problem(s) found"
     assert not checkpoint.exists()
@@ -235,7 +241,9 @@ def test_restart_ignores_a_checkpoint(five: StoredStudy, checkpoint: Path, monke
     run = Run(checkpoint, "--restart")
 
     assert run.error is None
-    assert run.lines == ["Verified 5 images: 0 missing, 0 corrupt, 0 orphaned objects."]
+    assert run.lines == [
+        "Verified 5 images: 0 missing, 0 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files."
+    ]
     assert not checkpoint.exists()
 
 
@@ -243,4 +251,40 @@ def test_a_second_run_after_a_complete_one_starts_over(stored: StoredStudy, chec
     first = Run(checkpoint)
     second = Run(checkpoint)
 
-    assert first.out == second.out == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects.\n"
+    assert (
+        first.out
+        == second.out
+        == "Verified 3 images: 0 missing, 0 corrupt, 0 orphaned objects; 0 problem(s) among unmatched files.\n"
+    )
+
+
+def test_files_waiting_in_the_unmatched_inbox_are_verified_too(stored: StoredStudy, checkpoint: Path) -> None:
+    import io
+
+    from apps.radiology.imagefiles.uids import generate_uid
+    from apps.radiology.ingest.holding import Arrival
+    from apps.radiology.ingest.pipeline import IngestItem, ingest_images
+    from apps.radiology.models import UnmatchedImage
+    from apps.radiology.tests.factories import relabelled
+
+    files = [relabelled("CT_small.dcm", study_uid=generate_uid(), series_uid=generate_uid()) for _ in range(3)]
+    ingest_images(
+        [IngestItem(order=None, stream=io.BytesIO(content), filename=f"{n}.dcm") for n, content in enumerate(files)],
+        uploaded_by=None,
+        arrival=Arrival("import"),
+    )
+    lost, damaged, _fine = UnmatchedImage.objects.order_by("pk")
+    storage.delete_object(lost.file_key)
+    storage.delete_object(damaged.file_key)
+    storage.save_new_object(damaged.file_key, io.BytesIO(b"not the file"), content_type="application/dicom")
+    stray = storage.save_new_object("unmatched/1.2.3/stray.dcm", io.BytesIO(b"x"), content_type="application/dicom")
+
+    run = Run(checkpoint)
+
+    assert str(run.error) == "3 storage problem(s) found"
+    assert run.lines == [
+        f"MISSING unmatched file {lost.pk}: {lost.file_key}",
+        f"CORRUPT unmatched file {damaged.pk}: {damaged.file_key}",
+        f"ORPHAN {stray}",
+        "Verified 3 images: 0 missing, 0 corrupt, 1 orphaned objects; 2 problem(s) among unmatched files.",
+    ]
