@@ -31,6 +31,8 @@ COLUMNS = [
     "series_uid",
     "image_uid",
     "query_keys",
+    "unmatched_id",
+    "reason",
     "client_address",
     "status_code",
     "outcome",

@@ -16,11 +16,24 @@ from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP
 from apps.radiology.models import Modality, RadiologyOrder
 from apps.radiology.operations.demo import demo_visit_date, ingest_demo_study
 
+# The radiology tech is staff: the unmatched inbox (files that came with no order) is in admin.
 DEMO_USERS = {
-    "doctor": {"groups": [DOCTOR_GROUP], "superuser": False, "first_name": "Ada", "last_name": "Okafor"},
-    "radtech": {"groups": [RADIOLOGY_TECH_GROUP], "superuser": False, "first_name": "Bola", "last_name": "Adeyemi"},
-    "nurse": {"groups": [], "superuser": False, "first_name": "Chioma", "last_name": "Eze"},
-    "admin": {"groups": [], "superuser": True, "first_name": "Admin", "last_name": "User"},
+    "doctor": {
+        "groups": [DOCTOR_GROUP],
+        "staff": False,
+        "superuser": False,
+        "first_name": "Ada",
+        "last_name": "Okafor",
+    },
+    "radtech": {
+        "groups": [RADIOLOGY_TECH_GROUP],
+        "staff": True,
+        "superuser": False,
+        "first_name": "Bola",
+        "last_name": "Adeyemi",
+    },
+    "nurse": {"groups": [], "staff": False, "superuser": False, "first_name": "Chioma", "last_name": "Eze"},
+    "admin": {"groups": [], "staff": True, "superuser": True, "first_name": "Admin", "last_name": "User"},
 }
 EXAMS = [
     (Modality.CR, "Chest X-Ray PA"),
@@ -85,7 +98,7 @@ def ensure_demo_users(password: str) -> dict[str, Any]:
                 defaults={
                     "first_name": spec["first_name"],
                     "last_name": spec["last_name"],
-                    "is_staff": spec["superuser"],
+                    "is_staff": spec["staff"],
                     "is_superuser": spec["superuser"],
                 },
             )

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db
 
 HEADER = (
     "at,username,role,viewer_token_id,channel,action,method,route,order_id,study_id,image_id,upload_id,"
-    "study_uid,series_uid,image_uid,query_keys,client_address,status_code,outcome\r\n"
+    "study_uid,series_uid,image_uid,query_keys,unmatched_id,reason,client_address,status_code,outcome\r\n"
 )
 TOKEN_ID = uuid.UUID("0b1e9a0c-3f52-4d7a-9c51-6a3c7d2e8f10")
 UTC = dt.UTC
@@ -109,12 +109,13 @@ def trail(monkeypatch: pytest.MonkeyPatch, doctor: AbstractBaseUser) -> list[Aud
 
 
 FIRST_ROW = (
-    "2026-03-01T00:00:00+01:00,doctor-alice,doctor,,api,read,GET,image-url,,,7,,,,,expires_in,127.0.0.1,200,allowed\r\n"
+    "2026-03-01T00:00:00+01:00,doctor-alice,doctor,,api,read,GET,image-url,,,7,,,,,expires_in,,,"
+    "127.0.0.1,200,allowed\r\n"
 )
-MIDDLE_ROW = "2026-03-02T13:00:00+01:00,,anonymous,,signed_url,read,GET,signed-image,,,7,,,,,,,403,denied\r\n"
+MIDDLE_ROW = "2026-03-02T13:00:00+01:00,,anonymous,,signed_url,read,GET,signed-image,,,7,,,,,,,,,403,denied\r\n"
 LATE_ROW = (
     f"2026-03-02T23:59:59.500000+01:00,,viewer_token,{TOKEN_ID},dicomweb,read,GET,dicomweb-series-metadata,"
-    ",,,,1.2.3,1.2.3.4,,,192.0.2.10,200,allowed\r\n"
+    ",,,,1.2.3,1.2.3.4,,,,,192.0.2.10,200,allowed\r\n"
 )
 
 
@@ -143,11 +144,12 @@ def test_the_day_before_and_after(trail: list[AuditEvent]) -> None:
 
     assert before == (
         HEADER
-        + "2026-02-28T23:59:59+01:00,doctor-alice,doctor,,api,read,GET,study-list,,,,,,,,,127.0.0.1,200,allowed\r\n"
+        + "2026-02-28T23:59:59+01:00,doctor-alice,doctor,,api,read,GET,study-list,,,,,,,,,,,127.0.0.1,200,allowed\r\n"
     )
     assert after == (
         HEADER
-        + "2026-03-03T00:00:00+01:00,doctor-alice,doctor,,api,write,POST,upload-list,,,,,,,,,127.0.0.1,201,allowed\r\n"
+        + "2026-03-03T00:00:00+01:00,doctor-alice,doctor,,api,write,POST,upload-list,,,,,,,,,,,"
+        + "127.0.0.1,201,allowed\r\n"
     )
 
 

@@ -52,9 +52,9 @@ def test_seed_creates_users_and_empty_orders(settings: Any) -> None:
     assert _groups("admin") == []
     admin = users.get(username="admin")
     assert (admin.is_superuser, admin.is_staff) == (True, True)
-    for username in ("doctor", "radtech", "nurse"):
+    for username, staff in (("doctor", False), ("radtech", True), ("nurse", False)):
         user = users.get(username=username)
-        assert (user.is_superuser, user.is_staff) == (False, False)
+        assert (user.is_superuser, user.is_staff) == (False, staff)  # the tech works the unmatched inbox
     for username in summary["users"].values():
         assert users.get(username=username).check_password(settings.DEMO_PASSWORD)
     assert can_view_radiology(users.get(username="doctor")) is True
