@@ -8,7 +8,13 @@ HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed
 OHIF_VERSION := 3.13.2
 OHIF_STAMP := var/ohif/.installed-$(OHIF_VERSION)
-export OHIF_VIEWER_URL ?= http://$(HOST):$(VIEWER_PORT)/viewer
+# Where `make viewer` installs the dist, whatever PACS_VAR_DIR says (the tests serve from a temp var/).
+OHIF_DIST_DIR ?= $(CURDIR)/var/ohif/dist
+# The serving environment (scripts/serve_env.sh): production settings with a generated secret key
+# in var/, plain HTTP, the hosts HOST serves (with HOST=0.0.0.0, this machine's addresses), and
+# OHIF_VIEWER_URL on VIEWER_PORT. DJANGO_DEBUG stays off unless it is set to 1.
+SERVE_VARIABLES = HOST='$(HOST)' PORT='$(PORT)' VIEWER_PORT='$(VIEWER_PORT)' OHIF_DIST_DIR='$(OHIF_DIST_DIR)'
+SERVE_ENV = $(SERVE_VARIABLES) sh scripts/serve_env.sh
 
 export DJANGO_SETTINGS_MODULE ?= config.settings
 
@@ -25,30 +31,24 @@ setup: $(STAMP)
 ## migrate: create or update the database (SQLite under var/ unless DATABASE_URL is set)
 migrate: setup
 	mkdir -p var
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+	$(SERVE_ENV) $(BIN)/python manage.py migrate --noinput
 
 ## seed: demo users, orders and a study of real sample images
 seed: migrate
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py seed_demo --with-images --if-empty
+	$(SERVE_ENV) $(BIN)/python manage.py seed_demo --with-images --if-empty
 
 $(OHIF_STAMP):
 	bash scripts/install_ohif.sh $(OHIF_VERSION) var/ohif
 
 ## viewer: install the pinned OHIF build and write its app-config.js from the settings
 viewer: setup $(OHIF_STAMP)
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py write_ohif_config
+	$(SERVE_ENV) $(BIN)/python manage.py write_ohif_config
 
 ## run: set everything up and serve the API on $(HOST):$(PORT) and the viewer on $(HOST):$(VIEWER_PORT)
+# as production does: gunicorn under supervisord (scripts/serve.sh, deploy/supervisord.conf);
+# a crashed process is restarted, Ctrl-C stops them all.
 run: seed viewer
-	@echo ""
-	@echo "PACS-lite API   http://$(HOST):$(PORT)/api/v1/radiology/  (admin: http://$(HOST):$(PORT)/admin/)"
-	@echo "OHIF viewer     http://$(HOST):$(VIEWER_PORT)/  (open it through a study's viewer-url)"
-	@echo "Demo logins: doctor, radtech, nurse, admin; password: $${DEMO_PASSWORD:-pacs-demo-2026}"
-	@echo ""
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} PACS_ROOT_URLCONF=config.viewer_urls \
-	  $(BIN)/python manage.py runserver $(HOST):$(VIEWER_PORT) --noreload --skip-checks & \
-	  VIEWER_PID=$$!; trap 'kill $$VIEWER_PID 2>/dev/null' EXIT INT TERM; \
-	  DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(SERVE_VARIABLES) exec bash scripts/serve.sh
 
 ## system-packages: Debian packages the tests use (dcmtk)
 system-packages:

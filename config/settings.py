@@ -1,14 +1,16 @@
 """Settings for the EMR host and PACS-lite, read from the environment.
 
-Every name is listed in .env.example. With nothing set and DJANGO_DEBUG=1 the app runs
-on SQLite under var/ with images on the filesystem under var/media (what `make run` uses).
-With DJANGO_DEBUG unset or 0 the server refuses to start without a secret key and allowed hosts.
+Every name is listed in .env.example. With nothing set the app runs on SQLite under var/ with
+images on the filesystem under var/media (what `make run` uses). With DJANGO_DEBUG unset or 0 the
+server refuses to start without a secret key and allowed hosts; `make run` (scripts/serve_env.sh)
+gives it both: PACS_GENERATE_SECRET_KEY=1 and the hosts it serves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -21,11 +23,49 @@ VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
+
+def generated_secret_key(path: Path) -> str:
+    """The key kept in `path` (mode 0600), generated there on first use.
+
+    For one server that keeps its own state (`make run`, the systemd unit: PACS_GENERATE_SECRET_KEY=1),
+    never the default: a deployment of several app servers, or of containers without a volume for
+    var/, would give each its own key, and a signed link or session from one would fail on another.
+    Written under a temporary name and linked into place, so the workers starting at once all read
+    the one key that won, never half of one. A key file others can read is refused, not used.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(50) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:  # another process of this server wrote it first: use theirs
+            pass
+        finally:
+            draft.unlink()
+        mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ImproperlyConfigured(f"{path} is readable by others (mode {mode:o}): chmod 600 it")
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ImproperlyConfigured(f"{path} is empty: remove it and a new key is generated")
+    return key
+
+
 SECRET_KEY = env_str("DJANGO_SECRET_KEY") or ""
+# 1 (set by `make run`, scripts/serve.sh and the systemd unit): without DJANGO_SECRET_KEY, use
+# the key kept in var/secret_key, generated on first start. Off by default: see generated_secret_key.
+PACS_GENERATE_SECRET_KEY = env_bool("PACS_GENERATE_SECRET_KEY", False)
+if not SECRET_KEY and PACS_GENERATE_SECRET_KEY:
+    SECRET_KEY = generated_secret_key(VAR_DIR / "secret_key")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
-    # Development only: a fixed, clearly-labelled key so sessions survive restarts of `make run`.
+    # Development only: a fixed, clearly-labelled key so sessions survive restarts of the server.
     SECRET_KEY = "insecure-development-key-never-use-in-production"  # noqa: S105
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"] if DEBUG else [])
@@ -122,10 +162,15 @@ if not _database_url:
     # The embedded default: one SQLite file under var/, created on first use.
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     _database_url = f"sqlite:///{VAR_DIR / 'pacs-lite.sqlite3'}"
+# Persistent connections, checked before each request reuses one: without them every request
+# to PostgreSQL opens a new connection and loses its prepared statements (small DICOMweb reads
+# measured at 15-20 ms instead of a few ms, issue 17). DATABASE_CONN_MAX_AGE=0 closes each
+# connection at the end of its request, as Django's own default does.
 DATABASES = {
     "default": dj_database_url.parse(
         _database_url,
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -233,6 +278,19 @@ RADIOLOGY_MAX_URL_EXPIRES = env_int("RADIOLOGY_MAX_URL_EXPIRES", 86400, minimum=
 RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SECONDS", 30, minimum=1)
 # Where ingest spools incoming bytes while hashing and checking them (never in memory).
 RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
+# Backups (manage.py backup_radiology / restore_radiology): an S3/MinIO destination's endpoint,
+# region and keys when they are not the image store's (unset: the store's own), and where
+# pg_dump/pg_restore live (unset: the newest /usr/lib/postgresql/N/bin, else PATH).
+PACS_BACKUP_S3_ENDPOINT_URL = env_str("PACS_BACKUP_S3_ENDPOINT_URL")
+PACS_BACKUP_S3_REGION = env_str("PACS_BACKUP_S3_REGION")
+PACS_BACKUP_S3_ACCESS_KEY_ID = env_str("PACS_BACKUP_S3_ACCESS_KEY_ID")
+PACS_BACKUP_S3_SECRET_ACCESS_KEY = env_str("PACS_BACKUP_S3_SECRET_ACCESS_KEY")
+PACS_PG_BIN_DIR = env_str("PACS_PG_BIN_DIR")
+# Free disk space ingest keeps, on the staging directory and on a filesystem store, beyond the
+# file it receives: below it uploads, STOW-RS and import refuse with 507 insufficient_storage
+# and /healthz says degraded (apps/radiology/storage/free_space.py). Default 2 GiB; 0: only
+# the incoming file's own size is kept free.
+RADIOLOGY_MIN_FREE_BYTES = env_int("RADIOLOGY_MIN_FREE_BYTES", 2 * 1024**3, minimum=0)
 # A helper process per server process parses part of each big ingest batch on another core
 # (apps/radiology/ingest/parse_helper.py); on by default where there is another core.
 RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", (os.cpu_count() or 1) > 1)

@@ -15,6 +15,9 @@ os.environ.setdefault("RADIOLOGY_TOKEN_RATE_PER_ADDRESS", "100000/min")
 # Every file parsed in the test process (and in the servers tests start), so a test sees the
 # same work whatever ran before it; test_parse_helper.py turns the helper on.
 os.environ.setdefault("RADIOLOGY_INGEST_PARSE_HELPER", "0")
+# No free-space margin: the suite must pass on a nearly full development disk. The full-disk
+# tests (apps/radiology/tests/ingest/test_full_disk.py) set their own.
+os.environ.setdefault("RADIOLOGY_MIN_FREE_BYTES", "0")
 
 from config.settings import *  # noqa: F403
 

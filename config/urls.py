@@ -22,4 +22,6 @@ urlpatterns = [
     # No OPTIONS metadata: rendered through the Swagger UI template it is a 500, not an answer.
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema", metadata_class=None), name="api-docs"),
     path("api/v1/radiology/", include("apps.radiology.urls")),
+    # The front door for people: `/`, sign in/out, the study list (apps/radiology/frontdoor/).
+    path("", include("apps.radiology.frontdoor.urls")),
 ]

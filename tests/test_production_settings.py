@@ -327,3 +327,95 @@ def test_behind_a_trusted_proxy_the_hop_it_added_is_counted(three_per_minute: No
 
     assert [response.status_code for response in guesses] == [400, 400, 400, 429]
     assert other_client.status_code == 200
+
+
+# --- the generated secret key (make run, the systemd unit) -----------------------------------------
+
+PRINT_KEY = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
+
+
+def test_a_generated_key_is_only_used_when_asked_for(tmp_path: Path) -> None:
+    """Production without DJANGO_SECRET_KEY still refuses: only PACS_GENERATE_SECRET_KEY=1 writes a key."""
+    refused = run(tmp_path, ["manage.py", "check"], DJANGO_SECRET_KEY="", PACS_GENERATE_SECRET_KEY="0")
+
+    assert refused.returncode != 0
+    assert "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off" in refused.stderr
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+def test_a_generated_key_is_written_0600_once_and_reused(tmp_path: Path) -> None:
+    first = run(tmp_path, ["-c", PRINT_KEY], DJANGO_SECRET_KEY="", PACS_GENERATE_SECRET_KEY="1")
+    second = run(tmp_path, ["-c", PRINT_KEY], DJANGO_SECRET_KEY="", PACS_GENERATE_SECRET_KEY="1")
+
+    assert first.returncode == 0, first.stderr
+    key_file = tmp_path / "var" / "secret_key"
+    key = key_file.read_text().strip()
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert first.stdout.strip().splitlines()[-1] == key
+    assert second.stdout.strip().splitlines()[-1] == key
+    assert len(key) >= 50
+    # Nothing but the key is left in var/ (the draft it was written under is gone).
+    assert sorted(path.name for path in (tmp_path / "var").iterdir() if "secret" in path.name) == ["secret_key"]
+
+
+def test_a_given_key_wins_over_the_generated_one(tmp_path: Path) -> None:
+    given = secrets.token_urlsafe(50)
+    result = run(tmp_path, ["-c", PRINT_KEY], DJANGO_SECRET_KEY=given, PACS_GENERATE_SECRET_KEY="1")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == given
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+def test_check_deploy_is_clean_with_a_generated_key(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        DJANGO_SECRET_KEY="",
+        PACS_GENERATE_SECRET_KEY="1",
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "System check identified no issues (0 silenced).\n"
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    key_file = tmp_path / "var" / "secret_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(secrets.token_urlsafe(50))
+    key_file.chmod(0o644)
+
+    result = run(tmp_path, ["manage.py", "check"], DJANGO_SECRET_KEY="", PACS_GENERATE_SECRET_KEY="1")
+
+    assert result.returncode != 0
+    assert (
+        f"django.core.exceptions.ImproperlyConfigured: {key_file} is readable by others (mode 644): chmod 600 it"
+        in result.stderr
+    )
+
+
+# --- persistent database connections ----------------------------------------------------------------
+
+PRINT_DATABASE = (
+    "import json, django; django.setup(); from django.conf import settings; "
+    "d = settings.DATABASES['default']; print(json.dumps([d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS']]))"
+)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, [60, True]),
+        ({"DATABASE_URL": "postgres://pacs:pacs@db.example:5432/pacs"}, [60, True]),
+        ({"DATABASE_CONN_MAX_AGE": "0"}, [0, True]),
+        ({"DATABASE_CONN_HEALTH_CHECKS": "0"}, [60, False]),
+    ],
+    ids=["sqlite-default", "postgres-default", "max-age-0", "no-health-checks"],
+)
+def test_database_connections_are_kept_and_checked_by_default(
+    tmp_path: Path, overrides: dict[str, str], expected: list[object]
+) -> None:
+    result = run(tmp_path, ["-c", PRINT_DATABASE], **overrides)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected

@@ -7,9 +7,12 @@ DATABASE_URL or RADIOLOGY_STORAGE cannot leak into a case.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
+import runpy
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -285,8 +288,18 @@ def test_compose_has_db_minio_and_app() -> None:
 def test_compose_app_runs_gunicorn_on_the_wsgi_app() -> None:
     command = compose()["services"]["app"]["command"]
     text = command if isinstance(command, str) else " ".join(command)
-    assert re.search(r"\bgunicorn\s+config\.wsgi\b", text)
+    # The same gunicorn settings as make run's (config/gunicorn_serve.py), on the WSGI app.
+    assert re.search(r"\bgunicorn\s+-c\s+config/gunicorn_serve\.py\s+config\.wsgi\s+--bind\s+0\.0\.0\.0:8000\b", text)
     assert "migrate" in text
+    assert "manage.py check --deploy" in text
+
+
+def test_every_compose_service_is_restarted_when_it_exits() -> None:
+    """As supervisord restarts make run's processes, docker restarts each service."""
+    services = compose()["services"]
+    assert {name: service.get("restart") for name, service in services.items()} == {
+        name: "unless-stopped" for name in services
+    }
 
 
 def test_compose_app_sets_only_variables_settings_read() -> None:
@@ -424,3 +437,136 @@ def test_nginx_conf_proxies_the_app(path: str) -> None:
     block = directives(nginx_locations()[path])
     assert "proxy_pass http://app:8000" in block
     assert "proxy_set_header Host $http_host" in block
+
+
+# --- make run, the supervisor and the systemd unit ---------------------------------------------------
+
+
+@cache
+def supervisord_conf() -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser()
+    parser.read_string((ROOT / "deploy" / "supervisord.conf").read_text())
+    return parser
+
+
+def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicorn_settings() -> None:
+    conf = supervisord_conf()
+    programs = sorted(section for section in conf.sections() if section.startswith("program:"))
+    assert programs == ["program:api", "program:viewer"]
+    gunicorn = "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi --bind"
+    assert conf["program:api"]["command"] == f"{gunicorn} %(ENV_PACS_API_BIND)s --name pacs-api"
+    assert conf["program:viewer"]["command"] == f"{gunicorn} %(ENV_PACS_VIEWER_BIND)s --name pacs-viewer"
+    assert conf["program:viewer"]["environment"] == 'PACS_ROOT_URLCONF="config.viewer_urls"'
+    assert "environment" not in conf["program:api"]
+
+
+@pytest.mark.parametrize("program", ["program:api", "program:viewer"])
+def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
+    section = supervisord_conf()[program]
+    assert section["autorestart"] == "true"
+    assert (section["stopasgroup"], section["killasgroup"]) == ("true", "true")
+    assert section["stopsignal"] == "TERM"
+    # gunicorn gets its graceful_timeout before supervisord kills what is left.
+    serving = runpy.run_path(str(ROOT / "config" / "gunicorn_serve.py"))
+    assert int(section["stopwaitsecs"]) > serving["graceful_timeout"]
+    assert section["directory"] == "%(ENV_PACS_ROOT)s"
+
+
+def test_supervisord_runs_in_the_foreground_and_gives_up_loudly() -> None:
+    conf = supervisord_conf()
+    assert conf["supervisord"]["nodaemon"] == "true"
+    assert conf["eventlistener:fatal"]["events"] == "PROCESS_STATE_FATAL"
+    assert conf["eventlistener:fatal"]["command"] == "%(ENV_PACS_BIN)s/python scripts/supervisor_fatal.py"
+
+
+def test_the_serving_gunicorn_settings_are_the_benchmarked_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PACS_WEB_WORKERS", raising=False)
+    monkeypatch.delenv("PACS_WEB_THREADS", raising=False)
+    serving = runpy.run_path(str(ROOT / "config" / "gunicorn_serve.py"))
+    default = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+    assert serving["logger_class"] == default["logger_class"] == "config.log_redaction.RedactingGunicornLogger"
+    assert (serving["worker_class"], serving["workers"], serving["threads"]) == ("gthread", 3, 4)
+    assert (serving["timeout"], serving["graceful_timeout"]) == (300, 20)
+    assert serving["control_socket_disable"] is True
+
+
+def test_the_systemd_unit_runs_serve_sh_and_is_restarted() -> None:
+    unit = configparser.RawConfigParser(strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((ROOT / "deploy" / "pacs-lite.service").read_text())
+    service = unit["Service"]
+    assert service["ExecStart"] == "/bin/bash /opt/pacs-lite/scripts/serve.sh"
+    assert service["WorkingDirectory"] == "/opt/pacs-lite"
+    assert service["Restart"] == "always"
+    assert service["KillMode"] == "mixed"
+    assert service["User"] == "pacs"
+    assert service["EnvironmentFile"] == "-/etc/default/pacs-lite"
+    stop_wait = max(int(supervisord_conf()[name]["stopwaitsecs"]) for name in ("program:api", "program:viewer"))
+    assert int(service["TimeoutStopSec"]) > stop_wait
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def serving_env(**environment: str) -> dict[str, str]:
+    """The variables scripts/serve_env.sh exports, from a clean environment plus `environment`."""
+    result = subprocess.run(  # noqa: S603 (our own script)
+        ["/bin/sh", str(ROOT / "scripts" / "serve_env.sh"), "env"],
+        env={"PATH": os.environ["PATH"], **environment},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def test_make_run_serves_production_settings_with_a_generated_key_on_plain_http() -> None:
+    env = serving_env()
+    assert "DJANGO_DEBUG" not in env
+    assert env["DJANGO_SETTINGS_MODULE"] == "config.settings"
+    assert env["PACS_GENERATE_SECRET_KEY"] == "1"
+    assert env["PACS_ALLOW_PLAIN_HTTP"] == "1"
+    assert env["PACS_VAR_DIR"] == str(ROOT / "var")
+    assert env["DJANGO_ALLOWED_HOSTS"] == "localhost,127.0.0.1"
+    assert env["OHIF_VIEWER_URL"] == "http://127.0.0.1:3000/viewer"
+    assert env["RADIOLOGY_CORS_ORIGINS"] == "http://localhost:3000,http://127.0.0.1:3000"
+    assert (env["PACS_API_BIND"], env["PACS_VIEWER_BIND"]) == ("127.0.0.1:8000", "127.0.0.1:3000")
+
+
+def test_host_0_0_0_0_allows_this_machines_names_and_addresses() -> None:
+    hostname = shutil.which("hostname")
+    assert hostname is not None
+    addresses = subprocess.run([hostname, "-I"], capture_output=True, text=True, check=True).stdout.split()  # noqa: S603
+    name = subprocess.run([hostname], capture_output=True, text=True, check=True).stdout.strip()  # noqa: S603
+    in_url = [f"[{address}]" if ":" in address else address for address in addresses]
+    first_ipv4 = next(address for address in addresses if ":" not in address)
+
+    env = serving_env(HOST="0.0.0.0", PORT="8001", VIEWER_PORT="3001")  # noqa: S104 (what is tested)
+
+    hosts = env["DJANGO_ALLOWED_HOSTS"].split(",")
+    assert hosts == list(dict.fromkeys(["localhost", "127.0.0.1", name, *in_url]))
+    assert env["OHIF_VIEWER_URL"] == f"http://{first_ipv4}:3001/viewer"
+    assert env["RADIOLOGY_CORS_ORIGINS"].split(",") == [f"http://{host}:3001" for host in hosts]
+    assert (env["PACS_API_BIND"], env["PACS_VIEWER_BIND"]) == ("0.0.0.0:8001", "0.0.0.0:3001")
+
+
+def test_what_the_environment_sets_wins_over_make_runs_defaults() -> None:
+    env = serving_env(
+        DJANGO_ALLOWED_HOSTS="pacs.clinic.example",
+        OHIF_VIEWER_URL="",
+        PACS_ALLOW_PLAIN_HTTP="0",
+        PACS_GENERATE_SECRET_KEY="0",
+        DJANGO_DEBUG="1",
+    )
+    assert env["DJANGO_ALLOWED_HOSTS"] == "pacs.clinic.example"
+    assert env["OHIF_VIEWER_URL"] == ""  # the built-in lite viewer
+    assert (env["PACS_ALLOW_PLAIN_HTTP"], env["PACS_GENERATE_SECRET_KEY"], env["DJANGO_DEBUG"]) == ("0", "0", "1")
+
+
+def test_make_run_serves_through_serve_sh_and_no_longer_runserver() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    run_recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert run_recipe is not None
+    assert run_recipe.group(1).strip() == "$(SERVE_VARIABLES) exec bash scripts/serve.sh"
+    assert "runserver" not in makefile
+    assert "DJANGO_DEBUG" not in makefile.split("SERVE_ENV =")[1]

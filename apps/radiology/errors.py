@@ -242,6 +242,19 @@ class StorageFailure(RadiologyError):
     default_detail = "The image store could not be reached; nothing was saved."
 
 
+class InsufficientStorage(StorageFailure):
+    """Free disk space for staging or the filesystem store is below RADIOLOGY_MIN_FREE_BYTES; nothing was saved.
+
+    A StorageFailure, so every way in treats it as passing, never as a bad file: an upload
+    keeps the chunks it has and its device sends the refused one again later. 507, not
+    503: the server and its store answer, they only lack room (storage/free_space.py).
+    """
+
+    code = "insufficient_storage"
+    status_code = 507
+    default_detail = "The server is short of disk space; nothing was saved. Send it again once space is freed."
+
+
 class UploadRangeMismatch(RadiologyError):
     """An upload chunk does not start where the received bytes end (the body says received_bytes)."""
 

@@ -384,7 +384,7 @@ class AuditEvent(WriteOnceModel):
     role = models.CharField(max_length=32, db_index=True)
     viewer_token_id = models.UUIDField(null=True, blank=True, db_index=True)
     channel = models.CharField(
-        max_length=32, db_index=True, help_text="api, dicomweb, signed_url, viewer, admin, import"
+        max_length=32, db_index=True, help_text="api, dicomweb, signed_url, viewer, admin, import, web"
     )
     action = models.CharField(
         max_length=16, help_text="read, write, or an identity decision: confirm_mismatch, hold, assign, discard"

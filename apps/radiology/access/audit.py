@@ -36,7 +36,8 @@ from apps.radiology.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-AUDITED_PREFIXES = ("/api/v1/radiology/", "/admin/radiology/")
+# The front door's pages that show clinical data are all under /radiology/ (apps/radiology/frontdoor/).
+AUDITED_PREFIXES = ("/api/v1/radiology/", "/admin/radiology/", "/radiology/")
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 INVALID_VIEWER_TOKEN_ROLE = "invalid_viewer_token"  # noqa: S105 (a role name)
 # Set on the request by the user_login_failed receiver; the middleware records it with the answer.
@@ -75,6 +76,8 @@ def outcome_of(status_code: int) -> str:
 def channel_of(path: str, route: str) -> str:
     if path.startswith("/admin/"):
         return "admin"
+    if path.startswith("/radiology/"):
+        return "web"
     if "/dicomweb/" in path:
         return "dicomweb"
     if route == "signed-image":
@@ -221,15 +224,22 @@ def _presented_viewer_token(request: HttpRequest, route: str) -> str | None:
     return None
 
 
+def _login_channel(path: str) -> str:
+    """Where a login was tried: admin's form, the API's token endpoint, or the front door's sign-in."""
+    if path.startswith("/admin/"):
+        return "admin"
+    return "api" if path.startswith("/api/") else "web"
+
+
 def _is_login_redirect(response: HttpResponse) -> bool:
-    """A 3xx to the admin login page: admin sending someone without access away."""
+    """A 3xx to a login page (admin's, the front door's sign-in): someone without access sent away."""
     if not 300 <= response.status_code < 400 or "Location" not in response:
         return False
     try:
-        login = reverse("admin:login")
-    except NoReverseMatch:  # the viewer's port routes no admin
+        logins = {reverse("admin:login"), reverse("frontdoor:sign-in")}
+    except NoReverseMatch:  # the viewer's port routes neither
         return False
-    return urlsplit(response["Location"]).path == login
+    return urlsplit(response["Location"]).path in logins
 
 
 class AuditMiddleware:
@@ -274,7 +284,7 @@ class AuditMiddleware:
             record,
             user=None,
             username=getattr(request, _FAILED_LOGIN),
-            channel="admin" if request.path.startswith("/admin/") else "api",
+            channel=_login_channel(request.path),
             action="login",
             route=(match.url_name if match is not None else None) or "login",
             method=request.method or "",

@@ -48,7 +48,7 @@ def lockout_response(
 ) -> HttpResponse:
     """429 for a locked-out username+address: JSON with a code on the API, a page on admin."""
     seconds = _cool_off_seconds()
-    if request.path.startswith("/admin/"):
+    if not request.path.startswith("/api/"):  # a person's login page: admin's, or the front door's sign-in
         minutes = max(1, math.ceil(seconds / 60))
         context = {**admin.site.each_context(request), "minutes": minutes, "title": "Log in"}
         response: HttpResponse = render(

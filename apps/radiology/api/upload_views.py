@@ -26,6 +26,7 @@ UPLOAD_ERRORS = {
     404: ErrorSerializer,
     409: ErrorSerializer,
     413: ErrorSerializer,
+    507: ErrorSerializer,  # insufficient_storage: send the same request again once space is freed
 }
 
 

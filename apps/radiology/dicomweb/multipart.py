@@ -4,11 +4,14 @@ Out: each part is `--boundary CRLF Content-Type: ... CRLF CRLF <bytes> CRLF`, cl
 `--boundary--`. The header is spelled exactly "Content-Type:" because OHIF's parser looks
 for that spelling; bytes are streamed part by part, never a whole study in memory.
 In: python-multipart's streaming parser writes each part to a staging file as it arrives,
-under the STOW-RS limits (parts, bytes per part, bytes per request) checked on the way.
+under the STOW-RS limits (parts, bytes per part, bytes per request) checked on the way, and
+after a check that the disk has room for it (`check_room_for_body`): a disk that fills up
+anyway is a 507 with every part staged so far removed, never a 500 or a partial file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -22,7 +25,9 @@ from typing import IO
 from django.conf import settings
 from python_multipart.multipart import MultipartParser
 
+from apps.radiology import storage
 from apps.radiology.errors import (
+    InsufficientStorage,
     InvalidMultipart,
     PartTooLarge,
     RadiologyError,
@@ -31,7 +36,7 @@ from apps.radiology.errors import (
     UnsupportedMediaType,
 )
 from apps.radiology.ingest.request_streams import request_body  # noqa: F401 (re-exported for the views)
-from apps.radiology.storage import STREAM_CHUNK_SIZE
+from apps.radiology.storage import STREAM_CHUNK_SIZE, free_space
 
 CRLF = b"\r\n"
 
@@ -125,8 +130,9 @@ def discard_parts(parts: list[ReceivedPart]) -> None:
         part.discard()
 
 
-# RFC 2046 5.1.1: a boundary is 1 to 70 characters.
-MAX_BOUNDARY_LENGTH = 70
+# RFC 2046 5.1.1 says a boundary is 1 to 70 characters, but Orthanc's DICOMweb plugin writes two
+# UUIDs joined (73): the limit is lenient enough for real senders and still bounds the search.
+MAX_BOUNDARY_LENGTH = 128
 
 
 def boundary_of(content_type: str) -> tuple[str, str | None]:
@@ -142,7 +148,7 @@ def boundary_of(content_type: str) -> tuple[str, str | None]:
     if not boundary:
         raise InvalidMultipart()
     if len(boundary) > MAX_BOUNDARY_LENGTH or not boundary.isascii():
-        raise InvalidMultipart("The multipart boundary must be 1 to 70 ASCII characters.")
+        raise InvalidMultipart("The multipart boundary must be 1 to 128 ASCII characters.")
     return boundary, params.get("type")
 
 
@@ -163,14 +169,28 @@ class PartLimits:
         )
 
 
+def _declared_length(content_length: str | None) -> int | None:
+    """The Content-Length as a number, if it is a plain ASCII one; None for anything else.
+
+    Anything else is left to the server and to the byte count kept while reading (which also
+    covers chunked bodies).
+    """
+    text = (content_length or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
 def check_declared_length(content_length: str | None, limits: PartLimits | None = None) -> None:
     """Refuse, before reading a byte, a body whose Content-Length is over the request limit."""
     limits = limits or PartLimits.from_settings()
-    text = (content_length or "").strip()
-    # Only a plain ASCII number is compared; anything else is left to the server and the
-    # byte count kept while reading (which also covers chunked bodies).
-    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) > limits.max_request_bytes:
+    declared = _declared_length(content_length)
+    if declared is not None and declared > limits.max_request_bytes:
         raise RequestTooLarge()
+
+
+def check_room_for_body(content_length: str | None) -> None:
+    """Refuse (507 insufficient_storage), before reading a byte, a body the disk has no room for:
+    free space below RADIOLOGY_MIN_FREE_BYTES plus its Content-Length (when it says one)."""
+    free_space.require_free_space(incoming_bytes=_declared_length(content_length) or 0)
 
 
 def read_parts(
@@ -180,7 +200,8 @@ def read_parts(
 
     The limits (see PartLimits; the settings by default) are checked as bytes arrive, so a
     request over one is refused (413) after reading at most one chunk past it, and every
-    part already staged is removed. Only the part being written is open.
+    part already staged is removed. So is every part when the disk fills up on the way (507
+    insufficient_storage). Only the part being written is open.
     """
     limits = limits or PartLimits.from_settings(max_parts=max_parts)
     boundary, _type = boundary_of(content_type)
@@ -195,6 +216,13 @@ def read_parts(
     def close_writing() -> None:
         while writing:
             writing.pop().close()
+
+    def abandon() -> None:
+        """Close the open part without minding its buffer (a full disk refuses it again), remove all."""
+        while writing:
+            with contextlib.suppress(OSError):
+                writing.pop().close()
+        discard_parts(parts)
 
     def on_part_begin() -> None:
         headers.clear()
@@ -260,13 +288,16 @@ def read_parts(
             # python-multipart's finalize() does not check that the closing boundary came: a
             # body cut short (a client gone mid-upload) would otherwise store its last part cut.
             raise InvalidMultipart("The body ends before its closing boundary.")
+        close_writing()
     except RadiologyError:
-        close_writing()
-        discard_parts(parts)
+        abandon()
         raise
-    except Exception as exc:  # python-multipart raises its own error types on malformed input
-        close_writing()
-        discard_parts(parts)
+    except OSError as exc:
+        abandon()
+        if storage.is_out_of_space(exc):
+            raise InsufficientStorage() from exc
         raise InvalidMultipart() from exc
-    close_writing()
+    except Exception as exc:  # python-multipart raises its own error types on malformed input
+        abandon()
+        raise InvalidMultipart() from exc
     return parts

@@ -6,6 +6,8 @@ Good instances are stored even when others fail; the answer lists both (PS3.18 1
 200 all stored, 202 some failed, 409 none stored. An instance whose PatientID is another EMR
 patient's fails with Failure Reason A900 (patient_mismatch) unless the request confirms it:
 `?confirm_patient_mismatch=true&patient_mismatch_reason=...` (the tech's reason, audited).
+A disk short of space refuses the whole request (507) before its body is read; one that fills
+up while the received instances are stored fails those left with A700 (Out of Resources).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ _REASONS: dict[type[RadiologyError], int] = {
     errors.SeriesConflict: DATA_SET_DOES_NOT_MATCH,
     errors.UIDMismatch: DATA_SET_DOES_NOT_MATCH,
     errors.StorageFailure: OUT_OF_RESOURCES,
+    errors.InsufficientStorage: OUT_OF_RESOURCES,
     errors.FileTooLarge: OUT_OF_RESOURCES,
     errors.InvalidDicom: CANNOT_UNDERSTAND,
     errors.TruncatedFile: CANNOT_UNDERSTAND,

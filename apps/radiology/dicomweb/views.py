@@ -57,6 +57,7 @@ from .multipart import (
     InvalidMultipart,
     Part,
     check_declared_length,
+    check_room_for_body,
     content_type_header,
     discard_parts,
     new_boundary,
@@ -269,6 +270,7 @@ class StudiesView(DicomWebView):
             channel="dicomweb",
         )
         check_declared_length(request.headers.get("Content-Length"))
+        check_room_for_body(request.headers.get("Content-Length"))
         parts = read_parts(request_body(request._request), request.headers.get("Content-Type", ""))
         try:
             if not parts:

@@ -6,6 +6,10 @@ references are the import list; otherwise every file under the folder is looked 
 
 Matched by accession number, a file whose accession no order has (or that has none) is not
 a failure: it is held in the unmatched inbox for a tech to assign (ingest/holding.py).
+
+A disk short of space (storage/free_space.py) fails each file still to come with
+insufficient_storage before any of its bytes is written; run the import again once space is
+freed: the files already stored are skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from apps.radiology.imagefiles.dicom import SNIFF_LENGTH
 from apps.radiology.ingest import pipeline
 from apps.radiology.ingest.identity import MismatchConfirmation
 from apps.radiology.models import RadiologyOrder
+from apps.radiology.storage import free_space
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ def import_item(
         if not is_dicom_item(item):
             report.ignored += 1
             return
+        free_space.require_free_space(incoming_bytes=item.size)
         target = order or order_by_accession(item)
         with item.open() as handle:
             (outcome,) = pipeline.ingest_images(

@@ -2,7 +2,9 @@
 
 The first stage of ingest, before anything is parsed or stored: nothing holds the whole file
 in memory, the checksum is the server's own, and a file that is larger than declared (or than
-RADIOLOGY_MAX_UPLOAD_SIZE) is refused as soon as the excess arrives.
+RADIOLOGY_MAX_UPLOAD_SIZE) is refused as soon as the excess arrives. Nor does it fill the disk:
+a file is refused (507) before its first byte when free space is short (storage/free_space.py),
+and a write that still finds no room is refused the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from django.conf import settings
 from apps.radiology import storage
 from apps.radiology.errors import ChecksumMismatch, EmptyFile, FileTooLarge, SizeMismatch
 from apps.radiology.imagefiles.dicom import SNIFF_LENGTH, sniff_mime_type
+from apps.radiology.storage import free_space
 
 # How ingest's spool files in RADIOLOGY_STAGING_DIR are named (cleanup.py removes old ones).
 SPOOL_PREFIX = "ingest-"
@@ -47,8 +50,12 @@ class Spooled:
 
 
 def new_spool_file() -> IO[bytes]:
-    """An open, empty spool file in RADIOLOGY_STAGING_DIR, removed when it is closed."""
-    return tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix=SPOOL_PREFIX)
+    """An open, empty spool file in RADIOLOGY_STAGING_DIR, removed when it is closed.
+
+    Unbuffered (`spool` writes whole chunks itself): a buffered file would still hold bytes
+    when a full disk refused a write, and closing it would fail again trying to write them.
+    """
+    return tempfile.NamedTemporaryFile(dir=settings.RADIOLOGY_STAGING_DIR, prefix=SPOOL_PREFIX, buffering=0)
 
 
 def spool(
@@ -56,20 +63,24 @@ def spool(
 ) -> Spooled:
     """Copy the stream to disk in chunks, hashing as it goes; then check it against what was declared.
 
-    Order of refusals: more bytes than declared (stop reading at once), fewer, another
-    checksum; then an empty file; then a type that is neither DICOM nor JPEG.
+    Order of refusals: too little free disk space for it (before a byte is read), more bytes
+    than declared (stop reading at once), fewer, another checksum; then an empty file; then a
+    type that is neither DICOM nor JPEG. A disk that fills up while it is written is refused
+    as too little space; the caller's closing of `spool_file` removes what was written.
     """
+    free_space.require_free_space(incoming_bytes=expected_size or 0)
     digest = hashlib.sha256()
     size = 0
     head = b""
-    while chunk := stream.read(storage.STREAM_CHUNK_SIZE):
-        size += len(chunk)
-        _check_size_so_far(size, expected_size)
-        if len(head) < SNIFF_LENGTH:
-            head += chunk[: SNIFF_LENGTH - len(head)]
-        digest.update(chunk)
-        spool_file.write(chunk)
-    spool_file.flush()
+    with storage.refused_when_disk_full():
+        while chunk := stream.read(storage.STREAM_CHUNK_SIZE):
+            size += len(chunk)
+            _check_size_so_far(size, expected_size)
+            if len(head) < SNIFF_LENGTH:
+                head += chunk[: SNIFF_LENGTH - len(head)]
+            digest.update(chunk)
+            _write_all(spool_file, chunk)
+        spool_file.flush()
     return _checked(
         Path(spool_file.name),
         size,
@@ -80,8 +91,20 @@ def spool(
     )
 
 
+def _write_all(spool_file: IO[bytes], chunk: bytes) -> None:
+    """Write all of `chunk`: an unbuffered write may take only part (a disk filling up)."""
+    view = memoryview(chunk)
+    while view:
+        view = view[spool_file.write(view) :]
+
+
 def take_staged(staged: StagedFile, *, expected_size: int | None, expected_checksum: str | None) -> Spooled:
-    """A staged file (see StagedFile) checked as `spool` checks the bytes it copies."""
+    """A staged file (see StagedFile) checked as `spool` checks the bytes it copies.
+
+    Its bytes are already on disk: free space is checked for the margin alone, before the
+    store takes it in (a link on the same filesystem, a copy on another).
+    """
+    free_space.require_free_space()
     _check_size_so_far(staged.size, expected_size)
     with staged.path.open("rb") as handle:
         head = handle.read(SNIFF_LENGTH)

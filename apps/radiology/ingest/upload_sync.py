@@ -10,7 +10,10 @@ without knowing whether the last one arrived. The rules that make that safe:
   one server's disk, so any app server can take the next chunk and a restart loses nothing;
 - when the last byte is in, the chunks are read back in order through the one ingest path,
   which checks size and SHA-256 against the metadata before storing anything. A mismatch
-  throws the chunks away and sets `received_bytes` back to 0 so the device resends.
+  throws the chunks away and sets `received_bytes` back to 0 so the device resends;
+- a server short of disk space refuses the bytes (507 insufficient_storage, with
+  `received_bytes`) before writing any: nothing is counted or lost, and the device sends the
+  same request again later, when space has been freed.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from apps.radiology.errors import (
     EmptyFile,
     FileTooLarge,
     IncompleteBody,
+    InsufficientStorage,
     InvalidContentRange,
     OrderNotFound,
     RadiologyError,
@@ -46,6 +50,7 @@ from apps.radiology.imagefiles.uids import validate_uid
 from apps.radiology.ingest import pipeline
 from apps.radiology.ingest.identity import MismatchConfirmation
 from apps.radiology.models import RadiologyOrder, RadiologyUpload
+from apps.radiology.storage import free_space
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +130,26 @@ def upload_receive(
     """Take the whole file or one chunk; returns (upload, finished_now).
 
     finished_now is True when this request completed the upload (201), False when it was a
-    chunk (202) or the upload was already complete (200).
+    chunk (202) or the upload was already complete (200). Too little free disk space for the
+    file is InsufficientStorage with the received_bytes to resume from, this request's bytes
+    not counted (refused before any is written, or removed again).
     """
     if upload.status == RadiologyUpload.Status.COMPLETED:
         return upload, False
     if upload.status == RadiologyUpload.Status.FAILED:
         raise _stored_error(upload)
+    try:
+        free_space.require_free_space(incoming_bytes=upload.file_size)
+        return _receive(upload, body, content_range)
+    except InsufficientStorage as full:
+        current = RadiologyUpload.objects.get(pk=upload.pk)
+        raise InsufficientStorage(received_bytes=current.received_bytes) from full
+
+
+def _receive(
+    upload: RadiologyUpload, body: IO[bytes] | None, content_range: str | None
+) -> tuple[RadiologyUpload, bool]:
+    """upload_receive for a pending upload."""
     if upload.received_bytes == upload.file_size:
         # Every byte was in but the last request died before ingest finished: finish now.
         return _finish(upload), True
@@ -156,9 +175,13 @@ def _stage_chunk(upload: RadiologyUpload, body: IO[bytes] | None, start: int, en
     """Store one chunk in the shared store, then advance received_bytes if still at `start`."""
     expected = end - start + 1
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.SpooledTemporaryFile(
-        max_size=storage.STREAM_CHUNK_SIZE * 16, dir=settings.RADIOLOGY_STAGING_DIR
-    ) as spool:
+    # The disk filling up under the chunk's spool (an unnamed file, gone once closed) is a 507.
+    with (
+        storage.refused_when_disk_full(),
+        tempfile.SpooledTemporaryFile(
+            max_size=storage.STREAM_CHUNK_SIZE * 16, dir=settings.RADIOLOGY_STAGING_DIR
+        ) as spool,
+    ):
         received = 0
         while body is not None and received < expected:
             piece = body.read(min(storage.STREAM_CHUNK_SIZE, expected - received))

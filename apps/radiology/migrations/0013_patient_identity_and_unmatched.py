@@ -186,5 +186,12 @@ class Migration(migrations.Migration):
             name="patient_mismatch_reason",
             field=models.CharField(blank=True, max_length=255),
         ),
+        migrations.AlterField(
+            model_name="auditevent",
+            name="channel",
+            field=models.CharField(
+                db_index=True, help_text="api, dicomweb, signed_url, viewer, admin, import, web", max_length=32
+            ),
+        ),
         migrations.RunPython(serve_emr_identity, migrations.RunPython.noop),
     ]

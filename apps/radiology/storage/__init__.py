@@ -4,7 +4,8 @@ Filesystem (default) or S3/MinIO. Two rules hold on both:
 - an existing object is never overwritten: a second writer to the same key gets a fresh
   key beside it (the filesystem backend opens with O_EXCL; the S3 backend below writes
   with `If-None-Match: *`), so a race can never replace a stored patient image;
-- errors of the store surface as StorageFailure, so callers handle one exception type.
+- errors of the store surface as StorageFailure, so callers handle one exception type; a
+  disk with no room left (ENOSPC) as its kind InsufficientStorage, with no partial file left.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from django.utils.text import get_valid_filename
 from storages.backends.s3 import S3Storage
 from storages.utils import safe_join
 
-from apps.radiology.errors import InvalidFilename, StorageFailure, StoredObjectMissing
+from apps.radiology.errors import InsufficientStorage, InvalidFilename, StorageFailure, StoredObjectMissing
 from apps.radiology.imagefiles.uids import validate_uid
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,35 @@ KEY_PREFIX = "radiology"
 MAX_FILENAME_LENGTH = 128
 STREAM_CHUNK_SIZE = 64 * 1024
 _UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# A write that found the disk (or the user's quota) full.
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def radiology_storage() -> Storage:
     """The configured store of radiology files."""
     return storages[STORAGE_ALIAS]
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether a failed write found no room: refused as InsufficientStorage (507), not a 500 or 503.
+
+    A disk (ENOSPC, or the user's quota), or an S3 store answering 507 (MinIO's
+    XMinioStorageFull, when its drives are below their own free-space threshold).
+    """
+    if isinstance(error, ClientError):
+        return error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 507
+    return isinstance(error, OSError) and error.errno in _OUT_OF_SPACE_ERRNOS
+
+
+@contextlib.contextmanager
+def refused_when_disk_full() -> Iterator[None]:
+    """Raise InsufficientStorage (507) for a write inside that found its disk full, not the OSError (a 500)."""
+    try:
+        yield
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise InsufficientStorage() from exc
+        raise
 
 
 def is_s3(storage: Storage | None = None) -> bool:
@@ -109,19 +134,55 @@ def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_pa
 
     `local_path`: where `content` lies on this machine, if it is a file nothing will write
     to again (an ingest spool). The filesystem store then links it in rather than copying it.
+    A disk with no room for it raises InsufficientStorage, and no part of the file is left.
     """
     upload = File(content, name=os.path.basename(key))
     upload.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
     store = radiology_storage()
     try:
-        if local_path is not None and isinstance(store, FileSystemStorage):
-            linked = _link_new_file(store, key, local_path)
-            if linked is not None:
-                return linked
+        if isinstance(store, FileSystemStorage):
+            linked = _link_new_file(store, key, local_path) if local_path is not None else None
+            written = linked if linked is not None else _write_new_file(store, key, upload)
+            if written is not None:
+                return written
         return store.save(key, upload)
     except (OSError, BotoCoreError, ClientError) as exc:
         logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
+        if is_out_of_space(exc):
+            raise InsufficientStorage() from exc
         raise StorageFailure() from exc
+
+
+def _write_new_file(store: FileSystemStorage, key: str, content: File) -> str | None:
+    """Stream `content` into a new file at `key` (or beside it if taken); None if it cannot be.
+
+    Django's save, except that a write that fails half way (the disk filled up) leaves no
+    partial file: Django's own save leaves it, a file no row would ever point at. The name
+    is first made this call's own by an exclusive create, as Django's save does, so nothing
+    stored is ever replaced and removing it after a failure cannot touch another writer's
+    file; Django's save then writes into it (allow_overwrite), with its file mode and group.
+    None (Django's save alone writes) when directories need a mode of their own.
+    """
+    if store.directory_permissions_mode is not None:
+        return None
+    name = store.get_available_name(key)
+    while True:
+        full_path = Path(store.path(name))
+        full_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            name = store.get_available_name(name)
+            continue
+        break
+    into_own_file = FileSystemStorage(
+        location=store.location, file_permissions_mode=store.file_permissions_mode, allow_overwrite=True
+    )
+    try:
+        return into_own_file.save(name, content)
+    except BaseException:
+        full_path.unlink(missing_ok=True)
+        raise
 
 
 def _link_new_file(store: FileSystemStorage, key: str, source: Path) -> str | None:

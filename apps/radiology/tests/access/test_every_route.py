@@ -8,10 +8,11 @@ not allow must leak nothing either) by:
 - anonymous;
 - a nurse: logged in (session) and with an API token, in no radiology group;
 - a viewer token of ANOTHER study (`Authorization: Bearer`, and `?token=` for the lite viewer).
-Each must get nothing: a 4xx, or a redirect to the admin login page; the one exception is a
-search by the other study's token, which may answer 2xx when that answer is exactly what it
-gets when the study does not exist (a search sees only the token's own study). No body, of
-any answer, holds the study's patient name, patient id, any of its UIDs, or its image bytes.
+Each must get nothing: a 4xx, or a redirect to a login page (admin's, or the front door's
+sign-in); the one exception is a search by the other study's token, which may answer 2xx when
+that answer is exactly what it gets when the study does not exist (a search sees only the
+token's own study). No body, of any answer, holds the study's patient name, patient id, any
+of its UIDs, or its image bytes.
 
 Routes meant to be public are in PUBLIC with the reason; they are still checked to leak
 nothing. A new route is protected by default: if it answers, this test fails until it is
@@ -52,6 +53,9 @@ SAFE = {"GET", "HEAD", "OPTIONS"}
 # Routes anyone may call, by (URLconf, route pattern), with the reason. Still checked for leaks.
 PUBLIC: dict[tuple[str, str], str] = {
     ("config.urls", "healthz"): "liveness/readiness probe of the load balancer; answers about the server only",
+    ("config.urls", ""): "the front door: what this server is and where to go; no data",
+    ("config.urls", "sign-in/"): "the front door's sign-in form",
+    ("config.urls", "sign-out/"): "ends a session; shows no data",
     ("config.urls", "admin/login/"): "the admin login form",
     ("config.urls", "admin/logout/"): "ends a session; shows no data",
     ("config.urls", "api/v1/auth/token/"): "the API login: username and password for a token",
@@ -281,10 +285,13 @@ def leaks(body: bytes, target: Target) -> list[str]:
     return found
 
 
+LOGIN_PAGES = ("/admin/login/", "/sign-in/")
+
+
 def refused(status: int, response: HttpResponse) -> bool:
     if 400 <= status < 500:
         return True
-    return status in (301, 302) and response.get("Location", "").startswith("/admin/login/")
+    return status in (301, 302) and response.get("Location", "").startswith(LOGIN_PAGES)
 
 
 def test_every_route_is_discovered_and_every_public_one_exists() -> None:

@@ -268,6 +268,21 @@ RULES: dict[str, Rule] = {
     "radiology:dicomweb-bulk": Rule(
         dicomweb(200, other_token=404), kwargs=lambda w: {**_instance(w), "tag": "7FE00010"}
     ),
+    # The front door's pages (apps/radiology/frontdoor) are for people signed in with a session:
+    # an API or viewer token opens none of them (every actor here is anonymous to them). What a
+    # signed-in doctor, tech or nurse gets there is in tests/frontdoor/.
+    "frontdoor:home": Rule(everyone(methods(200))),
+    "frontdoor:sign-in": Rule(everyone(methods(200, post=200, options=200))),
+    "frontdoor:sign-out": Rule(everyone({**every_method(405), "POST": 302, "OPTIONS": 200})),
+    "frontdoor:studies": Rule(everyone(methods(302))),
+    "frontdoor:search": Rule(everyone({**every_method(405), "POST": 302})),
+    "frontdoor:failed-uploads": Rule(everyone(methods(302))),
+    "frontdoor:open-ohif": Rule(
+        everyone({**every_method(405), "POST": 302}), kwargs=lambda w: {"study_id": w.target.study.pk}
+    ),
+    "frontdoor:open-lite": Rule(
+        everyone({**every_method(405), "POST": 302}), kwargs=lambda w: {"study_id": w.target.study.pk}
+    ),
     "radiology:study-list": Rule(rest_read()),
     "radiology:study-detail": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.study.pk}),
     "radiology:study-images": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.study.pk}),
@@ -344,7 +359,8 @@ def test_discovery_sees_the_whole_api() -> None:
         "/bulk/<str:tag>"
     )
     assert routes["healthz"] == "/healthz"
-    assert len(routes) == 35
+    assert routes["frontdoor:studies"] == "/radiology/studies/"
+    assert len(routes) == 43
 
 
 # --- the matrix ----------------------------------------------------------------------------------

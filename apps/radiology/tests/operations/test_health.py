@@ -1,5 +1,7 @@
 """/healthz: database and image store reachable -> 200; either down -> 503 naming which. No login needed.
 
+Free disk space below RADIOLOGY_MIN_FREE_BYTES is 200 "degraded" (503 only with something down).
+
 "Down" for S3 is a bucket that does not exist on the moto server, or an endpoint on a
 loopback port nothing listens on. It answers over plain HTTP even when everything else is
 redirected to HTTPS, for load balancers inside the network.
@@ -21,8 +23,8 @@ from apps.radiology.operations import health
 from apps.radiology.tests.trust_helpers import API
 from conftest import S3_BACKEND, s3_options
 
-HEALTHY = {"status": "ok", "database": "ok", "storage": "ok"}
-STORAGE_DOWN = {"status": "unhealthy", "database": "ok", "storage": "unreachable"}
+HEALTHY = {"status": "ok", "database": "ok", "storage": "ok", "disk_space": "ok"}
+STORAGE_DOWN = {"status": "unhealthy", "database": "ok", "storage": "unreachable", "disk_space": "ok"}
 
 pytestmark = pytest.mark.django_db
 
@@ -103,7 +105,7 @@ def test_database_down_is_unhealthy(radiology_store: str, client: Client, monkey
     response = client.get("/healthz")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "unhealthy", "database": "unreachable", "storage": "ok"}
+    assert response.json() == {"status": "unhealthy", "database": "unreachable", "storage": "ok", "disk_space": "ok"}
 
 
 def test_exempt_from_the_https_redirect(radiology_store: str, settings: Any, doctor: Any) -> None:
@@ -119,3 +121,44 @@ def test_exempt_from_the_https_redirect(radiology_store: str, settings: Any, doc
     assert api_plain.status_code == 301
     assert api_plain["Location"] == f"https://testserver{API}/studies/"
     assert api_secure.status_code == 401
+
+
+def _low_space_detail(places: str) -> str:
+    return (
+        f"Free disk space on the {places} is below RADIOLOGY_MIN_FREE_BYTES: "
+        "new images are refused (507 insufficient_storage) until space is freed."
+    )
+
+
+def test_low_disk_space_is_degraded_but_still_served(radiology_store: str, settings: Any, client: Client) -> None:
+    """200, not 503: a server short of space still serves every image; only new files are refused.
+
+    The disks are real; the margin is larger than any disk. On S3 only the staging disk is watched.
+    """
+    settings.RADIOLOGY_MIN_FREE_BYTES = 2**62
+    places = "staging directory" if radiology_store == "s3" else "staging directory and the image store"
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "degraded",
+        "database": "ok",
+        "storage": "ok",
+        "disk_space": "low",
+        "detail": _low_space_detail(places),
+    }
+
+
+def test_a_store_down_with_low_disk_space_is_unhealthy(s3_endpoint: str, settings: Any, client: Client) -> None:
+    _use_s3(settings, s3_endpoint, "no-such-bucket-for-healthz")
+    settings.RADIOLOGY_MIN_FREE_BYTES = 2**62
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json() == {
+        **STORAGE_DOWN,
+        "disk_space": "low",
+        "detail": _low_space_detail("staging directory"),
+    }

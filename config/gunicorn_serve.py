@@ -1,0 +1,39 @@
+"""gunicorn's settings for serving PACS-lite: `make run`, the systemd unit and docker-compose.
+
+Passed as `gunicorn -c config/gunicorn_serve.py` by deploy/supervisord.conf (the API and the
+viewer's origin) and by docker-compose.yml, so a clinic gets the worker model the benchmarks
+measured (bench/hostile_inputs.py, bench/compare_orthanc.py) without reading anything. The
+address to bind stays on the command line: the API and the viewer's origin differ only there.
+
+Why these values:
+- gthread workers: Orthanc, OHIF and dicomweb-client keep connections alive, and OHIF sends
+  many small requests at once; a sync worker would hold one connection per process.
+  Measured under bench/ as 3 workers x 4 threads (~170 STOW-RS instances/s, frames in a few
+  ms). gthread reads a chunked request body (Orthanc's STOW-RS) to its end and marks
+  wsgi.input terminated, which apps/radiology/ingest/request_streams.py relies on.
+- timeout 300: a 2 GiB upload over a slow clinic link keeps its worker busy for minutes.
+- graceful_timeout 20: on Ctrl-C or `systemctl stop` a request in flight gets 20 s to end;
+  deploy/supervisord.conf waits 25 s before it kills what is left.
+- The same log redaction as ./gunicorn.conf.py (which -c replaces): tokens and signatures
+  never reach the access or error log.
+"""
+
+from __future__ import annotations
+
+from config.env import env_int
+
+# The same class as ./gunicorn.conf.py: `-c` replaces that file, so it is named again here.
+logger_class = "config.log_redaction.RedactingGunicornLogger"
+
+worker_class = "gthread"
+workers = env_int("PACS_WEB_WORKERS", 3, minimum=1)
+threads = env_int("PACS_WEB_THREADS", 4, minimum=1)
+timeout = 300
+graceful_timeout = 20
+keepalive = 5
+# Request lines on stdout (the supervisor's, journald's or docker's log), errors on stderr.
+accesslog = "-"
+errorlog = "-"
+# No control socket: the API and the viewer's origin are two gunicorns on one host, and both
+# would take the default ~/.gunicorn/gunicorn.ctl; the supervisor is the one control interface.
+control_socket_disable = True

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Serve PACS-lite as production does: the last step of `make run`, and the systemd unit's ExecStart.
+#
+#   HOST=0.0.0.0 PORT=8000 VIEWER_PORT=3000 bash scripts/serve.sh
+#
+# Fills in the serving environment (scripts/serve_env.sh), brings the database up to date,
+# collects the static files (admin, API docs: WhiteNoise serves them from var/static with
+# DEBUG off), runs Django's checks (the deployment ones too; an error stops here), then hands
+# over to supervisord (deploy/supervisord.conf), which runs gunicorn for the API and for the
+# viewer's origin, restarts whichever crashes, and stops them all on Ctrl-C or SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+set --
+# shellcheck source=serve_env.sh
+. scripts/serve_env.sh
+
+# supervisord writes the programs' output to /dev/stdout, which cannot be opened when stdout is
+# a socket (journald under systemd): put a pipe in between then.
+if ! { : >>/dev/stdout; } 2>/dev/null; then
+    exec > >(exec cat) 2>&1
+fi
+
+python="$PACS_BIN/python"
+mkdir -p "$PACS_VAR_DIR"
+"$python" manage.py migrate --noinput
+"$python" manage.py collectstatic --noinput --verbosity 0
+# Plain HTTP (PACS_ALLOW_PLAIN_HTTP=1) shows four warnings here: what it gives up (docs/security.md).
+"$python" manage.py check --deploy --fail-level ERROR
+
+api_host=$(printf '%s' "$PACS_API_BIND" | sed 's/:[0-9]*$//')
+[ "$api_host" = 0.0.0.0 ] || [ "$api_host" = "[::]" ] && api_host=$PACS_PUBLIC_HOST
+cat <<BANNER
+
+PACS-lite API   http://$api_host:$PORT/api/v1/radiology/  (admin: http://$api_host:$PORT/admin/)
+OHIF viewer     ${OHIF_VIEWER_URL:-(off: the built-in lite viewer)}  (open it through a study's viewer-url)
+Allowed hosts   $DJANGO_ALLOWED_HOSTS
+Debug           $([ "${DJANGO_DEBUG:-0}" = 1 ] && echo on || echo "off (DJANGO_DEBUG=1 turns it on)")
+Demo logins: doctor, radtech, nurse, admin; password: ${DEMO_PASSWORD:-pacs-demo-2026}
+Ctrl-C stops every process.
+
+BANNER
+
+# As root (a test box, a container), say so: supervisord otherwise warns that it kept root.
+as_user=()
+[ "$(id -u)" -ne 0 ] || as_user=(--user root)
+exec "$PACS_BIN/supervisord" -c deploy/supervisord.conf "${as_user[@]}"
