@@ -91,20 +91,30 @@ def chunked_stow(base: str, token: str, files: list[bytes], query: str = "") -> 
         connection.close()
 
 
+def order_study_files(order: dict[str, Any], count: int) -> tuple[str, str, list[bytes]]:
+    """(study UID, series UID, `count` CT instances of that new study and series), labelled with the
+    order's patient and accession."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    return (
+        study_uid,
+        series_uid,
+        [
+            relabelled_dicom(
+                "CT_small.dcm",
+                study_uid=study_uid,
+                series_uid=series_uid,
+                instance_number=number,
+                patient_id=order["patient_id"],
+                accession_number=order["accession"],
+            )
+            for number in range(1, count + 1)
+        ],
+    )
+
+
 def test_a_chunked_stow_rs_body_is_read_to_its_end_and_stored(server: MakeRun) -> None:
     order = server.empty_orders()[0]
-    study_uid, series_uid = generate_uid(), generate_uid()
-    files = [
-        relabelled_dicom(
-            "CT_small.dcm",
-            study_uid=study_uid,
-            series_uid=series_uid,
-            instance_number=number,
-            patient_id=order["patient_id"],
-            accession_number=order["accession"],
-        )
-        for number in (1, 2, 3)
-    ]
+    study_uid, _series_uid, files = order_study_files(order, 3)
     uids = [str(pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True).SOPInstanceUID) for content in files]
 
     status, answer = chunked_stow(server.api, server.token(), files)
@@ -327,18 +337,7 @@ ORTHANC_BOUNDARY = "30eaa967-a96e-4e90-a695-3221f8fa2e55-30eaa967-a96e-4e90-a695
 def test_orthanc_pushes_a_study_by_stow_rs_and_it_is_stored(server: MakeRun, orthanc: str) -> None:
     assert len(ORTHANC_BOUNDARY) <= MAX_BOUNDARY_LENGTH  # what Orthanc sends is within what PACS-lite takes
     order = server.empty_orders()[0]
-    study_uid, series_uid = generate_uid(), generate_uid()
-    files = [
-        relabelled_dicom(
-            "CT_small.dcm",
-            study_uid=study_uid,
-            series_uid=series_uid,
-            instance_number=number,
-            patient_id=order["patient_id"],
-            accession_number=order["accession"],
-        )
-        for number in (1, 2)
-    ]
+    study_uid, series_uid, files = order_study_files(order, 2)
     uids = [str(pydicom.dcmread(io.BytesIO(content), stop_before_pixels=True).SOPInstanceUID) for content in files]
     in_orthanc = [requests.post(f"{orthanc}/instances", data=content, timeout=30).json() for content in files]
     orthanc_study = in_orthanc[0]["ParentStudy"]
