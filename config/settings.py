@@ -278,6 +278,15 @@ RADIOLOGY_MAX_URL_EXPIRES = env_int("RADIOLOGY_MAX_URL_EXPIRES", 86400, minimum=
 RADIOLOGY_PRESIGNED_REDIRECT_SECONDS = env_int("RADIOLOGY_PRESIGNED_REDIRECT_SECONDS", 30, minimum=1)
 # Where ingest spools incoming bytes while hashing and checking them (never in memory).
 RADIOLOGY_STAGING_DIR = Path(env_str("RADIOLOGY_STAGING_DIR") or VAR_DIR / "staging")
+# The DICOM listener (manage.py run_dicom_listener; apps/radiology/dimse/): its AE title and
+# TCP port, the nodes that may call it (AE_TITLE@ADDRESS:ROLE[:MOVE_PORT],... with ROLE
+# modality or workstation: apps/radiology/dimse/nodes.py, checked when the listener starts),
+# and a demo switch: a role ("modality" or "workstation") given to any AE title calling from
+# loopback (empty: off; for trying `make run` with storescu on the server itself).
+RADIOLOGY_DICOM_AE_TITLE = env_str("RADIOLOGY_DICOM_AE_TITLE", "PACSLITE") or "PACSLITE"
+RADIOLOGY_DICOM_PORT = env_int("RADIOLOGY_DICOM_PORT", 11112, minimum=1)
+RADIOLOGY_DICOM_NODES = env_str("RADIOLOGY_DICOM_NODES", "") or ""
+RADIOLOGY_DICOM_DEMO_LOCAL_ROLE = env_str("RADIOLOGY_DICOM_DEMO_LOCAL_ROLE", "") or ""
 # Backups (manage.py backup_radiology / restore_radiology): an S3/MinIO destination's endpoint,
 # region and keys when they are not the image store's (unset: the store's own), and where
 # pg_dump/pg_restore live (unset: the newest /usr/lib/postgresql/N/bin, else PATH).

@@ -318,6 +318,25 @@ def test_compose_app_runs_in_production_mode_on_minio_and_postgres() -> None:
     assert environment["MINIO_ENDPOINT_URL"] == "http://minio:9000"
 
 
+def test_compose_runs_the_dicom_listener_on_the_apps_image_and_store() -> None:
+    """The DICOM listener is a service like supervisord's `dicom` program, with the app's database and store."""
+    services = compose()["services"]
+    dicom, app = services["dicom"], services["app"]
+    command = dicom["command"] if isinstance(dicom["command"], str) else " ".join(dicom["command"])
+    assert re.search(r"\bmanage\.py run_dicom_listener --host 0\.0\.0\.0 --port 11112\b", command)
+    assert dicom["build"] == app["build"]
+    assert set(dicom["depends_on"]) == {"db", "minio", "app"}
+    assert dicom["ports"] == ["${RADIOLOGY_DICOM_PORT:-11112}:11112"]
+    environment = dicom["environment"]
+    assert set(environment) - names_read_by_settings() == set()
+    for name in ("DJANGO_DEBUG", "DATABASE_URL", "RADIOLOGY_STORAGE", "MINIO_ENDPOINT_URL", "AWS_STORAGE_BUCKET_NAME"):
+        assert environment[name] == app["environment"][name], name
+    supervisord = (ROOT / "deploy" / "supervisord.conf").read_text()
+    assert "[program:dicom]\ncommand=%(ENV_PACS_BIN)s/python manage.py run_dicom_listener --host %(ENV_HOST)s\n" in (
+        supervisord
+    )
+
+
 def test_compose_keeps_secrets_out_of_the_file() -> None:
     """Secret values are ${...} references to .env, never literals."""
     services = compose()["services"]
@@ -325,6 +344,9 @@ def test_compose_keeps_secrets_out_of_the_file() -> None:
         ("app", "DJANGO_SECRET_KEY"),
         ("app", "MINIO_ACCESS_KEY"),
         ("app", "MINIO_SECRET_KEY"),
+        ("dicom", "DJANGO_SECRET_KEY"),
+        ("dicom", "MINIO_ACCESS_KEY"),
+        ("dicom", "MINIO_SECRET_KEY"),
         ("db", "POSTGRES_PASSWORD"),
         ("minio", "MINIO_ROOT_USER"),
         ("minio", "MINIO_ROOT_PASSWORD"),
@@ -452,7 +474,7 @@ def supervisord_conf() -> configparser.RawConfigParser:
 def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicorn_settings() -> None:
     conf = supervisord_conf()
     programs = sorted(section for section in conf.sections() if section.startswith("program:"))
-    assert programs == ["program:api", "program:viewer"]
+    assert programs == ["program:api", "program:dicom", "program:viewer"]
     gunicorn = "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi --bind"
     assert conf["program:api"]["command"] == f"{gunicorn} %(ENV_PACS_API_BIND)s --name pacs-api"
     assert conf["program:viewer"]["command"] == f"{gunicorn} %(ENV_PACS_VIEWER_BIND)s --name pacs-viewer"
@@ -460,7 +482,7 @@ def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicor
     assert "environment" not in conf["program:api"]
 
 
-@pytest.mark.parametrize("program", ["program:api", "program:viewer"])
+@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom"])
 def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
     section = supervisord_conf()[program]
     assert section["autorestart"] == "true"

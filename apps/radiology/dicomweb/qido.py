@@ -89,16 +89,21 @@ def _integer_value(keyword: str, raw: str) -> int:
     return number
 
 
+def check_filter(key: str, values: list[str]) -> None:
+    """InvalidQuery unless a search key and its values can go to the database (QIDO and C-FIND)."""
+    if "\x00" in key or any("\x00" in value for value in values):
+        # PostgreSQL cannot take NUL in a string (the driver raised: a 500).
+        raise InvalidQuery("A search parameter must not contain a NUL character.")
+    if len(values) > MAX_VALUES:
+        raise InvalidQuery(f"{_keyword(key)} takes at most {MAX_VALUES} values.")
+
+
 def parse_search(params: Any) -> SearchQuery:
     """Read filters, includefield, limit and offset from a QueryDict."""
     query = SearchQuery()
     for key in params:
         values = [value for raw in params.getlist(key) for value in raw.split(",") if value != ""]
-        if "\x00" in key or any("\x00" in value for value in values):
-            # PostgreSQL cannot take NUL in a string (the driver raised: a 500).
-            raise InvalidQuery("A search parameter must not contain a NUL character.")
-        if len(values) > MAX_VALUES:
-            raise InvalidQuery(f"{_keyword(key)} takes at most {MAX_VALUES} values.")
+        check_filter(key, values)
         lowered = key.lower()
         if lowered == "includefield":
             for value in values:
@@ -134,6 +139,14 @@ def _date_range(value: str) -> tuple[dt.date | None, dt.date | None]:
     if not dash:
         return as_date(start), as_date(start)
     return as_date(start), as_date(end)
+
+
+# The keys each level's conditions below match on (C-FIND warns of the keys it does not match).
+STUDY_MATCH_KEYS = frozenset(
+    {"StudyInstanceUID", "PatientID", "AccessionNumber", "PatientName", "StudyDate", "ModalitiesInStudy"}
+)
+SERIES_MATCH_KEYS = frozenset({"SeriesInstanceUID", "Modality", "SeriesNumber"})
+INSTANCE_MATCH_KEYS = frozenset({"SOPInstanceUID", "SOPClassUID", "InstanceNumber"})
 
 
 def _study_q(filters: dict[str, list[str]], prefix: str = "") -> Q:

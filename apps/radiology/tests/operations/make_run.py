@@ -79,6 +79,8 @@ class MakeRun:
             "PYTHONUNBUFFERED": "1",
             # Two workers per port, not three: the suite shares two cores with other servers.
             "PACS_WEB_WORKERS": "2",
+            # Its own DICOM port too: two servers of the suite must not both take 11112.
+            "RADIOLOGY_DICOM_PORT": str(free_port()),
             **extra_env,
         }
         self.process: subprocess.Popen[bytes] | None = None

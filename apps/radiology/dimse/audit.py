@@ -1,0 +1,62 @@
+"""The audit trail of the DICOM network: one AuditEvent per association refused and per C-STORE.
+
+Written here rather than through access/audit.py's `record`, which takes a Django user and
+derives the role from its groups: a DICOM caller is a node, whose role is its node role
+(modality, workstation) and whose name is its calling AE title. channel "dicom"; `method` is
+the DIMSE service (ASSOCIATE for an association, C-STORE); `status_code` is the HTTP status of the same outcome
+(the column is the trail's common one and a DIMSE status such as 0xC000 does not fit it):
+201 stored, 200 an identical repeat, 202 held in the unmatched inbox, 403 refused, 409
+conflict, 400 not understood, 507 out of resources, 500 anything else. Like `record`, a
+failure to audit is logged loudly and never breaks the association.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from apps.radiology.access.principals import DicomNodeRole
+from apps.radiology.models import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "dicom"
+# The role of a caller that is no known node (refused at association).
+UNKNOWN_NODE_ROLE = "unknown_dicom_node"
+
+
+def action_of(role: str) -> str:
+    """A modality writes (stores); a workstation, or an unknown caller, reads."""
+    return "write" if role == DicomNodeRole.MODALITY else "read"
+
+
+def record_dicom(
+    *,
+    ae_title: str,
+    role: str,
+    address: str | None,
+    route: str,
+    method: str,
+    status_code: int,
+    outcome: str,
+    action: str | None = None,
+    **what: Any,
+) -> AuditEvent | None:
+    """Write one event of the DICOM channel (see the module docstring for its fields)."""
+    try:
+        return AuditEvent.objects.create(
+            user=None,
+            username=ae_title[:150],
+            role=role[:32],
+            channel=CHANNEL,
+            action=action or action_of(role),
+            route=route[:100],
+            method=method[:10],
+            status_code=status_code,
+            outcome=outcome,
+            client_address=address,
+            **{key: value for key, value in what.items() if value not in (None, "")},
+        )
+    except Exception:  # the trail must not take the listener down; the error is logged
+        logger.exception("audit event could not be written for DICOM %s from %s", method, ae_title)
+        return None
