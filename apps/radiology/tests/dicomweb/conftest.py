@@ -8,6 +8,7 @@ the image row, the exact bytes stored, and a path to those bytes for pydicom and
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,38 @@ class Put(Protocol):
         content: bytes | None = ...,
         **changes: Any,
     ) -> Stored: ...
+
+
+@dataclass(frozen=True)
+class World:
+    """Three patients' studies that the QIDO-RS and C-FIND tests search (each file builds its own)."""
+
+    a_ct1: Stored
+    a_ct2: Stored
+    a_mr: Stored
+    b_mr: Stored
+    c_ct: Stored
+
+    @property
+    def a(self) -> str:
+        return self.a_ct1.study_uid
+
+    @property
+    def b(self) -> str:
+        return self.b_mr.study_uid
+
+    @property
+    def c(self) -> str:
+        return self.c_ct.study_uid
+
+
+def patient_order(make_order: Any, first: str, last: str, birth: dt.date | None) -> RadiologyOrder:
+    """A new order of a new patient with this name and birth date."""
+    order: RadiologyOrder = make_order(first_name=first, last_name=last)
+    if birth is not None:
+        order.visit.patient.date_of_birth = birth
+        order.visit.patient.save()
+    return order
 
 
 @pytest.fixture

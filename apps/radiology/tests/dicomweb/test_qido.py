@@ -12,15 +12,14 @@ as exact DICOM JSON; every search runs in a fixed number of queries.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from apps.radiology.models import RadiologyOrder, RadiologyStudy
+from apps.radiology.models import RadiologyStudy
 
-from .conftest import API, PHOTO, Put, Stored
+from .conftest import API, PHOTO, Put, Stored, World, patient_order
 from .helpers import QUIET_UID_WARNINGS, count_queries, error, json_of
 
 pytestmark = [pytest.mark.django_db, QUIET_UID_WARNINGS]
@@ -29,35 +28,6 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 INVALID_DATE = error("StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD.", "invalid_query")
-
-
-@dataclass(frozen=True)
-class World:
-    a_ct1: Stored
-    a_ct2: Stored
-    a_mr: Stored
-    b_mr: Stored
-    c_ct: Stored
-
-    @property
-    def a(self) -> str:
-        return self.a_ct1.study_uid
-
-    @property
-    def b(self) -> str:
-        return self.b_mr.study_uid
-
-    @property
-    def c(self) -> str:
-        return self.c_ct.study_uid
-
-
-def patient_order(make_order: Any, first: str, last: str, birth: dt.date | None) -> RadiologyOrder:
-    order: RadiologyOrder = make_order(first_name=first, last_name=last)
-    if birth is not None:
-        order.visit.patient.date_of_birth = birth
-        order.visit.patient.save()
-    return order
 
 
 @pytest.fixture

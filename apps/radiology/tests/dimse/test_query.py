@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,13 @@ from pynetdicom.sop_class import (
 
 from apps.radiology.access.principals import DicomNodePrincipal, DicomNodeRole
 from apps.radiology.dimse.query import FIND_SOP_CLASSES, handle_find
-from apps.radiology.models import RadiologyOrder
 from apps.radiology.tests.dicomweb.conftest import (  # noqa: F401 (the fixtures)
     API,
     Put,
     Stored,
+    World,
     doctor_client,
+    patient_order,
     put,
 )
 from apps.radiology.tests.dicomweb.helpers import QUIET_UID_WARNINGS, json_of
@@ -56,35 +56,6 @@ SCP_AE = "PACSLITE"
 ROLES = {"WS1": DicomNodeRole.WORKSTATION, "CT1": DicomNodeRole.MODALITY}
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-@dataclass(frozen=True)
-class World:
-    a_ct1: Stored
-    a_ct2: Stored
-    a_mr: Stored
-    b_mr: Stored
-    c_ct: Stored
-
-    @property
-    def a(self) -> str:
-        return self.a_ct1.study_uid
-
-    @property
-    def b(self) -> str:
-        return self.b_mr.study_uid
-
-    @property
-    def c(self) -> str:
-        return self.c_ct.study_uid
-
-
-def patient_order(make_order: Any, first: str, last: str, birth: dt.date | None) -> RadiologyOrder:
-    order: RadiologyOrder = make_order(first_name=first, last_name=last)
-    if birth is not None:
-        order.visit.patient.date_of_birth = birth
-        order.visit.patient.save()
-    return order
 
 
 @pytest.fixture
