@@ -238,20 +238,16 @@ def _placed(entries: list[Prepared]) -> tuple[list[Prepared], list[tuple[Prepare
     the study and series it names are the order's (or new), and the file's patient is the
     order's (or a tech confirmed it belongs there)."""
     known = KnownStudies.of((entry.order, entry.uids) for entry in entries)
+    identities = [stored_header.file_identity(entry.parsed) for entry in entries]
     patients = KnownPatients.of(
-        (entry.order, entry.spooled.mime_type, stored_header.file_identity(entry.parsed)) for entry in entries
+        (entry.order, entry.spooled.mime_type, identity) for entry, identity in zip(entries, identities, strict=True)
     )
     placed: list[Prepared] = []
     refused: list[tuple[Prepared, RadiologyError]] = []
-    for entry in entries:
+    for entry, identity in zip(entries, identities, strict=True):
         try:
             known.check(entry.order, entry.uids)
-            entry.identity = patients.verdict(
-                entry.order,
-                entry.spooled.mime_type,
-                stored_header.file_identity(entry.parsed),
-                entry.item.confirmation,
-            )
+            entry.identity = patients.verdict(entry.order, entry.spooled.mime_type, identity, entry.item.confirmation)
         except RadiologyError as error:
             refused.append((entry, error))
             continue

@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -165,16 +165,9 @@ def _write_new_file(store: FileSystemStorage, key: str, content: File) -> str | 
     """
     if store.directory_permissions_mode is not None:
         return None
-    name = store.get_available_name(key)
-    while True:
-        full_path = Path(store.path(name))
-        full_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            name = store.get_available_name(name)
-            continue
-        break
+    name, full_path = _claim_new_name(
+        store, key, lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    )
     into_own_file = FileSystemStorage(
         location=store.location, file_permissions_mode=store.file_permissions_mode, allow_overwrite=True
     )
@@ -195,22 +188,33 @@ def _link_new_file(store: FileSystemStorage, key: str, source: Path) -> str | No
     """
     if store.directory_permissions_mode is not None:
         return None
+    try:
+        name, full_path = _claim_new_name(store, key, lambda path: os.link(source, path))
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            return None
+        raise
+    # The spool was created private (0600); the stored file gets the mode Django's save gives.
+    os.chmod(full_path, store.file_permissions_mode if store.file_permissions_mode is not None else 0o644)
+    return name
+
+
+def _claim_new_name(store: FileSystemStorage, key: str, create: Callable[[Path], object]) -> tuple[str, Path]:
+    """(name, path) of the file `create` made at `key`, or at the next free name beside it.
+
+    `create` must fail with FileExistsError on a taken path (an O_EXCL open, os.link): the name
+    is then this call's own, so nothing stored is ever replaced, however many writers race.
+    """
     name = store.get_available_name(key)
     while True:
         full_path = Path(store.path(name))
         full_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(source, full_path)
+            create(full_path)
         except FileExistsError:
             name = store.get_available_name(name)
             continue
-        except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                return None
-            raise
-        # The spool was created private (0600); the stored file gets the mode Django's save gives.
-        os.chmod(full_path, store.file_permissions_mode if store.file_permissions_mode is not None else 0o644)
-        return name
+        return name, full_path
 
 
 def delete_object(key: str) -> None:
