@@ -18,6 +18,8 @@ What is produced, per instance (plan_instances):
   server cannot decode or whose decoded frames exceed RADIOLOGY_MAX_DECODED_BYTES (the default
   then keeps the stored syntax too).
 - The stored syntax named: no transcoding.
+- Implicit VR Little Endian (never asked by WADO-RS; DIMSE retrieve, dimse/retrieve.py, sends it to
+  a receiver that accepts nothing else): native pixel data only, re-encoded like the above.
 
 Every part except `*` carries the patient identity every other reader is shown
 (stored_header.served_identity: the EMR's, with the file's differing values in the Original
@@ -140,6 +142,22 @@ def _plan_for(image: RadiologyImage, wanted: MediaRange) -> PartPlan | None:
     return None
 
 
+def can_send_in(image: RadiologyImage, syntax: str) -> bool:
+    """Whether this instance can leave in `syntax` with its pixels unchanged (the DIMSE
+    retrieve's choice among the syntaxes a receiver accepted): its stored syntax; Explicit VR
+    Little Endian as the default allows (can_make_explicit_little); Implicit VR Little Endian
+    for native pixel data of a stored DICOM file whose header this server rewrites."""
+    if syntax == stored_syntax(image):
+        return True
+    if syntax == EXPLICIT_LITTLE:
+        return can_make_explicit_little(image)
+    if syntax == IMPLICIT_LITTLE:
+        location = image.pixel_data or {}
+        native = image.transfer_syntax_uid in (IMPLICIT_LITTLE, EXPLICIT_LITTLE, BIG_ENDIAN)
+        return image.is_dicom and native and not location.get("encapsulated", False) and _header_fits(image)
+    return False
+
+
 def stored_syntax(image: RadiologyImage) -> str:
     """The syntax of the stored file (of a photo: of its Secondary Capture, jpeg_as_part10)."""
     return image.transfer_syntax_uid
@@ -200,10 +218,15 @@ def _frame_bytes(image: RadiologyImage) -> int | None:
 
 @dataclass(frozen=True)
 class ReadyPart:
-    """A part whose Content-Type is settled: its first bytes are already prepared."""
+    """A part whose Content-Type is settled: its first bytes are already prepared.
+
+    `stored_file`: the chunks are the stored file unchanged (a sender that can read the stored
+    object directly may do so instead of streaming these chunks).
+    """
 
     content_type: str
     chunks: Iterable[bytes | memoryview]
+    stored_file: bool = False
 
 
 def prepare(plan: PartPlan) -> ReadyPart:
@@ -213,11 +236,13 @@ def prepare(plan: PartPlan) -> ReadyPart:
     or fails this call when Explicit VR Little Endian was named."""
     image = plan.image
     if plan.original and image.is_dicom:
-        return ReadyPart(plan.content_type, storage.iter_object_chunks(image.file_key))
+        return ReadyPart(plan.content_type, storage.iter_object_chunks(image.file_key), stored_file=True)
     if not image.is_dicom:
         _length, chunks = jpeg_as_part10(image, study=image.series.study, series=image.series)
         return ReadyPart(plan.content_type, chunks)
     source = _Source.read(image)
+    if source.is_stored_file(plan.transfer_syntax):
+        return ReadyPart(plan.content_type, storage.iter_object_chunks(image.file_key), stored_file=True)
     if plan.transfer_syntax == image.transfer_syntax_uid or image.transfer_syntax_uid not in LOSSLESS_COMPRESSED:
         return ReadyPart(plan.content_type, source.kept_pixels(plan.transfer_syntax))
     try:
@@ -271,11 +296,6 @@ class _Source:
             implicit, little = bool(found_implicit), found_little is not False
         return cls(image, dataset, element_start, implicit, little)
 
-    @property
-    def encoding_kept(self) -> bool:
-        """Whether the data set already is Explicit VR Little Endian, as every syntax written here."""
-        return not self.implicit and self.little_endian
-
     def identity_is_served(self) -> bool:
         """Whether the file's patient identity already is the one served (absent counts as empty)."""
         for tag, member in stored_header.served_identity(self.image).items():
@@ -287,6 +307,12 @@ class _Source:
             elif _text(element) != first_value(member):
                 return False
         return True
+
+    def is_stored_file(self, transfer_syntax: str) -> bool:
+        """Whether the stored file already is this instance in `transfer_syntax` as served."""
+        image = self.image
+        same_encoding = _encoding_of(transfer_syntax) == (self.implicit, self.little_endian)
+        return same_encoding and transfer_syntax == image.transfer_syntax_uid and self.identity_is_served()
 
     def header(self, transfer_syntax: str, changes: dict[str, Any] | None = None) -> bytes:
         """The file's header (preamble, meta, data set up to Pixel Data) in `transfer_syntax`,
@@ -305,34 +331,37 @@ class _Source:
         """The instance in `transfer_syntax` with its pixel data as stored (re-encoded only
         from Implicit VR or big endian): the stored file itself when nothing would change."""
         image = self.image
-        same_encoding = _encoding_of(transfer_syntax) == (self.implicit, self.little_endian)
-        if same_encoding and transfer_syntax == image.transfer_syntax_uid and self.identity_is_served():
+        if self.is_stored_file(transfer_syntax):
             yield from storage.iter_object_chunks(image.file_key)
             return
         yield self.header(transfer_syntax)
-        if same_encoding:  # the new header, then the stored bytes from Pixel Data on as they are
+        implicit, little_endian = _encoding_of(transfer_syntax)
+        if (implicit, little_endian) == (self.implicit, self.little_endian):
+            # The new header, then the stored bytes from Pixel Data on as they are.
             yield from storage.iter_object_range(
                 image.file_key, self.element_start, image.file_size - self.element_start
             )
             return
-        if _encoding_of(transfer_syntax) != (False, True):
+        if not little_endian:
             raise NotAcceptable(f"Instance {image.image_uid} is not encoded as its transfer syntax says.")
-        # Explicit VR Little Endian from Implicit VR or big endian: the pixel data element anew.
+        # Explicit (or Implicit) VR Little Endian from another encoding: the pixel data element anew.
         location = image.pixel_data or {}
         if not location:
             return
         offset = int(location["offset"])
         if location.get("encapsulated"):  # an encapsulated syntax over an Implicit VR data set
+            if implicit:
+                raise NotAcceptable(f"The pixel data of {image.image_uid} is encapsulated: not Implicit VR.")
             end = _encapsulated_end(image)
             yield _element_header(str(location.get("vr", "OB")), 0xFFFFFFFF)
             yield from storage.iter_object_range(image.file_key, offset, end - offset)
         else:
             length = int(location["length"])
-            yield _element_header(self._native_vr(), length)
+            yield _element_header(self._native_vr(), length, implicit=implicit)
             chunks = storage.iter_object_range(image.file_key, offset, length)
             yield from chunks if self.little_endian else _swapped(chunks, _word_size(image))
             end = offset + length
-        yield from self._trailing(end)
+        yield from self._trailing(end, implicit=implicit)
 
     def decoded_pixels(self, first: tuple[np.ndarray, dict[str, Any]]) -> Iterator[bytes | memoryview]:
         """The instance in Explicit VR Little Endian, its pixel data decoded frame by frame
@@ -367,13 +396,13 @@ class _Source:
             return str(recorded)
         return "OB" if int(stored_header.pixel_value(self.image, "00280100", 8) or 8) <= 8 else "OW"
 
-    def _trailing(self, end: int) -> Iterator[bytes]:
-        """The elements after the pixel data (from `end`), in Explicit VR Little Endian."""
+    def _trailing(self, end: int, *, implicit: bool = False) -> Iterator[bytes]:
+        """The elements after the pixel data (from `end`), in Explicit (or Implicit) VR Little Endian."""
         image = self.image
         size = image.file_size - end
         if size <= 0:
             return
-        if self.encoding_kept:
+        if (self.implicit, self.little_endian) == (implicit, True):
             yield from storage.iter_object_range(image.file_key, end, size)
             return
         if size > HEADER_LIMIT:
@@ -382,7 +411,7 @@ class _Source:
         raw.is_implicit_VR, raw.is_little_endian = self.implicit, self.little_endian
         trailing = pydicom.filereader.read_dataset(raw, self.implicit, self.little_endian)
         out = DicomBytesIO()
-        out.is_implicit_VR, out.is_little_endian = False, True
+        out.is_implicit_VR, out.is_little_endian = implicit, True
         pydicom.filewriter.write_dataset(out, trailing)
         yield out.getvalue()
 
@@ -417,8 +446,11 @@ def _encoding_of(transfer_syntax: str) -> tuple[bool, bool]:
     return False, transfer_syntax != BIG_ENDIAN
 
 
-def _element_header(vr: str, length: int) -> bytes:
-    """(7FE0,0010) in Explicit VR Little Endian: tag, VR, two reserved bytes, 32-bit length."""
+def _element_header(vr: str, length: int, *, implicit: bool = False) -> bytes:
+    """(7FE0,0010) in Explicit VR Little Endian: tag, VR, two reserved bytes, 32-bit length
+    (Implicit VR Little Endian: tag, 32-bit length)."""
+    if implicit:
+        return _PIXEL_TAG_LITTLE + struct.pack("<I", length)
     return _PIXEL_TAG_LITTLE + vr.encode("ascii") + b"\x00\x00" + struct.pack("<I", length)
 
 

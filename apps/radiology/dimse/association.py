@@ -8,7 +8,7 @@ gives) and an audit event. pynetdicom provides for rejecting from an EVT_REQUEST
 skips negotiation once the association is rejected); the handler then does what its own
 rejection does (send_reject, then kill, which waits for the reject to be sent).
 
-Every handler after that asks `principal_of_association` who is calling: the node is looked
+Every handler after that asks `node_of_association` who is calling: the node is looked
 up again from the association's AE title and peer address (a dictionary-sized list, no query),
 so no state is kept per association.
 """
@@ -21,7 +21,6 @@ from django.db import close_old_connections, connections
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from apps.radiology.access.principals import DicomNodePrincipal
 from apps.radiology.dimse.audit import UNKNOWN_NODE_ROLE, record_dicom
 from apps.radiology.dimse.nodes import DicomNode, NodeList, normalised_address
 from apps.radiology.models import AuditEvent
@@ -41,11 +40,6 @@ def peer_address(assoc: Association) -> str:
 def node_of_association(assoc: Association, nodes: NodeList) -> DicomNode | None:
     """The known node behind an established association (None: it should not have been let in)."""
     return nodes.node_for(str(assoc.requestor.ae_title), peer_address(assoc))
-
-
-def principal_of_association(assoc: Association, nodes: NodeList) -> DicomNodePrincipal | None:
-    node = node_of_association(assoc, nodes)
-    return node.principal if node is not None else None
 
 
 def handle_requested(event: Event, nodes: NodeList) -> None:

@@ -10,18 +10,11 @@ accepted in the syntax its sender proposes first and stored byte-exact, never tr
 
 Handlers bound (evt_handlers): EVT_REQUESTED (association.py: only known nodes),
 EVT_C_ECHO (success), EVT_C_STORE (store.py), EVT_C_FIND (query.py, as the calling node),
-EVT_RELEASED/EVT_ABORTED (close the thread's database connections).
+EVT_C_GET and EVT_C_MOVE (retrieve.py, as the calling node), EVT_RELEASED/EVT_ABORTED (close
+the thread's database connections).
 
-C-GET and C-MOVE (retrieve.py, to come) are bound here with one line each in `handlers()`, and
-their SOP classes with one line each in `build_ae()`:
-
-    (evt.EVT_C_GET, retrieve.handle_get, [nodes]),         # in handlers()
-    (evt.EVT_C_MOVE, retrieve.handle_move, [nodes]),       # in handlers()
-    _add_contexts(ae, QueryRetrievePresentationContexts)   # in build_ae(): Study/Patient Root FIND, GET, MOVE
-
-C-GET also needs the storage contexts to accept SCP/SCU role selection, since its storage
-sub-operations go back on the caller's association: in `_add_contexts`, pass
-`scu_role=True, scp_role=True` to `ae.add_supported_context` once retrieve.py is bound.
+The storage contexts accept SCP/SCU role selection: C-GET's storage sub-operations go back on
+the caller's association, this side as the storage SCU (PS3.7 D.3.3.4).
 """
 
 from __future__ import annotations
@@ -32,23 +25,32 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
 from apps.radiology.access.principals import NOTHING, ScopePrincipal
-from apps.radiology.dimse import association, query, store
+from apps.radiology.dicomweb.transcode import LOSSLESS_COMPRESSED
+from apps.radiology.dimse import association, query, retrieve, store
 from apps.radiology.dimse.nodes import NodeList
+from apps.radiology.fastpaths import dimse_file_send
 
 logger = logging.getLogger(__name__)
 
 # Every transfer syntax pydicom knows with the pixel data in the dataset, but the deflated ones
 # (ingest refuses them before inflating): not JPIP (pixels referenced elsewhere), nor SMPTE
-# ST 2110 (pixels in another stream).
+# ST 2110 (pixels in another stream). In order of preference, since pynetdicom accepts, of the
+# syntaxes a caller proposes in one presentation context, the first in this list: Explicit VR
+# Little Endian (what WADO-RS serves by default, so no transcoding later), Implicit VR Little
+# Endian, the lossless compressed ones (a sender that offers them holds the pixels exactly),
+# then the rest (big endian, lossy, video) in pydicom's order.
 _NOT_ACCEPTED = ("Deflate", "JPIP", "SMPTE")
-ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
-    str(uid) for uid in AllTransferSyntaxes if not any(word in uid.name for word in _NOT_ACCEPTED)
+_PREFERRED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *sorted(LOSSLESS_COMPRESSED))
+ACCEPTED_TRANSFER_SYNTAXES: list[str] = [str(uid) for uid in _PREFERRED] + [
+    str(uid)
+    for uid in AllTransferSyntaxes
+    if not any(word in uid.name for word in _NOT_ACCEPTED) and str(uid) not in _PREFERRED
 ]
 
 EventHandler = tuple[Any, Callable[..., Any], list[Any]] | tuple[Any, Callable[..., Any]]
@@ -62,8 +64,9 @@ def handle_echo(event: evt.Event) -> int:
 def handle_find(event: evt.Event, nodes: NodeList) -> Iterator[Any]:
     """EVT_C_FIND: the matches the calling node may see (query.py through the read door); a caller
     the node list does not know (it could not have associated) sees nothing."""
-    principal = association.principal_of_association(event.assoc, nodes)
-    yield from query.handle_find(event, principal if principal is not None else ScopePrincipal(NOTHING))
+    node = association.node_of_association(event.assoc, nodes)
+    principal = node.principal if node is not None else ScopePrincipal(NOTHING)
+    yield from query.handle_find(event, principal, node)
 
 
 def handlers(nodes: NodeList) -> list[EventHandler]:
@@ -73,24 +76,32 @@ def handlers(nodes: NodeList) -> list[EventHandler]:
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store, [nodes]),
         (evt.EVT_C_FIND, handle_find, [nodes]),
+        (evt.EVT_C_GET, retrieve.handle_get, [nodes]),
+        (evt.EVT_C_MOVE, retrieve.handle_move, [nodes]),
         (evt.EVT_RELEASED, association.handle_closed),
         (evt.EVT_ABORTED, association.handle_closed),
     ]
 
 
-def _add_contexts(ae: AE, contexts: Iterable[PresentationContext]) -> None:
+def _add_contexts(ae: AE, contexts: Iterable[PresentationContext], *, either_role: bool = False) -> None:
     for context in contexts:
-        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(
+            context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES, scu_role=either_role, scp_role=either_role
+        )
 
 
 def build_ae(ae_title: str | None = None) -> AE:
     """The application entity, with its supported presentation contexts (see the module docstring)."""
-    # Each received dataset is written to a file as it arrives, never held in memory (store.py).
+    # Each received dataset is written to a file as it arrives, never held in memory (store.py);
+    # each retrieved one is read from its file as it is sent (retrieve.py, dimse_file_send).
     _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    dimse_file_send.install()
     ae = AE(ae_title=ae_title or settings.RADIOLOGY_DICOM_AE_TITLE)
     _add_contexts(ae, VerificationPresentationContexts)
-    _add_contexts(ae, AllStoragePresentationContexts)
-    _add_contexts(ae, [build_context(uid) for uid in query.FIND_SOP_CLASSES])
+    _add_contexts(ae, AllStoragePresentationContexts, either_role=True)
+    query_retrieve = (*query.FIND_SOP_CLASSES, *retrieve.GET_SOP_CLASSES, *retrieve.MOVE_SOP_CLASSES)
+    _add_contexts(ae, [build_context(uid) for uid in query_retrieve])
     return ae
 
 

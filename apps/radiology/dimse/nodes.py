@@ -126,6 +126,10 @@ class NodeList:
     def known_title(self, ae_title: str) -> bool:
         return any(node.ae_title == ae_title.strip() for node in self.nodes)
 
+    def move_destination(self, ae_title: str) -> DicomNode | None:
+        """The node C-MOVE may send to as `ae_title`: a listed one with a MOVE_PORT, else None."""
+        return next((node for node in self.nodes if node.ae_title == ae_title and node.move_port), None)
+
     def node_for(self, ae_title: str, address: str) -> DicomNode | None:
         """The node calling as `ae_title` from `address`, or None: refused at association."""
         title = ae_title.strip()

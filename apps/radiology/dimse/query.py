@@ -62,7 +62,10 @@ from apps.radiology.dicomweb.qido import (
     search_series,
     search_studies,
 )
+from apps.radiology.dimse.audit import record_request
+from apps.radiology.dimse.nodes import DicomNode
 from apps.radiology.errors import InvalidQuery
+from apps.radiology.models import AuditEvent
 
 FIND_SOP_CLASSES = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)
 MATCH_LIMIT = MAX_LIMIT
@@ -103,17 +106,39 @@ _RETRIEVE_AE_TITLE = Tag("RetrieveAETitle")
 FindResponse = tuple[int | Dataset, Dataset | None]
 
 
-def handle_find(event: Any, principal: Principal) -> Iterator[FindResponse]:
+def handle_find(event: Any, principal: Principal, node: DicomNode | None = None) -> Iterator[FindResponse]:
     """pynetdicom's EVT_C_FIND handler: (status, identifier) per match, as `principal` may see them.
 
     A C-FIND is one unit of work like an HTTP request: the association thread's database
-    connection is checked before and after (close_old_connections, what Django does around requests).
+    connection is checked before and after (close_old_connections, what Django does around
+    requests), and it is one audit event (dimse/audit.py) naming the keys it matched on.
     """
     close_old_connections()
+    last_status: int | Dataset = SUCCESS
     try:
-        yield from _find(event, principal)
+        for status, answer in _find(event, principal):
+            last_status = status
+            yield status, answer
     finally:
+        _audit(event, node, last_status)
         close_old_connections()
+
+
+def _audit(event: Any, node: DicomNode | None, last_status: int | Dataset) -> None:
+    status = int(last_status.Status) if isinstance(last_status, Dataset) else last_status
+    if status == SUCCESS:
+        status_code, outcome = 200, AuditEvent.Outcome.ALLOWED
+    elif status == CANCELLED:
+        status_code, outcome = 499, AuditEvent.Outcome.ALLOWED
+    else:
+        status_code, outcome = 400, AuditEvent.Outcome.REJECTED
+    try:
+        keys = sorted(element.keyword for element in event.identifier if element.keyword and _values(element))
+    except Exception:  # an identifier that could not be read: its keys are not named
+        keys = []
+    record_request(
+        event.assoc, node, method="C-FIND", status_code=status_code, outcome=outcome, query_keys=",".join(keys)[:255]
+    )
 
 
 def _find(event: Any, principal: Principal) -> Iterator[FindResponse]:

@@ -32,9 +32,9 @@ from django.db import close_old_connections
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from apps.radiology.dimse.association import node_of_association, peer_address
-from apps.radiology.dimse.audit import UNKNOWN_NODE_ROLE, record_dicom
-from apps.radiology.dimse.nodes import DicomNode, NodeList, normalised_address
+from apps.radiology.dimse.association import node_of_association
+from apps.radiology.dimse.audit import record_request
+from apps.radiology.dimse.nodes import DicomNode, NodeList
 from apps.radiology.errors import (
     EmptyFile,
     FileTooLarge,
@@ -178,15 +178,9 @@ def _audit(
     elif isinstance(outcome, HeldResult):
         held = outcome.unmatched
         what.update(unmatched_id=held.pk, study_uid=held.study_uid, series_uid=held.series_uid)
-    try:
-        address: str | None = normalised_address(peer_address(event.assoc))
-    except ValueError:
-        address = None
-    record_dicom(
-        ae_title=node.ae_title if node is not None else str(event.assoc.requestor.ae_title).strip(),
-        role=node.role.value if node is not None else UNKNOWN_NODE_ROLE,
-        address=address,
-        route="c-store",
+    record_request(
+        event.assoc,
+        node,
         method="C-STORE",
         status_code=answer.http_status,
         outcome=answer.outcome,

@@ -42,4 +42,9 @@ fails loudly after an upgrade, naming the module to re-check.
 - dicom_meta.py: a stream's file meta only (the transfer syntax decides whether the data set may
   be read at all). Private: `pydicom.filereader._read_file_meta_info` (the public reader takes
   only a path). Checked against pydicom 3.0.2; guarded by test_private_api_versions.py.
+- dimse_file_send.py: not for speed, for memory: C-GET/C-MOVE sub-operations sent from a file in
+  chunks (pynetdicom's Q/R SCP would encode each yielded Dataset whole), on a send queue bounded
+  to a few MiB (pynetdicom's is unbounded: a slow receiver would pile an instance up in memory).
+  Wraps the public `Association.send_c_store`; private: `Association.dul.to_provider_queue`.
+  Checked against pynetdicom 3.0.4; no fallback, guarded by test_private_api_versions.py.
 """

@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -428,14 +428,21 @@ def read_object_range(key: str, offset: int, length: int) -> bytes:
     return b"".join(iter_object_range(key, offset, length))
 
 
+def filesystem_path(key: str) -> Path | None:
+    """The object's own file on the filesystem backend (a sender may read it directly); None on S3."""
+    store = radiology_storage()
+    return None if isinstance(store, S3Storage) else Path(store.path(key))
+
+
 @contextlib.contextmanager
 def local_path(key: str) -> Iterator[Path]:
     """A path on local disk holding the object: the file itself on the filesystem backend,
     a streamed temporary copy on S3 (for decoders that need a seekable file)."""
-    store = radiology_storage()
-    if not isinstance(store, S3Storage):
-        yield Path(store.path(key))
+    own_file = filesystem_path(key)
+    if own_file is not None:
+        yield own_file
         return
+    store = cast(S3Storage, radiology_storage())
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(prefix="pacs-object-", dir=settings.RADIOLOGY_STAGING_DIR) as copy:
         try:

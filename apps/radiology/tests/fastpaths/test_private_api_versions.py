@@ -306,3 +306,28 @@ def test_the_file_meta_of_a_stream_is_the_file_meta_of_its_path() -> None:
         assert stream.tell() == 0
     assert from_stream == pydicom.filereader.read_file_meta_info(path) == file_meta_of(path)
     assert from_stream.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+# --- dimse_file_send.py: retrieve sub-operations sent from files, on a bounded send queue -------
+
+
+def test_pynetdicom_is_the_release_dimse_file_send_was_checked_against() -> None:
+    from apps.radiology.fastpaths import dimse_file_send
+
+    version = dimse_file_send.pynetdicom_version()
+    assert version in dimse_file_send.CHECKED_PYNETDICOM_VERSIONS, (
+        f"pynetdicom is {version}: re-check fastpaths/dimse_file_send.py (the Q/R SCP still sends what the "
+        "handler yields with assoc.send_c_store, and the DUL still reads dul.to_provider_queue anew each time), "
+        "run tests/dimse/test_retrieve.py, then update CHECKED_PYNETDICOM_VERSIONS"
+    )
+
+
+def test_the_send_queue_dimse_file_send_bounds_is_where_pynetdicom_puts_pdus() -> None:
+    """DULServiceProvider.send_pdu puts on self.to_provider_queue, a queue.Queue set in __init__."""
+
+    from pynetdicom.dul import DULServiceProvider
+
+    assert "self.to_provider_queue.put(primitive)" in inspect.getsource(DULServiceProvider.send_pdu), (
+        "pynetdicom's send_pdu changed: re-check fastpaths/dimse_file_send.py"
+    )
+    assert "queue.Queue()" in inspect.getsource(DULServiceProvider.__init__)
