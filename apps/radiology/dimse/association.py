@@ -21,7 +21,7 @@ from django.db import close_old_connections, connections
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from apps.radiology.dimse.audit import UNKNOWN_NODE_ROLE, record_dicom
+from apps.radiology.dimse.audit import UNKNOWN_NODE_ROLE, record_dicom, record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList, normalised_address
 from apps.radiology.models import AuditEvent
 
@@ -68,6 +68,18 @@ def handle_requested(event: Event, nodes: NodeList) -> None:
     # As pynetdicom's own rejection does: wait until the reject has gone out and the peer has
     # closed (or the ARTIM timer ran out) before the thread closes the socket.
     assoc.kill()
+
+
+def handle_accepted(event: Event, nodes: NodeList) -> None:
+    """EVT_ACCEPTED: one audit event per association let in (who, from where, when), as for one refused."""
+    close_old_connections()
+    record_request(
+        event.assoc,
+        node_of_association(event.assoc, nodes),
+        method="ASSOCIATE",
+        status_code=200,
+        outcome=AuditEvent.Outcome.ALLOWED,
+    )
 
 
 def handle_closed(event: Event) -> None:

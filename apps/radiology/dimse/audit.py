@@ -1,17 +1,17 @@
-"""The audit trail of the DICOM network: one AuditEvent per association refused, per C-STORE, and per
-C-FIND, C-GET and C-MOVE request.
+"""The audit trail of the DICOM network: one AuditEvent per association (refused or let in), per
+C-STORE, and per C-FIND, C-GET and C-MOVE request.
 
 Written here rather than through access/audit.py's `record`, which takes a Django user and
 derives the role from its groups: a DICOM caller is a node, whose role is its node role
 (modality, workstation) and whose name is its calling AE title. channel "dicom"; `method` is
 the DIMSE service (ASSOCIATE for an association, C-STORE, C-FIND, C-GET, C-MOVE); `status_code`
 is the HTTP status of the same outcome (the column is the trail's common one and a DIMSE status
-such as 0xC000 does not fit it): 201 stored, 200 an identical repeat, 202 held in the unmatched
-inbox, 403 refused, 409 conflict, 400 not understood, 507 out of resources, 500 anything else;
-for a search, 200 answered, 400 refused; for a retrieve, 200 every instance sent, 207 some not,
-502 none, 499 cancelled by the caller, 400 refused. A C-FIND's `query_keys` names the keys it
-matched on, never their values. Like `record`, a failure to audit is logged loudly and never
-breaks the association.
+such as 0xC000 does not fit it): for an association, 200 let in, 403 refused; for a store, 201
+stored, 200 an identical repeat, 202 held in the unmatched inbox, 403 refused, 409 conflict, 400
+not understood, 507 out of resources, 500 anything else; for a search, 200 answered, 400
+refused; for a retrieve, 200 every instance sent, 207 some not, 502 none, 499 cancelled by the
+caller, 400 refused. A C-FIND's `query_keys` names the keys it matched on, never their values.
+Like `record`, a failure to audit is logged loudly and never breaks the association.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ accepted in the syntax its sender proposes first and stored byte-exact, never tr
 `manage.py run_dicom_listener` runs it (supervisord's `dicom` program, docker-compose's
 `dicom` service) on the API's HOST and RADIOLOGY_DICOM_PORT.
 
-Handlers bound (evt_handlers): EVT_REQUESTED (association.py: only known nodes),
+Handlers bound (evt_handlers): EVT_REQUESTED (association.py: only known nodes), EVT_ACCEPTED
+(audited),
 EVT_C_ECHO (success), EVT_C_STORE (store.py), EVT_C_FIND (query.py, as the calling node),
 EVT_C_GET and EVT_C_MOVE (retrieve.py, as the calling node), EVT_RELEASED/EVT_ABORTED (close
 the thread's database connections).
@@ -73,6 +74,7 @@ def handlers(nodes: NodeList) -> list[EventHandler]:
     """The event handlers of the listener (see the module docstring for the ones to add)."""
     return [
         (evt.EVT_REQUESTED, association.handle_requested, [nodes]),
+        (evt.EVT_ACCEPTED, association.handle_accepted, [nodes]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store, [nodes]),
         (evt.EVT_C_FIND, handle_find, [nodes]),

@@ -112,6 +112,11 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
     return path
 
 
+# The audit event of an association let in (one per association, before its operations').
+MODALITY_IN = (MODALITY_AE, "modality", "write", "ASSOCIATE", "127.0.0.1", 200, "allowed")
+WORKSTATION_IN = (WORKSTATION_AE, "workstation", "read", "ASSOCIATE", "127.0.0.1", 200, "allowed")
+
+
 def dicom_events() -> list[tuple[str, str, str, str, str, int, str]]:
     return [
         (event.username, event.role, event.action, event.method, event.client_address, event.status_code, event.outcome)
@@ -127,7 +132,7 @@ def test_echo_from_a_known_node_succeeds(dicom_listener: Listener) -> None:
         "echoscu", "-aet", MODALITY_AE, "-aec", dicom_listener.ae_title, "127.0.0.1", dicom_listener.port
     )
     assert result.returncode == 0, result.stderr
-    assert dicom_events() == []
+    assert dicom_events() == [MODALITY_IN]
 
 
 def test_an_unknown_ae_title_is_rejected_at_association_and_audited(dicom_listener: Listener) -> None:
@@ -179,8 +184,8 @@ def test_storescu_of_one_file_stores_it_under_the_order_of_its_accession(
     assert stored_meta.MediaStorageSOPClassUID == CTImageStorage
     assert stored_meta.MediaStorageSOPInstanceUID == image.image_uid
     assert UnmatchedImage.objects.count() == 0
-    assert dicom_events() == [(MODALITY_AE, "modality", "write", "C-STORE", "127.0.0.1", 201, "allowed")]
-    event = AuditEvent.objects.get(channel="dicom")
+    assert dicom_events() == [MODALITY_IN, (MODALITY_AE, "modality", "write", "C-STORE", "127.0.0.1", 201, "allowed")]
+    event = AuditEvent.objects.get(channel="dicom", method="C-STORE")
     assert (event.image_id, event.order_id, event.image_uid) == (image.pk, order.pk, image.image_uid)
 
 
@@ -218,7 +223,7 @@ def test_storescu_of_a_folder_and_an_identical_repeat(
         dataset_part(content) for content in files.values()
     )
     assert {image.sop_class_uid for image in images} == {CTImageStorage, MRImageStorage}
-    assert [status for *_, status, _outcome in dicom_events()] == [201] * 4 + [200] * 4
+    assert [status for *_, status, _outcome in dicom_events()] == [200] + [201] * 4 + [200] + [200] * 4
 
 
 def test_many_files_in_one_association(dicom_listener: Listener, make_order: MakeOrder, tmp_path: Path) -> None:
@@ -251,7 +256,7 @@ def test_an_instance_with_no_matching_order_is_held_unmatched(dicom_listener: Li
     assert dataset_part(read_stored(held.file_key)) == dataset_part(content)
     assert RadiologyImage.objects.count() == 0
     assert dicom_events()[-1] == (MODALITY_AE, "modality", "write", "C-STORE", "127.0.0.1", 202, "allowed")
-    assert AuditEvent.objects.get(channel="dicom", action="write").unmatched_id == held.pk
+    assert AuditEvent.objects.get(channel="dicom", method="C-STORE").unmatched_id == held.pk
 
 
 def test_an_instance_naming_another_patient_is_held_unmatched_not_refused(
@@ -295,7 +300,10 @@ def test_a_workstation_may_not_store(dicom_listener: Listener, make_order: MakeO
         "Only a modality may store",
     )
     assert RadiologyImage.objects.count() == UnmatchedImage.objects.count() == 0
-    assert dicom_events() == [(WORKSTATION_AE, "workstation", "write", "C-STORE", "127.0.0.1", 403, "denied")]
+    assert dicom_events() == [
+        WORKSTATION_IN,
+        (WORKSTATION_AE, "workstation", "write", "C-STORE", "127.0.0.1", 403, "denied"),
+    ]
 
 
 def test_a_malformed_dataset_is_refused_and_the_listener_keeps_serving(
@@ -310,7 +318,7 @@ def test_a_malformed_dataset_is_refused_and_the_listener_keeps_serving(
     assert status == CANNOT_UNDERSTAND
     assert comment == "The file ends before its content does."
     assert RadiologyImage.objects.count() == UnmatchedImage.objects.count() == 0
-    assert dicom_events() == [(MODALITY_AE, "modality", "write", "C-STORE", "127.0.0.1", 400, "rejected")]
+    assert dicom_events() == [MODALITY_IN, (MODALITY_AE, "modality", "write", "C-STORE", "127.0.0.1", 400, "rejected")]
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
     whole = pydicom.dcmread(write(tmp_path, "whole.dcm", content))
     assert pynetdicom_store(dicom_listener, whole) == (SUCCESS, "")
