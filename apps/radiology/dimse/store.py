@@ -4,9 +4,12 @@ pynetdicom writes the incoming dataset straight to a file as its P-DATA fragment
 (_config.STORE_RECV_CHUNKED_DATASET, set by listener.py): a Part 10 file whose File Meta
 Information is what the sender's presentation context implies (SOP class and instance from
 the request, the accepted transfer syntax), followed by the dataset bytes exactly as sent.
-Nothing holds the dataset in memory. That file is the ingest item (pipeline.ingest_images),
-as an upload or a STOW-RS part would be: spooled and hashed into RADIOLOGY_STAGING_DIR,
-parsed, checked, written, committed. The response is sent after ingest returns, that is after
+Nothing holds the dataset in memory. That file is moved into RADIOLOGY_STAGING_DIR (a rename
+on the same filesystem, else one copy), hashed once, and handed to the one ingest path
+(pipeline.ingest_images) as a staged file, as a STOW-RS part is: ingest takes it over as its
+spool without copying it again, parses, checks, links it into the store and commits. The
+staged name starts with the spool prefix, so a listener killed mid-instance leaves nothing
+`purge_interrupted_ingests` does not remove. The response is sent after ingest returns, that is after
 the row and the file are committed: an acknowledged instance is never lost.
 
 Routing: to the order whose accession number the dataset carries; with none, or when the
@@ -23,15 +26,25 @@ dataset that is not valid DICOM, lacks its UIDs or pixel data.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from django.conf import settings
 from django.db import close_old_connections
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from apps.radiology import storage
 from apps.radiology.dimse.association import node_of_association
 from apps.radiology.dimse.audit import record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList
@@ -39,6 +52,7 @@ from apps.radiology.errors import (
     EmptyFile,
     FileTooLarge,
     ImageConflict,
+    InsufficientStorage,
     InvalidDicom,
     InvalidUID,
     MissingUID,
@@ -54,7 +68,9 @@ from apps.radiology.errors import (
     UnsupportedTransferSyntax,
 )
 from apps.radiology.ingest.pipeline import Arrival, HeldResult, IngestItem, IngestResult, ingest_images
+from apps.radiology.ingest.spool import SPOOL_PREFIX, StagedFile
 from apps.radiology.models import AuditEvent, RadiologyOrder
+from apps.radiology.storage import free_space
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +123,7 @@ def handle_store(event: Event, nodes: NodeList) -> Dataset:
             answer = Answer(NOT_AUTHORIZED, 403, AuditEvent.Outcome.DENIED, "Only a modality may store")
             _audit(event, node, answer)
             return answer.as_dataset()
-        path = Path(event.dataset_path)
-        outcome = _ingest(path)
+        outcome = _stage_and_ingest(Path(event.dataset_path))
         answer = answer_for(outcome)
         if isinstance(outcome, RadiologyError) and answer.status != SUCCESS:
             logger.warning("C-STORE from %s refused: %s (%s)", node.ae_title, outcome.code, outcome.detail)
@@ -118,21 +133,70 @@ def handle_store(event: Event, nodes: NodeList) -> Dataset:
         close_old_connections()
 
 
-def _ingest(path: Path) -> IngestResult | HeldResult | RadiologyError:
+def receive_into_staging() -> None:
+    """Have this process's temporary files, pynetdicom's received datasets among them, written
+    to RADIOLOGY_STAGING_DIR under the spool prefix.
+
+    For the listener's own process only (`run_dicom_listener`): it sets the `tempfile` module's
+    process-wide directory and prefix, which pynetdicom's NamedTemporaryFile uses (it takes no
+    directory of its own). A dataset half-received when the listener is killed is then a spool
+    file `purge_interrupted_ingests` removes, and moving a complete one into staging is a rename.
+    """
+    settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(settings.RADIOLOGY_STAGING_DIR)
+    tempfile.template = f"{SPOOL_PREFIX}dimse-received-"
+
+
+def _stage_and_ingest(received: Path) -> IngestResult | HeldResult | RadiologyError:
+    try:
+        with staged_copy(received) as staged:
+            return _ingest(staged)
+    except RadiologyError as refused:  # no room for a copy on the staging disk
+        return refused
+    except OSError as error:  # the staging disk refused the move or the copy
+        logger.error("C-STORE: the received file could not be staged: %s", type(error).__name__)
+        return InsufficientStorage() if storage.is_out_of_space(error) else StorageFailure()
+
+
+@contextlib.contextmanager
+def staged_copy(received: Path) -> Iterator[StagedFile]:
+    """The received file in the staging directory, with its size and SHA-256; removed after.
+
+    pynetdicom writes it to the system's temporary directory and removes it after this handler
+    (ignoring that it is gone); moving it is what keeps the bytes from being copied again.
+    """
+    staging = settings.RADIOLOGY_STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    target = staging / f"{SPOOL_PREFIX}dimse-{uuid.uuid4().hex}"
+    try:
+        try:
+            os.rename(received, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            free_space.require_free_space(incoming_bytes=received.stat().st_size)
+            shutil.copyfile(received, target)
+        with target.open("rb") as handle:
+            checksum = hashlib.file_digest(handle, "sha256").hexdigest()
+        yield StagedFile(path=target, size=target.stat().st_size, checksum=checksum)
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def _ingest(staged: StagedFile) -> IngestResult | HeldResult | RadiologyError:
     """The one ingest path, to the accession's order; held unmatched when none fits."""
-    order = order_by_accession(path)
-    outcome = _ingest_into(path, order)
+    order = order_by_accession(staged.path)
+    outcome = _ingest_into(staged, order)
     if order is not None and isinstance(outcome, _DOES_NOT_FIT_ORDER):
         logger.info("C-STORE: the instance does not fit order %s (%s): held as unmatched", order.pk, outcome.code)
-        outcome = _ingest_into(path, None)
+        outcome = _ingest_into(staged, None)
     return outcome
 
 
-def _ingest_into(path: Path, order: RadiologyOrder | None) -> IngestResult | HeldResult | RadiologyError:
-    with path.open("rb") as stream:
-        (outcome,) = ingest_images(
-            [IngestItem(order=order, stream=stream, filename=None)], uploaded_by=None, arrival=ARRIVAL
-        )
+def _ingest_into(staged: StagedFile, order: RadiologyOrder | None) -> IngestResult | HeldResult | RadiologyError:
+    (outcome,) = ingest_images(
+        [IngestItem(order=order, stream=None, filename=None, staged=staged)], uploaded_by=None, arrival=ARRIVAL
+    )
     return outcome
 
 
