@@ -287,6 +287,9 @@ RADIOLOGY_DICOM_AE_TITLE = env_str("RADIOLOGY_DICOM_AE_TITLE", "PACSLITE") or "P
 RADIOLOGY_DICOM_PORT = env_int("RADIOLOGY_DICOM_PORT", 11112, minimum=1)
 RADIOLOGY_DICOM_NODES = env_str("RADIOLOGY_DICOM_NODES", "") or ""
 RADIOLOGY_DICOM_DEMO_LOCAL_ROLE = env_str("RADIOLOGY_DICOM_DEMO_LOCAL_ROLE", "") or ""
+# Seconds between the listener's heartbeats in the database, which /healthz reads (it runs in
+# another process): silent for 3 of them without a clean stop, it is "not_responding".
+RADIOLOGY_DICOM_HEARTBEAT_SECONDS = env_int("RADIOLOGY_DICOM_HEARTBEAT_SECONDS", 10, minimum=1)
 # Backups (manage.py backup_radiology / restore_radiology): an S3/MinIO destination's endpoint,
 # region and keys when they are not the image store's (unset: the store's own), and where
 # pg_dump/pg_restore live (unset: the newest /usr/lib/postgresql/N/bin, else PATH).

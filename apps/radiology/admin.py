@@ -34,6 +34,7 @@ from apps.radiology.access.visible import visible_images, visible_series, visibl
 from apps.radiology.ingest import unmatched
 from apps.radiology.models import (
     AuditEvent,
+    DicomListenerHeartbeat,
     LinkRevocation,
     RadiologyImage,
     RadiologyOrder,
@@ -418,6 +419,13 @@ class LinkRevocationAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin)
     list_display = ["user", "links_valid_after", "revoked_by"]
     list_select_related = ["user", "revoked_by"]
     search_fields = ["user__username"]
+
+
+@admin.register(DicomListenerHeartbeat)
+class DicomListenerHeartbeatAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+    """Each DICOM listener's last heartbeat, as /healthz judges it (written only by the listener)."""
+
+    list_display = ["ae_title", "host", "port", "beat_at", "active_associations", "stopped_at", "started_at", "pid"]
 
 
 _user_model = get_user_model()

@@ -496,3 +496,38 @@ class UnmatchedImage(models.Model):
 
     def __str__(self) -> str:
         return f"Unmatched {self.image_uid} ({self.status})"
+
+
+class DicomListenerHeartbeat(models.Model):
+    """The last sign of life of one DICOM listener (ae_title, host, port), for /healthz.
+
+    The listener runs in a process of its own (supervisord's `dicom` program, docker-compose's
+    `dicom` service), apart from the gunicorn that answers /healthz; the database is the one
+    thing every process of both deployments shares. So the listener writes this row every
+    `heartbeat_seconds` (dimse/heartbeat.py) and once more, with `stopped_at`, when it stops
+    cleanly; /healthz reads the most recent row. A listener that stops beating without
+    `stopped_at` (killed, hung, its machine gone) is "not responding". Runtime state, not
+    clinical data: a restart of the same listener overwrites its row.
+    """
+
+    ae_title = models.CharField(max_length=16)
+    host = models.CharField(max_length=255, help_text="the address it listens on, as given to --host")
+    port = models.PositiveIntegerField()
+    pid = models.PositiveIntegerField(help_text="its process id, on the machine it runs on")
+    heartbeat_seconds = models.PositiveIntegerField(
+        help_text="its RADIOLOGY_DICOM_HEARTBEAT_SECONDS, by which /healthz judges its silence"
+    )
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+    active_associations = models.PositiveIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="set by a clean stop; empty while it runs")
+
+    class Meta:
+        verbose_name = "DICOM listener heartbeat"
+        ordering = ["-beat_at"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["ae_title", "host", "port"], name="rad_dicom_heartbeat_one_per_listener"),
+        ]
+
+    def __str__(self) -> str:
+        return f"DICOM listener {self.ae_title} on {self.host}:{self.port}"

@@ -57,7 +57,7 @@ def handle_requested(event: Event, nodes: NodeList) -> None:
             ae_title=calling,
             role=_role_tried(calling, nodes),
             address=_audit_address(address),
-            route="dicom-association",
+            route="associate",
             method="ASSOCIATE",
             status_code=403,
             outcome=AuditEvent.Outcome.DENIED,

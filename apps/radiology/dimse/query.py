@@ -137,7 +137,13 @@ def _audit(event: Any, node: DicomNode | None, last_status: int | Dataset) -> No
     except Exception:  # an identifier that could not be read: its keys are not named
         keys = []
     record_request(
-        event.assoc, node, method="C-FIND", status_code=status_code, outcome=outcome, query_keys=",".join(keys)[:255]
+        event.assoc,
+        node,
+        method="C-FIND",
+        status_code=status_code,
+        outcome=outcome,
+        action="read",
+        query_keys=",".join(keys)[:255],
     )
 
 

@@ -346,4 +346,4 @@ def _delivered(status: int | None) -> bool:
 
 def _audit(event: Any, node: DicomNode | None, method: str, tally: _Tally, named: dict[str, str]) -> None:
     status_code, outcome = tally.status_code()
-    record_request(event.assoc, node, method=method, status_code=status_code, outcome=outcome, **named)
+    record_request(event.assoc, node, method=method, status_code=status_code, outcome=outcome, action="read", **named)

@@ -60,7 +60,13 @@ from django.utils import timezone
 from apps.radiology import storage
 from apps.radiology.errors import StorageFailure, StoredObjectMissing
 from apps.radiology.ingest.upload_sync import STAGING_PREFIX
-from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyUpload, UnmatchedImage
+from apps.radiology.models import (
+    DICOM_MIME_TYPE,
+    DicomListenerHeartbeat,
+    RadiologyImage,
+    RadiologyUpload,
+    UnmatchedImage,
+)
 
 MANIFEST_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -656,7 +662,8 @@ def install_contents() -> list[str]:
     """What makes this install not empty (its own rows, users, stored objects); [] if empty.
 
     Django's own bookkeeping that `migrate` writes (content types, permissions, applied
-    migrations) does not count: a freshly migrated database is empty.
+    migrations) does not count: a freshly migrated database is empty; nor does a DICOM listener's
+    heartbeat (the state of a process, not of the archive).
     """
     found = []
     tables = set(connection.introspection.table_names())
@@ -665,6 +672,7 @@ def install_contents() -> list[str]:
         for config in django_apps.get_app_configs()
         if config.name.startswith("apps.")
         for model in config.get_models()
+        if model is not DicomListenerHeartbeat
     ]
     models.append(get_user_model())
     for model in models:
@@ -704,6 +712,8 @@ def run_restore(
     # A backup of an older release restored by a newer one: bring the schema forward (a no-op
     # for the same release). post_migrate also re-creates the database's guard triggers.
     call_command("migrate", interactive=False, verbosity=0)
+    # The old server's listener said "listening": here it would read as not responding.
+    DicomListenerHeartbeat.objects.all().delete()
     _after_database(manifest, report)
     objects = manifest["objects"]
     report.objects = len(objects)

@@ -1,4 +1,4 @@
-"""/healthz: is the database reachable, is the image store reachable, is there disk room to ingest.
+"""/healthz: is the database reachable, the image store reachable, disk room to ingest, the DICOM listener alive.
 
 No authentication, no data. Database or store down: 503 "unhealthy", so a load balancer
 stops sending requests that cannot be served. Disk space low (storage/free_space.py): 200
@@ -6,11 +6,18 @@ stops sending requests that cannot be served. Disk space low (storage/free_space
 serves every image it has, which doctors need most when the disk fills; only new files are
 refused (507), so taking it out of rotation would turn a full disk into an outage. Monitoring
 alerts on any status but "ok".
+
+The DICOM listener runs in a process of its own and reports through a heartbeat row in the
+database (dimse/heartbeat.py): `dicom_listener` says "listening", "stopped" (a clean stop) or
+"not_responding" (silent for three of its heartbeat intervals without a clean stop), the latter
+200 "degraded" too: the web side still serves everything, only the DICOM network is down. The member
+is absent when no listener ever wrote one (a deployment without it), which leaves the status alone.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -18,6 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from apps.radiology import storage
+from apps.radiology.dimse.heartbeat import ListenerHealth, ListenerState, listener_health
 from apps.radiology.storage import free_space
 
 logger = logging.getLogger(__name__)
@@ -43,13 +51,34 @@ def healthz(request: HttpRequest) -> JsonResponse:
     if short:
         logger.warning("healthz: free disk space below RADIOLOGY_MIN_FREE_BYTES on the %s", " and the ".join(short))
         checks["disk_space"] = "low"
+    listener = dicom_listener() if checks["database"] == "ok" else None
+    listener_down = listener is not None and listener.state == ListenerState.NOT_RESPONDING
     if checks["database"] != "ok" or checks["storage"] != "ok":
-        body: dict[str, str] = {"status": "unhealthy", **checks}
+        body: dict[str, Any] = {"status": "unhealthy", **checks}
     else:
-        body = {"status": "degraded" if short else "ok", **checks}
+        body = {"status": "degraded" if short or listener_down else "ok", **checks}
+    if listener is not None:
+        body["dicom_listener"] = listener.as_json()
     if short:
         body["detail"] = low_space_detail(short)
     return JsonResponse(body, status=503 if body["status"] == "unhealthy" else 200)
+
+
+def dicom_listener() -> ListenerHealth | None:
+    """The listener's heartbeat as /healthz reports it; None (member left out) if never started or unreadable."""
+    try:
+        listener = listener_health()
+    except Exception as exc:  # e.g. the heartbeat table not migrated yet: reported in the log, never raised
+        logger.error("healthz: DICOM listener heartbeat unreadable: %s", type(exc).__name__)
+        return None
+    if listener is not None and listener.state == ListenerState.NOT_RESPONDING:
+        logger.warning(
+            "healthz: the DICOM listener %s (port %d) wrote no heartbeat for %d s",
+            listener.ae_title,
+            listener.port,
+            listener.beat_age_seconds,
+        )
+    return listener
 
 
 def low_space_detail(short: list[str]) -> str:
