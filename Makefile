@@ -82,6 +82,11 @@ clean:
 bench: setup
 	$(BIN)/python bench/compare_orthanc.py
 
+## bench-dimse: PACS-lite's DICOM listener against Orthanc's DICOM server, same files (~8 min; as root: installs dcmtk and orthanc if missing, runs PostgreSQL)
+.PHONY: bench-dimse
+bench-dimse: setup system-packages
+	$(BIN)/python bench/compare_dimse.py
+
 ## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (under a minute; as root: runs PostgreSQL)
 .PHONY: bench-hostile
 bench-hostile: setup

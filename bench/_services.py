@@ -1,4 +1,4 @@
-"""Servers for bench/compare_orthanc.py: Orthanc, a throwaway PostgreSQL, PACS-lite under gunicorn.
+"""Servers for bench/compare_orthanc.py and bench/compare_dimse.py: Orthanc, a throwaway PostgreSQL, PACS-lite.
 
 Everything listens on 127.0.0.1 only and lives in a temporary directory; each context
 manager stops what it started (by its own process id) and leaves nothing running.
@@ -101,8 +101,12 @@ def plugin_version() -> str:
 
 
 @contextlib.contextmanager
-def orthanc(workdir: Path) -> Iterator[tuple[str, int]]:
-    """Orthanc on 127.0.0.1 with the DicomWeb plugin, fresh storage; yields (base URL, pid)."""
+def orthanc(workdir: Path, options: dict[str, object] | None = None) -> Iterator[tuple[str, int]]:
+    """Orthanc on 127.0.0.1 with the DicomWeb plugin, fresh storage; yields (base URL, pid).
+
+    `options` replace or add to the configuration below (bench/compare_dimse.py turns the DICOM
+    server on and puts SyncStorageArea back to Orthanc's default).
+    """
     port = free_port()
     config = {
         "Name": "bench",
@@ -119,6 +123,7 @@ def orthanc(workdir: Path) -> Iterator[tuple[str, int]]:
         "Plugins": [str(ORTHANC_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
+    config.update(options or {})
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = workdir / "orthanc.log"
@@ -150,8 +155,12 @@ def _as_postgres(*command: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[Postgres]:
-    """A throwaway cluster from scripts/pg_throwaway.sh (fsync=off); stopped and removed after."""
+def postgres(*, durable: bool = False) -> Iterator[Postgres]:
+    """A throwaway cluster from scripts/pg_throwaway.sh (fsync=off); stopped and removed after.
+
+    durable=True restarts it with PostgreSQL's own defaults (fsync on, synchronous_commit on),
+    as a clinic's server runs: what bench/compare_dimse.py measures an acknowledged C-STORE against.
+    """
     started = subprocess.run(
         ["bash", "-c", 'source scripts/pg_throwaway.sh >&2; echo "$DATABASE_URL"; echo "$PG_THROWAWAY_DIR"'],
         cwd=ROOT,
@@ -163,6 +172,8 @@ def postgres() -> Iterator[Postgres]:
         raise RuntimeError(f"PostgreSQL did not start:\n{started.stderr[-3000:]}")
     url, directory = started.stdout.strip().splitlines()[-2:]
     try:
+        if durable:
+            _restart_with_defaults(url, directory)
         yield Postgres(url=url, directory=Path(directory))
     finally:
         subprocess.run(
@@ -171,6 +182,21 @@ def postgres() -> Iterator[Postgres]:
             check=False,
         )
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _restart_with_defaults(url: str, directory: str) -> None:
+    """Restart the cluster with the same address, port and socket directory but no `-c fsync=off`.
+
+    pg_ctl restart with -o replaces the options the script started it with (postmaster.opts).
+    """
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {directory}"
+    command = [str(PGBIN / "pg_ctl"), "-D", f"{directory}/data", "-l", f"{directory}/log", "-w", "-t", "30"]
+    restarted = subprocess.run(
+        _as_postgres(*command, "-m", "fast", "-o", options, "restart"), capture_output=True, text=True, check=False
+    )
+    if restarted.returncode != 0:
+        raise RuntimeError(f"PostgreSQL did not restart with its defaults:\n{restarted.stderr[-3000:]}")
 
 
 # --- PACS-lite ----------------------------------------------------------------------------
@@ -256,6 +282,38 @@ def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, worker_class: 
         yield Gunicorn(base=base, master_pid=process.pid, worker_pids=children(), command=shown)
     finally:
         stop_process_group(process)
+
+
+@dataclass
+class DicomListener:
+    port: int
+    pid: int
+    command: str
+
+
+@contextlib.contextmanager
+def dicom_listener(env: dict[str, str], workdir: Path) -> Iterator[DicomListener]:
+    """PACS-lite's DICOM listener on 127.0.0.1, started as supervisord's `dicom` program starts it.
+
+    `env` says who may call (RADIOLOGY_DICOM_NODES). Up once it prints that it listens.
+    """
+    port = free_port()
+    command = [str(VENV_BIN / "python"), "manage.py", "run_dicom_listener", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = workdir / "dicom-listener.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(
+            lambda: process.poll() is None and "DICOM listener " in log_path.read_text(errors="replace"),
+            "the DICOM listener",
+            log=log_path,
+        )
+        shown = " ".join(["python", *command[1:-1], "PORT"])
+        yield DicomListener(port=port, pid=process.pid, command=shown)
+    finally:
+        stop_process_group(process, grace=30)
 
 
 # --- Memory -------------------------------------------------------------------------------
