@@ -21,6 +21,7 @@ the caller's association, this side as the storage SCU (PS3.7 D.3.3.4).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -98,6 +99,10 @@ def build_ae(ae_title: str | None = None) -> AE:
     # each retrieved one is read from its file as it is sent (retrieve.py, dimse_file_send).
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.STORE_SEND_CHUNKED_DATASET = True
+    # pynetdicom would log each C-FIND/C-GET/C-MOVE identifier (a patient's name, id) and each
+    # C-FIND match: no patient data in logs, whatever the log level.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     dimse_file_send.install()
     ae = AE(ae_title=ae_title or settings.RADIOLOGY_DICOM_AE_TITLE)
     _add_contexts(ae, VerificationPresentationContexts)
@@ -115,6 +120,9 @@ def start_listener(host: str, port: int, *, nodes: NodeList | None = None) -> Th
     nodes = nodes if nodes is not None else NodeList.from_settings()
     ae = build_ae()
     server = ae.start_server((host, port), block=False, evt_handlers=handlers(nodes))
+    # Small DIMSE messages (C-FIND matches, C-STORE responses) go at once rather than waiting
+    # for the peer's delayed ACK; accepted sockets inherit the option from the listening one.
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     logger.info(
         "DICOM listener %s on %s:%d, %d known nodes", ae.ae_title, host, server.server_address[1], len(nodes.nodes)
     )

@@ -34,18 +34,19 @@ Conformance (Query/Retrieve GET and MOVE SCP, PS3.4 C.4.2 and C.4.3):
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import F, QuerySet
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import build_context
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
@@ -64,7 +65,9 @@ from apps.radiology.dimse.association import node_of_association
 from apps.radiology.dimse.audit import record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList
 from apps.radiology.errors import InvalidQuery, RadiologyError
+from apps.radiology.fastpaths import dimse_file_send
 from apps.radiology.fastpaths.dimse_file_send import PendingInstance
+from apps.radiology.ingest.spool import SPOOL_PREFIX
 from apps.radiology.models import AuditEvent, RadiologyImage
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ RETRIEVE_LIMIT = 10_000
 _BATCH = 100
 # PS3.8 9.3.2.2: at most 128 presentation contexts an association (odd ids 1-255).
 _MAX_CONTEXTS = 128
+# Bytes gathered before one write to the retrieve spool.
+_SPOOL_WRITE_BYTES = 1024 * 1024
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
@@ -155,6 +160,7 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
     method = "C-MOVE" if moving else "C-GET"
     principal: Principal = node.principal if node is not None else ScopePrincipal(NOTHING)
     tally = _Tally()
+    spool = _Spool()
     close_old_connections()
     try:
         if moving and destination is None:
@@ -169,12 +175,12 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
         except Refusal as refusal:
             tally.refusal = refusal
             if destination is not None:  # a C-MOVE: pynetdicom wants the destination first
-                yield destination.address, destination.move_port, {"contexts": [build_context(Verification)]}
+                yield destination.address, destination.move_port, _move_association([build_context(Verification)])
             yield 1  # and a count before any status
             yield refusal.as_dataset(), None
             return
         if destination is not None:
-            yield destination.address, destination.move_port, {"contexts": storage_contexts(selection.images)}
+            yield destination.address, destination.move_port, _move_association(storage_contexts(selection.images))
         yield len(image_ids)
         for batch_start in range(0, len(image_ids), _BATCH):
             batch = image_ids[batch_start : batch_start + _BATCH]
@@ -187,12 +193,18 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
                 image = loaded.get(image_id)
                 if image is None:  # removed meanwhile (never, images are immutable): not sent
                     continue
-                pending = PendingInstance(image.image_uid, _materialiser(image))
+                pending = PendingInstance(image.image_uid, _materialiser(image, spool))
                 tally.sent.append(pending)
                 yield PENDING, pending
     finally:
+        spool.close()
         _audit(event, node, method, tally, selection_named(event))
         close_old_connections()
+
+
+def _move_association(contexts: list[Any]) -> dict[str, Any]:
+    """How pynetdicom opens the association to a Move Destination: these contexts, TCP_NODELAY."""
+    return {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, dimse_file_send.no_delay)]}
 
 
 def select(event: Any, principal: Principal) -> Selection:
@@ -281,7 +293,9 @@ def choose_syntax(image: RadiologyImage, accepted: list[str]) -> str | None:
     return next((syntax for syntax in preference if syntax in accepted and transcode.can_send_in(image, syntax)), None)
 
 
-def _materialiser(image: RadiologyImage) -> Callable[[Association], tuple[Path, Callable[[], None]] | None]:
+def _materialiser(
+    image: RadiologyImage, spool: _Spool
+) -> Callable[[Association], tuple[Path, Callable[[], None]] | None]:
     """The instance as a Part 10 file in a syntax the sending association accepted (None: none fits)."""
 
     def materialise(assoc: Association) -> tuple[Path, Callable[[], None]] | None:
@@ -294,7 +308,7 @@ def _materialiser(image: RadiologyImage) -> Callable[[Association], tuple[Path, 
             own_file = storage.filesystem_path(image.file_key) if ready.stored_file else None
             if own_file is not None:
                 return own_file, _nothing
-            return _spooled(ready.chunks)
+            return spool.holding(ready.chunks), _nothing
         except (RadiologyError, OSError) as failed:
             logger.warning("C-GET/C-MOVE: instance %s could not be produced: %s", image.pk, failed)
             return None
@@ -302,18 +316,43 @@ def _materialiser(image: RadiologyImage) -> Callable[[Association], tuple[Path, 
     return materialise
 
 
-def _spooled(chunks: Any) -> tuple[Path, Callable[[], None]]:
-    """The chunks written to a temporary file on the staging disk (removed once sent)."""
-    settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix="pacs-retrieve-", dir=settings.RADIOLOGY_STAGING_DIR, delete=False) as out:
-        path = Path(out.name)
-        try:
-            for chunk in chunks:
-                out.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-    return path, lambda: path.unlink(missing_ok=True)
+class _Spool:
+    """One file on the staging disk a request's instances are written to in turn (each is sent
+    before the next is written), when an instance is not sent as its stored file: made at the
+    first use, removed when the request ends. Under the spool prefix, so that
+    purge_interrupted_ingests removes it should the listener be killed mid-request."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self.path: Path | None = None
+
+    def holding(self, chunks: Iterable[bytes | memoryview]) -> Path:
+        if self._file is None:
+            settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+            descriptor, name = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}retrieve-", dir=settings.RADIOLOGY_STAGING_DIR)
+            self._file, self.path = os.fdopen(descriptor, "w+b", buffering=0), Path(name)
+        out = self._file
+        out.seek(0)
+        # One write call for a small instance (the chunks joined), chunk by chunk for a large one.
+        pending: list[bytes | memoryview] = []
+        held = 0
+        for chunk in chunks:
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= _SPOOL_WRITE_BYTES:
+                out.write(b"".join(pending))
+                pending, held = [], 0
+        if pending:
+            out.write(b"".join(pending))
+        out.truncate()  # at the end of this instance: what the previous one had beyond it goes
+        assert self.path is not None  # noqa: S101 (set with the file)
+        return self.path
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _nothing() -> None:

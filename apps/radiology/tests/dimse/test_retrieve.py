@@ -9,6 +9,7 @@ the received file with the stored one's (the receiver writes its own File Meta I
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
@@ -446,3 +448,38 @@ def test_a_64_mib_instance_is_sent_without_holding_it_in_memory(
     assert got.stat().st_size >= image.file_size - 1024
     assert pydicom.dcmread(got, stop_before_pixels=True).SOPInstanceUID == image.image_uid
     assert peak < 16 * 1024 * 1024, peak
+
+
+# --- No patient data in logs -------------------------------------------------------------------
+
+
+def test_no_patient_name_or_id_reaches_the_logs_whatever_pynetdicoms_log_level(
+    dicom_listener: Listener, study: list[Stored], caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom logs request and response identifiers unless told not to (listener.build_ae does)."""
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    caplog.set_level(logging.DEBUG, logger="apps.radiology")
+    patient = study[0].image.series.study
+    ae = AE(ae_title=WORKSTATION_AE)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(dicom_listener.host, dicom_listener.port, ae_title=dicom_listener.ae_title)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = patient.patient_dicom_name[:4] + "*"
+    query.PatientID = patient.patient_id
+    try:
+        answers = [answer for _status, answer in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientID = patient.patient_id
+    responses, got = pynetdicom_get(
+        dicom_listener, identifier, syntaxes=[ExplicitVRLittleEndian], model=PatientRootQueryRetrieveInformationModelGet
+    )
+
+    assert [str(answer.PatientID) for answer in answers if answer is not None] == [patient.patient_id]
+    assert (responses[-1][0], len(got)) == (SUCCESS, 3)
+    assert "pynetdicom" in caplog.text  # it did log, at DEBUG
+    for secret in (patient.patient_id, patient.patient_dicom_name, patient.patient_dicom_name.split("^")[0]):
+        assert secret not in caplog.text
