@@ -135,16 +135,21 @@ def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_pa
     `local_path`: where `content` lies on this machine, if it is a file nothing will write
     to again (an ingest spool). The filesystem store then links it in rather than copying it.
     A disk with no room for it raises InsufficientStorage, and no part of the file is left.
+    On the filesystem the file and its directories are fsynced before this returns, so a row
+    committed after it never points at bytes a power cut can take (_sync_new_file).
     """
     upload = File(content, name=os.path.basename(key))
     upload.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
     store = radiology_storage()
     try:
         if isinstance(store, FileSystemStorage):
+            first_new_directory = _first_missing_directory(store, key)
             linked = _link_new_file(store, key, local_path) if local_path is not None else None
             written = linked if linked is not None else _write_new_file(store, key, upload)
-            if written is not None:
-                return written
+            name = written if written is not None else store.save(key, upload)
+            _sync_new_file(store, name, first_new_directory)
+            return name
+        # A PUT is durable when S3 (or MinIO) answers it: nothing to sync.
         return store.save(key, upload)
     except (OSError, BotoCoreError, ClientError) as exc:
         logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
@@ -197,6 +202,58 @@ def _link_new_file(store: FileSystemStorage, key: str, source: Path) -> str | No
     # The spool was created private (0600); the stored file gets the mode Django's save gives.
     os.chmod(full_path, store.file_permissions_mode if store.file_permissions_mode is not None else 0o644)
     return name
+
+
+def _first_missing_directory(store: FileSystemStorage, key: str) -> Path | None:
+    """The topmost directory on the way to `key` that does not exist yet (the save makes it), or None."""
+    missing = None
+    directory = Path(store.path(key)).parent
+    while not directory.exists():
+        missing, directory = directory, directory.parent
+    return missing
+
+
+def _sync_new_file(store: FileSystemStorage, name: str, first_new_directory: Path | None) -> None:
+    """Put the new file `name` on disk, bytes and name, before the caller's row may point at it.
+
+    Its row commits once this returns, and only then is the image acknowledged (201, C-STORE
+    success). Until fsync the bytes may sit in the page cache only, a linked spool's as much
+    as a written file's (nothing fsynced them when they were staged), and so may the file's
+    entry in its directory and each new directory's entry in its parent: a power cut would
+    leave a committed row pointing at an empty or missing file. So: the file first, then each
+    directory from its own up to the store's root. Directories another writer just made (two
+    associations sending one study) are on that way too, so those are not left to it; an
+    unchanged directory's fsync costs little. Above the root only what this save created.
+
+    Always on, by design: no setting turns it off. A store of medical images must never lose
+    one it acknowledged, and a switch that trades that for speed is one no install should have.
+    If the sync fails the file is removed (its row never commits) and the error goes on.
+    """
+    full_path = Path(store.path(name))
+    root = Path(store.location)
+    last = root
+    if first_new_directory is not None and root.is_relative_to(first_new_directory):
+        last = first_new_directory.parent  # the store's root itself was made by this save
+    try:
+        _fsync(full_path)
+        directory = full_path.parent
+        while True:
+            _fsync(directory)
+            if directory == last or directory == directory.parent:
+                break
+            directory = directory.parent
+    except BaseException:
+        full_path.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """fsync one file or directory by its path (a read-only descriptor is enough on Linux)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _claim_new_name(store: FileSystemStorage, key: str, create: Callable[[Path], object]) -> tuple[str, Path]:
