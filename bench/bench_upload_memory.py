@@ -4,7 +4,8 @@ Run from the repository root:  .venv/bin/python bench/bench_upload_memory.py [--
 
 What it does, all in a temporary directory (never var/):
 - migrates a throwaway SQLite database and creates the demo users and an order (seed_demo --json);
-- writes a valid DICOM file of about --size-mb to disk without ever holding it in memory:
+- writes a valid DICOM file of about --size-mb to disk without ever holding it in memory
+  (apps/radiology/operations/large_dicom.py):
   pydicom writes the header of a multi-frame 16-bit image (1024 x 1024 x N frames,
   explicit VR little endian), then the PixelData element (OW, defined length) is appended
   frame by frame; the SHA-256 is computed while writing;
@@ -22,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script, only bench/ is on the path
+
+from apps.radiology.operations.large_dicom import write_large_multiframe  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 ROWS = COLUMNS = 1024
 FRAME_BYTES = ROWS * COLUMNS * 2
 MIB = 1024 * 1024
 SAMPLE_SECONDS = 0.02
-MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
-PIXEL_DATA_OW_HEADER = b"\xe0\x7f\x10\x00OW\x00\x00"  # (7FE0,0010) OW, then a 4-byte length
 
 
 @dataclass(frozen=True)
@@ -60,50 +60,26 @@ class BigDicom:
     frames: int
 
 
-def write_big_dicom(path: Path, *, frames: int, study_uid: str, series_uid: str) -> BigDicom:
-    """A multi-frame 16-bit DICOM file written header first, then pixel data frame by frame."""
-    image_uid = generate_uid(prefix=None)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    meta.MediaStorageSOPInstanceUID = image_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.preamble = b"\x00" * 128
-    dataset.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    dataset.SOPInstanceUID = image_uid
-    dataset.StudyInstanceUID = study_uid
-    dataset.SeriesInstanceUID = series_uid
-    dataset.StudyDate = "20260115"
-    dataset.Modality = "OT"
-    dataset.PatientName = "Bench^Upload"
-    dataset.PatientID = "BENCH-1"
-    dataset.SeriesNumber = 1
-    dataset.InstanceNumber = 1
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.NumberOfFrames = frames
-    dataset.Rows = ROWS
-    dataset.Columns = COLUMNS
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.save_as(path, enforce_file_format=True)  # everything but PixelData
-
-    digest = hashlib.sha256(path.read_bytes())  # the header: a few hundred bytes
-    pixel_length = FRAME_BYTES * frames
-    row = struct.pack(f"<{COLUMNS}H", *[(column * 4) & 0x0FFF for column in range(COLUMNS)])
-    frame = bytearray(row * ROWS)
-    with path.open("ab") as handle:
-        element_header = PIXEL_DATA_OW_HEADER + struct.pack("<I", pixel_length)
-        handle.write(element_header)
-        digest.update(element_header)
-        for number in range(frames):
-            frame[0:2] = struct.pack("<H", number & 0x0FFF)  # frames differ
-            handle.write(frame)
-            digest.update(frame)
-    return BigDicom(path=path, size=path.stat().st_size, checksum=digest.hexdigest(), frames=frames)
+def write_big_dicom(path: Path, *, frames: int, study_uid: str, series_uid: str, **identity: str) -> BigDicom:
+    """A multi-frame 16-bit DICOM file written header first, then pixel data frame by frame (never
+    whole in memory); `identity` (DICOM keywords, e.g. an order's accession and patient) replaces
+    the bench patient."""
+    attributes = {"PatientName": "Bench^Upload", "PatientID": "BENCH-1", **identity}
+    checksum = write_large_multiframe(
+        path,
+        frames=frames,
+        rows=ROWS,
+        columns=COLUMNS,
+        SOPInstanceUID=generate_uid(prefix=None),
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID=series_uid,
+        StudyDate="20260115",
+        Modality="OT",
+        SeriesNumber=1,
+        InstanceNumber=1,
+        **attributes,
+    )
+    return BigDicom(path=path, size=path.stat().st_size, checksum=checksum, frames=frames)
 
 
 class RssSampler:

@@ -48,7 +48,6 @@ import secrets
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -60,21 +59,14 @@ from pathlib import Path
 import pydicom
 import requests
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _services as services  # noqa: E402
-from bench_upload_memory import (  # noqa: E402
-    COLUMNS,
-    FRAME_BYTES,
-    MIB,
-    MULTIFRAME_GRAYSCALE_WORD_SC,
-    PIXEL_DATA_OW_HEADER,
-    ROWS,
-)
+from bench_upload_memory import FRAME_BYTES, MIB, write_big_dicom  # noqa: E402
 from compare_orthanc import Row, comparison_table  # noqa: E402
 
 ROOT = BENCH_DIR.parent
@@ -117,6 +109,16 @@ class OrderIdentity:
     patient_name: str
     sex: str
     birth_date: str
+
+    def dicom_attributes(self) -> dict[str, str]:
+        """The identity as DICOM keywords and values, as the modality writes it into each instance."""
+        return {
+            "AccessionNumber": self.accession,
+            "PatientID": self.patient_id,
+            "PatientName": self.patient_name,
+            "PatientSex": self.sex,
+            "PatientBirthDate": self.birth_date,
+        }
 
 
 @dataclass
@@ -163,11 +165,8 @@ class Maker:
                 dataset.SeriesInstanceUID = series_uid
                 dataset.SOPInstanceUID = sop_uid
                 dataset.file_meta.MediaStorageSOPInstanceUID = sop_uid
-                dataset.AccessionNumber = identity.accession
-                dataset.PatientID = identity.patient_id
-                dataset.PatientName = identity.patient_name
-                dataset.PatientSex = identity.sex
-                dataset.PatientBirthDate = identity.birth_date
+                for keyword, value in identity.dicom_attributes().items():
+                    setattr(dataset, keyword, value)
                 dataset.SeriesNumber = series_number
                 dataset.InstanceNumber = instance_number
                 z = self.z0 - (instance_number - 1) * SLICE_SPACING
@@ -196,49 +195,18 @@ class Maker:
         return quarters
 
 
-def write_big_instance(path: Path, *, frames: int, identity: OrderIdentity) -> tuple[int, str]:
+def write_big_instance(path: Path, *, frames: int, identity: OrderIdentity) -> int:
     """A multi-frame 16-bit instance written header first, then pixel data frame by frame (never
-    whole in memory), as bench_upload_memory.write_big_dicom does, but with an order's identity.
-    Returns (size, SOP Instance UID)."""
-    image_uid = generate_uid(prefix=None)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    meta.MediaStorageSOPInstanceUID = image_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.preamble = b"\x00" * 128
-    dataset.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    dataset.SOPInstanceUID = image_uid
-    dataset.StudyInstanceUID = generate_uid(prefix=None)
-    dataset.SeriesInstanceUID = generate_uid(prefix=None)
-    dataset.StudyDate = "20260115"
-    dataset.Modality = "OT"
-    dataset.AccessionNumber = identity.accession
-    dataset.PatientName = identity.patient_name
-    dataset.PatientID = identity.patient_id
-    dataset.PatientSex = identity.sex
-    dataset.PatientBirthDate = identity.birth_date
-    dataset.SeriesNumber = 1
-    dataset.InstanceNumber = 1
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.NumberOfFrames = frames
-    dataset.Rows = ROWS
-    dataset.Columns = COLUMNS
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 12
-    dataset.HighBit = 11
-    dataset.PixelRepresentation = 0
-    dataset.save_as(path, enforce_file_format=True)  # everything but PixelData
-    row = struct.pack(f"<{COLUMNS}H", *[(column * 4) & 0x0FFF for column in range(COLUMNS)])
-    frame = bytearray(row * ROWS)
-    with path.open("ab") as handle:
-        handle.write(PIXEL_DATA_OW_HEADER + struct.pack("<I", FRAME_BYTES * frames))
-        for number in range(frames):
-            frame[0:2] = struct.pack("<H", number & 0x0FFF)  # frames differ
-            handle.write(frame)
-    return path.stat().st_size, image_uid
+    whole in memory), as bench_upload_memory.write_big_dicom does, but with an order's identity,
+    in a study of its own. Returns its size."""
+    big = write_big_dicom(
+        path,
+        frames=frames,
+        study_uid=generate_uid(prefix=None),
+        series_uid=generate_uid(prefix=None),
+        **identity.dicom_attributes(),
+    )
+    return big.size
 
 
 # --- The servers --------------------------------------------------------------------------
@@ -702,7 +670,7 @@ def main() -> int:
         if not arguments.skip_big:
             frames = max(1, arguments.big_mb * MIB // FRAME_BYTES)
             big_path = workdir / "big.dcm"
-            size, _uid = write_big_instance(big_path, frames=frames, identity=big_identity)
+            size = write_big_instance(big_path, frames=frames, identity=big_identity)
             step(f"big instance written ({size / MIB:.0f} MiB)")
             for server in servers:
                 big_figures[server.name] = measure_big(server, big_path)

@@ -43,6 +43,7 @@ from apps.radiology.tests.dimse.test_listener import (
     without_trailing_padding,
     write,
 )
+from apps.radiology.tests.dimse.test_query import keys as response_keys
 from apps.radiology.tests.factories import edited, read_stored, row_counts, stored_keys
 from apps.radiology.tests.ingest.test_full_disk import SmallDisk, small_disk  # noqa: F401 (the fixture)
 
@@ -95,21 +96,7 @@ def findscu(listener: Listener, folder: Path, *keys: str, calling: str = WORKSTA
         arguments += ["-k", key]
     result = run_dcmtk(*arguments, listener.host, str(listener.port))
     assert result.returncode == 0, result.stderr
-    return [as_keys(pydicom.dcmread(path)) for path in sorted(folder.glob("rsp*.dcm"))]
-
-
-def as_keys(dataset: Dataset) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for element in dataset:
-        value = element.value
-        if element.VR == "PN":
-            value = str(value) if value else ""
-        elif isinstance(value, pydicom.multival.MultiValue):
-            value = [str(item) for item in value]
-        elif value is None:
-            value = ""
-        out[element.keyword] = value
-    return out
+    return [response_keys(pydicom.dcmread(path)) for path in sorted(folder.glob("rsp*.dcm"))]
 
 
 def find_events() -> list[tuple[str, str, str, str, int, str, str]]:

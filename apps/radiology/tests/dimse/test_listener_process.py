@@ -41,15 +41,14 @@ from typing import IO, Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from apps.radiology import storage
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyImage
+from apps.radiology.operations.large_dicom import write_large_multiframe
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.dimse.conftest import MODALITY_AE, Listener
-from apps.radiology.tests.dimse.test_listener import ct_file, dataset_part, run_dcmtk
+from apps.radiology.tests.dimse.test_listener import ct_file, run_dcmtk
 from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, free_port, own_database, server_env
 from apps.radiology.tests.ingest.test_crash_safety import query, stored_files
 
@@ -59,8 +58,6 @@ pytestmark = [
 ]
 
 MIB = 1024 * 1024
-MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
-PIXEL_DATA_OW = b"\xe0\x7f\x10\x00OW\x00\x00"  # (7FE0,0010) OW, then its 4-byte length
 ROWS = COLUMNS = 1024
 FRAME_BYTES = ROWS * COLUMNS * 2
 START_SECONDS = 60
@@ -84,46 +81,24 @@ def write_big_instance(
 ) -> BigInstance:
     """A multi-frame 16-bit instance written header first, then its pixel data frame by frame."""
     image_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    meta.MediaStorageSOPInstanceUID = image_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    header = Dataset()
-    header.file_meta = meta
-    header.preamble = b"\x00" * 128
-    header.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD_SC
-    header.SOPInstanceUID = image_uid
-    header.StudyInstanceUID = study_uid
-    header.SeriesInstanceUID = generate_uid()
-    header.AccessionNumber = accession
-    header.PatientID = patient_id
-    header.PatientName = "Big^Instance"
-    header.StudyDate = "20260115"
-    header.Modality = "OT"
-    header.SeriesNumber = 9
-    header.InstanceNumber = 1
-    header.SamplesPerPixel = 1
-    header.PhotometricInterpretation = "MONOCHROME2"
-    header.NumberOfFrames = frames
-    header.Rows = ROWS
-    header.Columns = COLUMNS
-    header.BitsAllocated = 16
-    header.BitsStored = 12
-    header.HighBit = 11
-    header.PixelRepresentation = 0
-    header.save_as(path, enforce_file_format=True)  # everything but the pixel data: a few hundred bytes
-    digest = hashlib.sha256(dataset_part(path.read_bytes()))
-    row = struct.pack(f"<{COLUMNS}H", *[(column * 4) & 0x0FFF for column in range(COLUMNS)])
-    frame = bytearray(row * ROWS)
-    with path.open("ab") as handle:
-        element_header = PIXEL_DATA_OW + struct.pack("<I", FRAME_BYTES * frames)
-        handle.write(element_header)
-        digest.update(element_header)
-        for number in range(frames):
-            frame[0:2] = struct.pack("<H", number & 0x0FFF)  # every frame differs
-            handle.write(frame)
-            digest.update(frame)
-    return BigInstance(path, image_uid, path.stat().st_size, digest.hexdigest())
+    dataset_sha256 = write_large_multiframe(
+        path,
+        frames=frames,
+        rows=ROWS,
+        columns=COLUMNS,
+        digest_of="dataset",
+        SOPInstanceUID=image_uid,
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID=generate_uid(),
+        AccessionNumber=accession,
+        PatientID=patient_id,
+        PatientName="Big^Instance",
+        StudyDate="20260115",
+        Modality="OT",
+        SeriesNumber=9,
+        InstanceNumber=1,
+    )
+    return BigInstance(path, image_uid, path.stat().st_size, dataset_sha256)
 
 
 def dataset_sha256(handle: IO[bytes]) -> tuple[str, int]:

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -36,6 +35,7 @@ from pynetdicom.sop_class import (
 from apps.radiology.dimse.retrieve import RETRIEVE_LIMIT
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyOrder
+from apps.radiology.operations.large_dicom import write_large_multiframe
 from apps.radiology.pacs_lite_service import PACSLiteService
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.dicomweb.conftest import Put, Stored, put  # noqa: F401 (the fixture)
@@ -401,23 +401,23 @@ def test_a_move_to_an_unknown_destination_is_refused(dicom_listener: Listener, s
 
 
 def big_ct(path: Path, order: RadiologyOrder, *, frames: int, rows: int = 512, columns: int = 512) -> None:
-    """A multi-frame 16-bit CT written header first, then its pixel data frame by frame."""
-    dataset = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
-    for keyword, value in emr_identity(order).items():
-        setattr(dataset, keyword, value)
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
-    dataset.AccessionNumber = order.accession_number
-    dataset.Rows, dataset.Columns, dataset.NumberOfFrames = rows, columns, frames
-    del dataset.PixelData
-    dataset.pop(0xFFFCFFFC, None)  # CT_small's Data Set Trailing Padding: the pixel data goes last
-    frame = np.arange(rows * columns, dtype="<u2").tobytes()
-    length = len(frame) * frames
-    with path.open("wb") as out:
-        dataset.save_as(out, enforce_file_format=True)
-        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
-        for _ in range(frames):
-            out.write(frame)
+    """A multi-frame 16-bit CT of the order's patient, written header first, then its pixel data frame by frame."""
+    write_large_multiframe(
+        path,
+        frames=frames,
+        rows=rows,
+        columns=columns,
+        SOPClassUID=CTImageStorage,
+        SOPInstanceUID=generate_uid(),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        AccessionNumber=order.accession_number,
+        StudyDate="20040119",
+        Modality="CT",
+        SeriesNumber=1,
+        InstanceNumber=1,
+        **emr_identity(order),
+    )
 
 
 def test_a_64_mib_instance_is_sent_without_holding_it_in_memory(
