@@ -67,6 +67,7 @@ from apps.radiology.dimse.nodes import DicomNode, NodeList
 from apps.radiology.errors import InvalidQuery, RadiologyError
 from apps.radiology.fastpaths import dimse_file_send
 from apps.radiology.fastpaths.dimse_file_send import PendingInstance
+from apps.radiology.imagefiles import stored_header
 from apps.radiology.ingest.spool import SPOOL_PREFIX
 from apps.radiology.models import AuditEvent, RadiologyImage
 
@@ -184,7 +185,10 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
         yield len(image_ids)
         for batch_start in range(0, len(image_ids), _BATCH):
             batch = image_ids[batch_start : batch_start + _BATCH]
-            loaded = RadiologyImage.objects.select_related("series__study").in_bulk(batch)
+            # The stored header (kilobytes of JSON a row) stays in the database: what sending
+            # needs of it (the served identity, the pixel description) is read member by member.
+            rows = RadiologyImage.objects.select_related("series__study").defer(stored_header.HEADER_COLUMN)
+            loaded = rows.in_bulk(batch)
             for image_id in batch:
                 if event.is_cancelled:
                     tally.cancelled = True

@@ -227,11 +227,21 @@ def stored_texts(
 def served_identity(image: RadiologyImage) -> dict[str, Any]:
     """A DICOM image's patient identity as every reader is shown it (DICOM JSON): the EMR's
     patient attributes and the Original Attributes Sequence with the file's differing values,
-    exactly as its WADO-RS metadata has them. {} for a JPEG (its metadata takes them from the study)."""
+    exactly as its WADO-RS metadata has them. {} for a JPEG (its metadata takes them from the study).
+    Read once per instance; with the header deferred, only these members are read."""
     if not image.is_dicom:
         return {}
-    header = image.image_metadata
-    return {tag: header[tag] for tag in HELD_TAGS if tag in header}
+    memo: dict[str, Any] | None = image.__dict__.get("_served_identity")
+    if memo is not None:
+        return memo
+    if image.pk is None or HEADER_COLUMN not in image.get_deferred_fields():  # loaded (or never saved)
+        header = image.image_metadata
+    else:  # picked by the database rather than the whole header loaded (as pixel_header does)
+        picked = select_json_members(image, HEADER_COLUMN, HELD_TAGS)
+        header = image.image_metadata if picked is None else picked
+    identity = {tag: header[tag] for tag in HELD_TAGS if tag in header}
+    image.__dict__["_served_identity"] = identity
+    return identity
 
 
 def pixel_header(image: RadiologyImage) -> dict[str, Any]:
