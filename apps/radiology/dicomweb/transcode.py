@@ -300,13 +300,23 @@ class _Source:
         """Whether the file's patient identity already is the one served (absent counts as empty)."""
         for tag, member in stored_header.served_identity(self.image).items():
             number = int(tag, 16)
-            element = self.dataset.get(number)
             if tag == ORIGINAL_ATTRIBUTES:
+                element = self.dataset.get(number)
                 if len(member.get("Value") or []) != len(element.value if element is not None else []):
                     return False
-            elif _text(element) != first_value(member):
+            elif self._text_of(number) != first_value(member):
                 return False
         return True
+
+    def _text_of(self, number: int) -> str:
+        """An element's first value as text: a plain ASCII value read from its raw bytes (what
+        pydicom would make of it; converting a name costs more than the rest of the check), any
+        other through pydicom."""
+        raw = self.dataset.get_item(number)
+        value = getattr(raw, "value", None) if raw is not None else None
+        if isinstance(value, bytes) and value.isascii() and not any(mark in value for mark in b"\\="):
+            return value.decode("ascii").strip(" \x00")
+        return _text(self.dataset.get(number))
 
     def is_stored_file(self, transfer_syntax: str) -> bool:
         """Whether the stored file already is this instance in `transfer_syntax` as served."""
