@@ -104,6 +104,13 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
             order, parsed, declared, uids = entry.order, entry.parsed, entry.item.declared, entry.uids
             modality = parsed.modality or declared.modality
             study = studies.get(order.pk)
+            if study is None and entry.series_known and uids.series_uid not in series_by_uid:
+                # The order's study held this series before the transaction: read both in one
+                # query, as create_study_for_order and create_series_for_study would find them.
+                series = _series_in_order_study(order, uids.series_uid)
+                if series is not None:  # its study's UID is checked below, as for any study found
+                    study = studies[order.pk] = series.study
+                    series_by_uid[uids.series_uid] = series
             if study is None:
                 study = studies[order.pk] = create_study_for_order(
                     radiology_order=order,
@@ -172,6 +179,18 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
         # only check does not apply.
         bulk_insert.insert_new(images)
         _audit_confirmations(entries, uploaded_by)
+
+
+def _series_in_order_study(order: RadiologyOrder, series_uid: str) -> RadiologySeries | None:
+    """The series with this UID if it is in the order's study, with that study (None otherwise:
+    the caller then finds or creates each on its own)."""
+    # No ORDER BY: series_uid is unique.
+    found = list(
+        RadiologySeries.objects.select_related("study")
+        .filter(series_uid=series_uid, study__radiology_order=order)
+        .order_by()[:1]
+    )
+    return found[0] if found else None
 
 
 def _audit_confirmations(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -> None:

@@ -67,26 +67,36 @@ PHOTO = IdentityVerdict(PatientIdentityCheck.NOT_APPLICABLE)
 
 
 class KnownPatients:
-    """The hospital numbers a batch's identity checks need (two queries; none for photos only)."""
+    """The hospital numbers a batch's identity checks need: each order's patient's (read with the
+    order row, resolve.KnownOrders) and, in one query, which of the other PatientIDs the files
+    name are EMR patients (none when every file names its own order's patient, or for photos)."""
 
     def __init__(self, order_patients: dict[int, str], emr_patient_ids: set[str]) -> None:
         self.order_patients = order_patients
         self.emr_patient_ids = emr_patient_ids
 
     @classmethod
-    def of(cls, placed: Iterable[tuple[RadiologyOrder, str, FileIdentity]]) -> KnownPatients:
-        """What is known of these (order, mime type, file identity) triples."""
+    def of(
+        cls, placed: Iterable[tuple[RadiologyOrder, str, FileIdentity]], order_patients: dict[int, str]
+    ) -> KnownPatients:
+        """What is known of these (order, mime type, file identity) triples, given each order's
+        patient's hospital number."""
         dicom = [(order, identity) for order, mime_type, identity in placed if mime_type == DICOM_MIME_TYPE]
         if not dicom:
             return cls({}, set())
-        file_ids = {identity.patient_id for _order, identity in dicom if identity.patient_id}
+        # `verdict` asks the EMR only about a PatientID that is not its order's patient's.
+        file_ids = {
+            identity.patient_id
+            for order, identity in dicom
+            if identity.patient_id and identity.patient_id != order_patients.get(order.pk)
+        }
         return cls(
-            dict(
-                RadiologyOrder.objects.filter(pk__in={order.pk for order, _identity in dicom}).values_list(
-                    "pk", "visit__patient__hospital_number"
-                )
-            ),
-            set(Patient.objects.filter(hospital_number__in=file_ids).values_list("hospital_number", flat=True))
+            order_patients,
+            set(
+                Patient.objects.filter(hospital_number__in=file_ids)
+                .order_by()
+                .values_list("hospital_number", flat=True)
+            )
             if file_ids
             else set(),
         )

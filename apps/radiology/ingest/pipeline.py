@@ -40,7 +40,7 @@ from apps.radiology.ingest.commit import commit
 from apps.radiology.ingest.holding import Arrival
 from apps.radiology.ingest.identity import IdentityVerdict, KnownPatients, MismatchConfirmation
 from apps.radiology.ingest.outcomes import HeldResult, IngestResult
-from apps.radiology.ingest.resolve import KnownStudies, ResolvedUIDs, resolve_uids
+from apps.radiology.ingest.resolve import KnownOrders, KnownStudies, ResolvedUIDs, resolve_uids
 from apps.radiology.ingest.spool import Spooled, StagedFile, new_spool_file, spool, take_staged
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder
 
@@ -92,6 +92,8 @@ class Prepared:
     stored_key: str | None = None
     image: RadiologyImage | None = None
     identity: IdentityVerdict | None = None
+    # Set by _placed when its order's study already held its series: commit.py then reads both in one query.
+    series_known: bool = False
 
     @property
     def order(self) -> RadiologyOrder:
@@ -158,7 +160,9 @@ def ingest_images(
     says how they came, for the audit trail.
     """
     outcomes: list[IngestResult | HeldResult | RadiologyError | None] = [None] * len(items)
-    settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
+    if any(item.staged is None for item in items):
+        # Spool files are made there; a staged file is already in it (no mkdir per DICOM instance).
+        settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as spools:
         prepared = _prepare(items, spools, outcomes)
         orphans = [entry for entry in prepared if entry.item.order is None]
@@ -237,10 +241,12 @@ def _placed(entries: list[Prepared]) -> tuple[list[Prepared], list[tuple[Prepare
     """(the entries that may join their order, the others with their refusal): an entry may if
     the study and series it names are the order's (or new), and the file's patient is the
     order's (or a tech confirmed it belongs there)."""
-    known = KnownStudies.of((entry.order, entry.uids) for entry in entries)
+    orders = KnownOrders.of(entry.order for entry in entries)
+    known = KnownStudies.of(((entry.order, entry.uids) for entry in entries), orders)
     identities = [stored_header.file_identity(entry.parsed) for entry in entries]
     patients = KnownPatients.of(
-        (entry.order, entry.spooled.mime_type, identity) for entry, identity in zip(entries, identities, strict=True)
+        ((entry.order, entry.spooled.mime_type, identity) for entry, identity in zip(entries, identities, strict=True)),
+        orders.patient_ids,
     )
     placed: list[Prepared] = []
     refused: list[tuple[Prepared, RadiologyError]] = []
@@ -251,6 +257,7 @@ def _placed(entries: list[Prepared]) -> tuple[list[Prepared], list[tuple[Prepare
         except RadiologyError as error:
             refused.append((entry, error))
             continue
+        entry.series_known = known.series_in_order_study(entry.order, entry.uids)
         placed.append(entry)
     return placed, refused
 
@@ -258,14 +265,26 @@ def _placed(entries: list[Prepared]) -> tuple[list[Prepared], list[tuple[Prepare
 def _sort_out_stored(
     prepared: list[Prepared], outcomes: list[IngestResult | HeldResult | RadiologyError | None]
 ) -> tuple[list[Prepared], list[tuple[Prepared, Prepared]]]:
-    """Answer the items already stored (one query); return the new ones, and the repeats
-    within the batch (an item whose image UID an earlier item of the batch also has)."""
-    stored = {
-        image.image_uid: image
-        for image in RadiologyImage.objects.select_related("series__study").filter(
-            image_uid__in={entry.uids.image_uid for entry in prepared}
-        )
-    }
+    """Answer the items already stored; return the new ones, and the repeats within the batch
+    (an item whose image UID an earlier item of the batch also has).
+
+    One query asks which image UIDs are stored, reading the UIDs alone; only when some are is a
+    second one made for their rows (with series and study). Most files are new: the first
+    query is then the only one, and a far cheaper one than reading whole rows with their joins.
+    """
+    image_uids = {entry.uids.image_uid for entry in prepared}
+    if not image_uids:
+        return [], []
+    # No ORDER BY: image UIDs are unique, and they are read into a set.
+    found = set(RadiologyImage.objects.filter(image_uid__in=image_uids).order_by().values_list("image_uid", flat=True))
+    stored = (
+        {
+            image.image_uid: image
+            for image in RadiologyImage.objects.select_related("series__study").filter(image_uid__in=found)
+        }
+        if found
+        else {}
+    )
     fresh: list[Prepared] = []
     repeats: list[tuple[Prepared, Prepared]] = []
     first_of: dict[str, Prepared] = {}

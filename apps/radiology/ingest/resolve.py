@@ -65,8 +65,47 @@ def resolve_uids(parsed: ParsedImage, declared: DeclaredImage, *, order: Radiolo
     return ResolvedUIDs(**resolved)
 
 
+@dataclass(frozen=True)
+class KnownOrders:
+    """What a batch's checks need from each order's own row, in one query: the UID of the order's
+    study (absent while it has none) and its patient's hospital number.
+
+    The study is the order's one (a one-to-one) and the patient is the visit's, so both are one
+    join away from the order row: asking for them together costs one query where the study
+    check and the patient check used to ask one each.
+    """
+
+    study_uids: dict[int, str]
+    patient_ids: dict[int, str]
+
+    @classmethod
+    def of(cls, orders: Iterable[RadiologyOrder]) -> KnownOrders:
+        """What is known of these orders; no query for none."""
+        order_ids = {order.pk for order in orders}
+        if not order_ids:
+            return cls({}, {})
+        study_uids: dict[int, str] = {}
+        patient_ids: dict[int, str] = {}
+        # No ORDER BY: every row is one order's (pk, unique), read into dicts.
+        rows = (
+            RadiologyOrder.objects.filter(pk__in=order_ids)
+            .order_by()
+            .values_list("pk", "study__study_uid", "visit__patient__hospital_number")
+        )
+        for order_id, study_uid, hospital_number in rows:
+            if study_uid is not None:
+                study_uids[order_id] = study_uid
+            patient_ids[order_id] = hospital_number
+        return cls(study_uids, patient_ids)
+
+
 class KnownStudies:
-    """What the database says about a batch's orders, studies and series (three queries)."""
+    """What the database says about a batch's orders, studies and series.
+
+    Each order's study comes with the order row (KnownOrders); then one query for the series the
+    files name, and one for their study UIDs only if some order has no study yet (a study UID
+    can only be taken from under an order that has none to compare it with).
+    """
 
     def __init__(
         self, order_studies: dict[int, str], taken_study_uids: set[str], series_studies: dict[str, str]
@@ -76,21 +115,32 @@ class KnownStudies:
         self.series_studies = series_studies
 
     @classmethod
-    def of(cls, placed: Iterable[tuple[RadiologyOrder, ResolvedUIDs]]) -> KnownStudies:
-        """What is known of these (order, UIDs) pairs; no query for none."""
+    def of(cls, placed: Iterable[tuple[RadiologyOrder, ResolvedUIDs]], orders: KnownOrders) -> KnownStudies:
+        """What is known of these (order, UIDs) pairs, given their orders' rows; no query for none."""
         placed = list(placed)
         if not placed:
             return cls({}, set(), {})
-        orders = {order.pk for order, _uids in placed}
-        study_uids = {uids.study_uid for _order, uids in placed}
+        order_studies = orders.study_uids
+        # `check` reads taken_study_uids only for an order with no study yet.
+        unplaced_study_uids = {uids.study_uid for order, uids in placed if order.pk not in order_studies}
         series_uids = {uids.series_uid for _order, uids in placed}
+        # No ORDER BY in either: UIDs are unique, and the rows are read into a set and a dict.
+        taken = (
+            set(
+                RadiologyStudy.objects.filter(study_uid__in=unplaced_study_uids)
+                .order_by()
+                .values_list("study_uid", flat=True)
+            )
+            if unplaced_study_uids
+            else set()
+        )
         return cls(
+            order_studies,
+            taken,
             dict(
-                RadiologyStudy.objects.filter(radiology_order__in=orders).values_list("radiology_order_id", "study_uid")
-            ),
-            set(RadiologyStudy.objects.filter(study_uid__in=study_uids).values_list("study_uid", flat=True)),
-            dict(
-                RadiologySeries.objects.filter(series_uid__in=series_uids).values_list("series_uid", "study__study_uid")
+                RadiologySeries.objects.filter(series_uid__in=series_uids)
+                .order_by()
+                .values_list("series_uid", "study__study_uid")
             ),
         )
 
@@ -104,6 +154,13 @@ class KnownStudies:
         series_study_uid = self.series_studies.get(uids.series_uid)
         if series_study_uid is not None and series_study_uid != uids.study_uid:
             raise SeriesConflict()
+
+    def series_in_order_study(self, order: RadiologyOrder, uids: ResolvedUIDs) -> bool:
+        """Whether, when this was asked, the order's study was this file's and held its series
+        already: the usual case of a study's second and later instances. Only a hint for
+        commit.py, which then reads study and series in one query (and falls back if it is stale)."""
+        study_uid = self.order_studies.get(order.pk)
+        return study_uid is not None and study_uid == uids.study_uid == self.series_studies.get(uids.series_uid)
 
 
 def create_study_for_order(
@@ -176,17 +233,18 @@ def create_series_for_study(
     else:
         series_uid = generate_uid()
     try:
-        with transaction.atomic():
-            series, _created = RadiologySeries.objects.get_or_create(
-                series_uid=series_uid,
-                defaults={
-                    "study": study,
-                    "series_number": series_number,
-                    "series_description": series_description,
-                    "modality": modality or study.modality,
-                    **extra,
-                },
-            )
+        # No savepoint of its own around this: get_or_create creates in one (its own atomic), so
+        # a unique violation leaves the caller's transaction usable; the lookup needs none.
+        series, _created = RadiologySeries.objects.get_or_create(
+            series_uid=series_uid,
+            defaults={
+                "study": study,
+                "series_number": series_number,
+                "series_description": series_description,
+                "modality": modality or study.modality,
+                **extra,
+            },
+        )
     except IntegrityError:
         series = RadiologySeries.objects.get(series_uid=series_uid)
     if series.study_id != study.pk:
