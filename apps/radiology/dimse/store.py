@@ -39,9 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pydicom.filereader
 from django.conf import settings
 from django.db import close_old_connections
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 from pynetdicom.events import Event
 
 from apps.radiology import storage
@@ -200,15 +202,25 @@ def _ingest_into(staged: StagedFile, order: RadiologyOrder | None) -> IngestResu
     return outcome
 
 
+_ACCESSION = Tag(0x0008, 0x0050)
+
+
+def _past_accession(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag > _ACCESSION
+
+
 def order_by_accession(path: Path) -> RadiologyOrder | None:
     """The order whose accession number the dataset carries; None when none has it or it cannot be read
     (ingest then says what is wrong with the file)."""
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["AccessionNumber"])
+        with path.open("rb") as stream:
+            # Reading stops after (0008,0050): the elements before it are a few dozen, the rest
+            # of the header (parsed again by ingest) is not read here.
+            header = pydicom.filereader.read_partial(stream, stop_when=_past_accession, specific_tags=[_ACCESSION])
         accession = str(header.get("AccessionNumber", "") or "").strip()
     except Exception:  # a malformed dataset: ingest refuses it with the reason
         return None
-    return RadiologyOrder.objects.filter(accession_number=accession).first() if accession else None
+    return RadiologyOrder.objects.filter(accession_number=accession).order_by().first() if accession else None
 
 
 def answer_for(outcome: IngestResult | HeldResult | RadiologyError) -> Answer:
