@@ -15,7 +15,7 @@ Both servers as a clinic runs them, on 127.0.0.1, in a temporary directory (neve
 - Nagle's algorithm off for the clients and Orthanc (TCP_NODELAY=1, read by Debian's dcmtk, which
   Orthanc links; the pynetdicom client sets it on its socket): with it on, every dcmtk exchange on
   loopback waits ~40 ms for a delayed ACK and both servers measure the same client-bound figure.
-  --nagle leaves dcmtk's default. PACS-lite's own sockets are left as the listener makes them.
+  --nagle leaves dcmtk's default. PACS-lite's listener sets TCP_NODELAY on its own sockets, as shipped.
 
 Data: copies of pydicom's CT_small.dcm (128x128, 16-bit, explicit VR little endian, ~39 KB), every
 UID distinct, each study with the accession number, patient ID and name of one seeded order
@@ -715,7 +715,7 @@ def main() -> int:
             "dcmtk's defaults (Nagle's algorithm on). "
             if arguments.nagle
             else "TCP_NODELAY=1 for the dcmtk clients and Orthanc (Nagle's algorithm off, as for the pynetdicom "
-            "client; PACS-lite's pynetdicom sockets keep their defaults). "
+            "client; PACS-lite's listener sets it on its own sockets, as it ships). "
         )
         + f"Command: `make bench-dimse` (`.venv/bin/python bench/compare_dimse.py --instances {arguments.instances} "
         f"--store-reps {arguments.store_reps} --reps {arguments.reps} --get-reps {arguments.get_reps}"
