@@ -118,7 +118,8 @@ def orthanc(workdir: Path, options: dict[str, object] | None = None) -> Iterator
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomServerEnabled": False,
-        # Neither side fsyncs: PostgreSQL runs with fsync=off and Django's FileSystemStorage never fsyncs.
+        # Orthanc does not fsync its files here while PACS-lite's store does (each file, since 2026-12-06),
+        # over a PostgreSQL with fsync=off: not the durable comparison issue 19 asks for.
         "SyncStorageArea": False,
         "Plugins": [str(ORTHANC_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
