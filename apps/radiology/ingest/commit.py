@@ -46,17 +46,19 @@ def commit(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -> Non
     """Write the entries' files, then all their rows in one transaction (setting each entry's
     stored_key and image); on any failure remove every file written here that has no row, and raise."""
     try:
-        for entry in entries:
-            file_key = storage.build_file_key(
-                study_uid=entry.uids.study_uid,
-                series_uid=entry.uids.series_uid,
-                image_uid=entry.uids.image_uid,
-                filename=entry.filename,
-            )
-            with spool_reader(entry) as spool_file:
-                entry.stored_key = storage.save_new_object(
-                    file_key, spool_file, content_type=entry.spooled.mime_type, local_path=entry.spooled.path
+        # Every file on disk (fsynced together) before any row commits.
+        with storage.synced_together():
+            for entry in entries:
+                file_key = storage.build_file_key(
+                    study_uid=entry.uids.study_uid,
+                    series_uid=entry.uids.series_uid,
+                    image_uid=entry.uids.image_uid,
+                    filename=entry.filename,
                 )
+                with spool_reader(entry) as spool_file:
+                    entry.stored_key = storage.save_new_object(
+                        file_key, spool_file, content_type=entry.spooled.mime_type, local_path=entry.spooled.path
+                    )
         create_rows(entries, uploaded_by)
     except BaseException:
         # The rows did not commit: take the files back out so no file lingers without its row.

@@ -202,3 +202,39 @@ def test_an_s3_save_syncs_nothing(
 
     assert stored == KEY
     assert fsync_spy.synced == []
+
+
+# --- A batch synced together (ingest's commit: every file on disk before any row commits) --------
+
+
+def test_files_saved_together_are_synced_files_first_then_each_directory_once_deepest_first(
+    store_root: Path, fsync_spy: FsyncSpy
+) -> None:
+    with storage.synced_together():
+        first = storage.save_new_object(KEY, io.BytesIO(b"first"), content_type="application/dicom")
+        second = storage.save_new_object(KEY_2, io.BytesIO(b"second"), content_type="application/dicom")
+        assert fsync_spy.paths == []  # nothing synced until the block ends
+
+    assert (first, second) == (KEY, KEY_2)
+    series = store_root / "radiology" / STUDY / SERIES
+    assert fsync_spy.paths[:2] == [store_root / KEY, store_root / KEY_2]
+    directories = fsync_spy.paths[2:]
+    assert sorted(directories[:2]) == sorted([series / IMAGE, series / IMAGE_2])  # the deepest, in either order
+    assert directories[2:] == [series, series.parent, store_root / "radiology", store_root]
+
+
+def test_a_batch_that_fails_inside_the_block_syncs_nothing(store_root: Path, fsync_spy: FsyncSpy) -> None:
+    with pytest.raises(RuntimeError), storage.synced_together():
+        storage.save_new_object(KEY, io.BytesIO(b"first"), content_type="application/dicom")
+        raise RuntimeError("the next file could not be read")
+
+    assert fsync_spy.paths == []
+
+
+def test_a_failed_sync_of_a_batch_is_a_storage_failure(store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(_descriptor: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(StorageFailure), storage.synced_together():
+        storage.save_new_object(KEY, io.BytesIO(b"first"), content_type="application/dicom")
+        monkeypatch.setattr(storage.os, "fsync", failing)
