@@ -36,14 +36,12 @@ Conformance (Query/Retrieve FIND SCP, PS3.4 C.4.1):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import close_old_connections
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -64,6 +62,7 @@ from apps.radiology.dicomweb.qido import (
 )
 from apps.radiology.dimse.audit import record_request
 from apps.radiology.dimse.nodes import DicomNode
+from apps.radiology.dimse.status import element_values, status_dataset
 from apps.radiology.errors import InvalidQuery
 from apps.radiology.models import AuditEvent
 
@@ -100,7 +99,6 @@ PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
 _NOT_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 # Date and time keys: `*` is not universal matching for them (PS3.4 C.2.2.2.4), but a value.
 _DATE_TIME_VRS = frozenset({"DA", "TM", "DT"})
-_ERROR_COMMENT_LENGTH = 64  # ErrorComment is LO
 _RETRIEVE_AE_TITLE = Tag("RetrieveAETitle")
 
 FindResponse = tuple[int | Dataset, Dataset | None]
@@ -133,7 +131,7 @@ def _audit(event: Any, node: DicomNode | None, last_status: int | Dataset) -> No
     else:
         status_code, outcome = 400, AuditEvent.Outcome.REJECTED
     try:
-        keys = sorted(element.keyword for element in event.identifier if element.keyword and _values(element))
+        keys = sorted(element.keyword for element in event.identifier if element.keyword and element_values(element))
     except Exception:  # an identifier that could not be read: its keys are not named
         keys = []
     record_request(
@@ -152,21 +150,21 @@ def _find(event: Any, principal: Principal) -> Iterator[FindResponse]:
         identifier: Dataset = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     except Exception:  # a peer's bytes pydicom cannot decode, whatever pydicom raises
-        yield _failure(UNABLE_TO_PROCESS, "The identifier cannot be decoded."), None
+        yield status_dataset(UNABLE_TO_PROCESS, "The identifier cannot be decoded."), None
         return
     levels = LEVELS.get(str(event.request.AffectedSOPClassUID), ())
     if level not in levels:
         comment = f"QueryRetrieveLevel must be one of {', '.join(levels)}."
-        yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment), None
+        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment), None
         return
     try:
         filters, unmatched = _filters(identifier, level)
         matches = _search(level, filters, principal)
     except InvalidQuery as error:
-        yield _failure(UNABLE_TO_PROCESS, error.detail), None
+        yield status_dataset(UNABLE_TO_PROCESS, error.detail), None
         return
     except (ValueError, TypeError, KeyError):
-        yield _failure(UNABLE_TO_PROCESS, "The identifier has a value that cannot be read."), None
+        yield status_dataset(UNABLE_TO_PROCESS, "The identifier has a value that cannot be read."), None
         return
     pending = PENDING_KEYS_NOT_SUPPORTED if unmatched else PENDING
     retrieve_ae_title = _own_ae_title(event)
@@ -176,14 +174,6 @@ def _find(event: Any, principal: Principal) -> Iterator[FindResponse]:
             return
         yield pending, _answer(identifier, level, attributes, retrieve_ae_title)
     yield SUCCESS, None
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    """A failure status with its ErrorComment (pynetdicom sends a status Dataset's elements as given)."""
-    dataset = Dataset()
-    dataset.Status = status
-    dataset.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
-    return dataset
 
 
 def _own_ae_title(event: Any) -> str:
@@ -204,7 +194,7 @@ def _filters(identifier: Dataset, level: str) -> tuple[dict[str, list[str]], set
         keyword = element.keyword
         if not keyword or keyword in _NOT_KEYS or element.VR == "SQ":
             continue
-        values = _values(element)
+        values = element_values(element)
         if not values or (values == ["*"] and element.VR not in _DATE_TIME_VRS):
             continue
         if keyword not in MATCHED_KEYS[level]:
@@ -213,15 +203,6 @@ def _filters(identifier: Dataset, level: str) -> tuple[dict[str, list[str]], set
         check_filter(keyword, values)
         filters[keyword] = values
     return filters, unmatched
-
-
-def _values(element: DataElement) -> list[str]:
-    """An element's values as strings (a UID list has several), empty ones left out."""
-    raw = element.value
-    if raw is None:
-        return []
-    items: Iterable[Any] = raw if isinstance(raw, MultiValue | list) else [raw]
-    return [text for item in items if (text := str(item).strip()) != ""]
 
 
 def _search(level: str, filters: dict[str, list[str]], principal: Principal) -> list[dict[str, Any]]:

@@ -45,7 +45,6 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import F, QuerySet
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
@@ -64,6 +63,7 @@ from apps.radiology.dicomweb.qido import check_filter
 from apps.radiology.dimse.association import node_of_association
 from apps.radiology.dimse.audit import record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList
+from apps.radiology.dimse.status import element_values, status_dataset
 from apps.radiology.errors import InvalidQuery, RadiologyError
 from apps.radiology.fastpaths import dimse_file_send
 from apps.radiology.fastpaths.dimse_file_send import PendingInstance
@@ -92,7 +92,6 @@ OUT_OF_RESOURCES_MATCHES = 0xA701
 MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
-_ERROR_COMMENT_LENGTH = 64  # LO
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 _PATIENT_ROOT = (PATIENT, STUDY, SERIES, IMAGE)
@@ -129,18 +128,7 @@ class Refusal(Exception):
         self.http_status = http_status
 
     def as_dataset(self) -> Dataset:
-        answer = Dataset()
-        answer.Status = self.status
-        answer.ErrorComment = self.comment[:_ERROR_COMMENT_LENGTH]
-        return answer
-
-
-@dataclass
-class Selection:
-    """The images a request selects (its keys checked), and what the audit event names."""
-
-    images: QuerySet[RadiologyImage]
-    named: dict[str, str] = field(default_factory=dict)  # study_uid / series_uid / image_uid when one
+        return status_dataset(self.status, self.comment)
 
 
 def handle_get(event: Any, nodes: NodeList) -> Iterator[Any]:
@@ -169,8 +157,8 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
             yield None, None  # pynetdicom answers 0xA801
             return
         try:
-            selection = select(event, principal)
-            image_ids = list(selection.images.order_by(*_SEND_ORDER).values_list("pk", flat=True)[: RETRIEVE_LIMIT + 1])
+            selected = select(event, principal)
+            image_ids = list(selected.order_by(*_SEND_ORDER).values_list("pk", flat=True)[: RETRIEVE_LIMIT + 1])
             if len(image_ids) > RETRIEVE_LIMIT:
                 raise Refusal(OUT_OF_RESOURCES_MATCHES, f"More than {RETRIEVE_LIMIT} instances: narrow the request.")
         except Refusal as refusal:
@@ -181,7 +169,7 @@ def _retrieve(event: Any, node: DicomNode | None, *, destination: DicomNode | No
             yield refusal.as_dataset(), None
             return
         if destination is not None:
-            yield destination.address, destination.move_port, _move_association(storage_contexts(selection.images))
+            yield destination.address, destination.move_port, _move_association(storage_contexts(selected))
         yield len(image_ids)
         for batch_start in range(0, len(image_ids), _BATCH):
             batch = image_ids[batch_start : batch_start + _BATCH]
@@ -211,13 +199,13 @@ def _move_association(contexts: list[Any]) -> dict[str, Any]:
     return {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, dimse_file_send.no_delay)]}
 
 
-def select(event: Any, principal: Principal) -> Selection:
+def select(event: Any, principal: Principal) -> QuerySet[RadiologyImage]:
     """The images the identifier's keys select among those `principal` may read; Refusal when
     the identifier cannot be read, has no level of the model, or lacks the level's unique key."""
     try:
         identifier: Dataset = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-        keys = {keyword: _values(identifier, keyword) for keyword, _column in UNIQUE_KEY.values()}
+        keys = {keyword: _key_values(identifier, keyword) for keyword, _column in UNIQUE_KEY.values()}
     except Exception:  # a peer's bytes pydicom cannot decode, whatever pydicom raises
         raise Refusal(UNABLE_TO_PROCESS, "The identifier cannot be decoded.") from None
     levels = LEVELS.get(str(event.request.AffectedSOPClassUID), ())
@@ -227,7 +215,6 @@ def select(event: Any, principal: Principal) -> Selection:
     if not keys[unique_keyword]:
         raise Refusal(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"A {level} retrieve needs {unique_keyword}.")
     images = visible_images(principal)
-    named: dict[str, str] = {}
     # The level's own key and those of the levels above it (in the model of the request).
     for each in levels[: levels.index(level) + 1]:
         keyword, column = UNIQUE_KEY[each]
@@ -239,9 +226,12 @@ def select(event: Any, principal: Principal) -> Selection:
         except InvalidQuery as error:
             raise Refusal(UNABLE_TO_PROCESS, error.detail) from None
         images = images.filter(**{f"{column}__in": values})
-        if len(values) == 1 and each != PATIENT:
-            named[{STUDY: "study_uid", SERIES: "series_uid", IMAGE: "image_uid"}[each]] = values[0]
-    return Selection(images=images, named=named)
+    return images
+
+
+def _key_values(identifier: Dataset, keyword: str) -> list[str]:
+    # Not identifier.get(keyword): pydicom's get gives the value, not the element.
+    return element_values(identifier[keyword] if keyword in identifier else None)  # noqa: SIM401
 
 
 def selection_named(event: Any) -> dict[str, str]:
@@ -249,22 +239,13 @@ def selection_named(event: Any) -> dict[str, str]:
     try:
         identifier = event.identifier
         found = {
-            "study_uid": _values(identifier, "StudyInstanceUID"),
-            "series_uid": _values(identifier, "SeriesInstanceUID"),
-            "image_uid": _values(identifier, "SOPInstanceUID"),
+            "study_uid": _key_values(identifier, "StudyInstanceUID"),
+            "series_uid": _key_values(identifier, "SeriesInstanceUID"),
+            "image_uid": _key_values(identifier, "SOPInstanceUID"),
         }
     except Exception:  # unreadable: the event names nothing
         return {}
     return {key: values[0][:64] for key, values in found.items() if len(values) == 1}
-
-
-def _values(identifier: Dataset, keyword: str) -> list[str]:
-    """A key's values (a UID list has several), empty ones left out."""
-    value = identifier.get(keyword)
-    if value is None:
-        return []
-    items = value if isinstance(value, MultiValue | list | tuple) else [value]
-    return [text for item in items if (text := str(item).strip())]
 
 
 def storage_contexts(images: QuerySet[RadiologyImage]) -> list[Any]:

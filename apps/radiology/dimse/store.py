@@ -50,6 +50,7 @@ from apps.radiology import storage
 from apps.radiology.dimse.association import node_of_association
 from apps.radiology.dimse.audit import record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList
+from apps.radiology.dimse.status import status_dataset
 from apps.radiology.errors import (
     EmptyFile,
     FileTooLarge,
@@ -96,7 +97,6 @@ _NOT_UNDERSTOOD = (
     UIDMismatch,
 )
 _OUT_OF_RESOURCES = (StorageFailure, FileTooLarge)
-_ERROR_COMMENT_LENGTH = 64  # LO
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,7 @@ class Answer:
     comment: str = ""
 
     def as_dataset(self) -> Dataset:
-        answer = Dataset()
-        answer.Status = self.status
-        if self.comment:
-            answer.ErrorComment = self.comment[:_ERROR_COMMENT_LENGTH]
-        return answer
+        return status_dataset(self.status, self.comment)
 
 
 def handle_store(event: Event, nodes: NodeList) -> Dataset:
