@@ -87,6 +87,11 @@ bench: setup
 bench-dimse: setup system-packages
 	$(BIN)/python bench/compare_dimse.py
 
+## bench-forward: store and forward over a 1 Mbit/s link dropped every 30 s, PACS-lite's forwarder against Orthanc's peers (~1 h at full size; --scale via ARGS; as root: may apt-get install orthanc)
+.PHONY: bench-forward
+bench-forward: setup
+	$(BIN)/python bench/forward.py $(ARGS)
+
 ## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (under a minute; as root: runs PostgreSQL)
 .PHONY: bench-hostile
 bench-hostile: setup

@@ -290,6 +290,33 @@ RADIOLOGY_DICOM_DEMO_LOCAL_ROLE = env_str("RADIOLOGY_DICOM_DEMO_LOCAL_ROLE", "")
 # Seconds between the listener's heartbeats in the database, which /healthz reads (it runs in
 # another process): silent for 3 of them without a clean stop, it is "not_responding".
 RADIOLOGY_DICOM_HEARTBEAT_SECONDS = env_int("RADIOLOGY_DICOM_HEARTBEAT_SECONDS", 10, minimum=1)
+# Store and forward (apps/radiology/forwarding/, docs/forwarding.md): the servers this one hands
+# its studies to, NAME=RULE@URL entries separated by commas, RULE being `all`, `on_request`
+# (only when a doctor or tech asks) or modalities joined by + (CR+DX); checked by
+# apps/radiology/outbox/destinations.py. Each destination's credential, the far side's API
+# token of its forwarding-clinic account, is RADIOLOGY_FORWARD_TOKEN_<NAME> (NAME upper-cased)
+# or its _FILE twin: never in this value, the repository or the database.
+RADIOLOGY_FORWARD_DESTINATIONS = env_str("RADIOLOGY_FORWARD_DESTINATIONS", "") or ""
+RADIOLOGY_FORWARD_TOKENS = {
+    name: env_str(f"RADIOLOGY_FORWARD_TOKEN_{name.upper()}") or ""
+    for name in (entry.partition("=")[0].strip() for entry in RADIOLOGY_FORWARD_DESTINATIONS.split(","))
+    if name
+}
+# The forwarder process (manage.py run_forwarder): images pushed at once, the backoff after a
+# failure (base seconds, doubled per failed attempt, with jitter, up to the cap), how long one
+# chunk should take on the link (chunks are sized from the measured rate: a drop loses at most
+# that much), the largest chunk, the seconds a connection may stall before it is given up, the
+# wire compression of chunks (zstd or none), and its lease on a claimed image.
+RADIOLOGY_FORWARD_IN_FLIGHT = env_int("RADIOLOGY_FORWARD_IN_FLIGHT", 4, minimum=1)
+RADIOLOGY_FORWARD_BACKOFF_SECONDS = env_int("RADIOLOGY_FORWARD_BACKOFF_SECONDS", 2, minimum=1)
+RADIOLOGY_FORWARD_BACKOFF_MAX_SECONDS = env_int("RADIOLOGY_FORWARD_BACKOFF_MAX_SECONDS", 900, minimum=1)
+RADIOLOGY_FORWARD_CHUNK_SECONDS = env_int("RADIOLOGY_FORWARD_CHUNK_SECONDS", 4, minimum=1)
+RADIOLOGY_FORWARD_MAX_CHUNK_BYTES = env_int("RADIOLOGY_FORWARD_MAX_CHUNK_BYTES", 8 * 1024**2, minimum=65536)
+RADIOLOGY_FORWARD_TIMEOUT_SECONDS = env_int("RADIOLOGY_FORWARD_TIMEOUT_SECONDS", 60, minimum=1)
+RADIOLOGY_FORWARD_COMPRESSION = env_str("RADIOLOGY_FORWARD_COMPRESSION", "zstd") or "zstd"
+if RADIOLOGY_FORWARD_COMPRESSION not in {"zstd", "none"}:
+    raise ImproperlyConfigured("RADIOLOGY_FORWARD_COMPRESSION must be zstd or none")
+RADIOLOGY_FORWARD_LEASE_SECONDS = env_int("RADIOLOGY_FORWARD_LEASE_SECONDS", 300, minimum=10)
 # Backups (manage.py backup_radiology / restore_radiology): an S3/MinIO destination's endpoint,
 # region and keys when they are not the image store's (unset: the store's own), and where
 # pg_dump/pg_restore live (unset: the newest /usr/lib/postgresql/N/bin, else PATH).

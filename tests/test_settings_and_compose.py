@@ -347,6 +347,9 @@ def test_compose_keeps_secrets_out_of_the_file() -> None:
         ("dicom", "DJANGO_SECRET_KEY"),
         ("dicom", "MINIO_ACCESS_KEY"),
         ("dicom", "MINIO_SECRET_KEY"),
+        ("forwarder", "DJANGO_SECRET_KEY"),
+        ("forwarder", "MINIO_ACCESS_KEY"),
+        ("forwarder", "MINIO_SECRET_KEY"),
         ("db", "POSTGRES_PASSWORD"),
         ("minio", "MINIO_ROOT_USER"),
         ("minio", "MINIO_ROOT_PASSWORD"),
@@ -474,7 +477,7 @@ def supervisord_conf() -> configparser.RawConfigParser:
 def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicorn_settings() -> None:
     conf = supervisord_conf()
     programs = sorted(section for section in conf.sections() if section.startswith("program:"))
-    assert programs == ["program:api", "program:dicom", "program:viewer"]
+    assert programs == ["program:api", "program:dicom", "program:forwarder", "program:viewer"]
     gunicorn = "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi --bind"
     assert conf["program:api"]["command"] == f"{gunicorn} %(ENV_PACS_API_BIND)s --name pacs-api"
     assert conf["program:viewer"]["command"] == f"{gunicorn} %(ENV_PACS_VIEWER_BIND)s --name pacs-viewer"
@@ -482,7 +485,7 @@ def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicor
     assert "environment" not in conf["program:api"]
 
 
-@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom"])
+@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom", "program:forwarder"])
 def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
     section = supervisord_conf()[program]
     assert section["autorestart"] == "true"
@@ -592,3 +595,13 @@ def test_make_run_serves_through_serve_sh_and_no_longer_runserver() -> None:
     assert run_recipe.group(1).strip() == "$(SERVE_VARIABLES) exec bash scripts/serve.sh"
     assert "runserver" not in makefile
     assert "DJANGO_DEBUG" not in makefile.split("SERVE_ENV =")[1]
+
+
+def test_every_way_in_of_compose_knows_the_forwarding_destinations() -> None:
+    """Ingest queues a stored image in its own transaction, in whichever process stored it: the API
+    (uploads, STOW-RS) and the DICOM listener must read RADIOLOGY_FORWARD_DESTINATIONS as the forwarder does."""
+    services = compose()["services"]
+    for service in ("app", "dicom", "forwarder"):
+        assert services[service]["environment"]["RADIOLOGY_FORWARD_DESTINATIONS"] == (
+            "${RADIOLOGY_FORWARD_DESTINATIONS:-}"
+        ), service

@@ -35,14 +35,17 @@ from apps.radiology.ingest import unmatched
 from apps.radiology.models import (
     AuditEvent,
     DicomListenerHeartbeat,
+    ForwardTask,
     LinkRevocation,
     RadiologyImage,
     RadiologyOrder,
     RadiologySeries,
     RadiologyStudy,
+    StudyDelivery,
     UnmatchedImage,
     ViewerToken,
 )
+from apps.radiology.outbox.record import request_forwarding
 from apps.radiology.pacs_lite_service import PACSLiteService
 
 IMAGE_FIELDS = (
@@ -163,8 +166,16 @@ class ImageInline(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admi
 @admin.register(RadiologyStudy)
 class RadiologyStudyAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMixin, admin.ModelAdmin):
     door = visible_studies
-    list_display = ["study_uid", "patient_id", "modality", "study_date", "study_description", "created_at"]
-    list_filter = ["modality", "study_date", "created_at"]
+    list_display = [
+        "study_uid",
+        "patient_id",
+        "modality",
+        "study_date",
+        "study_description",
+        "source_clinic",
+        "created_at",
+    ]
+    list_filter = ["modality", "study_date", "created_at", "source_clinic"]
     search_fields = ["study_uid", "patient_id", "accession_number", "radiology_order__accession_number"]
     date_hierarchy = "study_date"
     inlines = [SeriesInline]
@@ -368,6 +379,48 @@ class UnmatchedImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 "opts": self.model._meta,
             },
         )
+
+
+@admin.register(StudyDelivery)
+class StudyDeliveryAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+    """Store and forward: each study's delivery to a forwarding destination; a tech retries failed ones here."""
+
+    list_display = ["study", "destination", "state", "summary", "requested_by", "delivered_at", "updated_at"]
+    list_filter = ["state", "destination"]
+    search_fields = ["study__study_uid", "study__accession_number", "study__radiology_order__accession_number"]
+    list_select_related = ["study", "requested_by"]
+    actions = ["send_again"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # Deliveries of the studies this user may read (the read door), as every radiology admin page.
+        return super().get_queryset(request).filter(study__in=visible_studies(principal_of_user(request.user)))
+
+    @admin.display(description="Progress")
+    def summary(self, obj: StudyDelivery) -> str:
+        return obj.summary
+
+    @admin.action(description="Send again: queue what is not delivered, retry what failed", permissions=["change"])
+    def send_again(self, request: HttpRequest, queryset: Any) -> None:
+        for delivery in queryset.select_related("study"):
+            request_forwarding(study=delivery.study, destination=delivery.destination, requested_by=request.user)
+        self.message_user(request, f"Queued {queryset.count()} deliver{'y' if queryset.count() == 1 else 'ies'} again.")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The action needs it (radiology techs and superusers); the fields stay read-only.
+        return can_upload_radiology(request.user) if obj is None else False
+
+
+@admin.register(ForwardTask)
+class ForwardTaskAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
+    """The outbox, image by image: why one is waiting (its last error) and how many bytes it took."""
+
+    list_display = ["image", "destination", "state", "attempts", "next_attempt_at", "error_code", "wire_bytes"]
+    list_filter = ["state", "destination", "error_code"]
+    search_fields = ["image__image_uid", "study__study_uid"]
+    list_select_related = ["image"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).filter(study__in=visible_studies(principal_of_user(request.user)))
 
 
 @admin.register(ViewerToken)

@@ -165,6 +165,13 @@ class ImageConflict(RadiologyError):
     default_detail = "An image with this UID is already stored with different content."
 
 
+class UnknownForwardDestination(RadiologyError):
+    """The forwarding destination asked for is not one of RADIOLOGY_FORWARD_DESTINATIONS (or none is configured)."""
+
+    code = "unknown_destination"
+    default_detail = "No forwarding destination of that name is configured on this server."
+
+
 class StudyMismatch(RadiologyError):
     """The image belongs to another study than the one already attached to the order."""
 
@@ -275,6 +282,21 @@ class IncompleteBody(RadiologyError):
 
     code = "incomplete_body"
     default_detail = "The request body ended before its declared length; resume from received_bytes."
+
+
+class InvalidContentEncoding(RadiologyError):
+    """An upload chunk sent with Content-Encoding: zstd is not a valid zstd frame; nothing of it was kept."""
+
+    code = "invalid_content_encoding"
+    default_detail = "The body is not a valid zstd frame; nothing of it was kept. Send the chunk again."
+
+
+class UnsupportedContentEncoding(RadiologyError):
+    """An upload's bytes came with a Content-Encoding other than zstd (or identity)."""
+
+    code = "unsupported_content_encoding"
+    status_code = 415
+    default_detail = "An upload's bytes may be sent as they are or with Content-Encoding: zstd, nothing else."
 
 
 class OrderNotFound(RadiologyError):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from apps.radiology.errors import ImmutableImage, ImmutableRecord
 from apps.radiology.fastpaths.encoded_json import EncodedJSONEncoder
@@ -88,6 +89,8 @@ class RadiologyStudy(models.Model):
     patient_id = models.CharField(max_length=64, blank=True)
     patient_birth_date = models.DateField(null=True, blank=True)
     patient_sex = models.CharField(max_length=16, blank=True)
+    # On a regional server: the forwarding clinic that sent the study (its account's name), "" otherwise.
+    source_clinic = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -318,7 +321,12 @@ class RadiologyUpload(DeclaredImageColumns):
 
     client_upload_id = models.UUIDField()
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    radiology_order = models.ForeignKey(RadiologyOrder, on_delete=models.PROTECT, related_name="uploads")
+    # None: the upload names an accession number instead (a forwarding clinic's upload): the file
+    # goes to the order with that accession, or is held in the unmatched inbox (`unmatched`).
+    radiology_order = models.ForeignKey(
+        RadiologyOrder, on_delete=models.PROTECT, null=True, blank=True, related_name="uploads"
+    )
+    accession_number = models.CharField(max_length=16, blank=True)
     filename = models.CharField(max_length=255)
     file_size = models.BigIntegerField()
     mime_type = models.CharField(max_length=64)
@@ -330,6 +338,8 @@ class RadiologyUpload(DeclaredImageColumns):
     received_bytes = models.BigIntegerField(default=0)
     chunk_offsets = models.JSONField(default=list, blank=True)
     image = models.ForeignKey(RadiologyImage, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # A completed upload by accession whose file was held for a tech instead of stored under an order.
+    unmatched = models.ForeignKey("UnmatchedImage", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     error_code = models.CharField(max_length=64, blank=True)
     error_detail = models.CharField(max_length=255, blank=True)
     error_status = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -340,6 +350,10 @@ class RadiologyUpload(DeclaredImageColumns):
         ordering = ["-created_at", "-id"]
         constraints: ClassVar[list[models.BaseConstraint]] = [
             models.UniqueConstraint(fields=["uploaded_by", "client_upload_id"], name="rad_upload_client_id_per_user"),
+            models.CheckConstraint(
+                condition=Q(radiology_order__isnull=False) | ~Q(accession_number=""),
+                name="rad_upload_order_or_accession",
+            ),
             models.CheckConstraint(condition=Q(file_size__gt=0), name="rad_upload_file_size_positive"),
             models.CheckConstraint(
                 condition=Q(received_bytes__gte=0) & Q(received_bytes__lte=models.F("file_size")),
@@ -348,6 +362,8 @@ class RadiologyUpload(DeclaredImageColumns):
         ]
         indexes: ClassVar[list[models.Index]] = [
             models.Index(fields=["status", "updated_at"], name="rad_upload_status_updated"),
+            # What a forwarding clinic delivered of a study (ingest/upload_sync.delivered_images).
+            models.Index(fields=["uploaded_by", "study_uid"], name="rad_upload_user_study"),
         ]
 
     def __str__(self) -> str:
@@ -455,7 +471,9 @@ class UnmatchedImage(models.Model):
     filename = models.CharField(max_length=255)
     file_size = models.BigIntegerField()
     checksum = models.CharField(max_length=64)
-    source = models.CharField(max_length=32, help_text="the way in: import, dicom")
+    source = models.CharField(max_length=32, help_text="the way in: import, dicom, upload")
+    # The forwarding clinic that sent it (see RadiologyStudy.source_clinic); it goes with the file when assigned.
+    source_clinic = models.CharField(max_length=150, blank=True)
     study_uid = models.CharField(max_length=UID_MAX_LENGTH, db_index=True)
     series_uid = models.CharField(max_length=UID_MAX_LENGTH)
     image_uid = models.CharField(max_length=UID_MAX_LENGTH, db_index=True)
@@ -531,3 +549,109 @@ class DicomListenerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"DICOM listener {self.ae_title} on {self.host}:{self.port}"
+
+
+class ForwardTask(models.Model):
+    """The outbox: one stored image to hand to one forwarding destination (apps/radiology/forwarding/).
+
+    Recorded in the transaction that creates the image row (outbox/record.py, called by
+    ingest/commit.py), so an image stored by any way in has its task: if the row exists, the
+    task exists. The forwarder process claims a task by setting `lease_until` (a killed
+    forwarder's claims lapse on their own), pushes the file with the far side's upload sync
+    (`remote_upload_id` is the far side's upload, so a restart resumes it), and marks it sent;
+    a refusal that no resend can change (a conflict, an auth failure) marks it failed until a
+    tech retries. `state` counts toward the study's StudyDelivery in the same transactions.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "To send"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    destination = models.CharField(max_length=64)
+    image = models.ForeignKey(RadiologyImage, on_delete=models.PROTECT, related_name="+")
+    study = models.ForeignKey(RadiologyStudy, on_delete=models.PROTECT, related_name="forward_tasks")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0, help_text="failed attempts since the last success or retry")
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True, help_text="a forwarder holds it until then")
+    remote_upload_id = models.BigIntegerField(null=True, blank=True, help_text="the far side's upload id")
+    # How many times the far side's check found the image missing after it was sent: part of the
+    # upload's client_upload_id, so a resend is a new upload there and a repeat of one is not.
+    resends = models.PositiveIntegerField(default=0)
+    wire_bytes = models.BigIntegerField(default=0, help_text="request body bytes sent, compressed, resends included")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True, help_text="the last error (kept after a success)")
+    error_detail = models.CharField(max_length=255, blank=True)
+    error_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["destination", "image"], name="rad_forward_one_task_per_image"),
+        ]
+        indexes: ClassVar[list[models.Index]] = [
+            models.Index(fields=["state", "next_attempt_at"], name="rad_forward_due"),
+            models.Index(fields=["study", "destination"], name="rad_forward_study"),
+            models.Index(fields=["destination", "sent_at"], name="rad_forward_sent"),
+            models.Index(fields=["destination", "error_at"], name="rad_forward_error"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Forward image {self.image_id} to {self.destination} ({self.state})"
+
+
+class StudyDelivery(models.Model):
+    """One study's delivery to one forwarding destination: what the front door, API and admin show.
+
+    `images_sent` of `images_total` are sent ("sending n of m"); the study is `delivered` once
+    the far side confirmed every image's checksum in one answer for the study (forwarding/
+    verify); `failed` when a task failed for good, with why, until a tech retries. New images
+    of a delivered study put it back to `sending`. The counters move in the transactions that
+    create the tasks and mark them sent, so they are never read off by a list page's query.
+    """
+
+    class State(models.TextChoices):
+        SENDING = "sending", "Sending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    study = models.ForeignKey(RadiologyStudy, on_delete=models.PROTECT, related_name="deliveries")
+    destination = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.SENDING)
+    images_total = models.PositiveIntegerField(default=0)
+    images_sent = models.PositiveIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_detail = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "study deliveries"
+        ordering = ["-updated_at", "-id"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["study", "destination"], name="rad_delivery_one_per_destination"),
+            models.CheckConstraint(
+                condition=Q(images_sent__lte=models.F("images_total")), name="rad_delivery_sent_within_total"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Delivery of study {self.study_id} to {self.destination} ({self.state})"
+
+    @property
+    def summary(self) -> str:
+        """What the front door, the API and admin say: "sending 3 of 10", "confirming", "delivered", "failed: why"."""
+        if self.state == self.State.DELIVERED:
+            return "delivered"
+        if self.state == self.State.FAILED:
+            return f"failed: {self.error_detail or self.error_code}"
+        if self.images_total and self.images_sent == self.images_total:
+            return f"confirming {self.images_total} of {self.images_total}"
+        return f"sending {self.images_sent} of {self.images_total}"

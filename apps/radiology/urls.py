@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from apps.radiology.api import file_views, upload_views, views
+from apps.radiology.api import file_views, forwarded_views, upload_views, views
 from apps.radiology.viewers import lite_viewer
 
 app_name = "radiology"
@@ -18,5 +18,6 @@ urlpatterns = [
     path("dicomweb/", include("apps.radiology.dicomweb.urls")),
     path("viewer/", lite_viewer.lite_viewer, name="lite-viewer"),
     path("viewer/image-url/", lite_viewer.ImageDownloadUrlView.as_view(), name="lite-viewer-image-url"),
+    path("forwarded/<uid:study_uid>/", forwarded_views.ForwardedStudyView.as_view(), name="forwarded-study"),
     *router.urls,
 ]

@@ -29,7 +29,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 
-from apps.radiology.access.permissions import DOCTOR_GROUP, RADIOLOGY_TECH_GROUP, group_names
+from apps.radiology.access.permissions import DOCTOR_GROUP, FORWARDING_CLINIC_GROUP, RADIOLOGY_TECH_GROUP, group_names
 from apps.radiology.access.signing import viewer_token_id
 from apps.radiology.fastpaths.after_response import when_closed
 from apps.radiology.models import AuditEvent
@@ -58,6 +58,8 @@ def role_of(user: Any) -> str:
         return "radiology_tech"
     if DOCTOR_GROUP in names:
         return "doctor"
+    if FORWARDING_CLINIC_GROUP in names:
+        return "forwarding_clinic"
     return "other"
 
 

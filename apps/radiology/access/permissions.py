@@ -10,8 +10,14 @@ from rest_framework.request import Request
 
 DOCTOR_GROUP = "Doctor"
 RADIOLOGY_TECH_GROUP = "Radiology Tech"
-# The only groups any radiology decision looks at.
+# A clinic's PACS-lite forwarding its studies to this (regional) server: its account uploads
+# and asks what it delivered (`manage.py create_forwarding_clinic`), and reads nothing.
+FORWARDING_CLINIC_GROUP = "Forwarding Clinic"
+# The groups whose members read radiology data (and whose signed links stand, signing.py).
 RADIOLOGY_GROUPS = (DOCTOR_GROUP, RADIOLOGY_TECH_GROUP)
+# The only groups any radiology decision looks at: read together, in the one query that
+# learns a request's roles (group_names, token_auth.py), so a third group costs no query.
+KNOWN_GROUPS = (*RADIOLOGY_GROUPS, FORWARDING_CLINIC_GROUP)
 
 
 def group_names(user: AbstractBaseUser) -> frozenset[str]:
@@ -21,7 +27,7 @@ def group_names(user: AbstractBaseUser) -> frozenset[str]:
     """
     cached = getattr(user, "_radiology_group_names", None)
     if cached is None:
-        cached = frozenset(user.groups.filter(name__in=RADIOLOGY_GROUPS).values_list("name", flat=True))
+        cached = frozenset(user.groups.filter(name__in=KNOWN_GROUPS).values_list("name", flat=True))
         remember_radiology_groups(user, cached)
     return cached
 
@@ -40,13 +46,41 @@ def _in_groups(user: AbstractBaseUser | AnonymousUser, names: tuple[str, ...]) -
 
 
 def can_view_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Doctors, radiology techs and superusers may read every radiology endpoint."""
+    """Doctors, radiology techs and superusers may read every radiology endpoint (forwarding clinics not)."""
     return _in_groups(user, RADIOLOGY_GROUPS)
 
 
 def can_upload_radiology(user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Only radiology techs (and superusers) add images."""
+    """Only radiology techs (and superusers) add images (STOW-RS, uploads, the inbox, a tech's pages)."""
     return _in_groups(user, (RADIOLOGY_TECH_GROUP,))
+
+
+def can_use_upload_sync(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Upload sync is the techs' way in, and the one way in of a forwarding clinic's studies.
+
+    A clinic's account gets nothing else a tech has (STOW-RS, the unmatched inbox, the front
+    door): it is a machine's credential kept on another server, so it may do only what forwarding needs.
+    """
+    return _in_groups(user, (RADIOLOGY_TECH_GROUP, FORWARDING_CLINIC_GROUP))
+
+
+def is_forwarding_clinic(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """A forwarding clinic's account: in the group, and no superuser (a person's account, whose
+    requests then cost no query for the group)."""
+    if not user.is_authenticated or not user.is_active or user.is_superuser:
+        return False
+    return FORWARDING_CLINIC_GROUP in group_names(user)  # type: ignore[arg-type]
+
+
+def forwarding_clinic_name(user: AbstractBaseUser | AnonymousUser) -> str:
+    """The clinic a forwarding clinic's account stands for (its full name, else its username); "" for anyone else.
+
+    Recorded as the source_clinic of what it sends, so the radiologist sees where a study came from.
+    """
+    if not is_forwarding_clinic(user):
+        return ""
+    full_name = getattr(user, "get_full_name", lambda: "")()
+    return str(full_name or user.get_username())  # type: ignore[union-attr]
 
 
 class CanViewRadiologyRequest(BasePermission):
@@ -63,3 +97,17 @@ class CanUploadRadiology(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return can_upload_radiology(request.user)
+
+
+class CanUseUploadSync(CanUploadRadiology):
+    """Upload sync: radiology techs, superusers and forwarding clinics."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return can_use_upload_sync(request.user)
+
+
+class IsForwardingClinic(BasePermission):
+    message = "Only forwarding clinic accounts may ask what they delivered."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_forwarding_clinic(request.user)

@@ -9,12 +9,16 @@ from django.db.models import Prefetch, QuerySet
 
 from apps.radiology.access.principals import Principal
 from apps.radiology.access.visible import visible_images, visible_series, visible_studies
-from apps.radiology.models import RadiologyStudy
+from apps.radiology.models import RadiologyStudy, StudyDelivery
 
 
 def study_list(principal: Principal) -> QuerySet[RadiologyStudy]:
-    """The principal's studies newest first (index rad_study_newest)."""
-    return visible_studies(principal).order_by("-created_at", "-id")
+    """The principal's studies newest first (index rad_study_newest), with their forwarding deliveries (1 query)."""
+    return (
+        visible_studies(principal)
+        .order_by("-created_at", "-id")
+        .prefetch_related(Prefetch("deliveries", queryset=StudyDelivery.objects.order_by("destination")))
+    )
 
 
 def studies_with_series_and_images(principal: Principal) -> QuerySet[RadiologyStudy]:

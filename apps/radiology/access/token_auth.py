@@ -17,14 +17,14 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
-from apps.radiology.access.permissions import RADIOLOGY_GROUPS, remember_radiology_groups
+from apps.radiology.access.permissions import KNOWN_GROUPS, remember_radiology_groups
 from apps.radiology.fastpaths.prepared import PreparedLookup
 
 
 def _token_with_roles(key: str) -> QuerySet[Token]:
     memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("user_id"))
     flags = {
-        f"in_group_{index}": Exists(memberships.filter(group__name=name)) for index, name in enumerate(RADIOLOGY_GROUPS)
+        f"in_group_{index}": Exists(memberships.filter(group__name=name)) for index, name in enumerate(KNOWN_GROUPS)
     }
     return Token.objects.select_related("user").annotate(**flags).filter(key=key).order_by()[:1]
 
@@ -44,6 +44,6 @@ class RadiologyTokenAuthentication(TokenAuthentication):
             raise AuthenticationFailed(_("User inactive or deleted."))
         remember_radiology_groups(
             token.user,
-            {name for index, name in enumerate(RADIOLOGY_GROUPS) if getattr(token, f"in_group_{index}")},
+            {name for index, name in enumerate(KNOWN_GROUPS) if getattr(token, f"in_group_{index}")},
         )
         return (token.user, token)

@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy
+from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy, StudyDelivery
+
+
+class DeliveryErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class StudyDeliverySerializer(serializers.ModelSerializer):
+    """A study's delivery to a forwarding destination (store and forward): sending n of m, delivered, failed."""
+
+    summary = serializers.CharField(
+        read_only=True, help_text='"sending 3 of 10", "confirming 10 of 10", "delivered", "failed: why"'
+    )
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = StudyDelivery
+        fields = ["destination", "state", "images_sent", "images_total", "summary", "delivered_at", "error"]
+        read_only_fields = fields
+
+    @extend_schema_field(DeliveryErrorSerializer(allow_null=True))
+    def get_error(self, delivery: StudyDelivery) -> dict[str, str] | None:
+        if delivery.state != StudyDelivery.State.FAILED:
+            return None
+        return {"code": delivery.error_code, "detail": delivery.error_detail}
+
+
+class ForwardRequestSerializer(serializers.Serializer):
+    """Send the study to a forwarding destination; may be left out when the server has exactly one."""
+
+    destination = serializers.CharField(max_length=64, required=False)
 
 
 class StudySerializer(serializers.ModelSerializer):
-    """The seed's study list item."""
+    """The seed's study list item, with where it came from and where it was sent (store and forward).
+
+    `source_clinic`: on a regional server, the clinic that forwarded it ("" otherwise);
+    `deliveries`: on a clinic's server, its delivery to each forwarding destination.
+    """
+
+    deliveries = StudyDeliverySerializer(many=True, read_only=True)
 
     class Meta:
         model = RadiologyStudy
@@ -23,6 +61,8 @@ class StudySerializer(serializers.ModelSerializer):
             "patient_id",
             "patient_birth_date",
             "patient_sex",
+            "source_clinic",
+            "deliveries",
             "created_at",
         ]
         read_only_fields = fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -30,7 +31,15 @@ class UploadCreateSerializer(serializers.Serializer):
     """The metadata a device posts: the file, then what it declares about the image (declared.py)."""
 
     client_upload_id = serializers.UUIDField()
-    radiology_order = serializers.IntegerField(min_value=1)
+    radiology_order = serializers.IntegerField(
+        min_value=1, required=False, help_text="The order the file belongs to (or accession_number, not both)."
+    )
+    accession_number = serializers.CharField(
+        max_length=16,
+        required=False,
+        help_text="Instead of radiology_order (a forwarding clinic's server): the accession number of the order "
+        "the file belongs to. The file then goes to that order, or is held in the unmatched inbox (held).",
+    )
     filename = serializers.CharField(max_length=255)
     file_size = serializers.IntegerField(min_value=1)
     mime_type = serializers.ChoiceField(choices=[DICOM_MIME_TYPE, JPEG_MIME_TYPE])
@@ -52,6 +61,16 @@ class UploadCreateSerializer(serializers.Serializer):
         return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "radiology_order" not in attrs and "accession_number" not in attrs:
+            # Neither: radiology_order is missing, as it was before accession numbers were taken.
+            try:
+                self.fields["radiology_order"].fail("required")
+            except serializers.ValidationError as missing:
+                raise serializers.ValidationError({"radiology_order": missing.detail}) from None
+        if "radiology_order" in attrs and "accession_number" in attrs:
+            raise serializers.ValidationError(
+                {"accession_number": "Give radiology_order or accession_number, not both."}
+            )
         if attrs.get("confirm_patient_mismatch") and not attrs.get("patient_mismatch_reason", "").strip():
             raise serializers.ValidationError(
                 {"patient_mismatch_reason": "A reason is required to confirm a patient mismatch."}
@@ -62,7 +81,8 @@ class UploadCreateSerializer(serializers.Serializer):
         data: dict[str, Any] = dict(self.validated_data)
         return UploadMetadata(
             client_upload_id=data["client_upload_id"],
-            radiology_order_id=data["radiology_order"],
+            radiology_order_id=data.get("radiology_order"),
+            accession_number=data.get("accession_number", ""),
             filename=data["filename"],
             file_size=data["file_size"],
             mime_type=data["mime_type"],
@@ -103,14 +123,42 @@ class UploadSerializer(serializers.ModelSerializer):
 
     image = UploadedImageSerializer(read_only=True, allow_null=True)
     error = serializers.SerializerMethodField()
+    held = serializers.SerializerMethodField(
+        help_text="True when the upload completed into the unmatched inbox (no order with its accession number, "
+        "or the file does not fit it) instead of an order: image is then null."
+    )
 
     class Meta:
         model = RadiologyUpload
-        fields = ["id", "client_upload_id", "status", "received_bytes", "file_size", "image", "error"]
+        fields = ["id", "client_upload_id", "status", "received_bytes", "file_size", "image", "error", "held"]
         read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_held(self, upload: RadiologyUpload) -> bool:
+        return upload.unmatched_id is not None
 
     @extend_schema_field(UploadErrorSerializer(allow_null=True))
     def get_error(self, upload: RadiologyUpload) -> dict[str, str] | None:
         if upload.status != RadiologyUpload.Status.FAILED:
             return None
         return {"code": upload.error_code, "detail": upload.error_detail}
+
+
+class DeliveredImageSerializer(serializers.Serializer):
+    """One image a forwarding clinic's uploads delivered (upload_sync.DeliveredImage)."""
+
+    image_uid = serializers.CharField()
+    checksum = serializers.CharField(help_text="SHA-256 of the stored (or held) file, hex")
+    file_size = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=["stored", "held", "discarded"],
+        help_text="stored: in a study (also once assigned from the unmatched inbox); held: waiting in the "
+        "unmatched inbox; discarded: a tech threw it away.",
+    )
+
+
+class ForwardedStudySerializer(serializers.Serializer):
+    """What a forwarding clinic delivered of one study: its images, by image UID."""
+
+    study_uid = serializers.CharField()
+    images = DeliveredImageSerializer(many=True)

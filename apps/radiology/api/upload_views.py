@@ -1,4 +1,4 @@
-"""Offline upload sync endpoints (radiology techs and superusers only)."""
+"""Offline upload sync endpoints (radiology techs, superusers and forwarding clinics only)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.radiology.access.permissions import CanUploadRadiology
+from apps.radiology.access.permissions import CanUseUploadSync, forwarding_clinic_name
 from apps.radiology.api.serializers import ErrorSerializer
 from apps.radiology.api.upload_serializers import UploadCreateSerializer, UploadSerializer
 from apps.radiology.ingest.request_streams import request_body
@@ -26,6 +26,7 @@ UPLOAD_ERRORS = {
     404: ErrorSerializer,
     409: ErrorSerializer,
     413: ErrorSerializer,
+    415: ErrorSerializer,  # unsupported_content_encoding: a Content-Encoding other than zstd
     507: ErrorSerializer,  # insufficient_storage: send the same request again once space is freed
 }
 
@@ -42,7 +43,7 @@ class RawBodyParser(BaseParser):
 class UploadViewSet(viewsets.GenericViewSet):
     """POST metadata, PUT the binary (whole or chunks with Content-Range), GET the state."""
 
-    permission_classes = [IsAuthenticated, CanUploadRadiology]
+    permission_classes = [IsAuthenticated, CanUseUploadSync]
     serializer_class = UploadSerializer
     # For the schema only; requests always go through get_queryset (own uploads).
     queryset = RadiologyUpload.objects.none()
@@ -79,7 +80,14 @@ class UploadViewSet(viewsets.GenericViewSet):
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
                 description="bytes START-END/TOTAL; START must equal received_bytes",
-            )
+            ),
+            OpenApiParameter(
+                "Content-Encoding",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="zstd: the body is one zstd frame of the range's bytes (Content-Range counts them "
+                "uncompressed); any other value is 415",
+            ),
         ],
         responses={200: UploadSerializer, 201: UploadSerializer, 202: UploadSerializer, **UPLOAD_ERRORS},
     )
@@ -88,7 +96,11 @@ class UploadViewSet(viewsets.GenericViewSet):
         upload = self.get_object()
         was_completed = upload.status == RadiologyUpload.Status.COMPLETED
         upload, finished_now = upload_receive(
-            upload=upload, body=request_body(request._request), content_range=request.headers.get("Content-Range")
+            upload=upload,
+            body=request_body(request._request),
+            content_range=request.headers.get("Content-Range"),
+            content_encoding=request.headers.get("Content-Encoding"),
+            source_clinic=forwarding_clinic_name(request.user),
         )
         upload = self.get_queryset().get(pk=upload.pk)
         if finished_now and not was_completed:

@@ -13,7 +13,7 @@ from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import viewsets
+from rest_framework import status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
@@ -35,7 +35,9 @@ from apps.radiology.access.visible import visible_images
 from apps.radiology.api.filters import StudyFilter
 from apps.radiology.api.serializers import (
     ErrorSerializer,
+    ForwardRequestSerializer,
     ImageUrlSerializer,
+    StudyDeliverySerializer,
     StudyImagesSerializer,
     StudySerializer,
     TokenRequestSerializer,
@@ -44,6 +46,7 @@ from apps.radiology.api.serializers import (
 )
 from apps.radiology.errors import InvalidCredentials, InvalidExpiresIn, InvalidQuery
 from apps.radiology.models import RadiologyImage, RadiologyStudy
+from apps.radiology.outbox.record import send_study
 from apps.radiology.pacs_lite_service import PACSLiteService
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -171,6 +174,21 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
             study_uid=study.study_uid, user=request.user, expires_in=expires_in, base_url=request_base_url(request)
         )
         return Response({"viewer_url": url, "study_uid": study.study_uid, "expires_in": expires_in})
+
+    @extend_schema(
+        summary="Send the study to a forwarding destination (store and forward), or retry it",
+        request=ForwardRequestSerializer,
+        responses={202: StudyDeliverySerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="forward", filterset_class=None, pagination_class=None)
+    def forward(self, request: Request, pk: str | None = None) -> Response:
+        body = ForwardRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        study = self.get_object()
+        delivery = send_study(
+            study=study, destination=body.validated_data.get("destination"), requested_by=request.user
+        )
+        return Response(StudyDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ImageViewSet(viewsets.GenericViewSet):

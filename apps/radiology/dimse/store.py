@@ -59,18 +59,15 @@ from apps.radiology.errors import (
     InvalidDicom,
     InvalidUID,
     MissingUID,
-    PatientMismatch,
     RadiologyError,
-    SeriesConflict,
     StorageFailure,
-    StudyConflict,
-    StudyMismatch,
     TruncatedFile,
     UIDMismatch,
     UnsupportedFileType,
     UnsupportedTransferSyntax,
 )
-from apps.radiology.ingest.pipeline import Arrival, HeldResult, IngestItem, IngestResult, ingest_images
+from apps.radiology.ingest.pipeline import Arrival, HeldResult, IngestResult
+from apps.radiology.ingest.routing import ingest_routed
 from apps.radiology.ingest.spool import SPOOL_PREFIX, StagedFile
 from apps.radiology.models import AuditEvent, RadiologyOrder
 from apps.radiology.storage import free_space
@@ -84,8 +81,6 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 
 ARRIVAL = Arrival("dicom")
-# Refusals that say the file does not belong to the order its accession named: held instead.
-_DOES_NOT_FIT_ORDER = (PatientMismatch, StudyMismatch, SeriesConflict, StudyConflict)
 _NOT_UNDERSTOOD = (
     InvalidDicom,
     TruncatedFile,
@@ -182,20 +177,9 @@ def staged_copy(received: Path) -> Iterator[StagedFile]:
 
 
 def _ingest(staged: StagedFile) -> IngestResult | HeldResult | RadiologyError:
-    """The one ingest path, to the accession's order; held unmatched when none fits."""
-    order = order_by_accession(staged.path)
-    outcome = _ingest_into(staged, order)
-    if order is not None and isinstance(outcome, _DOES_NOT_FIT_ORDER):
-        logger.info("C-STORE: the instance does not fit order %s (%s): held as unmatched", order.pk, outcome.code)
-        outcome = _ingest_into(staged, None)
-    return outcome
-
-
-def _ingest_into(staged: StagedFile, order: RadiologyOrder | None) -> IngestResult | HeldResult | RadiologyError:
-    (outcome,) = ingest_images(
-        [IngestItem(order=order, stream=None, filename=None, staged=staged)], uploaded_by=None, arrival=ARRIVAL
-    )
-    return outcome
+    """The one ingest path, to the accession's order; held unmatched when none fits (routing.py,
+    the rule a forwarding clinic's uploads follow too)."""
+    return ingest_routed(staged, order_by_accession(staged.path), arrival=ARRIVAL)
 
 
 _ACCESSION = Tag(0x0008, 0x0050)

@@ -132,4 +132,5 @@ def matching_studies(principal: Principal, search: StudySearch) -> QuerySet[Radi
         "modality",
         "patient_name",
         "patient_id",
+        "source_clinic",
     )

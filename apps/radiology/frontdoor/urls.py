@@ -19,5 +19,6 @@ urlpatterns = [
     path("radiology/studies/search/", views.search_studies, name="search"),
     path("radiology/studies/<int:study_id>/ohif/", views.open_in_ohif, name="open-ohif"),
     path("radiology/studies/<int:study_id>/lite/", views.open_in_lite_viewer, name="open-lite"),
+    path("radiology/studies/<int:study_id>/forward/", views.forward_study, name="forward"),
     path("radiology/uploads/failed/", views.failed_uploads_page, name="failed-uploads"),
 ]

@@ -17,10 +17,13 @@ from apps.radiology.access import signing
 from apps.radiology.access.permissions import can_upload_radiology
 from apps.radiology.access.principals import principal_of
 from apps.radiology.access.visible import visible_studies
+from apps.radiology.errors import UnknownForwardDestination
 from apps.radiology.frontdoor.pages import page_context, people_page, refused, render_page, with_page_headers
 from apps.radiology.frontdoor.search import SESSION_KEY, StudySearch, StudySearchForm, matching_studies
 from apps.radiology.frontdoor.tech import failed_uploads, tech_attention
 from apps.radiology.models import RadiologyStudy
+from apps.radiology.outbox.destinations import configured_destinations
+from apps.radiology.outbox.record import send_study
 
 STUDIES_PER_PAGE = 25
 FAILED_UPLOADS_PER_PAGE = 25
@@ -75,6 +78,9 @@ def _unmatched_inbox_url(request: HttpRequest) -> str | None:
 
 def _studies_page(request: HttpRequest, *, form: StudySearchForm, search: StudySearch | None) -> HttpResponse:
     page = _page_of(matching_studies(principal_of(request), search), STUDIES_PER_PAGE, request) if search else None
+    for study in page or ():
+        # Destinations with a delivery show its state (and Retry when failed); the others a Send button.
+        study.delivered_to = {delivery.destination for delivery in study.deliveries.all()}
     is_tech = can_upload_radiology(request.user)
     context = {
         "form": form,
@@ -83,6 +89,8 @@ def _studies_page(request: HttpRequest, *, form: StudySearchForm, search: StudyS
         "offers_ohif": bool(settings.OHIF_VIEWER_URL),
         "attention": tech_attention(request.user) if is_tech else None,
         "unmatched_inbox_url": _unmatched_inbox_url(request) if is_tech else None,
+        # Store and forward: the destinations a study can be sent to from here (none: no column).
+        "forward_destinations": [destination.name for destination in configured_destinations()],
     }
     return render_page(request, STUDIES_TEMPLATE, context, status=200 if search else 400)
 
@@ -134,6 +142,21 @@ def open_in_lite_viewer(request: HttpRequest, study_id: int) -> HttpResponse:
         return refused(request, status=404, message=NO_SUCH_STUDY)
     url = signing.lite_viewer_url(study=study, user=request.user, base_url=request.build_absolute_uri("/"), reuse=True)
     return _to_viewer(url)
+
+
+@require_POST
+@people_page()
+def forward_study(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Send to the radiologist, or retry a failed delivery: queue the study for the destination, back to the list."""
+    study = visible_studies(principal_of(request)).filter(pk=study_id).first()
+    if study is None:
+        return refused(request, status=404, message=NO_SUCH_STUDY)
+    try:
+        send_study(study=study, destination=request.POST.get("destination") or None, requested_by=request.user)
+    except UnknownForwardDestination as error:
+        return refused(request, status=400, message=str(error.detail))
+    page = request.POST.get("page", "")
+    return redirect(f"{reverse('frontdoor:studies')}?page={page}" if page.isdigit() else reverse("frontdoor:studies"))
 
 
 @require_safe

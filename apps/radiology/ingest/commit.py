@@ -26,7 +26,7 @@ from apps.radiology.errors import SeriesConflict, StudyMismatch
 from apps.radiology.fastpaths import bulk_insert
 from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.patient_identity import EmrIdentity, served_members
-from apps.radiology.ingest.resolve import create_series_for_study, create_study_for_order
+from apps.radiology.ingest.resolve import claim_source_clinic, create_series_for_study, create_study_for_order
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
     AuditEvent,
@@ -35,6 +35,7 @@ from apps.radiology.models import (
     RadiologySeries,
     RadiologyStudy,
 )
+from apps.radiology.outbox.record import record_new_images
 
 if TYPE_CHECKING:  # pipeline.py hands its prepared entries to commit()
     from apps.radiology.ingest.pipeline import Prepared
@@ -123,9 +124,11 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
                     study_time=parsed.study_time,
                     accession_number=parsed.accession_number,
                     referring_physician_name=parsed.referring_physician_name,
+                    source_clinic=entry.item.source_clinic,
                 )
             elif study.study_uid != uids.study_uid:
                 raise StudyMismatch()
+            claim_source_clinic(study, entry.item.source_clinic)  # a study that names no clinic yet
             series = series_by_uid.get(uids.series_uid)
             if series is not None and series.study_id != study.pk:
                 # An earlier item of this batch made the series in another order's study.
@@ -181,6 +184,8 @@ def create_rows(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -
         # only check does not apply.
         bulk_insert.insert_new(images)
         _audit_confirmations(entries, uploaded_by)
+        # Their forwarding tasks commit with them, or not at all (outbox/record.py).
+        record_new_images(images)
 
 
 def _series_in_order_study(order: RadiologyOrder, series_uid: str) -> RadiologySeries | None:

@@ -41,7 +41,7 @@ Outcomes = list[IngestResult | HeldResult | RadiologyError | None]
 
 @dataclass(frozen=True)
 class Arrival:
-    """How files with no order came, for the audit trail: the way in (import, dicom)."""
+    """How files with no order came, for the audit trail: the way in (import, dicom, upload)."""
 
     channel: str
 
@@ -93,6 +93,7 @@ def _hold_one(entry: Prepared, received_by: AbstractBaseUser | None, arrival: Ar
                 file_size=entry.spooled.size,
                 checksum=entry.spooled.checksum,
                 source=arrival.channel,
+                source_clinic=entry.item.source_clinic,
                 study_uid=entry.uids.study_uid,
                 series_uid=entry.uids.series_uid,
                 image_uid=entry.uids.image_uid,

@@ -76,6 +76,9 @@ class IngestItem:
     staged: StagedFile | None = None
     # A tech's confirmation that this file belongs to `order` though it names another patient.
     confirmation: MismatchConfirmation | None = None
+    # The forwarding clinic that sent it (on a regional server), "" otherwise: recorded on the
+    # study it creates (or joins, if that study has none yet) and on the unmatched row it is held as.
+    source_clinic: str = ""
 
 
 @dataclass
@@ -119,6 +122,7 @@ def ingest_image(
     expected_size: int | None = None,
     expected_checksum: str | None = None,
     confirmation: MismatchConfirmation | None = None,
+    source_clinic: str = "",
 ) -> IngestResult:
     """Store one DICOM or JPEG file under `order`; see the module docstring for the order of work.
 
@@ -136,6 +140,7 @@ def ingest_image(
         expected_size=expected_size,
         expected_checksum=expected_checksum,
         confirmation=confirmation,
+        source_clinic=source_clinic,
     )
     (outcome,) = ingest_images([item], uploaded_by=uploaded_by)
     if isinstance(outcome, RadiologyError):

@@ -214,6 +214,22 @@ def create_study_for_order(
         raise StudyConflict() from None
 
 
+def claim_source_clinic(study: RadiologyStudy, source_clinic: str) -> None:
+    """Record the forwarding clinic that sent a file into `study`, if the study names none yet.
+
+    The first clinic to send into a study keeps it: a study made here (or by another clinic)
+    before a clinic's file joined it is not renamed after each sender. One UPDATE, only when
+    there is something to record.
+    """
+    if not source_clinic or study.source_clinic:
+        return
+    source_clinic = source_clinic[: RadiologyStudy._meta.get_field("source_clinic").max_length]
+    RadiologyStudy.objects.filter(pk=study.pk, source_clinic="").update(
+        source_clinic=source_clinic, updated_at=timezone.now()
+    )
+    study.source_clinic = source_clinic
+
+
 def create_series_for_study(
     *,
     study: RadiologyStudy,

@@ -121,6 +121,8 @@ def _assign_batch(
                     expected_size=row.file_size,
                     expected_checksum=row.checksum,
                     confirmation=confirmation,
+                    # The clinic that sent the file goes with it onto the study it joins.
+                    source_clinic=row.source_clinic,
                 )
             )
         outcomes = ingest_images(items, uploaded_by=decider.user)

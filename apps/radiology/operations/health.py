@@ -12,6 +12,10 @@ database (dimse/heartbeat.py): `dicom_listener` says "listening", "stopped" (a c
 "not_responding" (silent for three of its heartbeat intervals without a clean stop), the latter
 200 "degraded" too: the web side still serves everything, only the DICOM network is down. The member
 is absent when no listener ever wrote one (a deployment without it), which leaves the status alone.
+
+A clinic that forwards its studies (store and forward, outbox/) gets `forwarding`: per
+destination the queue length, failed images, the oldest pending image's age, the last success
+and the last error (its code). It never changes the status (see forwarding_queues).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from django.views.decorators.http import require_safe
 
 from apps.radiology import storage
 from apps.radiology.dimse.heartbeat import ListenerHealth, ListenerState, listener_health
+from apps.radiology.outbox.destinations import configured_destinations
+from apps.radiology.outbox.status import queue_status_json
 from apps.radiology.storage import free_space
 
 logger = logging.getLogger(__name__)
@@ -59,9 +65,26 @@ def healthz(request: HttpRequest) -> JsonResponse:
         body = {"status": "degraded" if short or listener_down else "ok", **checks}
     if listener is not None:
         body["dicom_listener"] = listener.as_json()
+    forwarding = forwarding_queues() if checks["database"] == "ok" else None
+    if forwarding:
+        body["forwarding"] = forwarding
     if short:
         body["detail"] = low_space_detail(short)
     return JsonResponse(body, status=503 if body["status"] == "unhealthy" else 200)
+
+
+def forwarding_queues() -> list[dict[str, Any]]:
+    """Each forwarding destination's queue (outbox/status.py); empty on a server that forwards nothing.
+
+    It never changes the status: a clinic's link down for days is what store and forward is for,
+    and the images wait safely; monitoring reads oldest_pending_seconds and last_error instead.
+    """
+    try:
+        names = [destination.name for destination in configured_destinations()]
+        return queue_status_json(names) if names else []
+    except Exception as exc:
+        logger.error("healthz: forwarding queue unreadable: %s", type(exc).__name__)
+        return []
 
 
 def dicom_listener() -> ListenerHealth | None:

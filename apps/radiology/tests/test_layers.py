@@ -65,8 +65,9 @@ def test_every_package_and_module_of_the_app_is_in_a_layer() -> None:
 def test_the_layers_go_from_ways_in_down_to_the_base() -> None:
     layers = [set(layer.replace("|", ":").replace(" ", "").split(":")) for layer in _contract()["layers"]]
     assert layers == [
-        {"urls", "admin", "management", "api", "dicomweb", "dimse", "viewers", "operations", "frontdoor"},
+        {"urls", "admin", "management", "api", "dicomweb", "dimse", "viewers", "operations", "frontdoor", "forwarding"},
         {"pacs_lite_service", "ingest", "access"},
+        {"outbox"},
         {"storage", "models", "db_triggers", "imagefiles"},
         {"fastpaths", "errors"},
     ]

@@ -190,6 +190,7 @@ def upload_body(
     received_bytes: int,
     image: RadiologyImage | None = None,
     error: dict[str, str] | None = None,
+    held: bool = False,
 ) -> dict[str, Any]:
     """An upload's JSON: id, client id and size from the row; the rest as the test expects it."""
     return {
@@ -200,6 +201,7 @@ def upload_body(
         "file_size": upload.file_size,
         "image": image_body(image) if image is not None else None,
         "error": error,
+        "held": held,
     }
 
 

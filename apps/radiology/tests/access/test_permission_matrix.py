@@ -283,10 +283,17 @@ RULES: dict[str, Rule] = {
     "frontdoor:open-lite": Rule(
         everyone({**every_method(405), "POST": 302}), kwargs=lambda w: {"study_id": w.target.study.pk}
     ),
+    "frontdoor:forward": Rule(
+        everyone({**every_method(405), "POST": 302}), kwargs=lambda w: {"study_id": w.target.study.pk}
+    ),
     "radiology:study-list": Rule(rest_read()),
     "radiology:study-detail": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.study.pk}),
     "radiology:study-images": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.study.pk}),
     "radiology:study-viewer-url": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.study.pk}),
+    # Send to a forwarding destination: with none configured here, a POST is 400 unknown_destination.
+    "radiology:study-forward": Rule(
+        rest(dict.fromkeys(VIEWERS, methods(405, post=400, options=200))), kwargs=lambda w: {"pk": w.target.study.pk}
+    ),
     "radiology:image-url": Rule(rest_read(), kwargs=lambda w: {"pk": w.target.image.pk}),
     # Uploads: radiology techs (and superusers) only; each sees only their own (another's is 404).
     "radiology:upload-list": Rule(
@@ -308,6 +315,8 @@ RULES: dict[str, Rule] = {
         ),
         kwargs=lambda w: {"pk": w.upload.pk},
     ),
+    # What a forwarding clinic delivered of a study: forwarding clinic accounts only (none among the actors).
+    "radiology:forwarded-study": Rule(rest(dict.fromkeys(VIEWERS, every_method(403))), kwargs=_study),
     "radiology:upload-binary": Rule(
         rest(
             {
@@ -360,7 +369,7 @@ def test_discovery_sees_the_whole_api() -> None:
     )
     assert routes["healthz"] == "/healthz"
     assert routes["frontdoor:studies"] == "/radiology/studies/"
-    assert len(routes) == 43
+    assert len(routes) == 46
 
 
 # --- the matrix ----------------------------------------------------------------------------------

@@ -153,11 +153,14 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     OpenAPIV31SpecValidator(read_api).validate()
 
     assert set(read_api["components"]["schemas"]) == {
+        "DeliveryError",
         "Error",
         "ImagePatientIdentity",
         "ImageUrl",
         "PaginatedStudyList",
         "Study",
+        "StudyDelivery",
+        "StudyDeliveryStateEnum",
         "StudyImage",
         "StudyImages",
         "StudySeries",

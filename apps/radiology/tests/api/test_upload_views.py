@@ -124,6 +124,7 @@ def test_post_declares_a_pending_upload(tech: APIClient, radtech: Any, order: Ra
         "file_size": CT.size,
         "image": None,
         "error": None,
+        "held": False,
     }
     assert (upload.uploaded_by, upload.radiology_order, upload.filename, upload.mime_type) == (
         radtech,
@@ -440,6 +441,7 @@ def test_whole_file_put_completes_and_creates_the_orders_study(
             "checksum": CT.checksum,
         },
         "error": None,
+        "held": False,
     }
     assert image.series.study.radiology_order == order
     assert (image.uploaded_by, image.filename) == (radtech, "CT_small.dcm")
@@ -605,21 +607,41 @@ def test_content_range_total_other_than_file_size_is_400_size_mismatch(tech: API
     assert_nothing_stored()
 
 
-def test_body_shorter_than_the_range_is_400_incomplete_body(
+def test_empty_body_is_400_incomplete_body_and_counts_nothing(
+    tech: APIClient, order: RadiologyOrder, radiology_store: str
+) -> None:
+    upload = start_upload(tech, order, CT)
+    assert put_range(tech, upload.pk, CT.content, 0, 999).status_code == 202
+
+    empty = put_chunk(tech, upload.pk, b"", f"bytes 1000-1999/{CT.size}")
+
+    assert (empty.status_code, empty.json()) == (400, incomplete_body(1000))
+    upload.refresh_from_db()
+    assert (upload.received_bytes, upload.chunk_offsets) == (1000, [0])
+    assert staged_keys() == [chunk_key(upload.pk, 0)]
+    assert row_counts() == (0, 0, 0)
+
+
+def test_body_shorter_than_the_range_is_400_incomplete_body_and_keeps_what_came(
     tech: APIClient, order: RadiologyOrder, radiology_store: str
 ) -> None:
     upload = start_upload(tech, order, CT)
     assert put_range(tech, upload.pk, CT.content, 0, 999).status_code == 202
 
     short = put_chunk(tech, upload.pk, CT.content[1000:1500], f"bytes 1000-1999/{CT.size}")
-    empty = put_chunk(tech, upload.pk, b"", f"bytes 1000-1999/{CT.size}")
 
-    for response in (short, empty):
-        assert (response.status_code, response.json()) == (400, incomplete_body(1000))
+    assert (short.status_code, short.json()) == (400, incomplete_body(1500))
     upload.refresh_from_db()
-    assert (upload.received_bytes, upload.chunk_offsets) == (1000, [0])
-    assert staged_keys() == [chunk_key(upload.pk, 0)]
+    assert (upload.received_bytes, upload.chunk_offsets) == (1500, [0, 1000])
+    assert staged_keys() == [chunk_key(upload.pk, 0), chunk_key(upload.pk, 1000)]
     assert row_counts() == (0, 0, 0)
+    # The device resumes where the server says; the file ends byte-identical.
+    assert put_range(tech, upload.pk, CT.content, 0, 999).json() == range_mismatch(1500)
+    done = put_range(tech, upload.pk, CT.content, 1500, CT.size - 1)
+    assert done.status_code == 201
+    upload.refresh_from_db()
+    assert read_stored(upload.image.file_key) == CT.content
+    assert staged_keys() == []
 
 
 def test_body_longer_than_the_range_is_400_invalid_content_range(

@@ -30,6 +30,7 @@ from apps.radiology.models import (
     RadiologyImage,
     RadiologyOrder,
     RadiologyStudy,
+    StudyDelivery,
     ViewerToken,
 )
 from apps.radiology.tests.api_fixtures import (
@@ -66,6 +67,8 @@ STUDY_KEYS = {
     "patient_birth_date",
     "patient_sex",
     "created_at",
+    "source_clinic",
+    "deliveries",
 }
 
 
@@ -83,7 +86,23 @@ def study_body(study: RadiologyStudy) -> dict[str, Any]:
         "patient_id": study.patient_id,
         "patient_birth_date": study.patient_birth_date.isoformat() if study.patient_birth_date else None,
         "patient_sex": study.patient_sex,
+        "source_clinic": study.source_clinic,
+        "deliveries": [delivery_body(delivery) for delivery in study.deliveries.order_by("destination")],
         "created_at": local_iso(study.created_at),
+    }
+
+
+def delivery_body(delivery: StudyDelivery) -> dict[str, Any]:
+    """What the API must answer for a study's delivery to a forwarding destination."""
+    failed = delivery.state == StudyDelivery.State.FAILED
+    return {
+        "destination": delivery.destination,
+        "state": delivery.state,
+        "images_sent": delivery.images_sent,
+        "images_total": delivery.images_total,
+        "summary": delivery.summary,
+        "delivered_at": local_iso(delivery.delivered_at) if delivery.delivered_at else None,
+        "error": {"code": delivery.error_code, "detail": delivery.error_detail} if failed else None,
     }
 
 
@@ -578,15 +597,15 @@ def test_studies_list_makes_the_same_number_of_queries_for_1_or_25_studies(
 ) -> None:
     client = token_client(doctor)
     make_study(make_order())
-    # token+user+roles, studies, the audit event
-    with django_assert_num_queries(3):
+    # token+user+roles, studies, their forwarding deliveries, the audit event
+    with django_assert_num_queries(4):
         assert len(client.get(STUDIES).json()) == 1
     for _ in range(24):
         make_study(make_order())
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         assert len(client.get(STUDIES).json()) == 25
     # paginated: one more for the count
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         assert len(client.get(f"{STUDIES}?limit=10").json()["results"]) == 10
 
 

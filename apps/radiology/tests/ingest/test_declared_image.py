@@ -25,7 +25,15 @@ from apps.radiology.tests.upload_helpers import DeviceFile, client_for, metadata
 pytestmark = pytest.mark.django_db
 
 PHOTO = DeviceFile("film_photo.jpg", jpeg_with_exif(), mime_type=JPEG_MIME_TYPE)
-FILE_FIELDS = ["client_upload_id", "radiology_order", "filename", "file_size", "mime_type", "checksum"]
+FILE_FIELDS = [
+    "client_upload_id",
+    "radiology_order",
+    "accession_number",
+    "filename",
+    "file_size",
+    "mime_type",
+    "checksum",
+]
 # A tech's confirmation that a file naming another patient belongs to the order (test_identity.py).
 CONFIRMATION_FIELDS = ["confirm_patient_mismatch", "patient_mismatch_reason"]
 DICOMWEB = "/api/v1/radiology/dicomweb"

@@ -6,7 +6,8 @@ runs on PostgreSQL), its own media and spool directories, and the filesystem or 
 server) as the store. The device sends every file of one study (DICOM samples relabelled
 into one study, and a JPEG photo) in random chunk sizes from a seeded random generator and,
 along the way:
-- drops connections: a chunk whose Content-Length promises more than is sent, then close;
+- drops connections: a chunk whose Content-Length promises more than is sent, then close (the
+  bytes that arrived are kept and counted: the device resumes after them);
 - loses responses: the request arrives whole, the device never reads the answer;
 - replays chunks already accepted, sends a chunk twice, posts the metadata again;
 - is cut off by a SIGKILL of the whole server while a chunk is half sent; the server is
@@ -287,13 +288,24 @@ class Device:
         return sock
 
     def drop_chunk(self, sync_file: SyncFile, start: int, end: int, rng: random.Random) -> None:
-        """Send part of a chunk whose Content-Length promises all of it, then hang up."""
+        """Send part of a chunk whose Content-Length promises all of it, then hang up.
+
+        The server keeps the bytes that arrived (none: nothing changes); the device waits for
+        the server to be done with the request, then asks where to resume.
+        """
         before = sync_file.received
+        sent = rng.randint(0, end - start)
         sock = self.open_raw_put(sync_file, start, end)
-        sock.sendall(sync_file.content[start : start + rng.randint(0, end - start)])
+        sock.sendall(sync_file.content[start : start + sent])
+        sock.shutdown(socket.SHUT_WR)  # the link drops: the server reads the end of the body
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass  # whatever the server answers, until it is done with the request
         sock.close()
         self.tally.dropped += 1
-        assert self.state(sync_file)["received_bytes"] == before, "a dropped chunk was counted"
+        assert self.state(sync_file)["received_bytes"] == before + sent, "the bytes that arrived were not kept"
+        if sent:
+            sync_file.accepted.append((start, start + sent - 1))
 
     def lose_response(self, sync_file: SyncFile, start: int, end: int) -> None:
         """The whole chunk arrives; its answer never reaches the device, which asks the state."""

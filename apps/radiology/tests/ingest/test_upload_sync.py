@@ -188,11 +188,28 @@ def test_an_orphan_of_an_interrupted_attempt_is_replaced(
     assert stored_keys() == [upload.image.file_key]
 
 
-def test_incomplete_body_stages_nothing(radtech: Any, order: RadiologyOrder, radiology_store: str) -> None:
+def test_an_incomplete_body_keeps_what_arrived_as_a_chunk_at_its_start(
+    radtech: Any, order: RadiologyOrder, radiology_store: str
+) -> None:
     upload = send(start(radtech, order), 0, 999)
 
     with pytest.raises(IncompleteBody) as raised:
         upload_receive(upload=upload, body=io.BytesIO(CT.content[1000:1500]), content_range=f"bytes 1000-1999/{SIZE}")
+
+    assert (raised.value.code, raised.value.extra) == ("incomplete_body", {"received_bytes": 1500})
+    assert staged_keys() == [chunk_key(upload.pk, 0), chunk_key(upload.pk, 1000)]
+    assert read_stored(chunk_key(upload.pk, 1000)) == CT.content[1000:1500]
+    assert (fresh(upload).received_bytes, fresh(upload).chunk_offsets) == (1500, [0, 1000])
+    finished = send(fresh(upload), 1500, SIZE - 1)
+    assert read_stored(finished.image.file_key) == CT.content
+    assert stored_keys() == [finished.image.file_key]
+
+
+def test_an_empty_body_stages_nothing(radtech: Any, order: RadiologyOrder, radiology_store: str) -> None:
+    upload = send(start(radtech, order), 0, 999)
+
+    with pytest.raises(IncompleteBody) as raised:
+        upload_receive(upload=upload, body=io.BytesIO(b""), content_range=f"bytes 1000-1999/{SIZE}")
 
     assert (raised.value.code, raised.value.extra) == ("incomplete_body", {"received_bytes": 1000})
     assert staged_keys() == [chunk_key(upload.pk, 0)]
