@@ -64,16 +64,47 @@ def own_database(tmp_path: Path, prefix: str) -> Iterator[str]:
         admin.close()
 
 
-class GunicornServer:
+class OwnProcessGroup:
+    """A process the test started with start_new_session=True: killed or stopped with all its children."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL to the process and its children at once, no chance to finish anything."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self, *, grace: float = 15) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+class GunicornServer(OwnProcessGroup):
     """`gunicorn config.wsgi -w 2 --timeout 60` in its own process group (a SIGKILL takes all of it)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 2) -> None:
+        super().__init__(log_path)
         self.env = env
         self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     def manage(self, *args: str) -> str:
         result = subprocess.run(  # noqa: S603 (our own argv)
@@ -135,28 +166,6 @@ class GunicornServer:
                     return
             time.sleep(0.1)
         raise AssertionError(f"gunicorn did not answer within 30 s: {self.log_tail()}")
-
-    def kill(self) -> None:
-        """Power cut: SIGKILL to the master and its workers at once."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
 def server_env(tmp_path: Path, database_url: str, *, staging: str = "staging", **extra: str) -> dict[str, str]:

@@ -25,9 +25,9 @@ from apps.radiology.tests.api_fixtures import (
     NOT_AUTHENTICATED,
     PERMISSION_DENIED,
     STUDIES,
-    local_iso,
     make_study_with_images,
     method_not_allowed,
+    study_body,
     study_url,
     token_client,
 )
@@ -86,23 +86,8 @@ def delivery(
 
 
 def study_json(study: RadiologyStudy, deliveries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole body of a study: its row's values, and the deliveries the test expects."""
-    study.refresh_from_db()
-    return {
-        "id": study.pk,
-        "study_uid": study.study_uid,
-        "radiology_order": study.radiology_order_id,
-        "study_description": study.study_description,
-        "modality": study.modality,
-        "study_date": study.study_date.isoformat() if study.study_date else None,
-        "patient_name": study.patient_name,
-        "patient_id": study.patient_id,
-        "patient_birth_date": study.patient_birth_date.isoformat() if study.patient_birth_date else None,
-        "patient_sex": study.patient_sex,
-        "source_clinic": study.source_clinic,
-        "deliveries": deliveries,
-        "created_at": local_iso(study.created_at),
-    }
+    """The whole body of a study: its row's values (as test_views reads them), and the deliveries the test expects."""
+    return {**study_body(study), "deliveries": deliveries}
 
 
 # --- deliveries and source_clinic in the study bodies -----------------------------------------------

@@ -30,7 +30,6 @@ from apps.radiology.models import (
     RadiologyImage,
     RadiologyOrder,
     RadiologyStudy,
-    StudyDelivery,
     ViewerToken,
 )
 from apps.radiology.tests.api_fixtures import (
@@ -42,12 +41,12 @@ from apps.radiology.tests.api_fixtures import (
     TOKEN_URL,
     freeze_signing_time,
     image_url_endpoint,
-    local_iso,
     make_image_row,
     make_series,
     make_study,
     make_study_with_images,
     method_not_allowed,
+    study_body,
     study_url,
     token_client,
 )
@@ -70,40 +69,6 @@ STUDY_KEYS = {
     "source_clinic",
     "deliveries",
 }
-
-
-def study_body(study: RadiologyStudy) -> dict[str, Any]:
-    """What the API must answer for a study, read from its database row."""
-    study.refresh_from_db()
-    return {
-        "id": study.pk,
-        "study_uid": study.study_uid,
-        "radiology_order": study.radiology_order_id,
-        "study_description": study.study_description,
-        "modality": study.modality,
-        "study_date": study.study_date.isoformat() if study.study_date else None,
-        "patient_name": study.patient_name,
-        "patient_id": study.patient_id,
-        "patient_birth_date": study.patient_birth_date.isoformat() if study.patient_birth_date else None,
-        "patient_sex": study.patient_sex,
-        "source_clinic": study.source_clinic,
-        "deliveries": [delivery_body(delivery) for delivery in study.deliveries.order_by("destination")],
-        "created_at": local_iso(study.created_at),
-    }
-
-
-def delivery_body(delivery: StudyDelivery) -> dict[str, Any]:
-    """What the API must answer for a study's delivery to a forwarding destination."""
-    failed = delivery.state == StudyDelivery.State.FAILED
-    return {
-        "destination": delivery.destination,
-        "state": delivery.state,
-        "images_sent": delivery.images_sent,
-        "images_total": delivery.images_total,
-        "summary": delivery.summary,
-        "delivered_at": local_iso(delivery.delivered_at) if delivery.delivered_at else None,
-        "error": {"code": delivery.error_code, "detail": delivery.error_detail} if failed else None,
-    }
 
 
 def assert_signed_image_url(

@@ -22,9 +22,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
-import signal
 import sqlite3
 import subprocess
 import time
@@ -44,7 +42,14 @@ from pydicom.uid import generate_uid
 
 from apps.radiology.operations.large_dicom import write_large_multiframe
 from apps.radiology.tests.forwarding.fault_proxy import FaultProxy
-from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, GunicornServer, own_database, server_env
+from apps.radiology.tests.gunicorn_server import (
+    REPO,
+    VENV_BIN,
+    GunicornServer,
+    OwnProcessGroup,
+    own_database,
+    server_env,
+)
 
 CLINIC_NAME = "Ikeja Clinic"
 CLINIC_USERNAME = "ikeja"
@@ -191,13 +196,12 @@ class Side:
         return sorted(str(path) for place in places if place.exists() for path in place.rglob("*") if path.is_file())
 
 
-class Forwarder:
+class Forwarder(OwnProcessGroup):
     """`manage.py run_forwarder` of the clinic, in its own process group (so a test can SIGKILL it)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(log_path)
         self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
@@ -216,29 +220,6 @@ class Forwarder:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, no chance to release its leases or finish a request."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
 @dataclass
