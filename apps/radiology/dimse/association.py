@@ -11,11 +11,17 @@ rejection does (send_reject, then kill, which waits for the reject to be sent).
 Every handler after that asks `node_of_association` who is calling: the node is looked
 up again from the association's AE title and peer address (a dictionary-sized list, no query),
 so no state is kept per association.
+
+Database connections: each association runs in a thread of its own, and Django's connections
+are per thread. The association's thread takes over a connection an earlier association left
+(fastpaths/dimse_db_connections.py: `adopt` before its first query) and leaves its own for the
+next one when it ends (`park`), instead of opening and closing one per association.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from django.db import close_old_connections, connections
 from pynetdicom.association import Association
@@ -23,6 +29,7 @@ from pynetdicom.events import Event
 
 from apps.radiology.dimse.audit import UNKNOWN_NODE_ROLE, record_dicom, record_request
 from apps.radiology.dimse.nodes import DicomNode, NodeList, normalised_address
+from apps.radiology.fastpaths import dimse_db_connections
 from apps.radiology.models import AuditEvent
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ def handle_requested(event: Event, nodes: NodeList) -> None:
         return
     logger.warning("DICOM association refused: calling AE title %r from %s is not a known node", calling, address)
     # Audited before the answer: once the caller has its reject, the trail already says so.
+    dimse_db_connections.adopt()
     close_old_connections()
     try:
         record_dicom(
@@ -63,7 +71,7 @@ def handle_requested(event: Event, nodes: NodeList) -> None:
             outcome=AuditEvent.Outcome.DENIED,
         )
     finally:
-        connections.close_all()  # this association's thread ends here
+        dimse_db_connections.park()  # this association's thread ends here
     assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNIZED)
     # As pynetdicom's own rejection does: wait until the reject has gone out and the peer has
     # closed (or the ARTIM timer ran out) before the thread closes the socket.
@@ -72,6 +80,7 @@ def handle_requested(event: Event, nodes: NodeList) -> None:
 
 def handle_accepted(event: Event, nodes: NodeList) -> None:
     """EVT_ACCEPTED: one audit event per association let in (who, from where, when), as for one refused."""
+    dimse_db_connections.adopt()  # the first query of the association's thread
     close_old_connections()
     record_request(
         event.assoc,
@@ -83,12 +92,18 @@ def handle_accepted(event: Event, nodes: NodeList) -> None:
 
 
 def handle_closed(event: Event) -> None:
-    """EVT_RELEASED / EVT_ABORTED: close the database connections of the association's thread.
+    """EVT_RELEASED / EVT_ABORTED: the association's thread ends; its database connections go.
 
     Each association runs in a thread of its own, and Django's connections are per thread: left
     open, each association would leave one behind (what request_finished does for a request).
+    Open and clean, they are parked for the next association; otherwise closed. An abort by the
+    listener's stop runs in the stopping thread, not the association's: that thread's own
+    connections are closed, as before, never parked.
     """
-    connections.close_all()
+    if threading.current_thread() is event.assoc:
+        dimse_db_connections.park()
+    else:
+        connections.close_all()
 
 
 def _role_tried(calling: str, nodes: NodeList) -> str:

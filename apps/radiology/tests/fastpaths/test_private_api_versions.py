@@ -331,3 +331,28 @@ def test_the_send_queue_dimse_file_send_bounds_is_where_pynetdicom_puts_pdus() -
         "pynetdicom's send_pdu changed: re-check fastpaths/dimse_file_send.py"
     )
     assert "queue.Queue()" in inspect.getsource(DULServiceProvider.__init__)
+
+
+# --- dimse_db_connections.py: a database connection handed from one association's thread to the next ---
+
+
+def test_django_is_a_release_dimse_db_connections_was_checked_against() -> None:
+    from apps.radiology.fastpaths import dimse_db_connections
+
+    assert dimse_db_connections.supported(), (
+        f"Django is {DJANGO}: re-check fastpaths/dimse_db_connections.py (a DatabaseWrapper still checks its "
+        "owner thread through _thread_ident, ConnectionHandler still sets and deletes a thread's connection "
+        "with connections[alias] = ... and del connections[alias]), run tests/dimse/test_association_setup.py, "
+        "then update CHECKED_DJANGO_VERSIONS"
+    )
+
+
+def test_a_database_wrapper_checks_its_thread_through_the_name_dimse_db_connections_sets() -> None:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    assert "self._thread_ident == _thread.get_ident()" in inspect.getsource(
+        BaseDatabaseWrapper.validate_thread_sharing
+    ), "BaseDatabaseWrapper.validate_thread_sharing changed: re-check fastpaths/dimse_db_connections.py"
+    assert "self._thread_ident = _thread.get_ident()" in inspect.getsource(BaseDatabaseWrapper.__init__)
+    assert "setattr(self._connections, key, value)" in inspect.getsource(ConnectionHandler.__setitem__)
+    assert "delattr(self._connections, key)" in inspect.getsource(ConnectionHandler.__delitem__)
