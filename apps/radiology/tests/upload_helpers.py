@@ -17,7 +17,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.response import Response
 from rest_framework.test import APIClient
 
-from apps.radiology.ingest.upload_sync import STAGING_PREFIX
+from apps.radiology.imagefiles.declared import DeclaredImage
+from apps.radiology.ingest.upload_sync import STAGING_PREFIX, UploadMetadata, upload_start
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyUpload
 from apps.radiology.tests.factories import stored_keys
 
@@ -217,3 +218,21 @@ def failed_body(upload: RadiologyUpload, error: dict[str, Any]) -> dict[str, Any
     return upload_body(
         upload, status="failed", received_bytes=0, error={"code": error["code"], "detail": error["detail"]}
     )
+
+
+def start_upload(user: Any, order: RadiologyOrder, device_file: DeviceFile, **declared: Any) -> RadiologyUpload:
+    """A new upload of `device_file` under `order` declared through the service (not the API)."""
+    upload, created = upload_start(
+        user=user,
+        metadata=UploadMetadata(
+            client_upload_id=uuid.uuid4(),
+            radiology_order_id=order.pk,
+            filename=device_file.filename,
+            file_size=device_file.size,
+            mime_type=device_file.mime_type,
+            checksum=device_file.checksum,
+            declared=DeclaredImage(**declared),
+        ),
+    )
+    assert created
+    return upload

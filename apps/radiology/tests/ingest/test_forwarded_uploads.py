@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from apps.radiology.access.permissions import FORWARDING_CLINIC_GROUP
 from apps.radiology.errors import IncompleteBody, InvalidContentEncoding
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import unmatched as inbox
-from apps.radiology.ingest.upload_sync import UploadMetadata, upload_receive, upload_start
+from apps.radiology.ingest.upload_sync import upload_receive
 from apps.radiology.models import (
     JPEG_MIME_TYPE,
     AuditEvent,
@@ -54,6 +53,7 @@ from apps.radiology.tests.upload_helpers import (
     post_upload,
     put_whole,
     staged_keys,
+    start_upload,
     upload_body,
     upload_url,
 )
@@ -442,7 +442,7 @@ def test_a_zstd_frame_that_asks_for_a_huge_window_is_refused_before_it_is_alloca
     radtech: Any, order: RadiologyOrder, radiology_store: str
 ) -> None:
     device_file = ct_for(order)
-    upload = service_start(radtech, order, device_file)
+    upload = start_upload(radtech, order, device_file)
     # Streamed without its size, the frame names the window its level asks for: a gigabyte.
     streaming = zstandard.ZstdCompressor(
         compression_params=zstandard.ZstdCompressionParameters(window_log=30)
@@ -523,22 +523,6 @@ def test_identity_encoding_is_the_plain_body(sender: APIClient, order: Radiology
 # --- A body that ends early keeps what arrived (through the service) ----------------------------
 
 
-def service_start(user: Any, order: RadiologyOrder, device_file: DeviceFile) -> RadiologyUpload:
-    upload, created = upload_start(
-        user=user,
-        metadata=UploadMetadata(
-            client_upload_id=uuid.uuid4(),
-            radiology_order_id=order.pk,
-            filename=device_file.filename,
-            file_size=device_file.size,
-            mime_type=device_file.mime_type,
-            checksum=device_file.checksum,
-        ),
-    )
-    assert created
-    return upload
-
-
 class DroppedLink(io.RawIOBase):
     """A request body whose socket fails after `good` bytes: ConnectionResetError from then on."""
 
@@ -557,7 +541,7 @@ def test_a_read_error_from_the_socket_ends_the_body_and_keeps_what_came(
 ) -> None:
     device_file = ct_for(order)
     content = device_file.content
-    upload = service_start(radtech, order, device_file)
+    upload = start_upload(radtech, order, device_file)
 
     with pytest.raises(IncompleteBody) as raised:
         upload_receive(
@@ -588,7 +572,7 @@ def test_a_zstd_frame_cut_short_keeps_its_whole_blocks(
     """zstd decodes whole blocks: what a cut frame's complete blocks hold is kept, the rest resent."""
     device_file = ct_for(order)
     content = device_file.content
-    upload = service_start(radtech, order, device_file)
+    upload = start_upload(radtech, order, device_file)
     frame = zstd_frame(content, **SMALL_BLOCKS)
     cut = frame[: len(frame) // 2]
     decodable = len(zstandard.ZstdDecompressor().decompressobj().decompress(cut))

@@ -24,7 +24,6 @@ from apps.radiology.errors import (
     StorageFailure,
     UploadRangeMismatch,
 )
-from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.ingest.upload_sync import UploadMetadata, parse_content_range, upload_receive, upload_start
 from apps.radiology.models import JPEG_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyUpload
 from apps.radiology.operations.demo import jpeg_with_exif
@@ -40,6 +39,7 @@ from apps.radiology.tests.upload_helpers import (
     put_range,
     put_whole,
     staged_keys,
+    start_upload,
     upload_url,
 )
 
@@ -48,20 +48,7 @@ SIZE = CT.size  # 39206
 
 
 def start(user: Any, order: RadiologyOrder, device_file: DeviceFile = CT, **declared: Any) -> RadiologyUpload:
-    upload, created = upload_start(
-        user=user,
-        metadata=UploadMetadata(
-            client_upload_id=uuid.uuid4(),
-            radiology_order_id=order.pk,
-            filename=device_file.filename,
-            file_size=device_file.size,
-            mime_type=device_file.mime_type,
-            checksum=device_file.checksum,
-            declared=DeclaredImage(**declared),
-        ),
-    )
-    assert created
-    return upload
+    return start_upload(user, order, device_file, **declared)
 
 
 def send(upload: RadiologyUpload, start_byte: int, end_byte: int, content: bytes = CT.content) -> RadiologyUpload:
