@@ -108,10 +108,11 @@ class KnownStudies:
     """
 
     def __init__(
-        self, order_studies: dict[int, str], taken_study_uids: set[str], series_studies: dict[str, str]
+        self, order_studies: dict[int, str], study_orders: dict[str, int], series_studies: dict[str, str]
     ) -> None:
         self.order_studies = order_studies
-        self.taken_study_uids = taken_study_uids
+        # study UID -> the order it belongs to, for the UIDs of files whose order had no study.
+        self.study_orders = study_orders
         self.series_studies = series_studies
 
     @classmethod
@@ -119,24 +120,27 @@ class KnownStudies:
         """What is known of these (order, UIDs) pairs, given their orders' rows; no query for none."""
         placed = list(placed)
         if not placed:
-            return cls({}, set(), {})
+            return cls({}, {}, {})
         order_studies = orders.study_uids
-        # `check` reads taken_study_uids only for an order with no study yet.
+        # `check` reads study_orders only for an order with no study yet.
         unplaced_study_uids = {uids.study_uid for order, uids in placed if order.pk not in order_studies}
         series_uids = {uids.series_uid for _order, uids in placed}
-        # No ORDER BY in either: UIDs are unique, and the rows are read into a set and a dict.
-        taken = (
-            set(
+        # No ORDER BY in either: UIDs are unique, and the rows are read into dicts.
+        # Each study comes with its order: this query runs after the orders' rows were read, so a
+        # study another request made for the same order in between is found here, and it is that
+        # order's own study (commit.py finds it under the order lock), not a conflict.
+        study_orders = (
+            dict(
                 RadiologyStudy.objects.filter(study_uid__in=unplaced_study_uids)
                 .order_by()
-                .values_list("study_uid", flat=True)
+                .values_list("study_uid", "radiology_order_id")
             )
             if unplaced_study_uids
-            else set()
+            else {}
         )
         return cls(
             order_studies,
-            taken,
+            study_orders,
             dict(
                 RadiologySeries.objects.filter(series_uid__in=series_uids)
                 .order_by()
@@ -149,8 +153,8 @@ class KnownStudies:
         order_study_uid = self.order_studies.get(order.pk)
         if order_study_uid is not None and order_study_uid != uids.study_uid:
             raise StudyMismatch()
-        if order_study_uid is None and uids.study_uid in self.taken_study_uids:
-            raise StudyConflict()
+        if order_study_uid is None and self.study_orders.get(uids.study_uid, order.pk) != order.pk:
+            raise StudyConflict()  # the study UID is another order's
         series_study_uid = self.series_studies.get(uids.series_uid)
         if series_study_uid is not None and series_study_uid != uids.study_uid:
             raise SeriesConflict()

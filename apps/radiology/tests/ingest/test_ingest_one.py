@@ -17,12 +17,19 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from apps.radiology.errors import SeriesConflict, StudyMismatch
+from apps.radiology.errors import SeriesConflict, StudyConflict, StudyMismatch
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import resolve
 from apps.radiology.ingest.pipeline import Arrival, IngestItem, IngestResult, ingest_images
 from apps.radiology.ingest.spool import SPOOL_PREFIX, StagedFile
-from apps.radiology.models import PatientIdentityCheck, RadiologyImage, RadiologyOrder, RadiologySeries
+from apps.radiology.models import (
+    PatientIdentityCheck,
+    RadiologyImage,
+    RadiologyOrder,
+    RadiologySeries,
+    RadiologyStudy,
+    UnmatchedImage,
+)
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.factories import read_stored, relabelled, row_counts
 
@@ -142,3 +149,55 @@ def test_one_at_a_time_a_file_of_another_study_or_another_orders_series_is_refus
     assert isinstance(others_series, SeriesConflict)
     assert row_counts() == (2, 2, 2)
     assert RadiologyImage.objects.filter(series__series_uid=other_series).count() == 1
+
+
+@pytest.mark.django_db
+def test_the_orders_study_made_by_another_request_between_the_reads_is_no_conflict(
+    radiology_store: str, make_order: MakeOrder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first instances of a new study arrive at once (two forwarded uploads, two C-STOREs).
+
+    This one read its order's row before the other committed the study, and the study UIDs after.
+    The UID is taken, but by this order's own study: the file joins it. It was refused as
+    StudyConflict (and a forwarded or DICOM-network file held in the unmatched inbox).
+    The interleaving is forced here: the other request's commit runs right after the orders
+    are read, as it did once in the two-server forwarding test on PostgreSQL.
+    """
+    order = make_order()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    read_orders = resolve.KnownOrders.of.__func__
+    others: list[Any] = []
+
+    def orders_then_the_other_request_commits(cls: type[resolve.KnownOrders], *args: Any) -> resolve.KnownOrders:
+        known = read_orders(cls, *args)
+        if not others:  # this request's read: the other one runs whole before it goes on
+            others.append(None)
+            others[0] = _ingest_one(order, _instance(order, study_uid=study_uid, series_uid=series_uid, number=1))
+        return known
+
+    monkeypatch.setattr(resolve.KnownOrders, "of", classmethod(orders_then_the_other_request_commits))
+    outcome = _ingest_one(order, _instance(order, study_uid=study_uid, series_uid=series_uid, number=2))
+
+    assert isinstance(others[0], IngestResult) and others[0].created
+    assert isinstance(outcome, IngestResult) and outcome.created
+    assert (outcome.image.series.study.study_uid, outcome.image.instance_number) == (study_uid, 2)
+    assert outcome.image.series.study.radiology_order_id == order.pk
+    assert sorted(
+        RadiologyImage.objects.filter(series__study__radiology_order=order).values_list("instance_number", flat=True)
+    ) == [1, 2]
+    assert row_counts() == (1, 1, 2)
+    assert UnmatchedImage.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_study_uid_of_another_order_is_still_a_conflict(radiology_store: str, make_order: MakeOrder) -> None:
+    order, other = make_order(), make_order()
+    study_uid = generate_uid()
+    stored = _ingest_one(other, _instance(other, study_uid=study_uid, series_uid=generate_uid(), number=1))
+    assert isinstance(stored, IngestResult)
+
+    refused = _ingest_one(order, _instance(order, study_uid=study_uid, series_uid=generate_uid(), number=1))
+
+    assert isinstance(refused, StudyConflict)
+    assert row_counts() == (1, 1, 1)
+    assert not RadiologyStudy.objects.filter(radiology_order=order).exists()
