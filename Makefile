@@ -96,3 +96,8 @@ bench-forward: setup
 .PHONY: bench-hostile
 bench-hostile: setup
 	$(BIN)/python bench/hostile_inputs.py
+
+## bench-scale: a year of a clinic's studies (100,000 instances in 2,000 studies through import_radiology), QIDO, metadata, images, STOW-RS at 1,000 and 100,000 (~1 h on 2 cores; --studies/--instances via ARGS; as root: runs PostgreSQL)
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python bench/scale.py $(ARGS)

@@ -25,6 +25,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC_POSTGRESQL_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -71,25 +72,29 @@ def ensure_orthanc() -> str:
     if not (shutil.which("Orthanc") and ORTHANC_PLUGIN.exists()):
         if os.geteuid() != 0:
             raise RuntimeError("orthanc is not installed; run as root (apt-get install -y orthanc orthanc-dicomweb)")
-        policy = Path("/usr/sbin/policy-rc.d")
-        placed = not policy.exists()
-        if placed:
-            policy.write_text(
-                "#!/bin/sh\n# bench/compare_orthanc.py: do not start services while installing\nexit 101\n"
-            )
-            policy.chmod(0o755)
-        try:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            install = ["apt-get", "install", "-y", "-qq", "orthanc", "orthanc-dicomweb"]
-            print("installing orthanc and orthanc-dicomweb (apt-get)...", flush=True)
-            if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-                subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
-                subprocess.run(install, env=env, check=True, capture_output=True)
-        finally:
-            if placed:
-                policy.unlink()
+        _apt_install("orthanc", "orthanc-dicomweb")
     version = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True, check=False)
     return (version.stdout or version.stderr).splitlines()[0].strip()
+
+
+def _apt_install(*packages: str) -> None:
+    """apt-get install, never starting the packages' services: where no policy-rc.d forbids it,
+    one is put in place for the duration of the install and removed afterwards."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    placed = not policy.exists()
+    if placed:
+        policy.write_text("#!/bin/sh\n# bench/: do not start services while installing\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", *packages]
+        print(f"installing {' '.join(packages)} (apt-get)...", flush=True)
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
+            subprocess.run(install, env=env, check=True, capture_output=True)
+    finally:
+        if placed:
+            policy.unlink()
 
 
 def plugin_version() -> str:
@@ -118,13 +123,13 @@ def orthanc(workdir: Path, options: dict[str, object] | None = None) -> Iterator
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomServerEnabled": False,
-        # Orthanc does not fsync its files here while PACS-lite's store does (each file, since 2026-12-06),
-        # over a PostgreSQL with fsync=off: not the durable comparison issue 19 asks for.
-        "SyncStorageArea": False,
+        # SyncStorageArea is left at Orthanc's default (true: each file fsync'd before it answers), as
+        # PACS-lite's store fsyncs each new file: both durable, as a clinic runs them.
         "Plugins": [str(ORTHANC_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     config.update(options or {})
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = workdir / "orthanc.log"
@@ -140,6 +145,40 @@ def orthanc(workdir: Path, options: dict[str, object] | None = None) -> Iterator
         yield base, process.pid
     finally:
         stop_process_group(process)
+
+
+def orthanc_postgresql_options(database: Postgres, name: str) -> dict[str, object]:
+    """Orthanc's PostgreSQL index plugin (Debian's orthanc-postgresql), its advice for production,
+    over database `name` of the same cluster; files stay on disk (EnableStorage false, its default).
+
+    Every other option of the plugin keeps its default (Lock true, one index connection).
+    """
+    create_database(database, name)
+    port = int(database.url.rsplit(":", 1)[1].split("/", 1)[0])
+    return {
+        "Plugins": [str(ORTHANC_PLUGIN), str(ORTHANC_POSTGRESQL_PLUGIN)],
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": "127.0.0.1",
+            "Port": port,
+            "Database": name,
+            "Username": "postgres",
+            "Password": "",
+        },
+    }
+
+
+def ensure_orthanc_postgresql() -> str:
+    """Install Debian's orthanc-postgresql when missing (as root); return its package version."""
+    if not ORTHANC_POSTGRESQL_PLUGIN.exists():
+        if os.geteuid() != 0:
+            raise RuntimeError("orthanc-postgresql is not installed; run as root (apt-get install orthanc-postgresql)")
+        _apt_install("orthanc-postgresql")
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "orthanc-postgresql"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or "unknown"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -185,6 +224,19 @@ def postgres(*, durable: bool = False) -> Iterator[Postgres]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def create_database(database: Postgres, name: str) -> None:
+    """A second database in the throwaway cluster (Orthanc's PostgreSQL index)."""
+    port = database.url.rsplit(":", 1)[1].split("/", 1)[0]
+    created = subprocess.run(
+        _as_postgres(str(PGBIN / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "postgres", name),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"createdb {name} failed:\n{created.stderr[-2000:]}")
+
+
 def _restart_with_defaults(url: str, directory: str) -> None:
     """Restart the cluster with the same address, port and socket directory but no `-c fsync=off`.
 
@@ -219,8 +271,6 @@ def pacs_env(workdir: Path, database_url: str, secret_key: str) -> dict[str, str
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
-        # Persistent connections, as .env.example recommends for production.
-        "DATABASE_CONN_MAX_AGE": "60",
         "PACS_VAR_DIR": str(workdir / "var"),
         "MEDIA_ROOT": str(workdir / "media"),
         "RADIOLOGY_STORAGE": "filesystem",
@@ -228,9 +278,14 @@ def pacs_env(workdir: Path, database_url: str, secret_key: str) -> dict[str, str
     }
 
 
-def manage(env: dict[str, str], *args: str) -> str:
+def manage(env: dict[str, str], *args: str, wrapper: tuple[str, ...] = (), timeout: float = 600) -> str:
     result = subprocess.run(
-        [str(VENV_BIN / "python"), "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [*wrapper, str(VENV_BIN / "python"), "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -286,6 +341,120 @@ def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, worker_class: 
 
 
 @dataclass
+class ServedPacs:
+    """PACS-lite as `make run` serves it: scripts/serve.sh, supervisord and every program it runs."""
+
+    base: str  # the API's origin
+    supervisor_pid: int
+    env: dict[str, str]  # what manage.py needs to reach the same database and store
+    dicom_port: int
+    command: str = ""
+
+    def manage(self, *args: str) -> str:
+        """manage.py in the environment serve.sh gave the server (scripts/serve_env.sh, as `make seed` runs it)."""
+        return manage(self.env, *args, wrapper=("sh", "scripts/serve_env.sh"))
+
+    def pids(self) -> list[int]:
+        """Every process of the server: supervisord and all its descendants (gunicorns, listener, forwarder)."""
+        return process_tree(self.supervisor_pid)
+
+    def api_worker_pids(self) -> list[int]:
+        """The API gunicorn's workers (the processes that answer DICOMweb)."""
+        return [pid for pid in self.pids() if "pacs-api" in _cmdline(pid) and _parent(pid) != self.supervisor_pid]
+
+
+def serve_env(workdir: Path, database_url: str) -> dict[str, str]:
+    """The environment `make run` gives scripts/serve.sh, with the database and var directory in `workdir`.
+
+    Nothing benchmark-only: serve_env.sh fills in the rest (secret key generated into var/, plain
+    HTTP on loopback, hosts), and every setting keeps its shipped default.
+    """
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_"))
+    }
+    return {
+        **inherited,
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "VIEWER_PORT": str(free_port()),
+        "RADIOLOGY_DICOM_PORT": str(free_port()),
+        "PACS_VAR_DIR": str(workdir / "var"),
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+
+
+@contextlib.contextmanager
+def serve_pacs(workdir: Path, database_url: str) -> Iterator[ServedPacs]:
+    """Run scripts/serve.sh (migrate, collectstatic, check --deploy, then supervisord) and wait for /healthz."""
+    env = serve_env(workdir, database_url)
+    log_path = workdir / "serve.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            ["bash", "scripts/serve.sh"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and requests.get(f"{base}/healthz", timeout=2).status_code == 200,
+            "PACS-lite (scripts/serve.sh)",
+            seconds=180,
+            log=log_path,
+        )
+        yield ServedPacs(
+            base=base,
+            supervisor_pid=process.pid,
+            env=env,
+            dicom_port=int(env["RADIOLOGY_DICOM_PORT"]),
+            command="HOST=127.0.0.1 DATABASE_URL=postgres://... bash scripts/serve.sh",
+        )
+    finally:
+        stop_process_group(process, grace=40)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from /proc (children of every thread)."""
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                queue.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def total_rss_mib(pids: list[int]) -> float:
+    """The sum of the processes' VmRSS (shared pages counted in each, as `ps` and `top` show them)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, RuntimeError):
+            total += status_kib(pid, "VmRSS")
+    return total / 1024
+
+
+@dataclass
 class DicomListener:
     port: int
     pid: int
@@ -332,6 +501,35 @@ def cpu_ticks(pid: int) -> int:
     """User + system CPU time of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+class TotalRssSampler:
+    """The sum of several processes' VmRSS every 50 ms, in a thread: its peak and its mean."""
+
+    interval = 0.05
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(total_rss_mib(self.pids))
+            time.sleep(self.interval)
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples, default=0.0)
+
+    def __enter__(self) -> TotalRssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class RssSampler:

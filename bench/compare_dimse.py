@@ -66,8 +66,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _services as services  # noqa: E402
+from _table import Row, comparison_table  # noqa: E402
 from bench_upload_memory import FRAME_BYTES, MIB, write_big_dicom  # noqa: E402
-from compare_orthanc import Row, comparison_table  # noqa: E402
 
 ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -20,7 +20,7 @@ Why these values:
 
 from __future__ import annotations
 
-from config.env import env_int
+from config.env import env_bool, env_int
 
 # The same class as ./gunicorn.conf.py: `-c` replaces that file, so it is named again here.
 logger_class = "config.log_redaction.RedactingGunicornLogger"
@@ -31,8 +31,11 @@ threads = env_int("PACS_WEB_THREADS", 4, minimum=1)
 timeout = 300
 graceful_timeout = 20
 keepalive = 5
-# Request lines on stdout (the supervisor's, journald's or docker's log), errors on stderr.
-accesslog = "-"
+# No line per request by default (PACS_ACCESS_LOG=1 prints them): the audit trail already records
+# every request for clinical data (who, what, when, outcome), and under 32 connections asking
+# for frames, writing each line through the logging lock to supervisord's pipe was a tenth of a
+# worker's time (py-spy, bench/compare_orthanc.py's load rows). Errors still go to stderr.
+accesslog = "-" if env_bool("PACS_ACCESS_LOG", False) else None
 errorlog = "-"
 # No control socket: the API and the viewer's origin are two gunicorns on one host, and both
 # would take the default ~/.gunicorn/gunicorn.ctl; the supervisor is the one control interface.

@@ -173,6 +173,10 @@ DATABASES = {
         conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's engine, its per-request health check skipped for a connection that served a
+    # request well within the last second (apps/radiology/fastpaths/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "apps.radiology.fastpaths.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several workers write at once (chunks, ingests): take the write lock at BEGIN and wait
     # for it, instead of failing with "database is locked"; WAL lets readers run meanwhile.
@@ -400,6 +404,10 @@ CACHES = {
 
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
+# Request events are written in groups, one commit per this many milliseconds and process
+# (apps/radiology/access/audit_writer.py: a WAL flush per frame was a quarter of a worker's
+# time); 0 writes each at once. A SIGKILL or power cut loses at most this interval's events.
+RADIOLOGY_AUDIT_FLUSH_MS = env_int("RADIOLOGY_AUDIT_FLUSH_MS", 100, minimum=0)
 
 # --- Login protection (django-axes; apps/radiology/access/login_protection.py) -----------------------
 # Failed logins counted per username AND client address together, on the token endpoint and

@@ -18,6 +18,9 @@ os.environ.setdefault("RADIOLOGY_INGEST_PARSE_HELPER", "0")
 # No free-space margin: the suite must pass on a nearly full development disk. The full-disk
 # tests (apps/radiology/tests/ingest/test_full_disk.py) set their own.
 os.environ.setdefault("RADIOLOGY_MIN_FREE_BYTES", "0")
+# Each audit event written at once (in the test and in the servers tests start), so a test reads
+# its request's event right after it; test_audit_writer.py tests the grouped writes.
+os.environ.setdefault("RADIOLOGY_AUDIT_FLUSH_MS", "0")
 
 from config.settings import *  # noqa: F403
 

@@ -193,7 +193,9 @@ def test_s3_choices_select_the_never_overwrite_s3_backend(tmp_path: Path, choice
 
     assert loaded["RADIOLOGY_STORAGE"] == S3_BACKEND
     assert loaded["radiology_store"]["BACKEND"] == S3_BACKEND
-    assert loaded["radiology_class"] == S3_BACKEND
+    # Defined in storage/s3.py (only an S3 store imports boto3), named through the package as
+    # Django's FileSystemStorage is through django.core.files.storage.
+    assert loaded["radiology_class"] == "apps.radiology.storage.s3.RadiologyS3Storage"
     options = loaded["radiology_store"]["OPTIONS"]
     assert options["bucket_name"] == "scans"
     assert options["file_overwrite"] is False
@@ -253,7 +255,7 @@ def test_env_example_as_is_gives_working_settings(tmp_path: Path) -> None:
     values["PACS_VAR_DIR"] = str(tmp_path / "var")
     loaded = load_settings(tmp_path, **values)
     assert loaded["DEBUG"] is False
-    assert loaded["DATABASE_ENGINE"] == "django.db.backends.postgresql"
+    assert loaded["DATABASE_ENGINE"] == "apps.radiology.fastpaths.postgresql"  # Django's, its check cheaper
     assert loaded["RADIOLOGY_MAX_UPLOAD_SIZE"] == 2147483648
     assert loaded["RADIOLOGY_TOKEN_RATE_PER_ADDRESS"] == "60/min"
 
@@ -332,9 +334,10 @@ def test_compose_runs_the_dicom_listener_on_the_apps_image_and_store() -> None:
     for name in ("DJANGO_DEBUG", "DATABASE_URL", "RADIOLOGY_STORAGE", "MINIO_ENDPOINT_URL", "AWS_STORAGE_BUCKET_NAME"):
         assert environment[name] == app["environment"][name], name
     supervisord = (ROOT / "deploy" / "supervisord.conf").read_text()
-    assert "[program:dicom]\ncommand=%(ENV_PACS_BIN)s/python manage.py run_dicom_listener --host %(ENV_HOST)s\n" in (
-        supervisord
-    )
+    assert (
+        "[program:dicom]\n"
+        "command=%(ENV_PACS_BIN)s/python manage.py run_dicom_listener --host %(ENV_HOST)s --skip-checks\n"
+    ) in supervisord
 
 
 def test_compose_keeps_secrets_out_of_the_file() -> None:
@@ -481,8 +484,20 @@ def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicor
     gunicorn = "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi --bind"
     assert conf["program:api"]["command"] == f"{gunicorn} %(ENV_PACS_API_BIND)s --name pacs-api"
     assert conf["program:viewer"]["command"] == f"{gunicorn} %(ENV_PACS_VIEWER_BIND)s --name pacs-viewer"
-    assert conf["program:viewer"]["environment"] == 'PACS_ROOT_URLCONF="config.viewer_urls"'
+    # The viewer's origin: one worker of 8 threads (a few doctors' browsers); the API keeps 3 x 4.
+    assert conf["program:viewer"]["environment"] == (
+        'PACS_ROOT_URLCONF="config.viewer_urls",PACS_WEB_WORKERS="1",PACS_WEB_THREADS="8"'
+    )
     assert "environment" not in conf["program:api"]
+
+
+def test_the_listener_and_the_forwarder_skip_the_checks_serve_sh_just_ran() -> None:
+    """Run again in them, the URL check would load every API view (pydicom, numpy) into both (issue 19)."""
+    conf = supervisord_conf()
+    assert conf["program:dicom"]["command"].endswith(" --skip-checks")
+    assert conf["program:forwarder"]["command"] == "%(ENV_PACS_BIN)s/python manage.py run_forwarder --skip-checks"
+    serve = (ROOT / "scripts" / "serve.sh").read_text()
+    assert serve.index("manage.py check --deploy --fail-level ERROR") < serve.index('exec "$PACS_BIN/supervisord"')
 
 
 @pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom", "program:forwarder"])
@@ -556,6 +571,9 @@ def test_make_run_serves_production_settings_with_a_generated_key_on_plain_http(
     assert env["OHIF_VIEWER_URL"] == "http://127.0.0.1:3000/viewer"
     assert env["RADIOLOGY_CORS_ORIGINS"] == "http://localhost:3000,http://127.0.0.1:3000"
     assert (env["PACS_API_BIND"], env["PACS_VIEWER_BIND"]) == ("127.0.0.1:8000", "127.0.0.1:3000")
+    # glibc's, for every served process: two malloc arenas, not one per gunicorn thread (issue 19).
+    assert env["MALLOC_ARENA_MAX"] == "2"
+    assert serving_env(MALLOC_ARENA_MAX="8")["MALLOC_ARENA_MAX"] == "8"
 
 
 def test_host_0_0_0_0_allows_this_machines_names_and_addresses() -> None:

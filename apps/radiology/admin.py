@@ -31,7 +31,6 @@ from apps.radiology.access import signing
 from apps.radiology.access.permissions import can_upload_radiology, can_view_radiology
 from apps.radiology.access.principals import principal_of_user
 from apps.radiology.access.visible import visible_images, visible_series, visible_studies
-from apps.radiology.ingest import unmatched
 from apps.radiology.models import (
     AuditEvent,
     DicomListenerHeartbeat,
@@ -46,7 +45,9 @@ from apps.radiology.models import (
     ViewerToken,
 )
 from apps.radiology.outbox.record import request_forwarding
-from apps.radiology.pacs_lite_service import PACSLiteService
+
+# ingest/unmatched.py and pacs_lite_service.py are imported where an action uses them: they load
+# pydicom and numpy (~24 MiB), and every Django process (the forwarder too) loads this module.
 
 IMAGE_FIELDS = (
     "image_uid",
@@ -221,6 +222,8 @@ class RadiologyStudyAdmin(RadiologyAccessMixin, ThroughTheDoorMixin, ReadOnlyMix
         study = visible_studies(principal_of_user(request.user)).filter(pk=study_id).first()
         if study is None:
             raise Http404
+        from apps.radiology.pacs_lite_service import PACSLiteService
+
         url = PACSLiteService.generate_viewer_url(
             study_uid=study.study_uid, user=request.user, base_url=request.build_absolute_uri("/")
         )
@@ -327,6 +330,8 @@ class UnmatchedImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Assign the whole studies of the selected files to an order", permissions=["decide"])
     def assign_whole_studies(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        from apps.radiology.ingest import unmatched
+
         ids = unmatched.pending_of_studies(queryset.values_list("pk", flat=True))
         return self._assign(request, queryset, ids, whole_studies=True)
 
@@ -335,6 +340,8 @@ class UnmatchedImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         form = DiscardForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
             return self._decision_page(request, queryset, form, "Discard unmatched files", len(queryset))
+        from apps.radiology.ingest import unmatched
+
         discarded = unmatched.discard(
             queryset.values_list("pk", flat=True),
             user=request.user,
@@ -351,6 +358,8 @@ class UnmatchedImageAdmin(ReadOnlyMixin, admin.ModelAdmin):
         title = "Assign the whole studies to an order" if whole_studies else "Assign files to an order"
         if not form.is_valid():
             return self._decision_page(request, queryset, form, title, len(ids))
+        from apps.radiology.ingest import unmatched
+
         report = unmatched.assign(
             ids,
             order=form.cleaned_data["accession_number"],
@@ -434,6 +443,8 @@ class ViewerTokenAdmin(RadiologyAccessMixin, ReadOnlyMixin, admin.ModelAdmin):
     # permissions: without it, any staff user who may only *view* tokens could revoke them.
     @admin.action(description="Revoke the selected viewer tokens (they stop working at once)", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        from apps.radiology.pacs_lite_service import PACSLiteService
+
         revoked = sum(PACSLiteService.revoke_viewer_token(token_id=token.pk) for token in queryset)
         self.message_user(request, f"Revoked {revoked} viewer token(s).")
 

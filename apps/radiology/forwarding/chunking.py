@@ -26,7 +26,6 @@ from __future__ import annotations
 import threading
 
 import zstandard
-from pydicom.uid import UID
 
 from apps.radiology.models import JPEG_MIME_TYPE, RadiologyImage
 
@@ -81,6 +80,9 @@ def compression_may_pay(image: RadiologyImage) -> bool:
     """Whether the image's bytes are worth trying to compress: not a JPEG, not compressed pixels."""
     if image.mime_type == JPEG_MIME_TYPE:
         return False
+    # Imported here: pydicom loads numpy (~24 MiB), which the forwarder needs for nothing else.
+    from pydicom.uid import UID
+
     return not (image.transfer_syntax_uid and UID(image.transfer_syntax_uid).is_compressed)
 
 

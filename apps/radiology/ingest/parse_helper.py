@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,10 @@ MIN_BATCH = 8
 HELPER_SHARE = 0.45
 # A helper that has not answered in this long is taken for hung: killed, its files parsed here.
 ANSWER_TIMEOUT_SECONDS = 120
+# A helper unused this long is stopped (the next batch starts another, in the background): it is
+# a whole Django process (~90 MiB), and a modality's studies come in bursts minutes apart, while
+# every gunicorn worker that ever ingested would otherwise keep one (issue 19's memory budget).
+IDLE_SECONDS = 30.0
 
 
 class _Helper:
@@ -54,6 +59,7 @@ class _Helper:
         self.connection = connection
         self.ready = threading.Event()
         self.busy = threading.Lock()  # one batch at a time; another thread's batch parses alone
+        self.last_used = time.monotonic()
 
     def stop(self) -> None:
         self.connection.close()
@@ -71,6 +77,7 @@ def parse_files(files: list[tuple[Path, str]]) -> list[ParsedImage | RadiologyEr
     helper = _ready_helper() if len(files) >= MIN_BATCH else None
     if helper is None or not helper.busy.acquire(blocking=False):
         return [_parse_here(path, mime) for path, mime in files]
+    helper.last_used = time.monotonic()
     try:
         split = len(files) - int(len(files) * HELPER_SHARE)
         handed = _hand_over(helper, files[split:])
@@ -141,6 +148,7 @@ def _start() -> _Helper:
             process.start()
             theirs.close()
             if ours.poll(60) and ours.recv() == "ready":
+                helper.last_used = time.monotonic()  # idle from now, not from its start
                 helper.ready.set()
                 return
         except Exception:  # noqa: S110 (it is logged below; the batch parses here)
@@ -148,7 +156,27 @@ def _start() -> _Helper:
         logger.warning("the ingest parse helper did not start; ingest parses in the server process")
 
     threading.Thread(target=start_and_wait, name="parse-helper-start", daemon=True).start()
+    threading.Thread(target=_stop_when_idle, args=(helper,), name="parse-helper-idle", daemon=True).start()
     return helper
+
+
+def _stop_when_idle(helper: _Helper) -> None:
+    """Stop `helper` once unused for IDLE_SECONDS; never while a batch uses it (its busy lock)."""
+    global _helper
+    while True:
+        time.sleep(IDLE_SECONDS / 4)
+        with _lock:
+            if _helper is not helper:
+                return  # discarded or replaced meanwhile
+            idle = helper.ready.is_set() and time.monotonic() - helper.last_used >= IDLE_SECONDS
+            if not idle or not helper.busy.acquire(blocking=False):
+                continue
+            _helper = None
+        try:
+            helper.stop()
+        finally:
+            helper.busy.release()
+        return
 
 
 def _discard(helper: _Helper) -> None:

@@ -18,22 +18,24 @@ import logging
 import os
 import posixpath
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation, SuspiciousOperation
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.text import get_valid_filename
-from storages.backends.s3 import S3Storage
 from storages.utils import safe_join
 
 from apps.radiology.errors import InsufficientStorage, InvalidFilename, StorageFailure, StoredObjectMissing
 from apps.radiology.imagefiles.uids import validate_uid
+
+if TYPE_CHECKING:
+    from storages.backends.s3 import S3Storage
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,51 @@ def radiology_storage() -> Storage:
     return storages[STORAGE_ALIAS]
 
 
+# The S3 backend (boto3, botocore, cryptography: ~16 MiB in every process) is imported only when
+# STORAGES names it (RadiologyS3Storage, in .s3), so no process on the filesystem store (the
+# default) loads it. Until it is loaded no S3 store can exist and no botocore error be raised:
+# the three helpers below then match nothing.
+
+
+class _NotLoaded(Exception):
+    """Stands for a botocore error while botocore is not loaded (nothing can raise it then)."""
+
+
+def _s3_storage_class() -> type[S3Storage] | None:
+    """django-storages' S3Storage if its module is loaded (every S3 store is one), else None."""
+    backend = sys.modules.get("storages.backends.s3")
+    return None if backend is None else backend.S3Storage
+
+
+def _s3_client_error() -> type[Exception]:
+    """botocore's ClientError (a request the S3 store answered with an error), or _NotLoaded."""
+    exceptions = sys.modules.get("botocore.exceptions")
+    return _NotLoaded if exceptions is None else exceptions.ClientError
+
+
+def _s3_errors() -> tuple[type[Exception], ...]:
+    """botocore's BotoCoreError and ClientError (every failure of an S3 call), or _NotLoaded."""
+    exceptions = sys.modules.get("botocore.exceptions")
+    return (_NotLoaded,) if exceptions is None else (exceptions.BotoCoreError, exceptions.ClientError)
+
+
+def __getattr__(name: str) -> Any:
+    """RadiologyS3Storage (STORAGES names it apps.radiology.storage.RadiologyS3Storage), imported
+    on first use (PEP 562), so importing this package does not load boto3."""
+    if name == "RadiologyS3Storage":
+        from apps.radiology.storage.s3 import RadiologyS3Storage
+
+        return RadiologyS3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_out_of_space(error: BaseException) -> bool:
     """Whether a failed write found no room: refused as InsufficientStorage (507), not a 500 or 503.
 
     A disk (ENOSPC, or the user's quota), or an S3 store answering 507 (MinIO's
     XMinioStorageFull, when its drives are below their own free-space threshold).
     """
-    if isinstance(error, ClientError):
+    if isinstance(error, _s3_client_error()):
         return error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 507
     return isinstance(error, OSError) and error.errno in _OUT_OF_SPACE_ERRNOS
 
@@ -74,7 +114,9 @@ def refused_when_disk_full() -> Iterator[None]:
 
 
 def is_s3(storage: Storage | None = None) -> bool:
-    return isinstance(storage or radiology_storage(), S3Storage)
+    store = storage or radiology_storage()  # first: making the configured store imports its backend
+    s3_storage = _s3_storage_class()
+    return s3_storage is not None and isinstance(store, s3_storage)
 
 
 def safe_filename(original: str) -> str:
@@ -156,7 +198,7 @@ def save_new_object(key: str, content: IO[bytes], *, content_type: str, local_pa
             return name
         # A PUT is durable when S3 (or MinIO) answers it: nothing to sync.
         return store.save(key, upload)
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         logger.error("radiology storage write failed for %s: %s", key, type(exc).__name__)
         if is_out_of_space(exc):
             raise InsufficientStorage() from exc
@@ -333,7 +375,7 @@ def delete_object(key: str) -> None:
     """Remove an object this process wrote and no row references (clean-up after a failure)."""
     try:
         radiology_storage().delete(key)
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         # Logged, not raised: the caller is already failing; verify_radiology_storage finds orphans.
         logger.error("radiology storage clean-up failed for %s: %s", key, type(exc).__name__)
 
@@ -341,7 +383,7 @@ def delete_object(key: str) -> None:
 def object_exists(key: str) -> bool:
     try:
         return radiology_storage().exists(key)
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -351,11 +393,11 @@ def object_modified_time(key: str) -> dt.datetime | None:
         return radiology_storage().get_modified_time(key)
     except FileNotFoundError:
         return None
-    except ClientError as exc:
+    except _s3_client_error() as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
             return None
         raise StorageFailure() from exc
-    except (OSError, BotoCoreError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -367,11 +409,11 @@ def check_reachable() -> None:
     """
     store = radiology_storage()
     try:
-        if isinstance(store, S3Storage):
+        if is_s3(store):
             store.connection.meta.client.head_bucket(Bucket=store.bucket_name)
         else:
             store.exists(f"{KEY_PREFIX}/.healthz")
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -381,7 +423,7 @@ def open_object(key: str) -> IO[bytes] | None:
         return radiology_storage().open(key, "rb")
     except FileNotFoundError:
         return None
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -401,50 +443,13 @@ def _s3_key(store: S3Storage, name: str) -> str:
     What django-storages' S3Storage does to every name it is given (its private _normalize_name,
     as of version 1.14.6), built on its public storages.utils.safe_join, for the S3 calls made
     here directly: a name that climbs out of `location` is refused, as in the backend itself.
-    The keys must stay the backend's (it reads what put_object below wrote):
+    The keys must stay the backend's (it reads what RadiologyS3Storage._save in .s3 wrote):
     tests/fastpaths/test_private_api_versions.py compares the two.
     """
     try:
         return safe_join(store.location, name)
     except ValueError as exc:
         raise SuspiciousOperation(f"Attempted access to '{name}' denied.") from exc
-
-
-class RadiologyS3Storage(S3Storage):
-    """S3/MinIO backend that refuses to overwrite: each write is a conditional PUT.
-
-    django-storages checks existence and then uploads, which leaves a window in which two
-    writers of one key both succeed and the later bytes replace the earlier. S3, MinIO and
-    moto honour `If-None-Match: *` on PUT, so the store itself arbitrates. s3transfer's
-    managed upload does not pass that header, hence a single streamed put_object (objects
-    here are far below S3's 5 GB single-PUT limit).
-    """
-
-    max_attempts = 5
-
-    def _save(self, name: str, content: Any) -> str:
-        # The backend's own upload parameters (ContentType, ACL, AWS_S3_OBJECT_PARAMETERS): its
-        # private _get_write_parameters(name, content), checked against django-storages 1.14.6
-        # (tests/fastpaths/test_private_api_versions.py fails if it changes).
-        params = self._get_write_parameters(name, content)
-        for _attempt in range(self.max_attempts):
-            if hasattr(content, "seek"):
-                content.seek(0)
-            try:
-                self.connection.meta.client.put_object(
-                    Bucket=self.bucket_name,
-                    Key=_s3_key(self, name),
-                    Body=content,
-                    IfNoneMatch="*",
-                    **params,
-                )
-                return name
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if status not in (409, 412):
-                    raise
-                name = self.get_available_name(name)
-        raise StorageFailure("Could not find a free key for the object.")
 
 
 def presigned_get_url(key: str, *, expires_in: int, content_type: str, filename: str) -> str:
@@ -460,7 +465,7 @@ def presigned_get_url(key: str, *, expires_in: int, content_type: str, filename:
     }
     try:
         return radiology_storage().url(key, parameters=parameters, expire=expires_in)
-    except (BotoCoreError, ClientError) as exc:
+    except _s3_errors() as exc:
         raise StorageFailure() from exc
 
 
@@ -470,7 +475,7 @@ def object_size(key: str) -> int | None:
         return radiology_storage().size(key)
     except FileNotFoundError:
         return None
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -489,14 +494,14 @@ def object_sizes(keys: list[str]) -> dict[str, int | None]:
     """
     store = radiology_storage()
     unique = list(dict.fromkeys(keys))
-    if not isinstance(store, S3Storage) or len(unique) < _LIST_FROM_KEYS:
+    if not is_s3(store) or len(unique) < _LIST_FROM_KEYS:
         return {key: object_size(key) for key in unique}
     folder = posixpath.commonpath(unique)
     if folder.count("/") < 1:  # "radiology" alone: every object in the store
         return {key: object_size(key) for key in unique}
     try:
         found = {entry["Key"]: int(entry["Size"]) for entry in _s3_listing(store, folder + "/")}
-    except (BotoCoreError, ClientError) as exc:
+    except _s3_errors() as exc:
         raise StorageFailure() from exc
     return {key: found.get(_s3_key(store, key)) for key in unique}
 
@@ -511,7 +516,7 @@ def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STRE
         return
     store = radiology_storage()
     try:
-        if isinstance(store, S3Storage):
+        if is_s3(store):
             response = store.connection.meta.client.get_object(
                 Bucket=store.bucket_name,
                 Key=_s3_key(store, key),
@@ -527,11 +532,11 @@ def iter_object_range(key: str, offset: int, length: int, chunk_size: int = STRE
                 yield chunk
     except FileNotFoundError as exc:
         raise StoredObjectMissing(f"Stored object {key} is missing.") from exc
-    except ClientError as exc:
+    except _s3_client_error() as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
             raise StoredObjectMissing(f"Stored object {key} is missing.") from exc
         raise StorageFailure() from exc
-    except (OSError, BotoCoreError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc
 
 
@@ -543,7 +548,7 @@ def read_object_range(key: str, offset: int, length: int) -> bytes:
 def filesystem_path(key: str) -> Path | None:
     """The object's own file on the filesystem backend (a sender may read it directly); None on S3."""
     store = radiology_storage()
-    return None if isinstance(store, S3Storage) else Path(store.path(key))
+    return None if is_s3(store) else Path(store.path(key))
 
 
 @contextlib.contextmanager
@@ -554,12 +559,12 @@ def local_path(key: str) -> Iterator[Path]:
     if own_file is not None:
         yield own_file
         return
-    store = cast(S3Storage, radiology_storage())
+    store = cast("S3Storage", radiology_storage())
     settings.RADIOLOGY_STAGING_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(prefix="pacs-object-", dir=settings.RADIOLOGY_STAGING_DIR) as copy:
         try:
             store.connection.meta.client.download_fileobj(store.bucket_name, _s3_key(store, key), copy)
-        except (BotoCoreError, ClientError) as exc:
+        except _s3_errors() as exc:
             raise StorageFailure() from exc
         copy.flush()
         yield Path(copy.name)
@@ -576,7 +581,7 @@ def iter_keys(prefix: str) -> Iterator[str]:
     """Every object key under `prefix` (e.g. "radiology/"), listed page by page."""
     store = radiology_storage()
     try:
-        if isinstance(store, S3Storage):
+        if is_s3(store):
             for entry in _s3_listing(store, prefix):
                 yield entry["Key"]
             return
@@ -587,5 +592,5 @@ def iter_keys(prefix: str) -> Iterator[str]:
         for path in sorted(base.rglob("*")):
             if path.is_file():
                 yield path.relative_to(root).as_posix()
-    except (OSError, BotoCoreError, ClientError) as exc:
+    except (OSError, *_s3_errors()) as exc:
         raise StorageFailure() from exc

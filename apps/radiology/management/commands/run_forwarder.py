@@ -2,7 +2,11 @@
 
 Run by supervisord (deploy/supervisord.conf, program `forwarder`) and by docker-compose
 (service `forwarder`), always: with no destination configured it says so once and stays up
-idle (supervisord would restart a process that exits, and give up on one that keeps exiting).
+idle (supervisord would restart a process that exits, and give up on one that keeps exiting),
+as IDLE_PROGRAM: a bare interpreter of a few MiB that exits 0 on SIGTERM, instead of a Django
+process of 60 MiB doing nothing on every clinic server that forwards nowhere (issue 19's
+memory budget). Settings come from the environment only, so a destination configured later
+takes a restart of the service either way.
 A destination without its token is refused at start (exit 1): nothing could be sent to it.
 On SIGTERM / SIGINT it stops claiming, lets each push end its chunk and give its image back
 (up to --grace seconds, below supervisord's stopwaitsecs), and exits 0 (apps/radiology/forwarding/).
@@ -13,14 +17,25 @@ cron-like use. A task waiting out its backoff is not due.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from apps.radiology.forwarding.forwarder import STOP_GRACE_SECONDS, Forwarder
+
+# -I -S: no site-packages, no environment; waits for SIGTERM or SIGINT and exits 0 (also as a
+# container's process 1, which gets no default signal handling).
+IDLE_PROGRAM = (
+    "import signal, sys; "
+    "[signal.signal(s, lambda *_: sys.exit(0)) for s in (signal.SIGTERM, signal.SIGINT)]; "
+    "signal.pause()"
+)
 
 
 class Command(BaseCommand):
@@ -46,6 +61,10 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write("Forwarder: no destination configured (RADIOLOGY_FORWARD_DESTINATIONS); idle")
+            if not options["once"]:
+                self.stdout.flush()
+                connections.close_all()
+                os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", IDLE_PROGRAM])  # noqa: S606 (our own argv)
         self.stdout.flush()
         previous = {
             signum: signal.signal(signum, lambda *_: forwarder.stop()) for signum in (signal.SIGTERM, signal.SIGINT)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from apps.radiology.forwarding import forwarder as forwarder_module
 from apps.radiology.forwarding.client import FORWARD_NAMESPACE
 from apps.radiology.forwarding.forwarder import Forwarder
 from apps.radiology.imagefiles.uids import generate_uid
+from apps.radiology.management.commands import run_forwarder as run_forwarder_command
 from apps.radiology.models import ForwardTask, RadiologyImage, RadiologyUpload
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.forwarding.far_side_stub import FarSideStub, far_side_stub
@@ -243,3 +247,51 @@ def test_sigterm_stops_claiming_and_gives_the_image_in_flight_back(
     row = ForwardTask.objects.get(image=image)
     assert (row.state, row.attempts, row.remote_upload_id, row.error_code) == ("pending", 0, 1, "")
     assert row.lease_until is not None and row.lease_until <= timezone.now()
+
+
+def test_with_no_destination_the_service_idles_as_a_bare_interpreter_and_stops_on_sigterm(tmp_path: Any) -> None:
+    """As supervisord and docker-compose run it: the Django process gives way to a few-MiB one."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.test_settings",
+        "RADIOLOGY_FORWARD_DESTINATIONS": "",
+        "PACS_VAR_DIR": str(tmp_path),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_forwarder", "--skip-checks"],
+        cwd=settings_module_root(),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert (
+            process.stdout.readline() == "Forwarder: no destination configured (RADIOLOGY_FORWARD_DESTINATIONS); idle\n"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "-c" not in _cmdline(process.pid):
+            time.sleep(0.05)
+        assert _cmdline(process.pid) == [sys.executable, "-I", "-S", "-c", run_forwarder_command.IDLE_PROGRAM]
+        assert _rss_kib(process.pid) < 20 * 1024  # a Django process with the app loaded is ~60 MiB
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return handle.read().decode().split("\0")[:-1]
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+
+
+def settings_module_root() -> str:
+    """The repository root, where manage.py is."""
+    return str(Path(__file__).resolve().parents[4])

@@ -171,6 +171,38 @@ def test_a_killed_helper_costs_one_batch_its_second_core_and_is_replaced(
     assert len(parsed_in_this_process) == BATCH - HELPER_PART
 
 
+def test_an_idle_helper_is_stopped_and_a_later_batch_starts_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls with a generous deadline; no timed assertion."""
+    files = ct_files(tmp_path, BATCH)
+    with parse_helper._lock:  # the fixture's helper, whose idle watch sleeps the real interval
+        old, parse_helper._helper = parse_helper._helper, None
+    if old is not None:
+        old.stop()
+    monkeypatch.setattr(parse_helper, "IDLE_SECONDS", 0.2)
+    assert parse_helper.wait_until_ready()
+    helper = parse_helper._helper
+    assert helper is not None
+    pid = helper.process.pid
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and helper.process.is_alive():
+        time.sleep(0.05)
+
+    assert not helper.process.is_alive()
+    assert (parse_helper._helper, parse_helper.helper_pid()) == (None, None)
+    assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+    parsed_in_this_process = helper_parses(monkeypatch)
+    assert parse_helper.parse_files(files) == parsed_here(files)  # parsed here while another starts
+    assert parsed_in_this_process == [path for path, _mime in files]
+    monkeypatch.setattr(parse_helper, "IDLE_SECONDS", 3600.0)
+    assert parse_helper.wait_until_ready()
+    parsed_in_this_process.clear()
+    assert parse_helper.parse_files(files) == parsed_here(files)
+    assert len(parsed_in_this_process) == BATCH - HELPER_PART
+
+
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
