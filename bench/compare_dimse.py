@@ -66,7 +66,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _services as services  # noqa: E402
-from _table import Row, comparison_table  # noqa: E402
+from _table import PeersRow, Row, comparison_table  # noqa: E402
 from bench_upload_memory import FRAME_BYTES, MIB, write_big_dicom  # noqa: E402
 
 ROOT = BENCH_DIR.parent
@@ -364,7 +364,7 @@ def median(values: list[float]) -> float:
 
 @dataclass
 class Results:
-    rows: list[Row] = field(default_factory=list)
+    rows: list[PeersRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 

@@ -76,6 +76,7 @@ EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 SLICE_SPACING = 5.0
 STOW_BATCH = 50
 STOW_CLIENTS = 4
+QUIET_SECONDS = 35
 LOAD_CLIENTS = (1, 8, 32)
 PACS = "PACS-lite"
 ORTHANC_SQLITE = "Orthanc (SQLite index)"
@@ -519,6 +520,34 @@ class LoadResults:
     table: list[str] = field(default_factory=list)
     rss_peak: dict[str, float] = field(default_factory=dict)
     rss_idle: dict[str, float] = field(default_factory=dict)
+    rss_by_role: dict[str, dict[str, float]] = field(default_factory=dict)  # after each 32-connection run
+
+
+def rss_by_role(pids: list[int]) -> dict[str, float]:
+    """PACS-lite's RSS summed by what each process is (from its command line), in MiB."""
+    roles: dict[str, float] = {}
+    for pid in pids:
+        command = services._cmdline(pid)
+        role = next(
+            (
+                label
+                for needle, label in (
+                    ("forkserver", "parse helper (and its forkserver)"),
+                    ("resource_tracker", "multiprocessing resource tracker"),
+                    ("pacs-api", "API gunicorn"),
+                    ("pacs-viewer", "viewer-origin gunicorn"),
+                    ("run_dicom_listener", "DICOM listener"),
+                    ("run_forwarder", "forwarder"),
+                    ("signal.pause", "forwarder (idle, no destination)"),
+                    ("supervisor_fatal", "fatal-event listener"),
+                    ("supervisord", "supervisord"),
+                )
+                if needle in command
+            ),
+            "other",
+        )
+        roles[role] = roles.get(role, 0.0) + services.total_rss_mib([pid])
+    return roles
 
 
 def many_clients(arguments: argparse.Namespace, servers: list[Server], big: Study, workdir: Path) -> LoadResults:
@@ -541,8 +570,10 @@ def many_clients(arguments: argparse.Namespace, servers: list[Server], big: Stud
             "image/jpeg",
         ),
     }
+    # Idle: after the last ingest, as long as a parse helper lives unused (ingest/parse_helper.py's
+    # IDLE_SECONDS, 30) and a little more: a quiet server, as between a modality's studies.
+    time.sleep(QUIET_SECONDS)
     for s in servers:
-        time.sleep(1)
         results.rss_idle[s.name] = services.total_rss_mib(s.pids())
     results.table += [
         "| Request | connections | server | requests/s | p50 | p99 | requests | errors |",
@@ -561,6 +592,8 @@ def many_clients(arguments: argparse.Namespace, servers: list[Server], big: Stud
                     )
                 if sampler is not None:
                     results.rss_peak[s.name] = max(results.rss_peak.get(s.name, 0.0), sampler.peak)
+                    if s.name == PACS:
+                        results.rss_by_role[kind] = rss_by_role(s.pids())
             for name, figure in figures.items():
                 results.table.append(
                     f"| {kind} | {connections} | {name} | {figure.requests_per_second:,.0f} | "
@@ -769,6 +802,7 @@ def main() -> int:
         step("one-client rows done")
 
         stow_rates = {s.name: concurrent_stow(s, stow_studies, len(studies)) for s in servers}
+        after_ingest = {s.name: services.total_rss_mib(s.pids()) for s in servers}
         rows.append(
             PeersRow(
                 f"STOW-RS ingest, {STOW_CLIENTS} clients at once (a study of 200 each, batches of {STOW_BATCH})",
@@ -786,7 +820,16 @@ def main() -> int:
         step("wrk load runs done")
         rows.append(
             PeersRow(
-                "Total RSS of the server's processes, idle (after the one-client rows)",
+                f"Total RSS of the server's processes, right after the {STOW_CLIENTS}-client ingest",
+                "MiB",
+                after_ingest[PACS],
+                {name: after_ingest[name] for name in PEERS},
+                show_ratio=False,
+            )
+        )
+        rows.append(
+            PeersRow(
+                f"Total RSS of the server's processes, idle ({QUIET_SECONDS} s later)",
                 "MiB",
                 load.rss_idle[PACS],
                 {name: load.rss_idle[name] for name in PEERS},
@@ -805,6 +848,12 @@ def main() -> int:
             )
         )
         processes = len(pacs_server.pids())
+        for kind, roles in load.rss_by_role.items():
+            notes.append(
+                f"PACS-lite's RSS by process after the {max(LOAD_CLIENTS)}-connection {kind} run: "
+                + ", ".join(f"{role} {mib:.0f} MiB" for role, mib in sorted(roles.items(), key=lambda r: -r[1]))
+                + "."
+            )
         notes.append(
             f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the API's gunicorn "
             "master and workers, the viewer origin's, the DICOM listener, the forwarder, the fatal listener), "

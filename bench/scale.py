@@ -82,6 +82,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _services as services  # noqa: E402
+from _table import fmt  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "scale.md"
 STOW_BATCH = 50
@@ -706,13 +707,6 @@ class Row:
         if self.max_large is not None:
             return "yes" if self.large < self.max_large else "**no**"
         return ""
-
-
-def fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    digits = 0 if value >= 100 else 1 if value >= 10 else 2
-    return f"{value:,.{digits}f} {unit}"
 
 
 def table(rows: list[Row], small_label: str, large_label: str) -> str:

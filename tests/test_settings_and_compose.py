@@ -50,6 +50,7 @@ print(json.dumps({
     "DATABASE_ENGINE": settings.DATABASES["default"]["ENGINE"],
     "RADIOLOGY_MAX_UPLOAD_SIZE": settings.RADIOLOGY_MAX_UPLOAD_SIZE,
     "RADIOLOGY_TOKEN_RATE_PER_ADDRESS": settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS,
+    "PACS_VIEWER_LISTEN_PORT": settings.PACS_VIEWER_LISTEN_PORT,
 }, default=str))
 """
 
@@ -480,13 +481,11 @@ def supervisord_conf() -> configparser.RawConfigParser:
 def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicorn_settings() -> None:
     conf = supervisord_conf()
     programs = sorted(section for section in conf.sections() if section.startswith("program:"))
-    assert programs == ["program:api", "program:dicom", "program:forwarder", "program:viewer"]
-    gunicorn = "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi --bind"
-    assert conf["program:api"]["command"] == f"{gunicorn} %(ENV_PACS_API_BIND)s --name pacs-api"
-    assert conf["program:viewer"]["command"] == f"{gunicorn} %(ENV_PACS_VIEWER_BIND)s --name pacs-viewer"
-    # The viewer's origin: one worker of 8 threads (a few doctors' browsers); the API keeps 3 x 4.
-    assert conf["program:viewer"]["environment"] == (
-        'PACS_ROOT_URLCONF="config.viewer_urls",PACS_WEB_WORKERS="1",PACS_WEB_THREADS="8"'
+    assert programs == ["program:api", "program:dicom", "program:forwarder"]
+    # One gunicorn listens for both origins; the port a request came in on picks its routes.
+    assert conf["program:api"]["command"] == (
+        "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi "
+        "--bind %(ENV_PACS_API_BIND)s --bind %(ENV_PACS_VIEWER_BIND)s --name pacs-api"
     )
     assert "environment" not in conf["program:api"]
 
@@ -500,7 +499,7 @@ def test_the_listener_and_the_forwarder_skip_the_checks_serve_sh_just_ran() -> N
     assert serve.index("manage.py check --deploy --fail-level ERROR") < serve.index('exec "$PACS_BIN/supervisord"')
 
 
-@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom", "program:forwarder"])
+@pytest.mark.parametrize("program", ["program:api", "program:dicom", "program:forwarder"])
 def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
     section = supervisord_conf()[program]
     assert section["autorestart"] == "true"
@@ -542,7 +541,7 @@ def test_the_systemd_unit_runs_serve_sh_and_is_restarted() -> None:
     assert service["KillMode"] == "mixed"
     assert service["User"] == "pacs"
     assert service["EnvironmentFile"] == "-/etc/default/pacs-lite"
-    stop_wait = max(int(supervisord_conf()[name]["stopwaitsecs"]) for name in ("program:api", "program:viewer"))
+    stop_wait = int(supervisord_conf()["program:api"]["stopwaitsecs"])
     assert int(service["TimeoutStopSec"]) > stop_wait
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
@@ -623,3 +622,10 @@ def test_every_way_in_of_compose_knows_the_forwarding_destinations() -> None:
         assert services[service]["environment"]["RADIOLOGY_FORWARD_DESTINATIONS"] == (
             "${RADIOLOGY_FORWARD_DESTINATIONS:-}"
         ), service
+
+
+def test_the_viewer_port_is_read_from_the_bind_address_make_run_gives(tmp_path: Path) -> None:
+    """config/viewer_origin.py routes a request that arrived on it with config.viewer_urls."""
+    assert load_settings(tmp_path, **PRODUCTION, PACS_VIEWER_BIND="127.0.0.1:3000")["PACS_VIEWER_LISTEN_PORT"] == "3000"
+    assert load_settings(tmp_path, **PRODUCTION, PACS_VIEWER_BIND="[::]:3001")["PACS_VIEWER_LISTEN_PORT"] == "3001"
+    assert load_settings(tmp_path, **PRODUCTION)["PACS_VIEWER_LISTEN_PORT"] is None

@@ -14,15 +14,24 @@ process while the helper works but the caller's own parsing.
 
 The helper only reads spooled files: no database, no store. A file it could not parse comes
 back as None and is parsed here, so a file's outcome (and its error) never depends on where
-it was parsed. It is started in the background on first use (forkserver: never a fork of a
-threaded server process), used from the first batch after it is ready, and started again if
-it dies; a batch never waits for a helper to start.
+it was parsed. It is started in the background on first use, used from the first batch after
+it is ready, started again if it dies, and stopped after IDLE_SECONDS unused; a batch never
+waits for a helper to start.
+
+The helper is a new interpreter (subprocess, fork then exec at once: never a fork of a threaded
+server process) talking over a socket pair with multiprocessing's Connection (length-prefixed
+pickles). Not a multiprocessing Process: its forkserver context leaves a forkserver and a
+resource tracker behind in every gunicorn worker that ever ingested, ~25 MiB that no idle stop
+gives back (issue 19's memory budget).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -34,8 +43,6 @@ from django.conf import settings
 # Nothing here imports the radiology models (nor errors.py, which imports DRF) at import time:
 # the helper imports this module before its Django is set up (_serve does that).
 if TYPE_CHECKING:
-    from multiprocessing.context import ForkServerProcess
-
     from apps.radiology.errors import RadiologyError
     from apps.radiology.imagefiles.dicom import ParsedImage
 
@@ -53,8 +60,31 @@ ANSWER_TIMEOUT_SECONDS = 120
 IDLE_SECONDS = 30.0
 
 
+# How the helper starts, in its own interpreter: its end of the socket pair is file descriptor N.
+HELPER_COMMAND = "from apps.radiology.ingest.parse_helper import serve_descriptor; serve_descriptor({fd})"
+
+
+class _Process:
+    """The helper's process, with the few methods of a multiprocessing Process used here."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.popen.kill()
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+
 class _Helper:
-    def __init__(self, process: ForkServerProcess, connection: Connection) -> None:
+    def __init__(self, process: _Process, connection: Connection) -> None:
         self.process = process
         self.connection = connection
         self.ready = threading.Event()
@@ -138,15 +168,19 @@ def _ready_helper() -> _Helper | None:
 
 def _start() -> _Helper:
     """A new helper process; `ready` is set (by a thread) once it has set up Django."""
-    context = multiprocessing.get_context("forkserver")
-    ours, theirs = context.Pipe()
-    process = context.Process(target=_serve, args=(theirs,), name="pacs-lite-parse-helper", daemon=True)
-    helper = _Helper(process, ours)  # type: ignore[arg-type]
+    ours_socket, theirs_socket = socket.socketpair()
+    popen = subprocess.Popen(  # noqa: S603 (our own interpreter and command)
+        [sys.executable, "-c", HELPER_COMMAND.format(fd=theirs_socket.fileno())],
+        cwd=settings.BASE_DIR,
+        pass_fds=(theirs_socket.fileno(),),
+        stdin=subprocess.DEVNULL,
+    )
+    theirs_socket.close()
+    ours = Connection(ours_socket.detach())
+    helper = _Helper(_Process(popen), ours)
 
-    def start_and_wait() -> None:
+    def wait_until_set_up() -> None:
         try:
-            process.start()
-            theirs.close()
             if ours.poll(60) and ours.recv() == "ready":
                 helper.last_used = time.monotonic()  # idle from now, not from its start
                 helper.ready.set()
@@ -155,7 +189,7 @@ def _start() -> _Helper:
             pass
         logger.warning("the ingest parse helper did not start; ingest parses in the server process")
 
-    threading.Thread(target=start_and_wait, name="parse-helper-start", daemon=True).start()
+    threading.Thread(target=wait_until_set_up, name="parse-helper-start", daemon=True).start()
     threading.Thread(target=_stop_when_idle, args=(helper,), name="parse-helper-idle", daemon=True).start()
     return helper
 
@@ -199,6 +233,11 @@ def wait_until_ready(timeout: float = 60) -> bool:
 def helper_pid() -> int | None:
     helper = _helper
     return helper.process.pid if helper is not None and helper.ready.is_set() else None
+
+
+def serve_descriptor(fd: int) -> None:
+    """The helper process's entry (HELPER_COMMAND): serve the server process on socket `fd`."""
+    _serve(Connection(fd))
 
 
 def _serve(connection: Connection) -> None:
