@@ -255,15 +255,19 @@ def _restart_with_defaults(url: str, directory: str) -> None:
 # --- PACS-lite ----------------------------------------------------------------------------
 
 
-def pacs_env(workdir: Path, database_url: str, secret_key: str) -> dict[str, str]:
-    """Production settings (DJANGO_DEBUG=0) over plain HTTP on loopback, all state in `workdir`."""
-    inherited = {
+def _inherited_env() -> dict[str, str]:
+    """This process's environment without any variable PACS-lite's settings (or its store) read."""
+    return {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_"))
     }
+
+
+def pacs_env(workdir: Path, database_url: str, secret_key: str) -> dict[str, str]:
+    """Production settings (DJANGO_DEBUG=0) over plain HTTP on loopback, all state in `workdir`."""
     return {
-        **inherited,
+        **_inherited_env(),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DJANGO_DEBUG": "0",
         "PACS_ALLOW_PLAIN_HTTP": "1",
@@ -369,13 +373,8 @@ def serve_env(workdir: Path, database_url: str) -> dict[str, str]:
     Nothing benchmark-only: serve_env.sh fills in the rest (secret key generated into var/, plain
     HTTP on loopback, hosts), and every setting keeps its shipped default.
     """
-    inherited = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_"))
-    }
     return {
-        **inherited,
+        **_inherited_env(),
         "HOST": "127.0.0.1",
         "PORT": str(free_port()),
         "VIEWER_PORT": str(free_port()),

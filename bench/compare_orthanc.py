@@ -11,8 +11,8 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
 2. starts one throwaway PostgreSQL 15 cluster with its defaults (fsync on, synchronous_commit
    on): PACS-lite's database and Orthanc's PostgreSQL index live in it, each its own database;
 3. starts PACS-lite exactly as `make run` serves it: scripts/serve.sh (migrate, check --deploy,
-   supervisord running the API's gunicorn with config/gunicorn_serve.py, the viewer's origin,
-   the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
+   supervisord running one gunicorn with config/gunicorn_serve.py for the API's and the viewer's
+   ports, the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
    set: no benchmark-only setting;
 4. starts Orthanc twice, each with its durability defaults (SyncStorageArea true) and the
    DicomWeb plugin: with its default SQLite index, and with its PostgreSQL index plugin
@@ -532,10 +532,8 @@ def rss_by_role(pids: list[int]) -> dict[str, float]:
             (
                 label
                 for needle, label in (
-                    ("forkserver", "parse helper (and its forkserver)"),
-                    ("resource_tracker", "multiprocessing resource tracker"),
-                    ("pacs-api", "API gunicorn"),
-                    ("pacs-viewer", "viewer-origin gunicorn"),
+                    ("serve_descriptor", "ingest parse helper"),
+                    ("pacs-api", "API and viewer-origin gunicorn"),
                     ("run_dicom_listener", "DICOM listener"),
                     ("run_forwarder", "forwarder"),
                     ("signal.pause", "forwarder (idle, no destination)"),
@@ -855,8 +853,9 @@ def main() -> int:
                 + "."
             )
         notes.append(
-            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the API's gunicorn "
-            "master and workers, the viewer origin's, the DICOM listener, the forwarder, the fatal listener), "
+            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the gunicorn master "
+            "and workers serving the API's and the viewer's ports, the DICOM listener, the forwarder, the fatal "
+            "listener, and a parse helper per worker that ingested in the last 30 s), "
             "shared pages counted in each as `ps` shows them; Orthanc is one process."
         )
 

@@ -1,9 +1,9 @@
 """gunicorn's settings for serving PACS-lite: `make run`, the systemd unit and docker-compose.
 
-Passed as `gunicorn -c config/gunicorn_serve.py` by deploy/supervisord.conf (the API and the
-viewer's origin) and by docker-compose.yml, so a clinic gets the worker model the benchmarks
-measured (bench/hostile_inputs.py, bench/compare_orthanc.py) without reading anything. The
-address to bind stays on the command line: the API and the viewer's origin differ only there.
+Passed as `gunicorn -c config/gunicorn_serve.py` by deploy/supervisord.conf (one gunicorn,
+bound to the API's port and the viewer's origin's) and by docker-compose.yml, so a clinic gets
+the worker model the benchmarks measured (bench/hostile_inputs.py, bench/compare_orthanc.py)
+without reading anything. The addresses to bind stay on the command line.
 
 Why these values:
 - gthread workers: Orthanc, OHIF and dicomweb-client keep connections alive, and OHIF sends
@@ -37,6 +37,6 @@ keepalive = 5
 # worker's time (py-spy, bench/compare_orthanc.py's load rows). Errors still go to stderr.
 accesslog = "-" if env_bool("PACS_ACCESS_LOG", False) else None
 errorlog = "-"
-# No control socket: the API and the viewer's origin are two gunicorns on one host, and both
-# would take the default ~/.gunicorn/gunicorn.ctl; the supervisor is the one control interface.
+# No control socket: the supervisor is the one control interface, and two servers on one host
+# (a test's, a second checkout's) would both take the default ~/.gunicorn/gunicorn.ctl.
 control_socket_disable = True

@@ -137,13 +137,12 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 
-# The viewer's port runs the same app with config.viewer_urls (OHIF dist + DICOMweb).
-ROOT_URLCONF = env_str("PACS_ROOT_URLCONF", "config.urls") or "config.urls"
+ROOT_URLCONF = "config.urls"
 # `make run`: the API's gunicorn listens on the viewer's port too (PACS_VIEWER_BIND, set by
 # scripts/serve_env.sh); a request that arrived on that port is routed with config.viewer_urls
 # (config/viewer_origin.py). None where nothing listens for the viewer (docker compose: nginx).
-_viewer_bind = env_str("PACS_VIEWER_BIND", "") or ""
-PACS_VIEWER_LISTEN_PORT = _viewer_bind.rpartition(":")[2] if _viewer_bind.rpartition(":")[2].isdecimal() else None
+_viewer_port = (env_str("PACS_VIEWER_BIND", "") or "").rpartition(":")[2]
+PACS_VIEWER_LISTEN_PORT = _viewer_port if _viewer_port.isdecimal() else None
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 

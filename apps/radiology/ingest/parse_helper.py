@@ -64,27 +64,8 @@ IDLE_SECONDS = 30.0
 HELPER_COMMAND = "from apps.radiology.ingest.parse_helper import serve_descriptor; serve_descriptor({fd})"
 
 
-class _Process:
-    """The helper's process, with the few methods of a multiprocessing Process used here."""
-
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-
-    def is_alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        if self.is_alive():
-            self.popen.kill()
-
-    def join(self, timeout: float) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout)
-
-
 class _Helper:
-    def __init__(self, process: _Process, connection: Connection) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], connection: Connection) -> None:
         self.process = process
         self.connection = connection
         self.ready = threading.Event()
@@ -93,9 +74,10 @@ class _Helper:
 
     def stop(self) -> None:
         self.connection.close()
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
 
 
 _lock = threading.Lock()
@@ -159,7 +141,7 @@ def _ready_helper() -> _Helper | None:
         return None
     with _lock:
         helper = _helper
-        if helper is None or (helper.ready.is_set() and not helper.process.is_alive()):
+        if helper is None or (helper.ready.is_set() and helper.process.poll() is not None):
             if helper is not None:
                 helper.stop()
             helper = _helper = _start()
@@ -177,7 +159,7 @@ def _start() -> _Helper:
     )
     theirs_socket.close()
     ours = Connection(ours_socket.detach())
-    helper = _Helper(_Process(popen), ours)
+    helper = _Helper(popen, ours)
 
     def wait_until_set_up() -> None:
         try:

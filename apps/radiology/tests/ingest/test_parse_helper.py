@@ -187,10 +187,10 @@ def test_an_idle_helper_is_stopped_and_a_later_batch_starts_another(
     pid = helper.process.pid
 
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and helper.process.is_alive():
+    while time.monotonic() < deadline and helper.process.poll() is None:
         time.sleep(0.05)
 
-    assert not helper.process.is_alive()
+    assert helper.process.poll() is not None
     assert (parse_helper._helper, parse_helper.helper_pid()) == (None, None)
     assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
     parsed_in_this_process = helper_parses(monkeypatch)

@@ -42,39 +42,41 @@ def _loaded_after(code: str, tmp_path: Path, **environment: str) -> dict[str, ob
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _which_loaded(setup: str, names: tuple[str, ...], tmp_path: Path) -> dict[str, bool]:
+    """Whether each module of `names` is loaded after `setup` ran in a fresh interpreter."""
+    return _loaded_after(setup + f"print(json.dumps({{name: name in sys.modules for name in {names!r}}}))\n", tmp_path)
+
+
 def test_the_web_workers_on_the_filesystem_store_never_load_the_s3_backend(tmp_path: Path) -> None:
-    """A gunicorn worker of the API and of the viewer's origin: the WSGI app and both URLconfs loaded."""
-    loaded = _loaded_after(
+    """A gunicorn worker serving the API's and the viewer's ports: the WSGI app and both URLconfs loaded."""
+    assert _which_loaded(
         "from config.wsgi import application\n"
         "from django.urls import get_resolver\n"
         "get_resolver('config.urls').url_patterns\n"
-        "get_resolver('config.viewer_urls').url_patterns\n"
-        f"print(json.dumps({{name: name in sys.modules for name in {S3_LIBRARIES!r}}}))\n",
+        "get_resolver('config.viewer_urls').url_patterns\n",
+        S3_LIBRARIES,
         tmp_path,
-    )
-    assert loaded == dict.fromkeys(S3_LIBRARIES, False)
+    ) == dict.fromkeys(S3_LIBRARIES, False)
 
 
 def test_the_forwarder_starts_without_the_s3_backend_or_pydicom(tmp_path: Path) -> None:
     """`manage.py run_forwarder --skip-checks` as supervisord starts it: settings, apps, admin, the command."""
     names = S3_LIBRARIES + PIXEL_LIBRARIES
-    loaded = _loaded_after(
+    assert _which_loaded(
         "from django.core.management import load_command_class\n"
-        "load_command_class('apps.radiology', 'run_forwarder')\n"
-        f"print(json.dumps({{name: name in sys.modules for name in {names!r}}}))\n",
+        "load_command_class('apps.radiology', 'run_forwarder')\n",
+        names,
         tmp_path,
-    )
-    assert loaded == dict.fromkeys(names, False)
+    ) == dict.fromkeys(names, False)
 
 
 def test_the_dicom_listener_starts_without_the_s3_backend(tmp_path: Path) -> None:
-    loaded = _loaded_after(
+    assert _which_loaded(
         "from django.core.management import load_command_class\n"
-        "load_command_class('apps.radiology', 'run_dicom_listener')\n"
-        f"print(json.dumps({{name: name in sys.modules for name in {S3_LIBRARIES!r}}}))\n",
+        "load_command_class('apps.radiology', 'run_dicom_listener')\n",
+        S3_LIBRARIES,
         tmp_path,
-    )
-    assert loaded == dict.fromkeys(S3_LIBRARIES, False)
+    ) == dict.fromkeys(S3_LIBRARIES, False)
 
 
 def test_the_filesystem_store_works_without_botocore_loaded(tmp_path: Path) -> None:
