@@ -29,7 +29,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 
-from apps.radiology.access.audit_writer import buffered_writer
+from apps.radiology.access.audit_writer import write_event
 from apps.radiology.access.permissions import DOCTOR_GROUP, FORWARDING_CLINIC_GROUP, RADIOLOGY_TECH_GROUP, group_names
 from apps.radiology.access.signing import viewer_token_id
 from apps.radiology.fastpaths.after_response import when_closed
@@ -158,11 +158,7 @@ def record(
             query_keys=query_keys[:255],
             **{key: value for key, value in what.items() if value not in (None, "")},
         )
-        writer = buffered_writer()
-        if writer is None:
-            event.save(force_insert=True)
-        else:
-            writer.add(event)  # written with the others of the next RADIOLOGY_AUDIT_FLUSH_MS (audit_writer.py)
+        write_event(event)  # with the others of the next RADIOLOGY_AUDIT_FLUSH_MS (audit_writer.py)
         return event
     except Exception:  # the trail must not take the service down; the error is logged
         logger.exception("audit event could not be written for route %s", route)

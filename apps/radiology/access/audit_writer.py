@@ -127,3 +127,15 @@ def buffered_writer() -> AuditWriter | None:
             if _writer is None:
                 _writer = AuditWriter(interval_ms / 1000)
     return _writer
+
+
+def write_event(event: AuditEvent) -> None:
+    """Write `event` with the next group (RADIOLOGY_AUDIT_FLUSH_MS), or at once when that is 0.
+
+    The one way both trails write (access/audit.py's HTTP events, dimse/audit.py's DICOM ones).
+    """
+    writer = buffered_writer()
+    if writer is None:
+        event.save(force_insert=True)
+    else:
+        writer.add(event)

@@ -11,7 +11,9 @@ stored, 200 an identical repeat, 202 held in the unmatched inbox, 403 refused, 4
 not understood, 507 out of resources, 500 anything else; for a search, 200 answered, 400
 refused; for a retrieve, 200 every instance sent, 207 some not, 502 none, 499 cancelled by the
 caller, 400 refused. A C-FIND's `query_keys` names the keys it matched on, never their values.
-Like `record`, a failure to audit is logged loudly and never breaks the association.
+Like `record`, a failure to audit is logged loudly and never breaks the association, and the
+events are written in groups (access/audit_writer.py, RADIOLOGY_AUDIT_FLUSH_MS): one commit for
+many C-STOREs instead of one each, up to that long after the answer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from pynetdicom.association import Association
 
+from apps.radiology.access.audit_writer import write_event
 from apps.radiology.access.principals import DicomNodeRole
 from apps.radiology.dimse.nodes import DicomNode, normalised_address
 from apps.radiology.models import AuditEvent
@@ -51,7 +54,7 @@ def record_dicom(
 ) -> AuditEvent | None:
     """Write one event of the DICOM channel (see the module docstring for its fields)."""
     try:
-        return AuditEvent.objects.create(
+        event = AuditEvent(
             user=None,
             username=ae_title[:150],
             role=role[:32],
@@ -64,6 +67,8 @@ def record_dicom(
             client_address=address,
             **{key: value for key, value in what.items() if value not in (None, "")},
         )
+        write_event(event)  # with the others of the next RADIOLOGY_AUDIT_FLUSH_MS, as the HTTP trail's
+        return event
     except Exception:  # the trail must not take the listener down; the error is logged
         logger.exception("audit event could not be written for DICOM %s from %s", method, ae_title)
         return None
