@@ -244,12 +244,14 @@ class RenderFileCache(BaseCache):
         """The value stored at `path`; _MISSING if absent, expired or torn (those are removed)."""
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
+                # Header and payload read apart: slicing the payload off one read would copy it
+                # (~23 MB for a big series' metadata, tens of ms).
+                header = handle.read(_HEADER.size)
+                payload = handle.read()
         except FileNotFoundError:
             return _MISSING
-        if len(data) >= _HEADER.size:
-            magic, kind, expiry, length, crc = _HEADER.unpack_from(data)
-            payload = data[_HEADER.size :]
+        if len(header) == _HEADER.size:
+            magic, kind, expiry, length, crc = _HEADER.unpack(header)
             if magic == _MAGIC and length == len(payload) and crc == zlib.crc32(payload) and expiry > time.time():
                 if kind == _BYTES:
                     return payload

@@ -182,8 +182,8 @@ class DicomWebView(APIView):
         self.require_json()
         return self.json_text_response(json.dumps(body, separators=(",", ":")))
 
-    def json_text_response(self, text: str) -> HttpResponse:
-        """A body that already is DICOM JSON text."""
+    def json_text_response(self, text: str | bytes) -> HttpResponse:
+        """A body that already is DICOM JSON text (or that text in UTF-8)."""
         self.require_json()
         response = HttpResponse(text, content_type=DICOM_JSON)
         response["Cache-Control"] = PRIVATE_CACHE
@@ -302,14 +302,15 @@ class StudyMetadataView(DicomWebView):
         study = self.find_study(study_uid, **image_summary("series__images"))
         self.require_json()
         base = self.retrieve_url(study.study_uid)
-        return self.json_text_response(
-            cached_metadata_array(
-                _study_image_rows(self.images(), study),
-                summary=summary_of(study),
-                scope=f"study:{study.pk}:{base}",
-                instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
-            )
+        answer = cached_metadata_array(
+            _study_image_rows(self.images(), study),
+            summary=summary_of(study),
+            scope=f"study:{study.pk}:{base}",
+            instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
         )
+        response = self.json_text_response(answer.body)
+        answer.keep_after(response)
+        return response
 
 
 class StudySeriesSearchView(DicomWebView):
@@ -354,14 +355,15 @@ class SeriesMetadataView(DicomWebView):
         series = self.find_series(study_uid, series_uid, **image_summary("images"))
         self.require_json()
         base = self.retrieve_url(study_uid, series_uid)
-        return self.json_text_response(
-            cached_metadata_array(
-                self.images().filter(series=series).order_by(*INSTANCE_ORDER),
-                summary=summary_of(series),
-                scope=f"series:{series.pk}:{base}",
-                instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
-            )
+        answer = cached_metadata_array(
+            self.images().filter(series=series).order_by(*INSTANCE_ORDER),
+            summary=summary_of(series),
+            scope=f"series:{series.pk}:{base}",
+            instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
         )
+        response = self.json_text_response(answer.body)
+        answer.keep_after(response)
+        return response
 
 
 class SeriesInstancesSearchView(DicomWebView):

@@ -14,10 +14,12 @@ from typing import Any
 import pydicom
 import pydicom.encaps
 import pytest
+from django.core.cache import caches
 from django.test import Client
 from django.utils import timezone
 
 from apps.radiology import storage
+from apps.radiology.dicomweb.render_cache import CACHE_ALIAS
 from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.models import RadiologyStudy
 from apps.radiology.tests.factories import pydicom_json_without_bulk, served_json
@@ -182,6 +184,27 @@ def test_series_and_study_metadata_take_a_fixed_number_of_queries(
         with django_assert_num_queries(total):
             _total, reads, response = count_queries(doctor_client, url)
         assert (response.status_code, len(json_of(response)), reads) == (200, 7, 2)
+
+
+def test_a_series_metadata_answer_is_kept_after_it_is_sent_and_renewed_when_an_image_joins(
+    put: Put, doctor_client: Client
+) -> None:
+    """The first answer is written to the render cache once sent (as bytes); the next request reads
+    it there (the series row alone, no image query); an image added to the series is in the next answer."""
+    first = put("CT_small.dcm", instance_number=1)
+    url = first.series_url("/metadata")
+    renders = caches[CACHE_ALIAS]
+    renders.clear()
+    _total, reads, answer = count_queries(doctor_client, url)
+    kept = [key for key in renders._cache if "metadata:" in key]  # type: ignore[attr-defined]
+    assert (answer.status_code, reads, len(kept)) == (200, 2, 1)
+    assert renders.get(kept[0].split(":", 2)[2]) == answer.content
+    _total, reads_again, again = count_queries(doctor_client, url)
+    assert (again.status_code, reads_again, again.content) == (200, 1, answer.content)
+    second = put("CT_small.dcm", series_uid=first.series_uid, instance_number=2)
+    renewed = get_metadata(doctor_client, url)
+    assert [item["00080018"]["Value"][0] for item in renewed] == [first.image_uid, second.image_uid]
+    assert renewed[0] == json_of(answer)[0]
 
 
 def photo_metadata(stored: Stored, conversion: str) -> dict[str, Any]:
