@@ -27,6 +27,11 @@ fails loudly after an upgrade, naming the module to re-check.
   (per-vendor SQL). Undocumented but long-stable: `connection.ops.quote_name`;
   documented-underscored: `Model._state`. Checked against Django 5.2.19; other databases: None
   (the caller loads the column).
+- utf8_rows.py: a queryset's text columns as the UTF-8 bytes PostgreSQL sent (a series' ~23 MB
+  of metadata is not decoded into str to be encoded again). Undocumented but long-stable:
+  `QuerySet.query.sql_with_params()`, `CursorWrapper.cursor`; documented-underscored:
+  `Model._meta`. Checked against Django 5.2.19 and psycopg2 2.9.13; other databases, or fields
+  with converters: the ORM's rows, encoded.
 - encoded_json.py: a header's JSON text encoded once and reused. No private API: relies on
   JSONField encoding through `json.dumps(value, cls=encoder)` (Django 5.2.19).
 - flush_guard.py: not for speed; Django has no public hook for it. Two statements (the audit

@@ -39,6 +39,7 @@ from django.db.models import QuerySet
 
 from apps.radiology.fastpaths.encoded_json import EncodedJSON, encode
 from apps.radiology.fastpaths.json_members import select_json_members
+from apps.radiology.fastpaths.utf8_rows import utf8_values
 from apps.radiology.imagefiles.declared import DeclaredImage
 from apps.radiology.imagefiles.patient_identity import HELD_TAGS, FileIdentity
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage
@@ -75,6 +76,7 @@ compact_json = encode
 # BulkDataURI member (ingest drops bulk data), and inside a JSON string the quotes would be
 # escaped, so in the text this only ever starts one of the URIs written by bulk_references.
 _RELATIVE_BULK = '"BulkDataURI":"/bulk/'
+_RELATIVE_BULK_UTF8 = _RELATIVE_BULK.encode()
 
 
 # --- Writing ------------------------------------------------------------------------------
@@ -207,21 +209,23 @@ def instance_header(image: RadiologyImage, *, instance_url: str) -> dict[str, An
 
 def stored_texts(
     images: QuerySet[RadiologyImage], *, instance_url: Callable[[str, str], str]
-) -> Iterator[tuple[int, str | None]]:
-    """(pk, WADO-RS metadata text) of each image in the queryset's order, in one query.
+) -> Iterator[tuple[int, bytes | None]]:
+    """(pk, WADO-RS metadata text in UTF-8) of each image in the queryset's order, in one query.
 
     The text is the one written at ingest, its relative BulkDataURIs made absolute with
     `instance_url(series_uid, image_uid)`; None for an image without one (a JPEG: the caller
     builds its metadata). Parsing kilobytes of stored JSON per instance into Python and dumping
     it again was most of the cost of a series' metadata (and PostgreSQL's jsonb to text, most
-    of what remained).
+    of what remained); the text stays the bytes the database sent (fastpaths/utf8_rows.py).
     """
-    for pk, image_uid, series_uid, text in images.values_list("pk", "image_uid", "series__series_uid", "metadata_text"):
+    for pk, image_uid, series_uid, text in utf8_values(
+        images, "pk", "image_uid", "series__series_uid", "metadata_text"
+    ):
         if not text:
             yield pk, None
             continue
-        absolute = json.dumps(f"{instance_url(series_uid, image_uid)}/bulk/")[:-1]
-        yield pk, text.replace(_RELATIVE_BULK, f'"BulkDataURI":{absolute}')
+        absolute = json.dumps(f"{instance_url(series_uid.decode(), image_uid.decode())}/bulk/")[:-1]
+        yield pk, text.replace(_RELATIVE_BULK_UTF8, b'"BulkDataURI":' + absolute.encode())
 
 
 def served_identity(image: RadiologyImage) -> dict[str, Any]:
