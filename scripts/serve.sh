@@ -6,7 +6,7 @@
 # Fills in the serving environment (scripts/serve_env.sh), brings the database up to date,
 # collects the static files (admin, API docs: WhiteNoise serves them from var/static with
 # DEBUG off), runs Django's checks (the deployment ones too; an error stops here), then hands
-# over to supervisord (deploy/supervisord.conf), which runs gunicorn for the API and for the
+# over to supervisord (deploy/supervisord.conf), which runs gunicorn for the API and the
 # viewer's origin, restarts whichever crashes, and stops them all on Ctrl-C or SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,23 @@ if ! { : >>/dev/stdout; } 2>/dev/null; then
 fi
 
 python="$PACS_BIN/python"
+# gunicorn binds in each worker (SO_REUSEPORT: config/gunicorn_serve.py), and a second server
+# started on the same port, a forgotten `make run` or an old release, would join it silently and
+# answer a share of the requests. Refuse to start while anything listens on either port.
+"$python" - "$PACS_API_BIND" "$PACS_VIEWER_BIND" <<'PY'
+import socket
+import sys
+
+for bind in sys.argv[1:]:
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, int(port)))
+        except OSError as error:
+            sys.exit(f"Cannot serve on {bind}: {error.strerror}. Is PACS-lite (or another server) already running there?")
+PY
 mkdir -p "$PACS_VAR_DIR"
 "$python" manage.py migrate --noinput
 "$python" manage.py collectstatic --noinput --verbosity 0

@@ -30,8 +30,8 @@ import requests
 from apps.radiology.dicomweb.multipart import MAX_BOUNDARY_LENGTH
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import relabelled_dicom
-from apps.radiology.tests.gunicorn_server import free_port, own_database
-from apps.radiology.tests.operations.make_run import MakeRun, children_of, command_line
+from apps.radiology.tests.gunicorn_server import REPO, free_port, own_database
+from apps.radiology.tests.operations.make_run import START_SECONDS, MakeRun, children_of, command_line
 
 BOUNDARY = "make-run-chunked"
 # What Django's technical (DEBUG) pages always carry, and its plain pages never do.
@@ -196,6 +196,35 @@ def _signed_image_url(server: MakeRun) -> str:
     images = requests.get(f"{server.api}/api/v1/radiology/studies/{first['id']}/images/", headers=headers, timeout=30)
     assert images.status_code == 200, images.text
     return str(images.json()["series"][0]["images"][0]["image_url"])
+
+
+def test_a_second_make_run_on_the_same_ports_refuses_to_start(server: MakeRun, tmp_path: Path) -> None:
+    """gunicorn binds with SO_REUSEPORT (config/gunicorn_serve.py), which would let a second server on
+    the same port share its connections silently: scripts/serve.sh refuses before starting anything."""
+    second = MakeRun(server.var_dir, server.env["DATABASE_URL"], tmp_path / "second.log")
+    finished = subprocess.run(  # noqa: S603 (fixed argv)
+        [  # noqa: S607 (make from PATH, as a person types it)
+            "make",
+            "--no-print-directory",
+            "run",
+            "HOST=127.0.0.1",
+            f"PORT={server.port}",
+            f"VIEWER_PORT={server.viewer_port}",
+        ],
+        cwd=REPO,
+        env=second.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_SECONDS,
+        check=False,
+    )
+    assert finished.returncode != 0
+    assert (
+        f"Cannot serve on 127.0.0.1:{server.port}: Address already in use. "
+        "Is PACS-lite (or another server) already running there?"
+    ) in finished.stderr
+    assert requests.get(f"{server.api}/healthz", timeout=10).status_code == 200
 
 
 def test_a_crashed_gunicorn_is_restarted_and_keeps_the_key(server: MakeRun) -> None:
