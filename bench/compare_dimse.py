@@ -31,7 +31,10 @@ Rows (medians; the servers alternate which goes first, round by round):
    query, whose startup both pay) and a pynetdicom SCU sending N C-FINDs over one association;
 4. getscu of a 500-instance series (C-GET), written to disk by getscu;
 5. the serving process's peak RSS (VmRSS every 20 ms) above its idle RSS while it takes one ~1 GiB
-   multi-frame instance by storescu.
+   multi-frame instance by storescu;
+6. rows 1-4 again against pynetdicom alone (bench/_pynetdicom_floor.py: handlers that do no work),
+   in a second table: the fastest any pynetdicom-based server can be here, so how much of each
+   gap to Orthanc is the library's and how much PACS-lite's own work.
 Prints a table and writes it to bench/results/dimse-<date>.md. Figures are printed, never asserted.
 """
 
@@ -66,7 +69,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import _services as services  # noqa: E402
-from _table import PeersRow, Row, comparison_table  # noqa: E402
+from _table import PeersRow, Row, comparison_table, fmt  # noqa: E402
 from bench_upload_memory import FRAME_BYTES, MIB, write_big_dicom  # noqa: E402
 
 ROOT = BENCH_DIR.parent
@@ -218,7 +221,7 @@ class Server:
     ae_title: str
     port: int
     pid: int
-    count_instances: Callable[[], int]
+    count_instances: Callable[[], int] | None  # None: keeps nothing (the pynetdicom floor)
 
 
 def pacs_counts() -> tuple[int, int]:
@@ -276,7 +279,7 @@ def storescu(server: Server, paths: list[Path]) -> list[str]:
 
 def store(server: Server, quarters: list[list[Path]], *, concurrent: bool) -> float:
     """Send a set (one association, or one per quarter at once); seconds, checked by the server's count."""
-    before = server.count_instances()
+    before = server.count_instances() if server.count_instances is not None else 0
     count = sum(len(paths) for paths in quarters)
     started = time.perf_counter()
     if concurrent:
@@ -291,7 +294,7 @@ def store(server: Server, quarters: list[list[Path]], *, concurrent: bool) -> fl
     else:
         run(storescu(server, [path for paths in quarters for path in paths]))
     seconds = time.perf_counter() - started
-    stored = server.count_instances() - before
+    stored = server.count_instances() - before if server.count_instances is not None else count
     if stored != count:
         raise RuntimeError(f"{server.name} stored {stored} of {count} instances")
     return seconds
@@ -366,6 +369,11 @@ def median(values: list[float]) -> float:
 class Results:
     rows: list[PeersRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # measurement -> server name -> median, for every server measured (the floor's table)
+    medians: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def record(self, measurement: str, server: str, value: float) -> None:
+        self.medians.setdefault(measurement, {})[server] = value
 
 
 def measure_stores(
@@ -389,6 +397,8 @@ def measure_stores(
                     flush=True,
                 )
     pacs, orthanc = servers[0].name, servers[1].name
+    for (name, concurrent), figures in rates.items():
+        results.record(f"store-{'four' if concurrent else 'one'}", name, median(figures))
     count = sum(len(paths) for paths in sets[0][0])
     for concurrent, label in (
         (False, f"C-STORE, storescu, {count:,} CT instances in one association"),
@@ -436,6 +446,9 @@ def measure_finds(servers: list[Server], queries: dict[str, dict[str, str]], rep
                     matches[server.name].add(finders[server.name](identifier))
                     association_ms[server.name].append((time.perf_counter() - started) * 1000)
         pacs, orthanc = servers[0].name, servers[1].name
+        for server in servers:
+            results.record(f"find-association {label}", server.name, median(association_ms[server.name]))
+            results.record(f"find-process {label}", server.name, median(process_ms[server.name]))
         if len(matches[pacs] | matches[orthanc]) != 1:
             results.notes.append(f"**{label}: the servers found different numbers of studies: {matches}.**")
         found = next(iter(matches[pacs]))
@@ -483,6 +496,11 @@ def measure_get(
     def rate(name: str) -> float | None:
         return RETRIEVE_SERIES_SIZE / median(seconds[name]) if seconds[name] else None
 
+    for server in servers:
+        figure = rate(server.name)
+        if figure is not None:
+            results.record("get", server.name, figure)
+
     pacs_rate = rate(pacs)
     missing = "" if pacs_rate is not None else " (PACS-lite: did not complete, see below)"
     results.rows.append(
@@ -504,6 +522,108 @@ def measure_get(
             )
         if name in failures:
             results.notes.append(f"**C-GET from {name} did not complete: {failures[name]}**")
+
+
+FLOOR = "pynetdicom alone"
+
+
+@contextlib.contextmanager
+def pynetdicom_floor(workdir: Path, retrieve_paths: list[Path], wildcard_matches: int) -> Iterator[Server]:
+    """bench/_pynetdicom_floor.py in its own process: pynetdicom with handlers that do no work."""
+    get_dir = workdir / "floor-get"
+    get_dir.mkdir()
+    for path in retrieve_paths:
+        (get_dir / path.name).symlink_to(path)
+    port = services.free_port()
+    command = [sys.executable, str(BENCH_DIR / "_pynetdicom_floor.py"), "--port", str(port), "--ae-title", PACS_AE]
+    command += ["--get-dir", str(get_dir), "--wildcard-matches", str(wildcard_matches)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        if process.stdout is None or process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the pynetdicom floor did not start")
+        yield Server(FLOOR, PACS_AE, port, process.pid, None)
+    finally:
+        services.stop_process_group(process, grace=10)
+
+
+def measure_floor(
+    floor: Server,
+    sets: list[tuple[list[list[Path]], list[list[Path]]]],
+    queries: dict[str, dict[str, str]],
+    reps: int,
+    get_reps: int,
+    retrieve: StudyFiles,
+    workdir: Path,
+    results: Results,
+) -> None:
+    """The rows of the main table, measured the same way on the pynetdicom floor."""
+    for concurrent, key in ((False, "store-one"), (True, "store-four")):
+        rates = []
+        for single_set, quarter_set in sets:
+            instance_set = quarter_set if concurrent else single_set
+            rates.append(sum(len(paths) for paths in instance_set) / store(floor, instance_set, concurrent=concurrent))
+        results.record(key, floor.name, median(rates))
+    for label, keys in queries.items():
+        run(findscu_command(floor, keys))
+        process_ms = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            run(findscu_command(floor, keys))
+            process_ms.append((time.perf_counter() - started) * 1000)
+        results.record(f"find-process {label}", floor.name, median(process_ms))
+        with find_association(floor) as find:
+            identifier = study_identifier(keys)
+            find(identifier)
+            association_ms = []
+            for _ in range(reps):
+                started = time.perf_counter()
+                find(identifier)
+                association_ms.append((time.perf_counter() - started) * 1000)
+        results.record(f"find-association {label}", floor.name, median(association_ms))
+    seconds = []
+    for round_number in range(get_reps):
+        directory = workdir / f"get-floor-{round_number}"
+        directory.mkdir()
+        started = time.perf_counter()
+        result = getscu(floor, retrieve.uid, retrieve.series_uids[0], directory)
+        seconds.append(time.perf_counter() - started)
+        received = len(list(directory.iterdir()))
+        shutil.rmtree(directory)
+        if result.returncode != 0 or received != RETRIEVE_SERIES_SIZE:
+            raise RuntimeError(f"C-GET from the pynetdicom floor: exit {result.returncode}, {received} files")
+    results.record("get", floor.name, RETRIEVE_SERIES_SIZE / median(seconds))
+
+
+def floor_table(results: Results, queries: dict[str, dict[str, str]], instances: int) -> str:
+    """pynetdicom alone beside PACS-lite and Orthanc: how much of each gap is the library's."""
+    rows = [
+        ("store-one", f"C-STORE, storescu, {instances:,} instances in one association", "inst/s", True),
+        ("store-four", "C-STORE, 4 storescu at once", "inst/s", True),
+        *(
+            (f"find-{how} {label}", f"C-FIND study level, {label}, {what}", "ms", False)
+            for label in queries
+            for how, what in (("process", "findscu process"), ("association", "pynetdicom, one association"))
+        ),
+        ("get", f"C-GET, getscu of a {RETRIEVE_SERIES_SIZE}-instance series", "inst/s", True),
+    ]
+    lines = [
+        "| Measurement | pynetdicom alone (handlers doing nothing) | PACS-lite | Orthanc "
+        "| pynetdicom alone / Orthanc (>1 = faster than Orthanc) | PACS-lite / pynetdicom alone |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label, unit, higher_is_better in rows:
+        figures = results.medians.get(key, {})
+        floor, pacs, orthanc = (figures.get(name) for name in (FLOOR, "PACS-lite", "Orthanc"))
+
+        def ratio(mine: float | None, theirs: float | None, better_high: bool = higher_is_better) -> str:
+            if not mine or not theirs:
+                return "—"
+            return f"{(mine / theirs if better_high else theirs / mine):.2f}x"
+
+        cells = [label, fmt(floor, unit), fmt(pacs, unit), fmt(orthanc, unit)]
+        cells += [ratio(floor, orthanc), ratio(pacs, floor)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -574,7 +694,6 @@ def main() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacs-dimse-")))
         database = stack.enter_context(services.postgres(durable=True))
         env = services.pacs_env(workdir, database.url, secrets.token_urlsafe(50))
-        env.pop("DATABASE_CONN_MAX_AGE")  # the settings default, as make run and docker-compose leave it
         move_port = services.free_port()
         env["RADIOLOGY_DICOM_AE_TITLE"] = PACS_AE
         env["RADIOLOGY_DICOM_NODES"] = (
@@ -667,6 +786,13 @@ def main() -> int:
         measure_get(servers, retrieve.uid, retrieve.series_uids[0], arguments.get_reps, workdir, results)
         step("C-GET row done")
 
+        wildcard_label = next(label for label in queries if label.startswith("by PatientName"))
+        with find_association(pacs) as find:
+            wildcard_matches = find(study_identifier(queries[wildcard_label]))
+        with pynetdicom_floor(workdir, retrieve.paths, wildcard_matches) as floor:
+            measure_floor(floor, sets, queries, arguments.reps, arguments.get_reps, retrieve, workdir, results)
+        step("pynetdicom floor done")
+
         if not arguments.skip_big:
             frames = max(1, arguments.big_mb * MIB // FRAME_BYTES)
             big_path = workdir / "big.dcm"
@@ -725,8 +851,22 @@ def main() -> int:
         f"{load}; total {time.monotonic() - began:.0f} s."
     )
     ratios = "Ratios are oriented so that **>1 means PACS-lite is better** (more instances/s, fewer ms, less memory)."
+    floor_intro = (
+        "### What pynetdicom alone reaches\n\n"
+        "The same measurements against bench/_pynetdicom_floor.py: pynetdicom (the library the listener is built "
+        "on) with handlers that do no work, in its own process: C-STORE answers success once pynetdicom has "
+        "written the dataset to a temporary file, C-FIND answers a fixed match, C-GET sends 500 datasets held in "
+        "memory. Nothing is parsed, checked, stored or committed: no pynetdicom-based server can be faster here."
+    )
     report = "\n\n".join(
-        [header, ratios, comparison_table(results.rows), "\n".join(f"- {note}" for note in results.notes)]
+        [
+            header,
+            ratios,
+            comparison_table(results.rows),
+            "\n".join(f"- {note}" for note in results.notes),
+            floor_intro,
+            floor_table(results, queries, arguments.instances),
+        ]
     )
     output = arguments.output or RESULTS_DIR / f"dimse-{date:%Y-%m-%d}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
