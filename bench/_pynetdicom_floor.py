@@ -39,19 +39,23 @@ from pynetdicom.sop_class import (
 def study_match() -> Dataset:
     """One study-level match with the keys compare_dimse.py asks for (STUDY_RETURN_KEYS)."""
     match = Dataset()
-    match.QueryRetrieveLevel = "STUDY"
-    match.PatientName = "Okeke^Adaeze"
-    match.PatientID = "BENCH-0001"
-    match.PatientBirthDate = "19800101"
-    match.PatientSex = "F"
-    match.StudyDate = "20261207"
-    match.StudyTime = "101500"
-    match.AccessionNumber = "ACC-BENCH-0001"
-    match.StudyDescription = "CT Head without contrast"
-    match.ModalitiesInStudy = "CT"
-    match.NumberOfStudyRelatedSeries = "5"
-    match.NumberOfStudyRelatedInstances = "500"
-    match.StudyInstanceUID = "2.25.1234567890123456789012345678901234567"
+    attributes = {
+        "QueryRetrieveLevel": "STUDY",
+        "PatientName": "Okeke^Adaeze",
+        "PatientID": "BENCH-0001",
+        "PatientBirthDate": "19800101",
+        "PatientSex": "F",
+        "StudyDate": "20261207",
+        "StudyTime": "101500",
+        "AccessionNumber": "ACC-BENCH-0001",
+        "StudyDescription": "CT Head without contrast",
+        "ModalitiesInStudy": "CT",
+        "NumberOfStudyRelatedSeries": "5",
+        "NumberOfStudyRelatedInstances": "500",
+        "StudyInstanceUID": "2.25.1234567890123456789012345678901234567",
+    }
+    for keyword, value in attributes.items():
+        setattr(match, keyword, value)
     return match
 
 

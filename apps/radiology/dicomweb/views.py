@@ -47,6 +47,7 @@ from . import pixels, transcode
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication
 from .dicom_json import (
+    MetadataAnswer,
     cached_metadata_array,
     image_summary,
     instance_metadata,
@@ -189,6 +190,12 @@ class DicomWebView(APIView):
         response["Cache-Control"] = PRIVATE_CACHE
         return response
 
+    def metadata_response(self, answer: MetadataAnswer) -> HttpResponse:
+        """A series' or study's metadata array, kept in the render cache once it has gone."""
+        response = self.json_text_response(answer.body)
+        answer.keep_after(response)
+        return response
+
     def dicom_parts(self, images: list[RadiologyImage]) -> StreamingHttpResponse:
         """Whole instances as multipart/related; type="application/dicom", each in the transfer
         syntax negotiated for it (transcode.py): by default Explicit VR Little Endian with the
@@ -302,15 +309,14 @@ class StudyMetadataView(DicomWebView):
         study = self.find_study(study_uid, **image_summary("series__images"))
         self.require_json()
         base = self.retrieve_url(study.study_uid)
-        answer = cached_metadata_array(
-            _study_image_rows(self.images(), study),
-            summary=summary_of(study),
-            scope=f"study:{study.pk}:{base}",
-            instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
+        return self.metadata_response(
+            cached_metadata_array(
+                _study_image_rows(self.images(), study),
+                summary=summary_of(study),
+                scope=f"study:{study.pk}:{base}",
+                instance_url=lambda series_uid, image_uid: f"{base}/series/{series_uid}/instances/{image_uid}",
+            )
         )
-        response = self.json_text_response(answer.body)
-        answer.keep_after(response)
-        return response
 
 
 class StudySeriesSearchView(DicomWebView):
@@ -355,15 +361,14 @@ class SeriesMetadataView(DicomWebView):
         series = self.find_series(study_uid, series_uid, **image_summary("images"))
         self.require_json()
         base = self.retrieve_url(study_uid, series_uid)
-        answer = cached_metadata_array(
-            self.images().filter(series=series).order_by(*INSTANCE_ORDER),
-            summary=summary_of(series),
-            scope=f"series:{series.pk}:{base}",
-            instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
+        return self.metadata_response(
+            cached_metadata_array(
+                self.images().filter(series=series).order_by(*INSTANCE_ORDER),
+                summary=summary_of(series),
+                scope=f"series:{series.pk}:{base}",
+                instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
+            )
         )
-        response = self.json_text_response(answer.body)
-        answer.keep_after(response)
-        return response
 
 
 class SeriesInstancesSearchView(DicomWebView):

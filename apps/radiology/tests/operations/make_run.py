@@ -87,18 +87,22 @@ class MakeRun:
 
     # --- starting and stopping -------------------------------------------------------------------
 
+    def command(self) -> list[str]:
+        """`make run` on this server's ports, as a person types it (make from PATH)."""
+        return [
+            "make",
+            "--no-print-directory",
+            "run",
+            "HOST=127.0.0.1",
+            f"PORT={self.port}",
+            f"VIEWER_PORT={self.viewer_port}",
+        ]
+
     def start(self) -> None:
         """`make run` in its own session; returns once both ports answer."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (fixed argv)
-                [  # noqa: S607 (make from PATH, as a person types it)
-                    "make",
-                    "--no-print-directory",
-                    "run",
-                    "HOST=127.0.0.1",
-                    f"PORT={self.port}",
-                    f"VIEWER_PORT={self.viewer_port}",
-                ],
+                self.command(),
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -202,15 +202,9 @@ def test_a_second_make_run_on_the_same_ports_refuses_to_start(server: MakeRun, t
     """gunicorn binds with SO_REUSEPORT (config/gunicorn_serve.py), which would let a second server on
     the same port share its connections silently: scripts/serve.sh refuses before starting anything."""
     second = MakeRun(server.var_dir, server.env["DATABASE_URL"], tmp_path / "second.log")
+    second.port, second.viewer_port = server.port, server.viewer_port
     finished = subprocess.run(  # noqa: S603 (fixed argv)
-        [  # noqa: S607 (make from PATH, as a person types it)
-            "make",
-            "--no-print-directory",
-            "run",
-            "HOST=127.0.0.1",
-            f"PORT={server.port}",
-            f"VIEWER_PORT={server.viewer_port}",
-        ],
+        second.command(),
         cwd=REPO,
         env=second.env,
         stdin=subprocess.DEVNULL,
