@@ -28,6 +28,9 @@ class EchoServer(socketserver.ThreadingTCPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: 24 connections opened at once through the proxy
+    # overflowed it under CI's load, a connect from the proxy failed and the proxy reset its client.
+    request_queue_size = 64
 
     def __init__(self, *, echo: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), EchoHandler)
