@@ -528,6 +528,8 @@ def test_the_serving_gunicorn_settings_are_the_benchmarked_ones(monkeypatch: pyt
     assert (serving["worker_class"], serving["workers"], serving["threads"]) == ("gthread", 3, 4)
     assert (serving["timeout"], serving["graceful_timeout"]) == (300, 20)
     assert serving["control_socket_disable"] is True
+    # Each worker binds its own socket, so the kernel spreads connections across the workers.
+    assert serving["reuse_port"] is True
 
 
 def test_the_systemd_unit_runs_serve_sh_and_is_restarted() -> None:

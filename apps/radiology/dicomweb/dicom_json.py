@@ -143,10 +143,10 @@ def metadata_array(images: QuerySet[RadiologyImage], *, instance_url: Callable[[
     JPEGs take the general path (instance_metadata). `instance_url(series_uid, image_uid)` is
     an instance's retrieve URL.
 
-    Made of the bytes the database sent with one join, nothing else that copies the whole: the answer for a
-    2,000-instance series is ~23 MB, and each further copy of it (a concatenation, a str encoded
-    again for the response and for the cache) cost 20-40 ms on the 2-core server (py-spy,
-    bench/scale.py's first series metadata request).
+    Made of the bytes the database sent, with one join and nothing else that copies the whole:
+    the answer for a 2,000-instance series is ~23 MB, and each further copy of it (a
+    concatenation, a str encoded again for the response and for the cache) cost 20-40 ms on the
+    2-core server (py-spy, bench/scale.py's first series metadata request).
     """
     parts: list[bytes] = []
     general: dict[int, int] = {}  # image pk -> the index of its text in parts
