@@ -406,6 +406,11 @@ CACHES = {
     },
 }
 
+# A series of 1,000 instances or more has its WADO-RS metadata built into the render cache once no
+# image has joined it for this many seconds, so a viewer's first request reads it rather than
+# 1,000s of rows (apps/radiology/dicomweb/metadata_warming.py). 0: only built on request.
+RADIOLOGY_METADATA_PREBUILD_SECONDS: float | None = env_int("RADIOLOGY_METADATA_PREBUILD_SECONDS", 10) or None
+
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
 # Request events are written in groups, one commit per this many milliseconds and process

@@ -33,6 +33,10 @@ CACHES = {
     "renders": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "renders"},
 }
 
+# No builder thread behind the tests' backs: a series built ahead after its test ended would land in
+# the next test's render cache. tests/dicomweb/test_metadata_warming.py turns it on where it tests it.
+RADIOLOGY_METADATA_PREBUILD_SECONDS = None
+
 # WhiteNoise serves STATIC_ROOT; tests use the app directories (no collectstatic needed).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True

@@ -19,7 +19,7 @@ from typing import Any
 
 import pydicom
 from django.core.cache import caches
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.http import HttpResponseBase
 from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -36,6 +36,8 @@ from apps.radiology.imagefiles.dicom import (
 from apps.radiology.models import DICOM_MIME_TYPE, RadiologyImage, RadiologySeries, RadiologyStudy
 
 PIXEL_DATA = stored_header.PIXEL_DATA
+# Instances (and series) without a number last, on every database: SQLite would sort NULL first.
+INSTANCE_ORDER = (F("instance_number").asc(nulls_last=True), "id")
 
 
 def element(vr: str, *values: Any) -> dict[str, Any]:
@@ -231,6 +233,18 @@ def cached_metadata_array(
     if isinstance(cached, bytes):
         return MetadataAnswer(cached)
     return MetadataAnswer(metadata_array(images, instance_url=instance_url), cache_key=key)
+
+
+def series_metadata(images: QuerySet[RadiologyImage], series: RadiologySeries, *, base: str) -> MetadataAnswer:
+    """The metadata array of `series` (annotated with image_summary("images")) from `images`,
+    its BulkDataURIs under `base`, the series' retrieve URL: what a request is answered and
+    what metadata_warming.py builds ahead under the same cache key."""
+    return cached_metadata_array(
+        images.filter(series=series).order_by(*INSTANCE_ORDER),
+        summary=summary_of(series),
+        scope=f"series:{series.pk}:{base}",
+        instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
+    )
 
 
 def photo_is_decoded(image: RadiologyImage) -> bool:

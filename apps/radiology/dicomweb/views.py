@@ -47,13 +47,16 @@ from . import pixels, transcode
 from .accept import MediaRange, parse_accept
 from .auth import CanUseDicomWeb, ViewerTokenAuthentication
 from .dicom_json import (
+    INSTANCE_ORDER,
     MetadataAnswer,
     cached_metadata_array,
     image_summary,
     instance_metadata,
     photo_is_decoded,
+    series_metadata,
     summary_of,
 )
+from .metadata_warming import remember_root
 from .multipart import (
     InvalidMultipart,
     Part,
@@ -72,8 +75,6 @@ from .stow import store_instances
 
 DICOM_JSON = "application/dicom+json"
 PRIVATE_CACHE = "private, max-age=0, must-revalidate"
-# Instances (and series) without a number last, on every database: SQLite would sort NULL first.
-INSTANCE_ORDER = (F("instance_number").asc(nulls_last=True), "id")
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -116,7 +117,9 @@ class DicomWebView(APIView):
     # --- helpers ------------------------------------------------------------------------
 
     def base_url(self) -> str:
-        return self.request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/")
+        root = self.request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/")
+        remember_root(root)  # what a big series' metadata is built ahead for (metadata_warming.py)
+        return root
 
     def retrieve_url(self, study_uid: str, series_uid: str | None = None, image_uid: str | None = None) -> str:
         url = f"{self.base_url()}/studies/{study_uid}"
@@ -360,14 +363,8 @@ class SeriesMetadataView(DicomWebView):
     def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
         series = self.find_series(study_uid, series_uid, **image_summary("images"))
         self.require_json()
-        base = self.retrieve_url(study_uid, series_uid)
         return self.metadata_response(
-            cached_metadata_array(
-                self.images().filter(series=series).order_by(*INSTANCE_ORDER),
-                summary=summary_of(series),
-                scope=f"series:{series.pk}:{base}",
-                instance_url=lambda _series_uid, image_uid: f"{base}/instances/{image_uid}",
-            )
+            series_metadata(self.images(), series, base=self.retrieve_url(study_uid, series_uid))
         )
 
 

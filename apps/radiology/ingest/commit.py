@@ -27,6 +27,7 @@ from apps.radiology.fastpaths import bulk_insert
 from apps.radiology.imagefiles import stored_header
 from apps.radiology.imagefiles.patient_identity import EmrIdentity, served_members
 from apps.radiology.ingest.resolve import claim_source_clinic, create_series_for_study, create_study_for_order
+from apps.radiology.ingest.signals import announce_after_commit
 from apps.radiology.models import (
     DICOM_MIME_TYPE,
     AuditEvent,
@@ -71,6 +72,7 @@ def commit(entries: list[Prepared], uploaded_by: AbstractBaseUser | None) -> Non
         for entry in entries:
             entry.stored_key, entry.image = None, None
         raise
+    announce_after_commit(entry.image.series_id for entry in entries)  # type: ignore[union-attr]
     for entry in entries:
         logger.info("radiology image %s stored in study %s", entry.image.pk, entry.uids.study_uid)  # type: ignore[union-attr]
 

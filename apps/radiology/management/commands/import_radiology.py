@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.radiology.dicomweb.metadata_warming import build_noted_now
 from apps.radiology.errors import RadiologyError
 from apps.radiology.ingest.bulk_import import ImportReport, count_items, import_item, iter_source
 from apps.radiology.ingest.identity import confirmation_of
@@ -74,6 +75,8 @@ class Command(BaseCommand):
                 elapsed = max(time.monotonic() - started, 1e-6)
                 progress.set_postfix_str(f"{report.bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
                 progress.update(1)
+        # Big series this import stored, built ahead now: this process ends before they would be quiet.
+        build_noted_now()
         elapsed = max(time.monotonic() - started, 1e-6)
         self.stdout.write(
             f"Stored {report.stored}, held {report.held} unmatched, skipped {report.skipped} already stored, "
