@@ -50,9 +50,9 @@ logger = logging.getLogger(__name__)
 MIN_INSTANCES = 1000
 MAX_ROOTS = 3
 ROOTS_KEY = "metadata:roots"
-# A process writes a root it serves again after this long, so the entry outlives the render
-# cache's culls (oldest entries first) on a server that runs for months.
-ROOT_REFRESH_SECONDS = 3600.0
+# A process writes a root it serves again after this long, so the entry comes back after the render
+# cache's culls (oldest entries first) or its deletion (docs/operations.md says that is safe).
+ROOT_REFRESH_SECONDS = 300.0
 
 _written_roots: dict[str, float] = {}  # root -> when this process last wrote it
 
