@@ -4,7 +4,8 @@ Ingest owns everything between bytes arriving and an image being stored: spoolin
 checking the bytes (spool.py), parsing them (imagefiles/, on two cores: parse_helper.py),
 deciding which study, series and image they are (resolve.py) and whether the file's patient is
 the order's (identity.py), writing the file and its rows so that neither exists without the
-other (commit.py), and removing what killed ingests left behind (cleanup.py). A file that
+other (commit.py), telling the read paths which series grew once the rows commit (signals.py), and
+removing what killed ingests left behind (cleanup.py). A file that
 comes with no order is held in the unmatched inbox (holding.py) until a tech assigns or
 discards it (unmatched.py). What is stored of a file's header is written by imagefiles/stored_header.py.
 
