@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 MIN_INSTANCES = 1000
 MAX_ROOTS = 3
-ROOTS_KEY = "metadata:roots"
+ROOTS_KEY = "dicomweb-roots"
 # A process writes a root it serves again after this long, so the entry comes back after the render
 # cache's culls (oldest entries first) or its deletion (docs/operations.md says that is safe).
 ROOT_REFRESH_SECONDS = 300.0

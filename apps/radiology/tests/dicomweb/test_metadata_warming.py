@@ -45,8 +45,7 @@ def kept_answers() -> list[bytes]:
     renders = caches[CACHE_ALIAS]
     with renders._lock:  # type: ignore[attr-defined] (the builder thread may be writing)
         keys = list(renders._cache)  # type: ignore[attr-defined]
-    names = [key.split(":", 2)[2] for key in keys if ":metadata:" in key]
-    return [renders.get(name) for name in names if name != metadata_warming.ROOTS_KEY]
+    return [renders.get(key.split(":", 2)[2]) for key in keys if ":metadata:" in key]
 
 
 def series_of(put: Put, count: int) -> Stored:
