@@ -9,7 +9,7 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
    (~8 MiB, 512 MiB decoded), a deflate bomb (~1 MB inflating to 1 GiB);
 2. starts a throwaway PostgreSQL 15 cluster with fsync ON (durable, as production), migrates,
    seeds the demo users and orders, and starts gunicorn exactly as docker-compose.yml runs it
-   (3 gthread workers x 4 threads, --timeout 300) with production settings (DJANGO_DEBUG=0, a
+   (gthread workers, one per core, x 4 threads, --timeout 300) with production settings (DJANGO_DEBUG=0, a
    real secret, plain HTTP on loopback, RADIOLOGY_MAX_UPLOAD_SIZE=16 MiB: small, yet above the
    8 MiB 16k image, which must still be stored);
 3. stores pydicom's CT_small.dcm, mints a signed image URL and a viewer token;
@@ -70,13 +70,14 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]  # ROOT for the hostile file builders
 import _services as services  # noqa: E402
 
 from apps.radiology.tests import ingest_bombs  # noqa: E402
+from config.gunicorn_serve import usable_cores  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "hostile_inputs.md"
 MIB = 1024 * 1024
 API = "/api/v1/radiology"
 DICOMWEB = f"{API}/dicomweb"
 # gunicorn as docker-compose.yml's app service runs it (bind address aside: loopback only).
-WORKERS, THREADS = 3, 4
+WORKERS, THREADS = usable_cores(), 4
 MAX_UPLOAD = 16 * MIB
 REQUEST_TIMEOUT = 10.0  # a row that takes longer is a timeout: the target is 2 s
 RSS_GUARD_KIB = 3 * 1024 * 1024  # kill a worker that grows 3 GiB above idle (24 GiB machine, shared)

@@ -84,10 +84,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]  # the parent for config.gunicorn_serve
 
 import _services as services  # noqa: E402
 from _table import fmt  # noqa: E402
+
+from config.gunicorn_serve import usable_cores  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "scale.md"
 STOW_BATCH = 50
@@ -969,8 +971,8 @@ def main() -> int:
     configuration = (
         f"Run {date} on {os.cpu_count()} cores ({platform.machine()}, shared with other work: figures may be "
         f"disturbed), Python {platform.python_version()}. PostgreSQL 15 with its defaults (fsync on); PACS-lite "
-        "as `make run` serves it (scripts/serve.sh: supervisord, API gunicorn 3 gthread workers x 4 threads, "
-        "production settings, filesystem store); data made through ingest (`manage.py import_radiology "
+        f"as `make run` serves it (scripts/serve.sh: supervisord, API gunicorn {usable_cores()} gthread workers "
+        "x 4 threads, production settings, filesystem store); data made through ingest (`manage.py import_radiology "
         f"--by-accession`, {arguments.import_jobs} imports at once, and STOW-RS), orders by the ORM. "
         f"Command: `.venv/bin/python bench/scale.py --studies {arguments.studies} --instances {arguments.instances} "
         f"--small {arguments.small}`. Wall time {wall / 60:.1f} min; 1-minute load average {load_before:.1f} at "

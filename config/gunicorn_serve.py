@@ -8,8 +8,7 @@ without reading anything. The addresses to bind stay on the command line.
 Why these values:
 - gthread workers: Orthanc, OHIF and dicomweb-client keep connections alive, and OHIF sends
   many small requests at once; a sync worker would hold one connection per process.
-  Measured under bench/ as 3 workers x 4 threads (~170 STOW-RS instances/s, frames in a few
-  ms). gthread reads a chunked request body (Orthanc's STOW-RS) to its end and marks
+  gthread reads a chunked request body (Orthanc's STOW-RS) to its end and marks
   wsgi.input terminated, which apps/radiology/ingest/request_streams.py relies on.
 - timeout 300: a 2 GiB upload over a slow clinic link keeps its worker busy for minutes.
 - graceful_timeout 20: on Ctrl-C or `systemctl stop` a request in flight gets 20 s to end;
@@ -20,7 +19,17 @@ Why these values:
 
 from __future__ import annotations
 
+import os
+
 from config.env import env_bool, env_int
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which a container's cpuset narrows."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # macOS: no affinity call
+
 
 # The same class as ./gunicorn.conf.py: `-c` replaces that file, so it is named again here.
 logger_class = "config.log_redaction.RedactingGunicornLogger"
@@ -33,7 +42,15 @@ worker_class = "gthread"
 # against scripts/serve.sh, as bench/compare_orthanc.py runs it) one worker of three used 7.8 s of
 # CPU in 8 s and the other two none, ~400 requests/s where three busy workers gave ~800.
 reuse_port = True
-workers = env_int("PACS_WEB_WORKERS", 3, minimum=1)
+# One worker per core. A worker's Python runs one thread at a time (the GIL), so a worker is at
+# most one busy core; a third worker on 2 cores added no throughput but made each worker wait
+# for a core behind the other two, PostgreSQL and the clients. Frames under wrk against
+# scripts/serve.sh on 2 cores, as bench/compare_orthanc.py's load rows run it (issue 19):
+# 3 workers x 4 threads gave p99 83-97 ms at 8 connections and 140 ms at 32; 2 x 4 gave
+# 25-31 ms and 58-70 ms at the same ~1,000 requests/s (2 x 2 and 2 x 6 no better than 2 x 4).
+workers = env_int("PACS_WEB_WORKERS", usable_cores(), minimum=1)
+# Four threads each: a request waiting on the disk, PostgreSQL or a slow client's upload does
+# not hold up its worker's other connections.
 threads = env_int("PACS_WEB_THREADS", 4, minimum=1)
 timeout = 300
 graceful_timeout = 20

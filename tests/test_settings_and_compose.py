@@ -525,7 +525,12 @@ def test_the_serving_gunicorn_settings_are_the_benchmarked_ones(monkeypatch: pyt
     default = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 
     assert serving["logger_class"] == default["logger_class"] == "config.log_redaction.RedactingGunicornLogger"
-    assert (serving["worker_class"], serving["workers"], serving["threads"]) == ("gthread", 3, 4)
+    # One worker per core this process may use (2 on the benchmark machine), four threads each.
+    assert (serving["worker_class"], serving["workers"], serving["threads"]) == (
+        "gthread",
+        len(os.sched_getaffinity(0)),
+        4,
+    )
     assert (serving["timeout"], serving["graceful_timeout"]) == (300, 20)
     assert serving["control_socket_disable"] is True
     # Each worker binds its own socket, so the kernel spreads connections across the workers.
