@@ -129,9 +129,8 @@ class _Noted:
     def _build_when_quiet(self) -> None:
         while True:
             with self._changed:
-                while not self._due or min(self._due.values()) > time.monotonic():
-                    wait = min(self._due.values()) - time.monotonic() if self._due else None
-                    self._changed.wait(timeout=wait)
+                while (first_due := min(self._due.values(), default=None)) is None or first_due > time.monotonic():
+                    self._changed.wait(timeout=None if first_due is None else first_due - time.monotonic())
             _build_logged(self.take(all_of_them=False))
             connection.close()  # the thread's own; not held open between builds
 

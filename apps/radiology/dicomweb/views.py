@@ -113,13 +113,16 @@ class DicomWebView(APIView):
     permission_classes = [IsAuthenticated, CanUseDicomWeb]
     content_negotiation_class = FirstRendererNegotiation
     parser_classes: list[Any] = []
+    _root: str | None = None  # base_url(), worked out once per request (a view instance is one request)
 
     # --- helpers ------------------------------------------------------------------------
 
     def base_url(self) -> str:
-        root = self.request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/")
-        remember_root(root)  # what a big series' metadata is built ahead for (metadata_warming.py)
-        return root
+        """This DICOMweb root as the client reached it; QIDO asks once per result row."""
+        if self._root is None:
+            self._root = self.request.build_absolute_uri(reverse("radiology:dicomweb-root")).rstrip("/")
+            remember_root(self._root)  # what a big series' metadata is built ahead for (metadata_warming.py)
+        return self._root
 
     def retrieve_url(self, study_uid: str, series_uid: str | None = None, image_uid: str | None = None) -> str:
         url = f"{self.base_url()}/studies/{study_uid}"

@@ -1,7 +1,7 @@
 """The forwarder process (forwarding/forwarder.py, manage.py run_forwarder): claims, concurrency, verification, stop.
 
 Pushes run in threads with their own database connections, hence the transactional database.
-The far side is this app in live_server for a whole delivery, and far_side_stub.py where a
+The far side is this app in a live-server thread for a whole delivery, and far_side_stub.py where a
 test needs a check that leaves an image out, a link down at verification, or a signal on cue.
 """
 
@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
+from django.test.testcases import LiveServerThread, _StaticFilesHandler
 from django.utils import timezone
 
 from apps.radiology.forwarding import forwarder as forwarder_module
@@ -42,6 +44,7 @@ from apps.radiology.tests.forwarding.forwarder_helpers import (
     task_of,
     task_row,
 )
+from apps.radiology.tests.live_server_requests import wait_for_live_server_requests, watch_live_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -77,6 +80,38 @@ def stub(settings: Any) -> Any:
         yield far_side
 
 
+class FarSideServer:
+    """This app served by Django's live-server thread, each request on a database connection of its own."""
+
+    def __init__(self) -> None:
+        # No connections_override: pytest-django's live_server hands its request threads the test
+        # thread's own connection to in-memory SQLite, and the forwarder's loop (on the test
+        # thread) then ran statements on it while a request had a savepoint open ("cannot release
+        # savepoint - SQL statements in progress"; one push refused for good). On their own
+        # connections to the shared in-memory database, a clash is a "table is locked" error: a
+        # 500, retried like any transient failure.
+        self.thread = LiveServerThread("127.0.0.1", _StaticFilesHandler, connections_override={})
+        self.thread.daemon = True
+        self.thread.start()
+        self.thread.is_ready.wait()
+        if self.thread.error:
+            raise self.thread.error
+        self.url = f"http://127.0.0.1:{self.thread.port}"
+
+
+@pytest.fixture
+def far_side_server(transactional_db: None, settings: Any) -> Iterator[FarSideServer]:
+    """A FarSideServer whose requests all end before the test's database is flushed."""
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    server = FarSideServer()
+    watch_live_server(server)
+    try:
+        yield server
+        wait_for_live_server_requests()
+    finally:
+        server.thread.terminate()
+
+
 def test_a_destination_without_its_token_is_refused_at_start(settings: Any) -> None:
     settings.RADIOLOGY_FORWARD_DESTINATIONS = "regional=all@https://pacs.regional.example.org"
     settings.RADIOLOGY_FORWARD_TOKENS = {"regional": ""}
@@ -100,20 +135,20 @@ def test_with_no_destination_it_says_so_and_idles(settings: Any) -> None:
 
 
 def test_once_delivers_a_study_to_the_real_far_side_and_exits(
-    live_server: Any, settings: Any, make_order: MakeOrder
+    far_side_server: FarSideServer, settings: Any, make_order: MakeOrder
 ) -> None:
     token = clinic_account()
-    forward_to(settings, live_server.url, token)
-    # The live server and the pushes share the in-memory SQLite test database across threads,
-    # where a write can meet "database table is locked" (no busy wait in shared-cache mode): the
-    # far side answers 500 and the push is retried, at once here, like any transient failure.
+    forward_to(settings, far_side_server.url, token)
+    # The far side's requests and the pushes share the in-memory SQLite test database across
+    # threads, where a write can meet "database table is locked" (no busy wait in shared-cache
+    # mode): the far side answers 500 and the push is retried, at once here.
     settings.RADIOLOGY_FORWARD_BACKOFF_SECONDS = 0
     images = study_of_cts(make_order, 3)
 
     lines = run_forwarder("--once")
 
     assert lines == [
-        f"Forwarder to regional ({live_server.url}, all): 4 in flight, compression zstd",
+        f"Forwarder to regional ({far_side_server.url}, all): 4 in flight, compression zstd",
         "Forwarder stopped",
     ]
     assert token not in "".join(lines)
