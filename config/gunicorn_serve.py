@@ -46,8 +46,8 @@ reuse_port = True
 # most one busy core; a third worker on 2 cores added no throughput but made each worker wait
 # for a core behind the other two, PostgreSQL and the clients. Frames under wrk against
 # scripts/serve.sh on 2 cores, as bench/compare_orthanc.py's load rows run it (issue 19):
-# 3 workers x 4 threads gave p99 83-97 ms at 8 connections and 140 ms at 32; 2 x 4 gave
-# 25-31 ms and 58-70 ms at the same ~1,000 requests/s (2 x 2 and 2 x 6 no better than 2 x 4).
+# 3 workers x 4 threads gave p99 59-97 ms at 8 connections and 117-143 ms at 32; 2 x 4 gave
+# 24-31 ms and 58-70 ms at the same ~1,000 requests/s (2 x 2 and 2 x 6 no better than 2 x 4).
 workers = env_int("PACS_WEB_WORKERS", usable_cores(), minimum=1)
 # Four threads each: a request waiting on the disk, PostgreSQL or a slow client's upload does
 # not hold up its worker's other connections.
