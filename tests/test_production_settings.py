@@ -221,7 +221,7 @@ def test_the_wsgi_app_freezes_what_it_loaded_and_collects_young_objects_less_oft
     result = run(tmp_path, ["-c", script])
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[20_000, 20, 100], True, True]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[5_000, 10, 100], True, True]
 
 
 # --- the token endpoint's throttle -----------------------------------------------------------------

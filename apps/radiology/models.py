@@ -9,6 +9,7 @@ are a snapshot taken when the study was created, not a link the EMR can rewrite.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any, ClassVar
 
@@ -370,6 +371,12 @@ class RadiologyUpload(DeclaredImageColumns):
         return f"Upload {self.pk} ({self.status})"
 
 
+def now() -> dt.datetime:
+    """timezone.now(), looked up when called: a field default bound to timezone.now itself would
+    keep the function of import time, and tests set the clock by replacing timezone.now."""
+    return timezone.now()
+
+
 class AuditEvent(WriteOnceModel):
     """One read or write of clinical data: who, in what role, what, how, when, from where, outcome.
 
@@ -392,7 +399,10 @@ class AuditEvent(WriteOnceModel):
         REJECTED = "rejected", "Rejected"
         ERROR = "error", "Error"
 
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When the request was answered, stamped as the event is made: events are written in groups
+    # (access/audit_writer.py), up to RADIOLOGY_AUDIT_FLUSH_MS later, or minutes later after a
+    # database outage; auto_now_add would stamp the time of that write instead.
+    at = models.DateTimeField(default=now, editable=False, db_index=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
+from apps.radiology.fastpaths import bulk_insert
 from apps.radiology.fastpaths.bulk_insert import insert_new
 from apps.radiology.fastpaths.encoded_json import EncodedJSON
 from apps.radiology.imagefiles.uids import generate_uid
-from apps.radiology.models import RadiologyImage, RadiologySeries
+from apps.radiology.models import AuditEvent, RadiologyImage, RadiologySeries
 from apps.radiology.tests.trust_helpers import ingest_study
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +99,49 @@ def test_nothing_to_insert_makes_no_query() -> None:
     with CaptureQueriesContext(connection) as queries:
         insert_new([])
     assert queries.captured_queries == []
+
+
+def audit_event(number: int) -> AuditEvent:
+    return AuditEvent(
+        at=dt.datetime(2026, 12, 7, 13, 0, number, tzinfo=dt.UTC),
+        username=AWKWARD,
+        role="doctor",
+        channel="dicomweb",
+        action="read",
+        route="dicomweb-frames",
+        method="GET",
+        study_uid="1.2.3",
+        client_address="2001:db8::1" if number % 2 else "192.0.2.7",
+        status_code=200,
+        outcome="allowed",
+    )
+
+
+def test_audit_events_copy_as_bulk_create_writes_them_addresses_and_times_included() -> None:
+    by_copy, by_orm = [audit_event(n) for n in range(3)], [audit_event(n) for n in range(3)]
+
+    insert_new(by_copy)
+    AuditEvent.objects.bulk_create(by_orm)
+
+    def rows(events: list[AuditEvent]) -> list[dict[str, Any]]:
+        stored = AuditEvent.objects.filter(pk__in=[event.pk for event in events]).order_by("pk").values()
+        return [{name: value for name, value in row.items() if name != "id"} for row in stored]
+
+    assert rows(by_copy) == rows(by_orm)
+    assert [(row["at"].second, row["client_address"]) for row in rows(by_copy)] == [
+        (0, "192.0.2.7"),
+        (1, "2001:db8::1"),
+        (2, "192.0.2.7"),
+    ]
+
+
+def test_making_the_rows_lets_go_of_the_gil_every_few_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread of the same worker waiting for the GIL gets it between rows, not after them all."""
+    pauses: list[float] = []
+    monkeypatch.setattr(bulk_insert.time, "sleep", pauses.append)
+    count = 2 * bulk_insert.ROWS_PER_GIL_RELEASE + 1
+
+    insert_new([audit_event(n) for n in range(count)])
+
+    assert AuditEvent.objects.count() == count
+    assert pauses == ([0, 0] if connection.vendor == "postgresql" else [])  # elsewhere: bulk_create
