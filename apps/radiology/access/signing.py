@@ -31,13 +31,14 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Now
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, UUIDField, Value
+from django.db.models.functions import Cast, Now
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from apps.radiology.access.permissions import RADIOLOGY_GROUPS
+from apps.radiology.fastpaths.prepared import PreparedLookup
 from apps.radiology.models import LinkRevocation, RadiologyImage, RadiologyStudy, ViewerToken
 
 IMAGE_URL_SALT = "pacs-lite.image-url.v1"
@@ -266,6 +267,26 @@ def reused_or_new_viewer_token(
     return _signed_viewer_token(ViewerToken(id=token_id, study=study, expires_at=expires_at), study.study_uid)
 
 
+def _viewer_token_by_id(token_hex: str) -> QuerySet[ViewerToken]:
+    """The token's row with its study, and whether its issuer still stands (`issuer_ok`).
+
+    The id is bound as text cast to a UUID, so the lookup can be compiled once (PreparedLookup
+    binds plain strings): OHIF sends a viewer token with every frame it asks for, and compiling
+    this query on each was three quarters of a frame request's CPU (cProfile, in-process frames
+    on PostgreSQL: ~5 ms a frame against ~1.2 ms with an API token).
+    """
+    issuer_ok = Exists(trusted_issuers(issued_at=OuterRef("issued_at")).filter(pk=OuterRef("issued_to_id")))
+    return (
+        ViewerToken.objects.select_related("study")
+        .annotate(issuer_ok=issuer_ok)
+        .filter(pk=Cast(Value(token_hex), UUIDField()))
+        .order_by()[:1]
+    )
+
+
+_VIEWER_TOKEN = PreparedLookup(_viewer_token_by_id, parameters=1)
+
+
 def verify_viewer_token(token: str) -> ViewerGrant:
     """Return the grant of a valid token; raise SignatureRejected if altered, expired or revoked."""
     try:
@@ -277,8 +298,7 @@ def verify_viewer_token(token: str) -> ViewerGrant:
         raise SignatureRejected("bad token") from None
     if expires_at < time.time():
         raise SignatureRejected("expired")
-    issuer_ok = Exists(trusted_issuers(issued_at=OuterRef("issued_at")).filter(pk=OuterRef("issued_to_id")))
-    record = ViewerToken.objects.select_related("study").annotate(issuer_ok=issuer_ok).filter(pk=token_id).first()
+    record = _VIEWER_TOKEN.first(token_id.hex)
     if record is None or record.revoked_at is not None or record.study.study_uid != study_uid:
         raise SignatureRejected("revoked")
     if record.issued_to_id is not None and not record.issuer_ok:

@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from django.core import signing as django_signing
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.radiology.access import signing
@@ -256,6 +258,29 @@ def test_a_viewer_token_records_who_may_open_which_study_until_when(study: Radio
     assert grant.issuer_id == doctor.pk
     payload = django_signing.loads(token, salt=signing.VIEWER_TOKEN_SALT)
     assert payload == {"t": record.id.hex, "s": study.study_uid, "e": int(record.expires_at.timestamp())}
+
+
+def test_a_viewer_token_is_checked_by_one_query_compiled_once(study: RadiologyStudy, doctor: Any) -> None:
+    """OHIF sends its token with every frame: the check is one statement, compiled on first use only."""
+    token = signing.issue_viewer_token(study=study, user=doctor)
+    grants, statements = [], []
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as queries:
+            grants.append(signing.verify_viewer_token(token))
+        statements.append([query["sql"] for query in queries.captured_queries])
+    compiled = signing._VIEWER_TOKEN._local.compiled
+
+    assert (
+        grants[0]
+        == grants[1]
+        == signing.ViewerGrant(token_id=ViewerToken.objects.get().pk, study_id=study.pk, study_uid=study.study_uid)
+    )
+    assert [len(sql) for sql in statements] == [1, 1]
+    assert statements[0] == statements[1]
+    if connection.vendor == "postgresql":  # the prepared statement (fastpaths/prepared.py)
+        assert statements[0][0].startswith("EXECUTE pacs_lite_lookup_")
+    signing.verify_viewer_token(token)
+    assert signing._VIEWER_TOKEN._local.compiled is compiled
 
 
 def test_a_viewer_token_for_nobody_records_no_user(study: RadiologyStudy) -> None:
