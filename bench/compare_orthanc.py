@@ -23,7 +23,10 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
    rendered JPEG, an instance;
 6. many clients: STOW-RS by 4 clients at once (a study each, batches of 50), then frames and
    rendered JPEGs with 1, 8 and 32 concurrent keep-alive connections driven by wrk (C, so
-   the client costs little of the 2 cores): throughput, p50 and p99 latency;
+   the client costs little of the 2 cores): throughput, p50 and p99 latency. These stand for
+   a reading room of OHIF viewers, so PACS-lite is asked as OHIF asks it: with the viewer token
+   of the study (`Authorization: Bearer`), which the demo doctor gets from the study's
+   viewer-url endpoint, as the EMR does;
 7. memory: the total RSS of every PACS-lite process (supervisord and all it runs) idle and at
    its peak during the 32-connection runs, beside Orthanc's; then each server's RSS while it
    takes a ~1 GB DICOM file.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -54,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pydicom
 import requests
@@ -548,6 +552,31 @@ def rss_by_role(pids: list[int]) -> dict[str, float]:
     return roles
 
 
+def viewer_of(pacs: Server, summary: dict[str, Any], study: Study) -> Server:
+    """PACS-lite as an OHIF viewer of `study` asks it: the study's viewer token as `Authorization: Bearer`.
+
+    The demo doctor signs in, finds the study and asks for its viewer URL (the EMR's calls);
+    OHIF takes `token` from that URL and sends it with every request (FIELD-NOTES).
+    """
+    doctor = requests.Session()
+    signed_in = doctor.post(
+        f"{pacs.base}/api/v1/auth/token/",
+        json={"username": summary["users"]["doctor"], "password": summary["password"]},
+        timeout=30,
+    )
+    signed_in.raise_for_status()
+    doctor.headers["Authorization"] = f"Token {signed_in.json()['token']}"
+    listed = doctor.get(f"{pacs.base}/api/v1/radiology/studies/", timeout=30)
+    listed.raise_for_status()
+    found = [row["id"] for row in listed.json() if row["study_uid"] == study.uid]
+    if len(found) != 1:
+        raise RuntimeError(f"the demo doctor sees {len(found)} studies with the benchmark's study UID")
+    answer = doctor.get(f"{pacs.base}/api/v1/radiology/studies/{found[0]}/viewer-url/", timeout=30)
+    answer.raise_for_status()
+    token = parse_qs(urlsplit(answer.json()["viewer_url"]).query)["token"][0]
+    return dataclasses.replace(pacs, headers={"Authorization": f"Bearer {token}"}, session=TimedSession())
+
+
 def many_clients(arguments: argparse.Namespace, servers: list[Server], big: Study, workdir: Path) -> LoadResults:
     """Frames and rendered JPEGs of the 500-instance series under 1, 8 and 32 connections, server after server."""
     results = LoadResults()
@@ -813,7 +842,8 @@ def main() -> int:
             )
         )
         step("4-client STOW-RS done")
-        load = many_clients(arguments, servers, studies[-1], workdir)
+        reading_room = [viewer_of(pacs, summary, studies[-1]), *servers[1:]]
+        load = many_clients(arguments, reading_room, studies[-1], workdir)
         rows += load.rows
         step("wrk load runs done")
         rows.append(
@@ -906,7 +936,9 @@ def main() -> int:
         "One-client rows: dicomweb-client over requests, the servers taking turns request by request; each figure "
         "is the HTTP exchange (request sent to whole body received), the client's decoding excluded. Many-client "
         f"rows: wrk, {arguments.load_seconds} s per run after a 2 s warm-up, keep-alive connections cycling "
-        "through the 500 instances of one series; one server at a time."
+        "through the 500 instances of one series; one server at a time; PACS-lite asked as OHIF asks it, with "
+        "the study's viewer token (`Authorization: Bearer`, from the viewer-url endpoint), Orthanc with no "
+        "authentication."
     )
     ratios = "Ratios are against the better Orthanc of each row, oriented so that **>1 means PACS-lite is better**."
     report = "\n\n".join(

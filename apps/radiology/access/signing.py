@@ -31,7 +31,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core import signing
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery, UUIDField, Value
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery, UUIDField, Value
 from django.db.models.functions import Cast, Now
 from django.urls import reverse
 from django.utils import timezone
@@ -268,7 +268,7 @@ def reused_or_new_viewer_token(
 
 
 def _viewer_token_by_id(token_hex: str) -> QuerySet[ViewerToken]:
-    """The token's row with its study, and whether its issuer still stands (`issuer_ok`).
+    """The token's row with its study's UID (`study_uid`), and whether its issuer still stands (`issuer_ok`).
 
     The id is bound as text cast to a UUID, so the lookup can be compiled once (PreparedLookup
     binds plain strings): OHIF sends a viewer token with every frame it asks for, and compiling
@@ -277,8 +277,8 @@ def _viewer_token_by_id(token_hex: str) -> QuerySet[ViewerToken]:
     """
     issuer_ok = Exists(trusted_issuers(issued_at=OuterRef("issued_at")).filter(pk=OuterRef("issued_to_id")))
     return (
-        ViewerToken.objects.select_related("study")
-        .annotate(issuer_ok=issuer_ok)
+        ViewerToken.objects.only("id", "study_id", "issued_to_id", "revoked_at")
+        .annotate(issuer_ok=issuer_ok, study_uid=F("study__study_uid"))
         .filter(pk=Cast(Value(token_hex), UUIDField()))
         .order_by()[:1]
     )
@@ -299,7 +299,7 @@ def verify_viewer_token(token: str) -> ViewerGrant:
     if expires_at < time.time():
         raise SignatureRejected("expired")
     record = _VIEWER_TOKEN.first(token_id.hex)
-    if record is None or record.revoked_at is not None or record.study.study_uid != study_uid:
+    if record is None or record.revoked_at is not None or record.study_uid != study_uid:
         raise SignatureRejected("revoked")
     if record.issued_to_id is not None and not record.issuer_ok:
         raise LinkRevoked("issuer no longer trusted")

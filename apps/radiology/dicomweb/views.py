@@ -90,8 +90,22 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 def _image_by_uid(images: QuerySet[RadiologyImage], image_uid: str, *, with_metadata: bool) -> QuerySet[RadiologyImage]:
     images = images.select_related("series__study")
     if not with_metadata:
-        images = images.defer(stored_header.HEADER_COLUMN)
+        # Frames, renders and bulk data read the image's own columns, and of its series and study
+        # only the UIDs the URL is checked against: the other 23 columns of the two were half
+        # the row, sent, decoded and made into fields for every frame a viewer asks for.
+        images = images.defer(stored_header.HEADER_COLUMN, *_SERIES_AND_STUDY_DETAILS)
     return images.filter(image_uid=image_uid).order_by()[:1]
+
+
+_SERIES_AND_STUDY_DETAILS = tuple(
+    f"{path}__{field.name}"
+    for path, model, kept in (
+        ("series", RadiologySeries, {"id", "study", "series_uid"}),
+        ("series__study", RadiologyStudy, {"id", "study_uid"}),
+    )
+    for field in model._meta.concrete_fields
+    if field.name not in kept
+)
 
 
 # Every frame, render and instance request starts here: through the read door, compiled once

@@ -9,13 +9,20 @@ Content-Type (with its transfer-syntax) and the exact bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pydicom
 import pydicom.encaps
 import pydicom.pixels
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from PIL import Image
+
+from apps.radiology.access import signing
+from apps.radiology.fastpaths.prepared import executed_sql
 
 from .conftest import PHOTO, Put, Stored
 from .helpers import error, json_of, multipart_of
@@ -223,3 +230,33 @@ def test_an_instance_without_pixel_data_has_no_frames(put: Put, doctor_client: C
     assert json_of(response) == error("Could not decode the pixel data: AttributeError.", "rendering_failed")
     response = doctor_client.get(stored.url("/bulk/7FE00010"))
     assert (response.status_code, json_of(response)) == (404, error("No such bulk data.", "bulkdata_not_found"))
+
+
+def test_a_frame_asked_with_a_viewer_token_costs_three_statements_and_reads_no_study_details(
+    put: Put, doctor: Any
+) -> None:
+    """What OHIF sends for every frame: the token (with its study's UID), the instance, the audit event.
+
+    The instance comes with its series' and study's UIDs only: the patient's name, the study's
+    description and the rest are not read for a frame.
+    """
+    stored = put("CT_small.dcm")
+    viewer = Client(
+        headers={"Authorization": f"Bearer {signing.issue_viewer_token(study=stored.image.series.study, user=doctor)}"}
+    )
+    viewer.get(stored.url("/frames/1"), headers={"Accept": OHIF_ACCEPT})  # compiles the lookups
+
+    with CaptureQueriesContext(connection) as queries:
+        part_type, parts = get_frames(viewer, stored, "1", OHIF_ACCEPT)
+
+    assert (part_type, [content for _type, content in parts]) == (
+        "application/octet-stream",
+        [stored.dataset().PixelData],
+    )
+    statements = [executed_sql(query["sql"]) for query in queries.captured_queries]
+    assert [sql.split(" ")[0] for sql in statements] == ["SELECT", "SELECT", "INSERT"]
+    token_sql, image_sql = statements[0], statements[1]
+    assert '"radiology_viewertoken"' in token_sql and '"radiology_radiologyimage"' in image_sql
+    for detail in ("patient_name", "patient_id", "study_description", "accession_number", "series_description"):
+        assert f'"{detail}"' not in token_sql and f'"{detail}"' not in image_sql
+    assert '"image_metadata"' not in image_sql and '"metadata_text"' not in image_sql
