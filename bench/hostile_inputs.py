@@ -70,7 +70,7 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]  # ROOT for the hostile file builders
 import _services as services  # noqa: E402
 
 from apps.radiology.tests import ingest_bombs  # noqa: E402
-from config.gunicorn_serve import usable_cores  # noqa: E402
+from config.env import usable_cores  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "hostile_inputs.md"
 MIB = 1024 * 1024

@@ -42,7 +42,7 @@ import pydicom  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 
 from apps.radiology.imagefiles.dicom import parse_dicom  # noqa: E402
-from config.gunicorn_serve import usable_cores  # noqa: E402
+from config.env import usable_cores  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "compare_orthanc.md"
 ROWS = {1: "STOW-RS ingest, 1 client", 4: "STOW-RS ingest, 4 clients"}

@@ -89,7 +89,7 @@ sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]  # the parent for config.
 import _services as services  # noqa: E402
 from _table import fmt  # noqa: E402
 
-from config.gunicorn_serve import usable_cores  # noqa: E402
+from config.env import usable_cores  # noqa: E402
 
 RESULTS = BENCH_DIR / "results" / "scale.md"
 STOW_BATCH = 50

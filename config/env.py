@@ -15,6 +15,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which a container's cpuset narrows.
+
+    The default of every "how many at once" setting (gunicorn's workers, the ingest parse helper).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # macOS: no affinity call
+
+
 def env_str(name: str, default: str | None = None) -> str | None:
     """Return the variable, or its `NAME_FILE` twin's contents (for secrets mounted as files)."""
     file_path = os.environ.get(f"{name}_FILE")

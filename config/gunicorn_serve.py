@@ -19,17 +19,7 @@ Why these values:
 
 from __future__ import annotations
 
-import os
-
-from config.env import env_bool, env_int
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity, which a container's cpuset narrows."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # macOS: no affinity call
-
+from config.env import env_bool, env_int, usable_cores
 
 # The same class as ./gunicorn.conf.py: `-c` replaces that file, so it is named again here.
 logger_class = "config.log_redaction.RedactingGunicornLogger"

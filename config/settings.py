@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_str
+from config.env import env_bool, env_int, env_list, env_str, usable_cores
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -339,8 +339,9 @@ PACS_PG_BIN_DIR = env_str("PACS_PG_BIN_DIR")
 # the incoming file's own size is kept free.
 RADIOLOGY_MIN_FREE_BYTES = env_int("RADIOLOGY_MIN_FREE_BYTES", 2 * 1024**3, minimum=0)
 # A helper process per server process parses part of each big ingest batch on another core
-# (apps/radiology/ingest/parse_helper.py); on by default where there is another core.
-RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", (os.cpu_count() or 1) > 1)
+# (apps/radiology/ingest/parse_helper.py); on by default where this process may use another core
+# (its CPU affinity, as gunicorn's worker count: config/env.py usable_cores).
+RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", usable_cores() > 1)
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
 # STOW-RS limits, checked while a request is received (413 as soon as one is crossed): parts

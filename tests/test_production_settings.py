@@ -419,3 +419,17 @@ def test_database_connections_are_kept_and_checked_by_default(
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_on_one_usable_core_there_is_one_worker_and_no_parse_helper(tmp_path: Path) -> None:
+    """Both defaults follow the cores the process may use (its affinity: a container's cpuset), not the host's."""
+    script = (
+        "import json, os, runpy; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "import django; django.setup(); from django.conf import settings; "
+        "served = runpy.run_path('config/gunicorn_serve.py'); "
+        "print(json.dumps([served['workers'], settings.RADIOLOGY_INGEST_PARSE_HELPER]))"
+    )
+    result = run(tmp_path, ["-c", script])
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [1, False]
