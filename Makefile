@@ -82,6 +82,11 @@ clean:
 bench: setup
 	$(BIN)/python bench/compare_orthanc.py
 
+## bench-app-servers: the same PACS-lite behind the shipped gunicorn and behind granian, frames and rendered under 1, 8, 32 connections (~8 min; as root: runs PostgreSQL)
+.PHONY: bench-app-servers
+bench-app-servers: setup
+	$(BIN)/python bench/compare_app_servers.py $(ARGS)
+
 ## bench-dimse: PACS-lite's DICOM listener against Orthanc's DICOM server, same files (~8 min; as root: installs dcmtk and orthanc if missing, runs PostgreSQL)
 .PHONY: bench-dimse
 bench-dimse: setup system-packages

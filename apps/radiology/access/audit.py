@@ -50,7 +50,7 @@ def role_of(user: Any) -> str:
     """A stable role name for the trail."""
     if user is None or isinstance(user, AnonymousUser) or not getattr(user, "is_authenticated", False):
         return "anonymous"
-    if getattr(user, "grant", None) is not None:
+    if getattr(user, "claims", None) is not None:  # a viewer token's principal (its row need not be read)
         return "viewer_token"
     if user.is_superuser:
         return "superuser"
@@ -135,10 +135,10 @@ def record(
     (the request is anonymous) the event names it by id, or marks it invalid (see module doc).
     `username`: the name tried, for an event with no user (a failed login).
     """
-    grant = getattr(user, "grant", None)
+    claims = getattr(user, "claims", None)
     real_user = user if getattr(user, "pk", None) is not None else None
     role = role_of(user)
-    token_id = grant.token_id if grant is not None else None
+    token_id = claims.token_id if claims is not None else None
     if role == "anonymous" and presented_token is not None:
         token_id = viewer_token_id(presented_token)  # an HMAC check, no query, off the request's latency
         role = "viewer_token" if token_id is not None else INVALID_VIEWER_TOKEN_ROLE
@@ -182,7 +182,7 @@ def _id(value: Any) -> int | None:
     return number if number <= _MAX_ID else None
 
 
-def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
+def _what(route: str, kwargs: dict[str, Any], claims: Any) -> dict[str, Any]:
     what: dict[str, Any] = {}
     for key in ("study_uid", "series_uid"):
         if kwargs.get(key):
@@ -203,8 +203,8 @@ def _what(route: str, kwargs: dict[str, Any], grant: Any) -> dict[str, Any]:
             what["upload_id"] = pk
         elif "radiologyorder" in route:
             what["order_id"] = pk
-    if grant is not None and "study_uid" not in what:
-        what["study_uid"] = grant.study_uid
+    if claims is not None and "study_uid" not in what:
+        what["study_uid"] = claims.study_uid
     return what
 
 
@@ -264,7 +264,7 @@ class AuditMiddleware:
         match = request.resolver_match
         route = (match.url_name or match.view_name) if match is not None else "unresolved"
         user = getattr(request, "user", None)
-        grant = getattr(user, "grant", None)
+        claims = getattr(user, "claims", None)  # a viewer token's: what its signature vouches for
         when_closed(
             response,
             record,
@@ -278,7 +278,7 @@ class AuditMiddleware:
             query_keys=",".join(sorted(_CONTROL.sub("?", key) for key in request.GET if key.lower() != "token")),
             presented_token=_presented_viewer_token(request, route or ""),
             outcome=AuditEvent.Outcome.DENIED if _is_login_redirect(response) else None,
-            **_what(route or "", dict(match.kwargs) if match is not None else {}, grant),
+            **_what(route or "", dict(match.kwargs) if match is not None else {}, claims),
         )  # off the request's latency: a viewer asks for hundreds of frames (after_response.py)
         return response
 

@@ -17,13 +17,14 @@ a modality may only store, a workstation may read.
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from apps.radiology.access.permissions import can_upload_radiology, can_view_radiology
-from apps.radiology.access.signing import ImageLink, ViewerGrant
+from apps.radiology.access.signing import ImageLink, ViewerGrant, ViewerTokenClaims, check_viewer_token
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,17 @@ class ReadScope:
     filters by the id when it has one, by the UID otherwise (prepared lookups, whose
     parameters are strings, pass the UID). `issued_by`: the signed image link whose issuer's
     standing (and viewer token) the door checks in the same query (see SignedLinkPrincipal).
+    `via_viewer_token`: with a study UID, the viewer token whose row the door checks in the
+    same query, for a token whose row was not read yet (ViewerTokenPrincipal.lookup_scope).
     """
 
     everything: bool = False
     study_id: int | None = None
     study_uid: str | None = None
     issued_by: ImageLink | None = None
+    # With study_uid: only while this viewer token's row still grants that study, checked by the
+    # lookup's own statement (ViewerTokenPrincipal.lookup_scope). A hex string or a UUID.
+    via_viewer_token: uuid.UUID | str | None = None
 
     @property
     def is_nothing(self) -> bool:
@@ -89,8 +95,13 @@ class EmrUserPrincipal:
 class ViewerTokenPrincipal:
     """The request's user when it came with a viewer token: authenticated, but only for one study.
 
-    It stands in for request.user (DRF, the audit trail and signing read user attributes and
-    `grant`), and is a Principal for the door.
+    It stands in for request.user (DRF and the audit trail read user attributes, signing reads
+    `grant`), and is a Principal for the door. Made from a verified grant, or from the claims
+    of a token whose signature alone was checked (ViewerTokenAuthentication): then its row is
+    read the first time `grant` or `read_scope` is asked, once, and SignatureRejected raised
+    if it no longer stands. A one-row lookup through the door (VisibleLookup) asks
+    `lookup_scope` instead and checks the row in its own statement: a frame costs one query,
+    not two, and a token revoked a moment ago is refused all the same.
     """
 
     is_authenticated = True
@@ -102,18 +113,53 @@ class ViewerTokenPrincipal:
     id = None
     may_store = False
 
-    def __init__(self, grant: ViewerGrant) -> None:
-        self.grant = grant
+    def __init__(self, grant: ViewerGrant | ViewerTokenClaims) -> None:
+        if isinstance(grant, ViewerGrant):
+            self._grant: ViewerGrant | None = grant
+            self.claims = ViewerTokenClaims(token_id=grant.token_id, study_uid=grant.study_uid)
+        else:
+            self._grant = None
+            self.claims = grant
 
     def __str__(self) -> str:
-        return f"viewer-token:{self.grant.token_id}"
+        return f"viewer-token:{self.claims.token_id}"
 
     def get_username(self) -> str:
         return str(self)
 
     @property
+    def checked(self) -> bool:
+        """Whether the token's row has been read (and stood)."""
+        return self._grant is not None
+
+    @property
+    def grant(self) -> ViewerGrant:
+        """What the token grants, its row read now if it was not yet; SignatureRejected if it no longer stands."""
+        if self._grant is None:
+            self._grant = check_viewer_token(self.claims)
+        return self._grant
+
+    @property
     def read_scope(self) -> ReadScope:
         return ReadScope.one_study(study_id=self.grant.study_id, study_uid=self.grant.study_uid)
+
+    @property
+    def lookup_scope(self) -> ReadScope:
+        """The scope for a lookup that checks the token's row in its own statement (no query here)."""
+        if self._grant is not None:
+            return self.read_scope
+        return ReadScope(study_uid=self.claims.study_uid, via_viewer_token=self.claims.token_id)
+
+
+def lookup_scope_of(principal: Principal) -> ReadScope:
+    """The scope a one-row lookup or a permission check may use without a query of its own.
+
+    A viewer token's principal whose row is not read yet gives a scope that checks the row
+    in the lookup's statement; every other principal its read_scope.
+    """
+    if isinstance(principal, ViewerTokenPrincipal):
+        return principal.lookup_scope
+    return principal.read_scope
 
 
 class DicomNodeRole(enum.StrEnum):

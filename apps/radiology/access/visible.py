@@ -18,14 +18,23 @@ counts stay what they were. Two shapes keep the fast paths fast:
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from django.db.models import BooleanField, Exists, ExpressionWrapper, Model, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Now
 
-from apps.radiology.access.principals import EVERYTHING, Principal, ReadScope, ScopePrincipal, SignedLinkPrincipal
-from apps.radiology.access.signing import ImageLink, trusted_issuers
+from apps.radiology.access.principals import (
+    EVERYTHING,
+    Principal,
+    ReadScope,
+    ScopePrincipal,
+    SignedLinkPrincipal,
+    ViewerTokenPrincipal,
+    lookup_scope_of,
+)
+from apps.radiology.access.signing import ImageLink, trusted_issuers, viewer_token_stands
 from apps.radiology.fastpaths.prepared import PreparedLookup
 from apps.radiology.models import RadiologyImage, RadiologySeries, RadiologyStudy, ViewerToken
 
@@ -54,6 +63,11 @@ def _link_condition(link: ImageLink, to_study: str) -> Q:
     return condition
 
 
+def _hex(token: uuid.UUID | str) -> str:
+    """A token id as the 32 hex digits both databases cast to a UUID (SQLite keeps UUIDs so)."""
+    return token.hex if isinstance(token, uuid.UUID) else token
+
+
 def read_condition(scope: ReadScope, to_study: str) -> Q | None:
     """The WHERE condition of rows (reaching their study by `to_study`) a scope may read; None: no row.
 
@@ -63,6 +77,10 @@ def read_condition(scope: ReadScope, to_study: str) -> Q | None:
         return Q()
     if scope.study_id is not None:
         return Q(**{f"{to_study}pk": scope.study_id})
+    if scope.study_uid is not None and scope.via_viewer_token is not None:
+        return Q(**{f"{to_study}study_uid": scope.study_uid}) & Q(
+            viewer_token_stands(_hex(scope.via_viewer_token), study=OuterRef(f"{to_study}pk"))
+        )
     if scope.study_uid is not None:
         return Q(**{f"{to_study}study_uid": scope.study_uid})
     if scope.issued_by is not None:
@@ -97,8 +115,14 @@ class VisibleLookup(Generic[ModelT]):
 
     `door` is visible_studies, visible_series or visible_images; `build` narrows it with
     `parameters` string values (a UID), as PreparedLookup wants. Everything-scopes run one
-    prepared statement, one-study scopes another with the study UID as a last parameter;
-    nothing-scopes run no query; any other scope runs through the ORM (correct, compiled per call).
+    prepared statement, one-study scopes another with the study UID as a last parameter, a
+    viewer token not checked yet a third with the study UID and the token's id (its row is
+    checked in the same statement); nothing-scopes run no query; any other scope runs through
+    the ORM (correct, compiled per call).
+
+    A viewer token's lookup that finds nothing reads the token's row before it answers: a
+    revoked token is refused (SignatureRejected, a 401 to the caller) as before, never told
+    "not found", and a live one hears "not found" only when the row is not its study's.
     """
 
     def __init__(
@@ -116,27 +140,40 @@ class VisibleLookup(Generic[ModelT]):
             lambda *values: build(door(ScopePrincipal(ReadScope.one_study(study_uid=values[-1]))), *values[:-1]),
             parameters=parameters + 1,
         )
+        self._via_viewer_token: PreparedLookup[ModelT] = PreparedLookup(
+            lambda *values: build(
+                door(ScopePrincipal(ReadScope(study_uid=values[-2], via_viewer_token=values[-1]))), *values[:-2]
+            ),
+            parameters=parameters + 2,
+        )
 
-    def all(self, principal: Principal, *values: str) -> list[ModelT]:
-        scope = principal.read_scope
+    def _rows(self, principal: Principal, values: tuple[str, ...], *, one: bool) -> list[ModelT]:
+        scope = lookup_scope_of(principal)
         if scope.is_nothing:
             return []
         if scope.everything:
-            return self._everything.all(*values)
-        if scope.study_uid is not None and scope.issued_by is None:
-            return self._one_study.all(*values, scope.study_uid)
-        return list(self.build(self.door(principal), *values))
+            lookup, bound = self._everything, values
+        elif scope.study_uid is not None and scope.via_viewer_token is not None:
+            lookup, bound = self._via_viewer_token, (*values, scope.study_uid, _hex(scope.via_viewer_token))
+        elif scope.study_uid is not None and scope.issued_by is None:
+            lookup, bound = self._one_study, (*values, scope.study_uid)
+        else:
+            queryset = self.build(self.door(principal), *values)
+            if not one:
+                return list(queryset)
+            return [row] if (row := next(iter(queryset), None)) is not None else []
+        found = ([row] if (row := lookup.first(*bound)) is not None else []) if one else lookup.all(*bound)
+        if not found and isinstance(principal, ViewerTokenPrincipal):
+            principal.grant  # noqa: B018 (reads the token's row: SignatureRejected if it no longer stands)
+        return found
+
+    def all(self, principal: Principal, *values: str) -> list[ModelT]:
+        return self._rows(principal, values, one=False)
 
     def first(self, principal: Principal, *values: str) -> ModelT | None:
         """The first row (build should order and cut it to one, e.g. `.order_by()[:1]`)."""
-        scope = principal.read_scope
-        if scope.is_nothing:
-            return None
-        if scope.everything:
-            return self._everything.first(*values)
-        if scope.study_uid is not None and scope.issued_by is None:
-            return self._one_study.first(*values, scope.study_uid)
-        return next(iter(self.build(self.door(principal), *values)), None)
+        found = self._rows(principal, values, one=True)
+        return found[0] if found else None
 
 
 def image_behind_link(*, image_id: int, link: ImageLink) -> RadiologyImage | None:

@@ -13,19 +13,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import F, QuerySet
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import APIException, NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from apps.radiology import storage
-from apps.radiology.access.principals import Principal, principal_of
+from apps.radiology.access.principals import Principal, ViewerTokenPrincipal, principal_of
+from apps.radiology.access.signing import SignatureRejected
 from apps.radiology.access.token_auth import RadiologyTokenAuthentication
 from apps.radiology.access.visible import VisibleLookup, visible_images, visible_series, visible_studies
 from apps.radiology.dicomweb.render_cache import cached_response, render_key
@@ -33,7 +35,9 @@ from apps.radiology.errors import (
     BulkDataNotFound,
     FrameNotFound,
     InstanceNotFound,
+    InvalidToken,
     OrderNotFound,
+    RadiologyError,
     SeriesNotFound,
     StoredObjectMissing,
     StudyNotFound,
@@ -121,6 +125,10 @@ _IMAGE_WITH_METADATA = VisibleLookup(
 )
 
 
+# What a view raises to refuse a request (as opposed to failing itself).
+_REFUSALS = (RadiologyError, APIException, Http404, DjangoPermissionDenied, SignatureRejected)
+
+
 @extend_schema(exclude=True)
 class DicomWebView(APIView):
     authentication_classes = [ViewerTokenAuthentication, RadiologyTokenAuthentication, SessionAuthentication]
@@ -128,6 +136,37 @@ class DicomWebView(APIView):
     content_negotiation_class = FirstRendererNegotiation
     parser_classes: list[Any] = []
     _root: str | None = None  # base_url(), worked out once per request (a view instance is one request)
+    # True for views whose first read is one instance looked up through the door (find_image):
+    # a viewer token's row is then checked in that lookup's statement, not by a query of its
+    # own (OHIF asks for hundreds of frames per study, each with the token). Every other view,
+    # and every other method (OPTIONS answers without a lookup), reads the row before its
+    # handler runs, as authentication did before.
+    token_checked_by_lookup = False
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        principal = principal_of(request)
+        looked_up = self.token_checked_by_lookup and request.method in ("GET", "HEAD")
+        if isinstance(principal, ViewerTokenPrincipal) and not looked_up:
+            principal.grant  # noqa: B018 (reads the token's row: SignatureRejected if it no longer stands)
+
+    def handle_exception(self, exc: Exception) -> HttpResponse:
+        """A viewer token that no longer stands is a 401 whatever else went wrong with the request.
+
+        Its row may not have been read yet when a view of token_checked_by_lookup fails before
+        its lookup (an Accept it cannot serve, a malformed frame list): it is read now, so a
+        revoked token hears nothing but that it is refused.
+        """
+        principal = principal_of(self.request)
+        refusal = isinstance(exc, _REFUSALS)  # not a server's own failure (a database gone: no query now)
+        if refusal and isinstance(principal, ViewerTokenPrincipal) and not isinstance(exc, SignatureRejected):
+            try:
+                principal.grant  # noqa: B018 (no query if it was read already)
+            except SignatureRejected as refused:
+                exc = refused
+        if isinstance(exc, SignatureRejected):
+            exc = InvalidToken()
+        return super().handle_exception(exc)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -415,12 +454,16 @@ class SeriesThumbnailView(SeriesRenderedView):
 
 
 class InstanceView(DicomWebView):
+    token_checked_by_lookup = True
+
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
         # With its header: the served patient identity of a rewritten instance is read from it.
         return self.dicom_parts([self.find_image(study_uid, series_uid, image_uid, with_metadata=True)])
 
 
 class InstanceMetadataView(DicomWebView):
+    token_checked_by_lookup = True
+
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
         image = self.find_image(study_uid, series_uid, image_uid, with_metadata=True)
         url = self.retrieve_url(study_uid, series_uid, image_uid)
@@ -430,6 +473,7 @@ class InstanceMetadataView(DicomWebView):
 
 
 class InstanceRenderedView(DicomWebView):
+    token_checked_by_lookup = True
     thumbnail = False
 
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str) -> HttpResponse:
@@ -441,6 +485,8 @@ class InstanceThumbnailView(InstanceRenderedView):
 
 
 class FramesView(DicomWebView):
+    token_checked_by_lookup = True
+
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, frames: str) -> HttpResponse:
         image = self.find_image(study_uid, series_uid, image_uid)
         numbers = _frame_numbers(frames)
@@ -471,6 +517,8 @@ class FramesView(DicomWebView):
 
 
 class FrameRenderedView(DicomWebView):
+    token_checked_by_lookup = True
+
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, frames: str) -> HttpResponse:
         image = self.find_image(study_uid, series_uid, image_uid)
         return render_response(self, image, frame=_frame_numbers(frames)[0])
@@ -478,6 +526,8 @@ class FrameRenderedView(DicomWebView):
 
 class BulkDataView(DicomWebView):
     """Bulk data of an instance: pixel data (its frames) or another large element, as octet-stream."""
+
+    token_checked_by_lookup = True
 
     def get(self, request: Request, study_uid: str, series_uid: str, image_uid: str, tag: str) -> HttpResponse:
         image = self.find_image(study_uid, series_uid, image_uid)

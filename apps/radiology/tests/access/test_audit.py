@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.radiology.access import audit, selectors
+from apps.radiology.access.signing import revoke_viewer_token
 from apps.radiology.db_triggers import audit_delete_permit
 from apps.radiology.errors import ImmutableRecord
 from apps.radiology.management.commands import archive_radiology_audit as archive_command
@@ -859,6 +860,30 @@ def test_an_expired_viewer_token_is_recorded_by_its_id(stored: StoredStudy) -> N
 
     assert response.status_code == 401
     assert event_row(only_event()) == refused_token_event(stored, ViewerToken.objects.get().pk)
+
+
+def test_a_frame_asked_with_a_revoked_token_is_recorded_by_its_id(stored: StoredStudy) -> None:
+    """The frame route checks the token's row in its instance lookup; the refusal reads the same in the trail."""
+    token = issue_token(stored.study)
+    token_id = ViewerToken.objects.get().pk
+    revoke_viewer_token(token_id)
+
+    response = bearer_client(token).get(stored.instance_url("/frames/1"))
+
+    assert response.status_code == 401
+    assert event_row(only_event()) == expected_event(
+        role="viewer_token",
+        viewer_token_id=token_id,
+        channel="dicomweb",
+        action="read",
+        route="dicomweb-frames",
+        method="GET",
+        study_uid=stored.study.study_uid,
+        series_uid=stored.series.series_uid,
+        image_uid=stored.image.image_uid,
+        status_code=401,
+        outcome="denied",
+    )
 
 
 def test_a_malformed_bearer_token_is_marked(stored: StoredStudy) -> None:

@@ -293,6 +293,61 @@ def test_a_prepared_lookup_answers_each_principal_through_the_door(
         assert _SERIES_OF_STUDY.all(nurse_principal, first.study.study_uid) == []
 
 
+def claims_of(study: RadiologyStudy, *, user: Any = None) -> signing.ViewerTokenClaims:
+    """A new token's claims, its signature checked and its row not read (as authentication leaves it)."""
+    return signing.read_viewer_token(signing.issue_viewer_token(study=study, user=user))
+
+
+def test_a_token_not_checked_yet_is_checked_in_the_lookups_own_statement(
+    doctor: Any, two: tuple[Rows, Rows], django_assert_num_queries: Any
+) -> None:
+    first, second = two
+    principal = ViewerTokenPrincipal(claims_of(second.study, user=doctor))
+    assert principal.lookup_scope == ReadScope(
+        study_uid=second.study.study_uid, via_viewer_token=principal.claims.token_id
+    )
+    _STUDY_BY_UID.first(principal, second.study.study_uid)  # compiles it
+
+    _SERIES_OF_STUDY.all(principal, second.study.study_uid)
+    with django_assert_num_queries(2):
+        assert _STUDY_BY_UID.first(principal, second.study.study_uid) == second.study
+        assert {item.pk for item in _SERIES_OF_STUDY.all(principal, second.study.study_uid)} == set(second.series)
+    assert principal.checked is False  # found: the lookups' statements vouched for the row
+    with django_assert_num_queries(2):
+        # Another study's: the lookup finds nothing, then the token's row is read (it stands: "not found").
+        assert _STUDY_BY_UID.first(principal, first.study.study_uid) is None
+    assert principal.checked is True
+    assert principal.grant == signing.ViewerGrant(
+        token_id=principal.claims.token_id, study_id=second.study.pk, study_uid=second.study.study_uid
+    )
+    with django_assert_num_queries(1):  # checked now: the plain one-study lookup
+        assert _SERIES_OF_STUDY.all(principal, first.study.study_uid) == []
+
+
+@pytest.mark.parametrize("ends", ["revoked", "issuer_cut_off", "issuer_lost_the_role"])
+def test_a_token_that_no_longer_stands_finds_nothing_and_is_refused(
+    doctor: Any, two: tuple[Rows, Rows], ends: str
+) -> None:
+    _first, second = two
+    claims = claims_of(second.study, user=doctor)
+    assert _STUDY_BY_UID.first(ViewerTokenPrincipal(claims), second.study.study_uid) == second.study
+    if ends == "revoked":
+        signing.revoke_viewer_token(claims.token_id)
+    elif ends == "issuer_cut_off":
+        signing.revoke_links_of(user=doctor)
+    else:
+        doctor.groups.clear()
+
+    principal = ViewerTokenPrincipal(claims)
+    study_ids = visible_studies(ScopePrincipal(principal.lookup_scope)).values_list("pk", flat=True)
+    assert list(study_ids) == []  # the door's condition alone
+    with pytest.raises(signing.SignatureRejected):
+        _STUDY_BY_UID.first(principal, second.study.study_uid)
+    with pytest.raises(signing.SignatureRejected):
+        principal.read_scope  # noqa: B018
+    assert principal.checked is False
+
+
 def test_another_scope_goes_through_the_orm(doctor: Any, two: tuple[Rows, Rows]) -> None:
     _first, second = two
     grant = grant_of(second.study, user=doctor)

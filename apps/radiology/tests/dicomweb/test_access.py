@@ -238,6 +238,44 @@ def test_a_token_revoked_after_use_stops_working_at_once(two: Two) -> None:
     assert bearer(two.token_b).get(two.b.url("/metadata")).status_code == 200
 
 
+LOOKUP_ROUTES = [route for route in SCOPED_READS if "{instance}" in route.path]
+
+
+@pytest.mark.parametrize("ends", ["revoked", "issuer_cut_off"])
+def test_the_instance_routes_refuse_a_token_the_moment_it_ends(two: Two, doctor: Any, ends: str) -> None:
+    """These check the token's row in the instance's own statement (OHIF's frames): no second query, no window."""
+    client = bearer(two.token_a)
+    for route in LOOKUP_ROUTES:
+        assert request(client, route, route.url(two.a)).status_code == 200, route
+    if ends == "revoked":
+        signing.revoke_viewer_token(signing.verify_viewer_token(two.token_a).token_id)
+    else:
+        signing.revoke_links_of(user=doctor)
+    for route in LOOKUP_ROUTES:
+        response = request(client, route, route.url(two.a))
+        assert (response.status_code, json_of(response)) == (401, INVALID_TOKEN), route
+        assert response["WWW-Authenticate"] == BEARER_CHALLENGE
+
+
+def test_a_revoked_token_hears_401_before_any_other_refusal(two: Two) -> None:
+    """A request the view would refuse anyway (an Accept it cannot serve, a bad frame list, a write):
+    a live token hears why, a revoked one only that it is refused."""
+    revoked = signing.issue_viewer_token(study=two.a.study, user=None)
+    signing.revoke_viewer_token(signing.verify_viewer_token(revoked).token_id)
+    cases = [
+        ("get", two.a.url("/frames/1"), {"Accept": "text/html"}, 406),
+        ("get", two.a.url("/frames/0"), {}, 404),  # frame_not_found
+        ("get", two.a.url("/rendered"), {"Accept": "application/pdf"}, 406),
+        ("put", two.a.url("/frames/1"), {}, 403),
+        ("options", two.a.url("/frames/1"), {}, 200),
+    ]
+    for method, url, headers, live_status in cases:
+        live = getattr(bearer(two.token_a), method)(url, headers=headers)
+        assert live.status_code == live_status, (method, url, body_of(live))
+        refused = getattr(bearer(revoked), method)(url, headers=headers)
+        assert (refused.status_code, json_of(refused)) == (401, INVALID_TOKEN), (method, url)
+
+
 # --- EMR users ---------------------------------------------------------------------------
 
 
