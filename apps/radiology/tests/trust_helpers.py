@@ -119,19 +119,22 @@ def expected_event(**values: Any) -> dict[str, Any]:
     return {**EMPTY_EVENT, **values}
 
 
-def refused_token_event(stored: StoredStudy, token_id: uuid.UUID) -> dict[str, Any]:
-    """The event of a study-metadata request with a refused (expired, revoked) viewer token: denied,
-    and, the signature being good, naming the token by its id."""
+def refused_token_event(
+    stored: StoredStudy, token_id: uuid.UUID, *, route: str = "dicomweb-study-metadata", **what: Any
+) -> dict[str, Any]:
+    """The event of a DICOMweb request (study metadata unless `route` says) with a refused (expired,
+    revoked) viewer token: denied, and, the signature being good, naming the token by its id."""
     return expected_event(
         role="viewer_token",
         viewer_token_id=token_id,
         channel="dicomweb",
         action="read",
-        route="dicomweb-study-metadata",
+        route=route,
         method="GET",
         study_uid=stored.study.study_uid,
         status_code=401,
         outcome="denied",
+        **what,
     )
 
 

@@ -871,18 +871,12 @@ def test_a_frame_asked_with_a_revoked_token_is_recorded_by_its_id(stored: Stored
     response = bearer_client(token).get(stored.instance_url("/frames/1"))
 
     assert response.status_code == 401
-    assert event_row(only_event()) == expected_event(
-        role="viewer_token",
-        viewer_token_id=token_id,
-        channel="dicomweb",
-        action="read",
+    assert event_row(only_event()) == refused_token_event(
+        stored,
+        token_id,
         route="dicomweb-frames",
-        method="GET",
-        study_uid=stored.study.study_uid,
         series_uid=stored.series.series_uid,
         image_uid=stored.image.image_uid,
-        status_code=401,
-        outcome="denied",
     )
 
 
