@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -278,7 +279,13 @@ class AuditMiddleware:
             query_keys=",".join(sorted(_CONTROL.sub("?", key) for key in request.GET if key.lower() != "token")),
             presented_token=_presented_viewer_token(request, route or ""),
             outcome=AuditEvent.Outcome.DENIED if _is_login_redirect(response) else None,
-            **_what(route or "", dict(match.kwargs) if match is not None else {}, claims),
+            # A refused token's claimed study is no study the request touched (a revoked token's
+            # search names none): recorded as when authentication itself refused the token.
+            **_what(
+                route or "",
+                dict(match.kwargs) if match is not None else {},
+                claims if response.status_code != HTTPStatus.UNAUTHORIZED else None,
+            ),
         )  # off the request's latency: a viewer asks for hundreds of frames (after_response.py)
         return response
 

@@ -123,7 +123,8 @@ def refused_token_event(
     stored: StoredStudy, token_id: uuid.UUID, *, route: str = "dicomweb-study-metadata", **what: Any
 ) -> dict[str, Any]:
     """The event of a DICOMweb request (study metadata unless `route` says) with a refused (expired,
-    revoked) viewer token: denied, and, the signature being good, naming the token by its id."""
+    revoked) viewer token: denied, and, the signature being good, naming the token by its id.
+    `what`: the UIDs the URL names (by default the study's)."""
     return expected_event(
         role="viewer_token",
         viewer_token_id=token_id,
@@ -131,10 +132,9 @@ def refused_token_event(
         action="read",
         route=route,
         method="GET",
-        study_uid=stored.study.study_uid,
         status_code=401,
         outcome="denied",
-        **what,
+        **(what or {"study_uid": stored.study.study_uid}),
     )
 
 

@@ -875,9 +875,35 @@ def test_a_frame_asked_with_a_revoked_token_is_recorded_by_its_id(stored: Stored
         stored,
         token_id,
         route="dicomweb-frames",
+        study_uid=stored.study.study_uid,
         series_uid=stored.series.series_uid,
         image_uid=stored.image.image_uid,
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("studies", "dicomweb-studies"),
+        ("series", "dicomweb-series-search"),
+        ("instances", "dicomweb-instances-search"),
+    ],
+)
+def test_a_search_with_a_revoked_token_names_no_study(stored: StoredStudy, path: str, route: str) -> None:
+    """The study a refused token claims is no study the request touched: the event names none."""
+    token = issue_token(stored.study)
+    token_id = ViewerToken.objects.get().pk
+    revoke_viewer_token(token_id)
+
+    response = bearer_client(token).get(f"{DICOMWEB}/{path}")
+
+    assert response.status_code == 401
+    route = {
+        "studies": "dicomweb-studies",
+        "series": "dicomweb-series-search",
+        "instances": "dicomweb-instances-search",
+    }
+    assert event_row(only_event()) == refused_token_event(stored, token_id, route=route[path], study_uid="")
 
 
 def test_a_malformed_bearer_token_is_marked(stored: StoredStudy) -> None:
