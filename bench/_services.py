@@ -502,6 +502,15 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def tree_cpu_ticks(root: int) -> int:
+    """cpu_ticks of `root` and all its descendants; a process that ends meanwhile counts as none."""
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_ticks(pid)
+    return total
+
+
 class TotalRssSampler:
     """The sum of several processes' VmRSS every 50 ms, in a thread: its peak and its mean."""
 

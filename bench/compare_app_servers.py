@@ -72,11 +72,7 @@ class Contender:
     root_pid: int
 
     def cpu_seconds(self) -> float:
-        ticks = 0
-        for pid in services.process_tree(self.root_pid):
-            with contextlib.suppress(OSError):
-                ticks += services.cpu_ticks(pid)
-        return ticks / 100
+        return services.tree_cpu_ticks(self.root_pid) / 100
 
 
 @contextlib.contextmanager

@@ -276,16 +276,6 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
-def tree_ticks(pid: int) -> int:
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += services.cpu_ticks(current)
-        stack += children(current)
-    return total
-
-
 class Watch:
     """While a row runs: worker RSS every 10 ms (with the 3 GiB guard) and /healthz every 50 ms."""
 
@@ -391,9 +381,9 @@ class Server:
         """Wait until the workers stop spending CPU (after-response work of the last row)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            before = sum(tree_ticks(pid) for pid in self.workers())
+            before = sum(services.tree_cpu_ticks(pid) for pid in self.workers())
             time.sleep(0.3)
-            if sum(tree_ticks(pid) for pid in self.workers()) - before <= 3:
+            if sum(services.tree_cpu_ticks(pid) for pid in self.workers()) - before <= 3:
                 return
 
     def recover(self) -> str:
@@ -409,9 +399,9 @@ class Server:
             )
             if cancelled:
                 notes.append(f"{cancelled} SQL cancelled")
-        before = {pid: tree_ticks(pid) for pid in self.workers()}
+        before = {pid: services.tree_cpu_ticks(pid) for pid in self.workers()}
         time.sleep(0.5)
-        busy = [pid for pid, ticks in before.items() if tree_ticks(pid) - ticks > 15]
+        busy = [pid for pid, ticks in before.items() if services.tree_cpu_ticks(pid) - ticks > 15]
         for pid in busy:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -162,7 +162,11 @@ class VisibleLookup(Generic[ModelT]):
             if not one:
                 return list(queryset)
             return [row] if (row := next(iter(queryset), None)) is not None else []
-        found = ([row] if (row := lookup.first(*bound)) is not None else []) if one else lookup.all(*bound)
+        if one:
+            row = lookup.first(*bound)
+            found = [row] if row is not None else []
+        else:
+            found = lookup.all(*bound)
         if not found and isinstance(principal, ViewerTokenPrincipal):
             principal.grant  # noqa: B018 (reads the token's row: SignatureRejected if it no longer stands)
         return found

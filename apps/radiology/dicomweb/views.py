@@ -126,7 +126,7 @@ _IMAGE_WITH_METADATA = VisibleLookup(
 
 
 # What a view raises to refuse a request (as opposed to failing itself).
-_REFUSALS = (RadiologyError, APIException, Http404, DjangoPermissionDenied, SignatureRejected)
+_REFUSALS = (RadiologyError, APIException, Http404, DjangoPermissionDenied)
 
 
 @extend_schema(exclude=True)
@@ -158,8 +158,8 @@ class DicomWebView(APIView):
         revoked token hears nothing but that it is refused.
         """
         principal = principal_of(self.request)
-        refusal = isinstance(exc, _REFUSALS)  # not a server's own failure (a database gone: no query now)
-        if refusal and isinstance(principal, ViewerTokenPrincipal) and not isinstance(exc, SignatureRejected):
+        # Only for a refusal: on the server's own failure (a database gone) no query now.
+        if isinstance(exc, _REFUSALS) and isinstance(principal, ViewerTokenPrincipal):
             try:
                 principal.grant  # noqa: B018 (no query if it was read already)
             except SignatureRejected as refused:
