@@ -18,7 +18,7 @@ SERVE_ENV = $(SERVE_VARIABLES) sh scripts/serve_env.sh
 
 export DJANGO_SETTINGS_MODULE ?= config.settings
 
-.PHONY: setup system-packages browser-packages viewer run test lint format migrate seed check-migrations clean
+.PHONY: setup serve-packages system-packages browser-packages viewer run test lint format migrate seed check-migrations clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,12 +45,16 @@ viewer: setup $(OHIF_STAMP)
 	$(SERVE_ENV) $(BIN)/python manage.py write_ohif_config
 
 ## run: set everything up and serve the API on $(HOST):$(PORT) and the viewer on $(HOST):$(VIEWER_PORT)
-# as production does: gunicorn under supervisord (scripts/serve.sh, deploy/supervisord.conf);
-# a crashed process is restarted, Ctrl-C stops them all.
-run: seed viewer
+# as production does: granian for the API and nginx for the viewer's origin under supervisord
+# (scripts/serve.sh, deploy/supervisord.conf); a crashed process is restarted, Ctrl-C stops them all.
+run: seed viewer serve-packages
 	$(SERVE_VARIABLES) exec bash scripts/serve.sh
 
-## system-packages: Debian packages the tests use (dcmtk)
+## serve-packages: the Debian package `make run` serves with (nginx-light, the viewer's origin)
+serve-packages:
+	bash scripts/system_packages.sh serve
+
+## system-packages: Debian packages the tests use (nginx-light, dcmtk, dicom3tools, Orthanc)
 system-packages:
 	bash scripts/system_packages.sh
 
@@ -79,12 +83,12 @@ clean:
 
 ## bench: PACS-lite against Orthanc on the same data (~3 min; as root: may apt-get install orthanc, runs PostgreSQL)
 .PHONY: bench
-bench: setup
+bench: setup serve-packages
 	$(BIN)/python bench/compare_orthanc.py
 
-## bench-app-servers: the same PACS-lite behind the shipped gunicorn and behind granian, frames and rendered under 1, 8, 32 connections (~8 min; as root: runs PostgreSQL)
+## bench-app-servers: the same PACS-lite behind the shipped granian (API port, and behind nginx on the viewer port) and behind gunicorn, frames and rendered under 1, 8, 32 connections (~8 min; as root: runs PostgreSQL)
 .PHONY: bench-app-servers
-bench-app-servers: setup
+bench-app-servers: setup serve-packages
 	$(BIN)/python bench/compare_app_servers.py $(ARGS)
 
 ## bench-dimse: PACS-lite's DICOM listener against Orthanc's DICOM server, same files (~8 min; as root: installs dcmtk and orthanc if missing, runs PostgreSQL)
@@ -97,12 +101,12 @@ bench-dimse: setup system-packages
 bench-forward: setup
 	$(BIN)/python bench/forward.py $(ARGS)
 
-## bench-hostile: hostile and odd input against gunicorn + PostgreSQL, production settings (under a minute; as root: runs PostgreSQL)
+## bench-hostile: hostile and odd input against the app server (granian) + PostgreSQL, production settings (under a minute; as root: runs PostgreSQL)
 .PHONY: bench-hostile
 bench-hostile: setup
 	$(BIN)/python bench/hostile_inputs.py
 
 ## bench-scale: a year of a clinic's studies (100,000 instances in 2,000 studies through import_radiology), QIDO, metadata, images, STOW-RS at 1,000 and 100,000 (~1 h on 2 cores; --studies/--instances via ARGS; as root: runs PostgreSQL)
 .PHONY: bench-scale
-bench-scale: setup
+bench-scale: setup serve-packages
 	$(BIN)/python bench/scale.py $(ARGS)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -297,54 +297,6 @@ def manage(env: dict[str, str], *args: str, wrapper: tuple[str, ...] = (), timeo
 
 
 @dataclass
-class Gunicorn:
-    base: str
-    master_pid: int
-    worker_pids: list[int] = field(default_factory=list)
-    command: str = ""
-
-
-@contextlib.contextmanager
-def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, worker_class: str) -> Iterator[Gunicorn]:
-    """PACS-lite under gunicorn on 127.0.0.1."""
-    port = free_port()
-    command = [
-        str(VENV_BIN / "gunicorn"),
-        "config.wsgi",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "--timeout",
-        "600",
-        "--worker-class",
-        worker_class,
-    ]
-    log_path = workdir / "gunicorn.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: process.poll() is None and requests.get(f"{base}/healthz", timeout=2).status_code == 200,
-            "gunicorn",
-            log=log_path,
-        )
-
-        def children() -> list[int]:
-            path = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-            return [int(pid) for pid in path.read_text().split()]
-
-        wait_until(lambda: len(children()) == workers, "gunicorn workers", seconds=30, log=log_path)
-        shown = " ".join(["gunicorn", *command[1:3], "127.0.0.1:PORT", *command[4:]])
-        yield Gunicorn(base=base, master_pid=process.pid, worker_pids=children(), command=shown)
-    finally:
-        stop_process_group(process)
-
-
-@dataclass
 class ServedPacs:
     """PACS-lite as `make run` serves it: scripts/serve.sh, supervisord and every program it runs."""
 
@@ -359,11 +311,11 @@ class ServedPacs:
         return manage(self.env, *args, wrapper=("sh", "scripts/serve_env.sh"))
 
     def pids(self) -> list[int]:
-        """Every process of the server: supervisord and all its descendants (gunicorns, listener, forwarder)."""
+        """Every process of the server: supervisord and all its descendants (app server, nginx, listener, forwarder)."""
         return process_tree(self.supervisor_pid)
 
     def api_worker_pids(self) -> list[int]:
-        """The API gunicorn's workers (the processes that answer DICOMweb)."""
+        """The app server's workers (the processes that answer DICOMweb), titled "pacs-api worker-N"."""
         return [pid for pid in self.pids() if "pacs-api" in _cmdline(pid) and _parent(pid) != self.supervisor_pid]
 
 

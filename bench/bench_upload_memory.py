@@ -1,4 +1,4 @@
-"""Memory of the gunicorn worker while a ~1 GB DICOM file is uploaded, whole and in 64 MB chunks.
+"""Memory of the app server worker while a ~1 GB DICOM file is uploaded, whole and in 64 MB chunks.
 
 Run from the repository root:  .venv/bin/python bench/bench_upload_memory.py [--size-mb 1024] [--chunk-mb 64]
 
@@ -9,8 +9,8 @@ What it does, all in a temporary directory (never var/):
   pydicom writes the header of a multi-frame 16-bit image (1024 x 1024 x N frames,
   explicit VR little endian), then the PixelData element (OW, defined length) is appended
   frame by frame; the SHA-256 is computed while writing;
-- starts gunicorn with one sync worker (filesystem store in the temp dir) and samples the
-  worker's VmRSS from /proc/PID/status every 20 ms in a thread;
+- starts the app server (config/app_server.py, granian) with one worker (filesystem store in
+  the temp dir) and samples the worker's VmRSS from /proc/PID/status every 20 ms in a thread;
 - uploads the file twice through the offline sync API as the demo radiology tech (each time
   a file with its own SOP Instance UID): (a) one PUT of the whole file, streamed from disk
   by requests; (b) PUTs of --chunk-mb chunks with Content-Range.
@@ -127,22 +127,13 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
-    """One sync worker; yields the worker's pid once the server answers."""
+def app_server(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
+    """The app server (config/app_server.py) with one worker; yields the worker's pid once it answers."""
     with log_path.open("ab") as log:
         master = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-w",
-                "1",
-                "--timeout",
-                "900",
-            ],
+            [str(VENV_BIN / "python"), "-m", "config.app_server", "--bind", f"127.0.0.1:{port}"],
             cwd=ROOT,
-            env=env,
+            env={**env, "PACS_WEB_WORKERS": "1"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -151,7 +142,7 @@ def gunicorn(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
         deadline = time.monotonic() + 30
         while True:
             if master.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"the app server did not start:\n{log_path.read_text()[-3000:]}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"http://127.0.0.1:{port}/api/v1/radiology/studies/", timeout=1).status_code == 401:
                     break
@@ -285,7 +276,7 @@ def main() -> int:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        with gunicorn(env, port, workdir / "gunicorn.log") as worker_pid:
+        with app_server(env, port, workdir / "app_server.log") as worker_pid:
             session = requests.Session()
             token = session.post(
                 f"{base}/api/v1/auth/token/",
@@ -302,7 +293,10 @@ def main() -> int:
                 ),
             ]
 
-    print(f"gunicorn, 1 sync worker; RSS of the worker in MiB, sampled every {SAMPLE_SECONDS * 1000:.0f} ms")
+    print(
+        "granian (config/app_server.py), 1 worker; "
+        f"RSS of the worker in MiB, sampled every {SAMPLE_SECONDS * 1000:.0f} ms"
+    )
     print(f"{'mode':<8} {'idle':>10} {'peak':>10} {'delta':>10} {'MiB/s':>9} {'seconds':>9}")
     for figure in figures:
         print(figure.row())

@@ -1,31 +1,31 @@
-"""The same PACS-lite behind two WSGI servers: the gunicorn `make run` ships, and granian (issue 19).
+"""The same PACS-lite behind two WSGI servers: granian, which `make run` ships, and gunicorn (issue 19).
 
 Run from the repository root (as root: it runs PostgreSQL as the postgres user, may apt-get
 install wrk):  make bench-app-servers
 (= .venv/bin/python bench/compare_app_servers.py; --seconds and --rounds to change the runs).
 
-Why: a frame asked with OHIF's viewer token costs ~0.9 ms of a worker's CPU when the WSGI
-application is called in-process, but ~1.5 ms under wrk against scripts/serve.sh. The rest is
-gunicorn's gthread worker: HTTP parsed in Python and every connection handed between its poller
-thread and its request threads, all under the GIL. granian (Rust, hyper) parses HTTP and moves
-bytes outside the GIL. This measures what that is worth on this machine before anything ships.
+Why: a frame asked with OHIF's viewer token cost ~0.9 ms of a worker's CPU when the WSGI
+application was called in-process, but ~1.5 ms under wrk against gunicorn, which served PACS-lite
+until issue 19: its gthread worker parses HTTP in Python and hands every connection between its
+poller thread and its request threads, all under the GIL. granian (Rust, hyper) parses HTTP and
+moves bytes outside the GIL. This keeps the measurement that made the switch, and measures the
+price of the viewer's origin, nginx in front of the app server under `make run`.
 
 What it does, all on 127.0.0.1 and in a temporary directory:
 1. PostgreSQL 15 with its defaults (fsync on) and PACS-lite exactly as `make run` serves it
-   (scripts/serve.sh: supervisord, config/gunicorn_serve.py: one worker per usable core, 4
-   threads each);
+   (scripts/serve.sh: supervisord, granian with config/app_server.py: one worker per usable
+   core, 4 blocking threads each; nginx on the viewer's port, config/viewer_proxy.py);
 2. one series of 100 CT_small instances stored through STOW-RS, and the study's viewer token as
    the demo doctor gets it from the viewer-url endpoint (bench/compare_orthanc.py's viewer_of);
-3. granian on another port, in the same environment (scripts/serve_env.sh, the same database,
-   secret key and var directory): as many workers, 4 blocking threads each, the same WSGI
-   application (config.wsgi);
-4. frames and rendered JPEGs of that series with 1, 8 and 32 keep-alive connections (wrk),
-   the two servers taking turns `--rounds` times: requests/s, p50, p99, and the CPU of each
-   server's processes per request (/proc), medians over the rounds.
+3. gunicorn on another port, in the same environment (scripts/serve_env.sh, the same database,
+   secret key and var directory) with the settings it served with (bench/gunicorn_peer.py:
+   gthread, as many workers, 4 threads each), the same WSGI application (config.wsgi);
+4. frames and rendered JPEGs of that series with 1, 8 and 32 keep-alive connections (wrk), asked
+   of the API's port (granian), of the viewer's port (nginx, then granian: what OHIF asks) and of
+   gunicorn, taking turns `--rounds` times: requests/s, p50, p99, and the CPU of each server's
+   processes per request (/proc; the viewer's port counts nginx and granian), medians over the rounds.
 
-Not shipped: granian is pinned in requirements-dev.txt for this script only. Serving with it
-needs more than a command line: it binds one address, and `make run` serves the API's port and
-the viewer's from one pool of workers (docs/performance.md says what a switch would take).
+gunicorn is pinned in requirements-dev.txt for this script only.
 """
 
 from __future__ import annotations
@@ -62,40 +62,35 @@ sys.path.insert(0, str(services.ROOT))
 from config.env import usable_cores
 
 CONNECTIONS = (1, 8, 32)
-GRANIAN_THREADS = 4  # as gunicorn's PACS_WEB_THREADS default: a slow upload holds one thread, not a worker
+GRANIAN = "granian"
+VIEWER_PORT = "granian via nginx (viewer's port)"
+GUNICORN = "gunicorn"
 
 
 @dataclass
 class Contender:
     name: str
     server: Server
-    root_pid: int
+    root_pids: list[int]
 
     def cpu_seconds(self) -> float:
-        return services.tree_cpu_ticks(self.root_pid) / 100
+        return sum(services.tree_cpu_ticks(pid) for pid in self.root_pids) / 100
 
 
 @contextlib.contextmanager
-def granian(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, int]]:
-    """granian serving config.wsgi in the environment scripts/serve.sh gave gunicorn; (origin, pid)."""
+def gunicorn(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, int]]:
+    """gunicorn serving config.wsgi in the environment scripts/serve.sh gave the app server; (origin, pid)."""
     port = services.free_port()
-    log_path = workdir / "granian.log"
+    log_path = workdir / "gunicorn.log"
     command = [
         "sh",
         "scripts/serve_env.sh",
-        str(services.VENV_BIN / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        str(usable_cores()),
-        "--blocking-threads",
-        str(GRANIAN_THREADS),
-        "--no-ws",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "config.wsgi:application",
+        str(services.VENV_BIN / "gunicorn"),
+        "-c",
+        "bench/gunicorn_peer.py",
+        "config.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
     ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -105,7 +100,7 @@ def granian(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, int]]:
     try:
         services.wait_until(
             lambda: process.poll() is None and requests.get(f"{base}/healthz", timeout=2).status_code == 200,
-            "granian",
+            "gunicorn",
             seconds=60,
             log=log_path,
         )
@@ -153,13 +148,15 @@ def measure(
                     f"| {kind} | {connections} | {name} | {rate:,.0f} | {p50:.1f} ms | {p99:.1f} ms "
                     f"| {cpu:.2f} ms | {errors} |"
                 )
-            (rate_g, p99_g), (rate_u, p99_u) = medians["granian"], medians["gunicorn"]
-            ratios.append(f"| {kind} | {connections} | {rate_g / rate_u:.2f}x | {p99_u / p99_g:.2f}x |")
+            rate_u, p99_u = medians[GUNICORN]
+            for name in (GRANIAN, VIEWER_PORT):
+                rate, p99 = medians[name]
+                ratios.append(f"| {kind} | {connections} | {name} | {rate / rate_u:.2f}x | {p99_u / p99:.2f}x |")
     return [
         *lines,
         "",
-        "| Request | connections | granian's throughput / gunicorn's | gunicorn's p99 / granian's |",
-        "| --- | ---: | ---: | ---: |",
+        "| Request | connections | server | throughput / gunicorn's | gunicorn's p99 / its |",
+        "| --- | ---: | --- | ---: | ---: |",
         *ratios,
     ]
 
@@ -203,36 +200,37 @@ def main() -> int:
         for index, parts in batches_of([study]):
             store_batch(technician, index, parts)
         viewer = viewer_of(technician, summary, study)
-        gunicorn_pid = next(pid for pid in pacs.pids() if "pacs-api" in services._cmdline(pid))
-        granian_base, granian_pid = stack.enter_context(granian(pacs.env, workdir))
+        granian_pid = next(pid for pid in pacs.pids() if services._cmdline(pid).strip() == "pacs-api")
+        nginx_pid = next(pid for pid in pacs.pids() if services._cmdline(pid).startswith("nginx: master"))
+        gunicorn_base, gunicorn_pid = stack.enter_context(gunicorn(pacs.env, workdir))
+        viewer_base = f"http://127.0.0.1:{pacs.env['VIEWER_PORT']}"
+
+        def elsewhere(name: str, base: str) -> Server:
+            return Server(
+                name, base, base + "/api/v1/radiology/dicomweb", viewer.headers, "*", technician.stow_url, lambda: []
+            )
+
         contenders = [
-            Contender("gunicorn", viewer, gunicorn_pid),
-            Contender(
-                "granian",
-                Server(
-                    "granian",
-                    granian_base,
-                    granian_base + "/api/v1/radiology/dicomweb",
-                    viewer.headers,
-                    "*",
-                    technician.stow_url,
-                    lambda: [],
-                ),
-                granian_pid,
-            ),
+            Contender(GRANIAN, viewer, [granian_pid]),
+            Contender(VIEWER_PORT, elsewhere(VIEWER_PORT, viewer_base), [nginx_pid, granian_pid]),
+            Contender(GUNICORN, elsewhere(GUNICORN, gunicorn_base), [gunicorn_pid]),
         ]
         table = measure(contenders, relative, seconds=arguments.seconds, rounds=arguments.rounds, workdir=workdir)
-        rss = {c.name: services.total_rss_mib(services.process_tree(c.root_pid)) for c in contenders}
-    print(f"# gunicorn (config/gunicorn_serve.py) against granian, the same PACS-lite ({wrk_version})\n")
+        rss = {
+            "granian": services.total_rss_mib(services.process_tree(granian_pid)),
+            "nginx": services.total_rss_mib(services.process_tree(nginx_pid)),
+            "gunicorn": services.total_rss_mib(services.process_tree(gunicorn_pid)),
+        }
     print(
-        f"{usable_cores()} workers each; gunicorn gthread x {GRANIAN_THREADS} threads, "
-        f"granian {GRANIAN_THREADS} blocking threads."
+        "# granian (config/app_server.py) against gunicorn (bench/gunicorn_peer.py), "
+        f"the same PACS-lite ({wrk_version})\n"
     )
+    print(f"{usable_cores()} workers each; granian 4 blocking threads, gunicorn gthread x 4 threads.")
     print(f"Viewer token (Authorization: Bearer), {arguments.rounds} rounds of {arguments.seconds} s, medians.\n")
     print("\n".join(table))
     print(
-        f"\nRSS after the runs: gunicorn (arbiter and workers) {rss['gunicorn']:.0f} MiB, "
-        f"granian {rss['granian']:.0f} MiB"
+        f"\nRSS after the runs: granian (main process and workers) {rss['granian']:.0f} MiB, "
+        f"nginx {rss['nginx']:.0f} MiB, gunicorn (arbiter and workers) {rss['gunicorn']:.0f} MiB"
     )
     return 0
 

@@ -11,8 +11,8 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
 2. starts one throwaway PostgreSQL 15 cluster with its defaults (fsync on, synchronous_commit
    on): PACS-lite's database and Orthanc's PostgreSQL index live in it, each its own database;
 3. starts PACS-lite exactly as `make run` serves it: scripts/serve.sh (migrate, check --deploy,
-   supervisord running one gunicorn with config/gunicorn_serve.py for the API's and the viewer's
-   ports, the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
+   supervisord running granian with config/app_server.py for the API, nginx for the viewer's
+   port, the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
    set: no benchmark-only setting;
 4. starts Orthanc twice, each with its durability defaults (SyncStorageArea true) and the
    DicomWeb plugin: with its default SQLite index, and with its PostgreSQL index plugin
@@ -537,7 +537,8 @@ def rss_by_role(pids: list[int]) -> dict[str, float]:
                 label
                 for needle, label in (
                     ("serve_descriptor", "ingest parse helper"),
-                    ("pacs-api", "API and viewer-origin gunicorn"),
+                    ("pacs-api", "app server (granian)"),
+                    ("nginx", "viewer-origin nginx"),
                     ("run_dicom_listener", "DICOM listener"),
                     ("run_forwarder", "forwarder"),
                     ("signal.pause", "forwarder (idle, no destination)"),
@@ -669,7 +670,7 @@ class MemoryFigures:
 def pacs_upload_memory(
     pacs_base: str, token: str, workers: list[int], order_ids: list[int], size_mb: int, workdir: Path
 ) -> list[MemoryFigures]:
-    """RSS of the gunicorn workers while a ~1 GB DICOM goes in, whole and in 64 MiB chunks."""
+    """RSS of the app server workers while a ~1 GB DICOM goes in, whole and in 64 MiB chunks."""
     frames = max(1, size_mb * MIB // FRAME_BYTES)
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
@@ -883,8 +884,8 @@ def main() -> int:
                 + "."
             )
         notes.append(
-            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the gunicorn master "
-            "and workers serving the API's and the viewer's ports, the DICOM listener, the forwarder, the fatal "
+            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the app server's "
+            "main process and workers, nginx on the viewer's port, the DICOM listener, the forwarder, the fatal "
             "listener, and a parse helper per worker that ingested in the last 30 s), "
             "shared pages counted in each as `ps` shows them; Orthanc is one process."
         )
@@ -917,9 +918,10 @@ def main() -> int:
     load_avg = f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     configuration = "\n".join(
         [
-            "- **PACS-lite**: as `make run` serves it (`scripts/serve.sh`: supervisord, gunicorn with "
-            "`config/gunicorn_serve.py`, every setting at its default), PostgreSQL 15 with its defaults "
-            "(fsync on, synchronous_commit on), filesystem store (each new file fsync'd before its row commits).",
+            "- **PACS-lite**: as `make run` serves it (`scripts/serve.sh`: supervisord, granian with "
+            "`config/app_server.py`, nginx on the viewer's port, every setting at its default), "
+            "PostgreSQL 15 with its defaults (fsync on, synchronous_commit on), filesystem store (each new file "
+            "fsync'd before its row commits).",
             f"- **{ORTHANC_SQLITE}**: {orthanc_version}, DicomWeb plugin {services.plugin_version()}, every option "
             "at its default (SyncStorageArea true).",
             f"- **{ORTHANC_POSTGRESQL}**: the same, with Debian's orthanc-postgresql {postgresql_plugin} index plugin "

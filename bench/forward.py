@@ -11,7 +11,7 @@ The link: the suite's FaultProxy (apps/radiology/tests/forwarding/fault_proxy.py
 connection reset every --drop-every seconds (30).
 
 1. PACS-lite: a clinic and a regional server (apps/radiology/tests/forwarding/two_servers.py:
-   gunicorn, own SQLite databases, the suite's test settings) with the clinic's forwarder behind
+   the app server, own SQLite databases, the suite's test settings) with the clinic's forwarder behind
    the proxy; the data is stored on the clinic first (STOW-RS, the upload sync for the big one)
    with the forwarder stopped, then the forwarder is started and timed until every study is
    delivered (the regional side confirmed every checksum). Backoff and timeout are the

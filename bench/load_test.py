@@ -1,4 +1,4 @@
-"""A bounded load test on loopback: 50 OHIF-like viewers and 5 uploading devices against gunicorn + PostgreSQL.
+"""A bounded load test on loopback: 50 OHIF-like viewers and 5 uploading devices against the app server + PostgreSQL.
 
 Run from the repository root:
     .venv/bin/python bench/load_test.py [--duration 120] [--viewers 50] [--uploaders 5] [--images 500]
@@ -8,7 +8,7 @@ What it does, all on 127.0.0.1 and in a temporary directory, and stops by itself
    prints DATABASE_URL), migrates it, and seeds, in this process through the one ingest
    path (PACSLiteService.ingest_image), a study of --images relabelled copies of pydicom's
    CT_small in --series series, plus the demo users;
-2. starts gunicorn (--workers gthread workers of --threads threads) with production
+2. starts the app server (config/app_server.py: --workers granian workers of --threads threads) with production
    settings (DJANGO_DEBUG=0, plain HTTP allowed on loopback);
 3. for --duration seconds runs the viewers (threads, each with a requests.Session and a
    study-scoped viewer token as `Authorization: Bearer`, requesting what OHIF v3 does: QIDO
@@ -133,30 +133,17 @@ def manage(env: dict[str, str], *args: str) -> None:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, threads: int) -> Iterator[str]:
-    """gunicorn in its own process group on a free loopback port; yields its base URL, stops the group after."""
+def app_server(env: dict[str, str], workdir: Path, *, workers: int, threads: int) -> Iterator[str]:
+    """The app server (config/app_server.py) in its own process group on a free loopback port.
+
+    Yields its base URL; stops the group after."""
     port = free_port()
-    log_path = workdir / "gunicorn.log"
+    log_path = workdir / "app_server.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-w",
-                str(workers),
-                "-k",
-                "gthread",
-                "--threads",
-                str(threads),
-                "--timeout",
-                "60",
-                "--graceful-timeout",
-                "5",
-            ],
+            [str(VENV_BIN / "python"), "-m", "config.app_server", "--bind", f"127.0.0.1:{port}"],
             cwd=ROOT,
-            env=env,
+            env={**env, "PACS_WEB_WORKERS": str(workers), "PACS_WEB_THREADS": str(threads)},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -166,7 +153,7 @@ def gunicorn(env: dict[str, str], workdir: Path, *, workers: int, threads: int) 
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(f"the app server did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
@@ -492,8 +479,9 @@ def report(
     total = sum(len(values) for values in stats.latencies.values())
     lines = [
         f"PACS-lite load test, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}",
-        f"{os.cpu_count()} CPUs (shared by PostgreSQL, gunicorn and these clients), Python {platform.python_version()}",
-        f"gunicorn: {arguments.workers} gthread workers x {arguments.threads} threads; PostgreSQL (fsync=off);"
+        f"{os.cpu_count()} CPUs (shared by PostgreSQL, the app server and these clients), "
+        f"Python {platform.python_version()}",
+        f"granian: {arguments.workers} workers x {arguments.threads} threads; PostgreSQL (fsync=off);"
         " filesystem store; all on 127.0.0.1",
         f"study of {arguments.images} CT images (39 KB each) in {arguments.series} series; "
         f"{arguments.viewers} viewers (viewer token), {arguments.uploaders} uploaders "
@@ -534,7 +522,7 @@ def main() -> int:
     parser.add_argument("--uploaders", type=int, default=5)
     parser.add_argument("--images", type=int, default=500, help="images seeded in the study (default 500)")
     parser.add_argument("--series", type=int, default=5, help="series the seeded images are spread over (default 5)")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn gthread workers (default 4)")
+    parser.add_argument("--workers", type=int, default=4, help="app server workers (default 4)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     parser.add_argument("--chunk-size", type=int, default=16 * 1024, help="upload chunk bytes (default 16 KiB)")
     arguments = parser.parse_args()
@@ -548,8 +536,8 @@ def main() -> int:
         seeded, relabeller = seed(
             env, images=arguments.images, series=arguments.series, token_lifetime=int(arguments.duration) + 3600
         )
-        with gunicorn(env, workdir, workers=arguments.workers, threads=arguments.threads) as base:
-            print(f"gunicorn up at {base}; {arguments.duration:.0f} s of load...", flush=True)
+        with app_server(env, workdir, workers=arguments.workers, threads=arguments.threads) as base:
+            print(f"app server up at {base}; {arguments.duration:.0f} s of load...", flush=True)
             stats, completed, elapsed = run_clients(base, seeded, relabeller, arguments)
         problems = check_images(database_url, seeded, arguments.images, completed)
     text = report(stats, completed, elapsed, problems, arguments)

@@ -6,7 +6,7 @@ Run from the repository root (as root it runs PostgreSQL as the postgres user):
 
 Durable configuration only: a throwaway PostgreSQL 15 cluster with its own defaults (fsync on,
 synchronous_commit on) and PACS-lite exactly as `make run` serves it (scripts/serve.sh: migrate,
-collectstatic, check --deploy, supervisord with the API gunicorn, the viewer's gunicorn, the DICOM
+collectstatic, check --deploy, supervisord with the app server, the viewer's nginx, the DICOM
 listener and the forwarder), all on 127.0.0.1 and in a temporary directory (never var/).
 
 How the data is made (through ingest, never rows written by hand):
@@ -84,7 +84,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]  # the parent for config.gunicorn_serve
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]  # the parent for config.env
 
 import _services as services  # noqa: E402
 from _table import fmt  # noqa: E402
@@ -971,7 +971,7 @@ def main() -> int:
     configuration = (
         f"Run {date} on {os.cpu_count()} cores ({platform.machine()}, shared with other work: figures may be "
         f"disturbed), Python {platform.python_version()}. PostgreSQL 15 with its defaults (fsync on); PACS-lite "
-        f"as `make run` serves it (scripts/serve.sh: supervisord, API gunicorn {usable_cores()} gthread workers "
+        f"as `make run` serves it (scripts/serve.sh: supervisord, granian {usable_cores()} workers "
         "x 4 threads, production settings, filesystem store); data made through ingest (`manage.py import_radiology "
         f"--by-accession`, {arguments.import_jobs} imports at once, and STOW-RS), orders by the ORM. "
         f"Command: `.venv/bin/python bench/scale.py --studies {arguments.studies} --instances {arguments.instances} "

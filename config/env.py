@@ -7,6 +7,7 @@ on a value it does not understand.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -18,7 +19,7 @@ _FALSE = {"0", "false", "no", "off"}
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity, which a container's cpuset narrows.
 
-    The default of every "how many at once" setting (gunicorn's workers, the ingest parse helper).
+    The default of every "how many at once" setting (the app server's workers, the ingest parse helper).
     """
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -70,3 +71,14 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_ip_list(name: str) -> list[str]:
+    """Read a comma-separated list of IP addresses (normalised); a name or a typo is an error."""
+    addresses = []
+    for item in env_list(name, []):
+        try:
+            addresses.append(str(ipaddress.ip_address(item.strip("[]"))))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must list IP addresses, not {item!r}") from exc
+    return addresses

@@ -9,8 +9,8 @@ Where it is attached (every handler that can see a request line):
 - Django's LOGGING (config/settings.py): the console handler of the root logger, the
   `django.server` handler (runserver's request lines), and the `django` logger's handler
   (`django.request`: "Not Found: /path").
-- gunicorn (gunicorn.conf.py at the repository root, read by gunicorn from its working
-  directory): `RedactingGunicornLogger` puts the filter on gunicorn's error and access handlers.
+- the app server (config/app_server.py): granian's logging configuration gets it on both of its
+  handlers (its own messages and the access log).
 
 What is replaced by REDACTED (the name stays, so a reader still sees a token was there):
 - the value of query parameters named `token`, `*_token`, `signature`, `sig`, `password`, and
@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
-
-from gunicorn.glogging import Logger as GunicornLogger
 
 REDACTED = "REDACTED"
 
@@ -72,24 +69,3 @@ class RedactSecrets(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
-
-
-class RedactingGunicornLogger(GunicornLogger):
-    """gunicorn's logger with RedactSecrets on its error and access handlers (gunicorn.conf.py).
-
-    gunicorn builds those handlers itself in setup() (and again on a reload), outside any
-    logging configuration, so the filter is added after each setup; on the loggers as well,
-    for handlers a logconfig adds.
-    """
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)
-        for log in (self.error_log, self.access_log):
-            _add_filter(log)
-            for handler in log.handlers:
-                _add_filter(handler)
-
-
-def _add_filter(target: logging.Filterer) -> None:
-    if not any(isinstance(existing, RedactSecrets) for existing in target.filters):
-        target.addFilter(RedactSecrets())

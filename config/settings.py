@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_str, usable_cores
+from config.env import env_bool, env_int, env_ip_list, env_list, env_str, usable_cores
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -138,11 +138,6 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 ROOT_URLCONF = "config.urls"
-# `make run`: the API's gunicorn listens on the viewer's port too (PACS_VIEWER_BIND, set by
-# scripts/serve_env.sh); a request that arrived on that port is routed with config.viewer_urls
-# (config/viewer_origin.py). None where nothing listens for the viewer (docker compose: nginx).
-_viewer_port = (env_str("PACS_VIEWER_BIND", "") or "").rpartition(":")[2]
-PACS_VIEWER_LISTEN_PORT = _viewer_port if _viewer_port.isdecimal() else None
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 
@@ -340,7 +335,7 @@ PACS_PG_BIN_DIR = env_str("PACS_PG_BIN_DIR")
 RADIOLOGY_MIN_FREE_BYTES = env_int("RADIOLOGY_MIN_FREE_BYTES", 2 * 1024**3, minimum=0)
 # A helper process per server process parses part of each big ingest batch on another core
 # (apps/radiology/ingest/parse_helper.py); on by default where this process may use another core
-# (its CPU affinity, as gunicorn's worker count: config/env.py usable_cores).
+# (its CPU affinity, as the app server's worker count: config/env.py usable_cores).
 RADIOLOGY_INGEST_PARSE_HELPER = env_bool("RADIOLOGY_INGEST_PARSE_HELPER", usable_cores() > 1)
 # Largest single file accepted by ingest (413 above it); default 2 GiB.
 RADIOLOGY_MAX_UPLOAD_SIZE = env_int("RADIOLOGY_MAX_UPLOAD_SIZE", 2 * 1024**3, minimum=1)
@@ -414,6 +409,10 @@ RADIOLOGY_METADATA_PREBUILD_SECONDS: float | None = env_int("RADIOLOGY_METADATA_
 
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
+# The same, for requests from these peer addresses only: `make run`'s nginx in front of the
+# viewer's origin (config/viewer_proxy.py), while the API's port is reached directly by the LAN,
+# whose X-Forwarded-For is the client's own claim. scripts/serve_env.sh sets it.
+RADIOLOGY_TRUSTED_PROXIES = frozenset(env_ip_list("RADIOLOGY_TRUSTED_PROXIES"))
 # Request events are written in groups, one commit per this many milliseconds and process
 # (apps/radiology/access/audit_writer.py: a WAL flush per frame was a quarter of a worker's
 # time); 0 writes each at once. A SIGKILL or power cut loses at most this interval's events.
@@ -481,8 +480,8 @@ SPECTACULAR_SETTINGS = {
 
 # Log records never carry patient names, ids or file contents: only database ids and UIDs.
 # Link tokens, signatures and Authorization credentials are redacted from every line by one
-# filter (config/log_redaction.py) on every handler; gunicorn's own handlers get it from
-# gunicorn.conf.py. Django's defaults put unfiltered handlers on "django" (console, mail_admins
+# filter (config/log_redaction.py) on every handler; the app server's own handlers (granian's)
+# get it from config/app_server.py. Django's defaults put unfiltered handlers on "django" (console, mail_admins
 # with the full request) and "django.server" (runserver's request lines): both replaced here,
 # "django" now reaching the console through the root logger.
 LOGGING = {

@@ -6,8 +6,9 @@
 # Fills in the serving environment (scripts/serve_env.sh), brings the database up to date,
 # collects the static files (admin, API docs: WhiteNoise serves them from var/static with
 # DEBUG off), runs Django's checks (the deployment ones too; an error stops here), then hands
-# over to supervisord (deploy/supervisord.conf), which runs gunicorn for the API and the
-# viewer's origin, restarts whichever crashes, and stops them all on Ctrl-C or SIGTERM.
+# over to supervisord (deploy/supervisord.conf), which runs the app server (granian) for the API,
+# nginx for the viewer's origin, the DICOM listener and the forwarder, restarts whichever
+# crashes, and stops them all on Ctrl-C or SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set --
@@ -21,9 +22,9 @@ if ! { : >>/dev/stdout; } 2>/dev/null; then
 fi
 
 python="$PACS_BIN/python"
-# gunicorn binds in each worker (SO_REUSEPORT: config/gunicorn_serve.py), and a second server
-# started on the same port, a forgotten `make run` or an old release, would join it silently and
-# answer a share of the requests. Refuse to start while anything listens on either port.
+# A second server started on the same port (a forgotten `make run`, an old release) would fail
+# deep inside supervisord's restarts, or (with SO_REUSEPORT) join it silently and answer a share
+# of the requests. Refuse to start while anything listens on either port.
 "$python" - "$PACS_API_BIND" "$PACS_VIEWER_BIND" <<'PY'
 import socket
 import sys
@@ -32,13 +33,17 @@ for bind in sys.argv[1:]:
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no obstacle
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers: TIME_WAIT is no obstacle
         try:
             probe.bind((host, int(port)))
         except OSError as error:
             sys.exit(f"Cannot serve on {bind}: {error.strerror}. Is PACS-lite (or another server) already running there?")
 PY
 mkdir -p "$PACS_VAR_DIR"
+# nginx fronts the viewer's origin (config/viewer_proxy.py); say so now rather than through
+# supervisord's restarts of a program that cannot start.
+"$python" -c 'import sys; from config.viewer_proxy import nginx_binary; sys.exit(nginx_binary() is None)' \
+    || { echo "nginx is needed for the viewer's origin: install Debian's nginx-light (make run does)." >&2; exit 1; }
 "$python" manage.py migrate --noinput
 "$python" manage.py collectstatic --noinput --verbosity 0
 # Plain HTTP (PACS_ALLOW_PLAIN_HTTP=1) shows four warnings here: what it gives up (docs/security.md).

@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite uses (dcmtk: dcmdump reads what DICOMweb serves;
-# Orthanc + its DICOMweb plugin: it pushes a study to `make run`'s server by chunked STOW-RS).
-# Idempotent; needs root (as on these machines) the first time.
+# Install the Debian packages PACS-lite uses. Idempotent; needs root (as on these machines) the
+# first time.
+#
+#   bash scripts/system_packages.sh serve   what `make run` serves with: nginx-light, in front of
+#                                           the viewer's origin (config/viewer_proxy.py)
+#   bash scripts/system_packages.sh         that, and what the test suite uses too: dcmtk (dcmdump
+#                                           reads what DICOMweb serves), dicom3tools, Orthanc + its
+#                                           DICOMweb plugin (it pushes a study by chunked STOW-RS)
 set -euo pipefail
 missing=()
-command -v dcmdump >/dev/null 2>&1 || missing+=(dcmtk)
-command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
-command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
-[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "${1:-}" != serve ]; then
+    command -v dcmdump >/dev/null 2>&1 || missing+=(dcmtk)
+    command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+    command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+    [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "Installing ${missing[*]} (apt-get)" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Never start a service while installing (Orthanc's): the tests start their own on loopback.
+# Never start a service while installing (Orthanc's, nginx's default site on port 80): PACS-lite
+# and the tests start their own.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT

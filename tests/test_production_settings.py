@@ -426,8 +426,8 @@ def test_on_one_usable_core_there_is_one_worker_and_no_parse_helper(tmp_path: Pa
     script = (
         "import json, os, runpy; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
         "import django; django.setup(); from django.conf import settings; "
-        "served = runpy.run_path('config/gunicorn_serve.py'); "
-        "print(json.dumps([served['workers'], settings.RADIOLOGY_INGEST_PARSE_HELPER]))"
+        "from config.app_server import build_server; served = build_server('127.0.0.1', 8000); "
+        "print(json.dumps([served.workers, settings.RADIOLOGY_INGEST_PARSE_HELPER]))"
     )
     result = run(tmp_path, ["-c", script])
 

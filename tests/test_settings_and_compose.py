@@ -11,7 +11,6 @@ import configparser
 import json
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -22,11 +21,13 @@ from typing import Any
 import pytest
 import yaml
 
+from config.app_server import ACCESS_LOG_FORMAT, GRACE_SECONDS, build_server
+
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_SOURCE = ROOT / "config" / "settings.py"
 S3_BACKEND = "apps.radiology.storage.RadiologyS3Storage"
 FILESYSTEM_BACKEND = "django.core.files.storage.FileSystemStorage"
-_ENV_READ = re.compile(r"""env_(?:str|bool|int|list)\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+_ENV_READ = re.compile(r"""env_(?:str|bool|int|list|ip_list)\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 
 PRINT_SETTINGS = """
 import json
@@ -50,7 +51,7 @@ print(json.dumps({
     "DATABASE_ENGINE": settings.DATABASES["default"]["ENGINE"],
     "RADIOLOGY_MAX_UPLOAD_SIZE": settings.RADIOLOGY_MAX_UPLOAD_SIZE,
     "RADIOLOGY_TOKEN_RATE_PER_ADDRESS": settings.RADIOLOGY_TOKEN_RATE_PER_ADDRESS,
-    "PACS_VIEWER_LISTEN_PORT": settings.PACS_VIEWER_LISTEN_PORT,
+    "RADIOLOGY_TRUSTED_PROXIES": sorted(settings.RADIOLOGY_TRUSTED_PROXIES),
 }, default=str))
 """
 
@@ -288,11 +289,11 @@ def test_compose_has_db_minio_and_app() -> None:
     assert set(services["app"]["depends_on"]) == {"db", "minio"}
 
 
-def test_compose_app_runs_gunicorn_on_the_wsgi_app() -> None:
+def test_compose_app_runs_the_app_server_on_the_wsgi_app() -> None:
     command = compose()["services"]["app"]["command"]
     text = command if isinstance(command, str) else " ".join(command)
-    # The same gunicorn settings as make run's (config/gunicorn_serve.py), on the WSGI app.
-    assert re.search(r"\bgunicorn\s+-c\s+config/gunicorn_serve\.py\s+config\.wsgi\s+--bind\s+0\.0\.0\.0:8000\b", text)
+    # The same app server and settings as make run's (config/app_server.py), on the WSGI app.
+    assert re.search(r"\bexec python -m config\.app_server --bind 0\.0\.0\.0:8000\b", text)
     assert "migrate" in text
     assert "manage.py check --deploy" in text
 
@@ -478,15 +479,13 @@ def supervisord_conf() -> configparser.RawConfigParser:
     return parser
 
 
-def test_supervisord_runs_the_api_and_the_viewer_origin_with_the_serving_gunicorn_settings() -> None:
+def test_supervisord_runs_the_api_on_the_app_server_and_the_viewer_origin_on_nginx() -> None:
     conf = supervisord_conf()
     programs = sorted(section for section in conf.sections() if section.startswith("program:"))
-    assert programs == ["program:api", "program:dicom", "program:forwarder"]
-    # One gunicorn listens for both origins; the port a request came in on picks its routes.
-    assert conf["program:api"]["command"] == (
-        "%(ENV_PACS_BIN)s/gunicorn -c config/gunicorn_serve.py config.wsgi "
-        "--bind %(ENV_PACS_API_BIND)s --bind %(ENV_PACS_VIEWER_BIND)s --name pacs-api"
-    )
+    assert programs == ["program:api", "program:dicom", "program:forwarder", "program:viewer"]
+    # The app server binds the API's address; nginx the viewer's, passing requests on marked as its.
+    assert conf["program:api"]["command"] == "%(ENV_PACS_BIN)s/python -m config.app_server --bind %(ENV_PACS_API_BIND)s"
+    assert conf["program:viewer"]["command"] == "%(ENV_PACS_BIN)s/python -m config.viewer_proxy"
     assert "environment" not in conf["program:api"]
 
 
@@ -499,15 +498,15 @@ def test_the_listener_and_the_forwarder_skip_the_checks_serve_sh_just_ran() -> N
     assert serve.index("manage.py check --deploy --fail-level ERROR") < serve.index('exec "$PACS_BIN/supervisord"')
 
 
-@pytest.mark.parametrize("program", ["program:api", "program:dicom", "program:forwarder"])
+@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom", "program:forwarder"])
 def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
     section = supervisord_conf()[program]
     assert section["autorestart"] == "true"
     assert (section["stopasgroup"], section["killasgroup"]) == ("true", "true")
-    assert section["stopsignal"] == "TERM"
-    # gunicorn gets its graceful_timeout before supervisord kills what is left.
-    serving = runpy.run_path(str(ROOT / "config" / "gunicorn_serve.py"))
-    assert int(section["stopwaitsecs"]) > serving["graceful_timeout"]
+    # nginx's graceful stop is QUIT (TERM drops its connections); the others stop gracefully on TERM.
+    assert section["stopsignal"] == ("QUIT" if program == "program:viewer" else "TERM")
+    # The app server gives requests in flight their grace before supervisord kills what is left.
+    assert int(section["stopwaitsecs"]) > GRACE_SECONDS
     assert section["directory"] == "%(ENV_PACS_ROOT)s"
 
 
@@ -518,23 +517,24 @@ def test_supervisord_runs_in_the_foreground_and_gives_up_loudly() -> None:
     assert conf["eventlistener:fatal"]["command"] == "%(ENV_PACS_BIN)s/python scripts/supervisor_fatal.py"
 
 
-def test_the_serving_gunicorn_settings_are_the_benchmarked_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PACS_WEB_WORKERS", raising=False)
-    monkeypatch.delenv("PACS_WEB_THREADS", raising=False)
-    serving = runpy.run_path(str(ROOT / "config" / "gunicorn_serve.py"))
-    default = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+def test_the_serving_app_server_settings_are_the_benchmarked_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PACS_WEB_WORKERS", "PACS_WEB_THREADS", "PACS_ACCESS_LOG", "PACS_ACCESS_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    server = build_server("127.0.0.1", 8000)
 
-    assert serving["logger_class"] == default["logger_class"] == "config.log_redaction.RedactingGunicornLogger"
     # One worker per core this process may use (2 on the benchmark machine), four threads each.
-    assert (serving["worker_class"], serving["workers"], serving["threads"]) == (
-        "gthread",
-        len(os.sched_getaffinity(0)),
-        4,
-    )
-    assert (serving["timeout"], serving["graceful_timeout"]) == (300, 20)
-    assert serving["control_socket_disable"] is True
-    # Each worker binds its own socket, so the kernel spreads connections across the workers.
-    assert serving["reuse_port"] is True
+    assert (server.workers, server.blocking_threads) == (len(os.sched_getaffinity(0)), 4)
+    assert (str(server.interface), str(server.http), server.websockets) == ("wsgi", "1", False)
+    assert (server.respawn_failed_workers, server.workers_kill_timeout, GRACE_SECONDS) == (True, 20, 20)
+    assert (server.target, server.bind_addr, server.bind_port) == ("config.wsgi:application", "127.0.0.1", 8000)
+    assert (server.log_access, server.log_access_format, server.process_name) == (False, ACCESS_LOG_FORMAT, "pacs-api")
+    # Every handler granian logs through carries the redaction filter.
+    handlers = server.log_config["handlers"]
+    assert {name: handler["filters"] for name, handler in handlers.items()} == {
+        "console": ["redact_secrets"],
+        "access": ["redact_secrets"],
+    }
+    assert server.log_config["filters"] == {"redact_secrets": {"()": "config.log_redaction.RedactSecrets"}}
 
 
 def test_the_systemd_unit_runs_serve_sh_and_is_restarted() -> None:
@@ -577,7 +577,9 @@ def test_make_run_serves_production_settings_with_a_generated_key_on_plain_http(
     assert env["OHIF_VIEWER_URL"] == "http://127.0.0.1:3000/viewer"
     assert env["RADIOLOGY_CORS_ORIGINS"] == "http://localhost:3000,http://127.0.0.1:3000"
     assert (env["PACS_API_BIND"], env["PACS_VIEWER_BIND"]) == ("127.0.0.1:8000", "127.0.0.1:3000")
-    # glibc's, for every served process: two malloc arenas, not one per gunicorn thread (issue 19).
+    # nginx on the viewer's port reaches the app server from loopback: its X-Forwarded-For is trusted.
+    assert env["RADIOLOGY_TRUSTED_PROXIES"] == "127.0.0.1,::1,127.0.0.1"
+    # glibc's, for every served process: two malloc arenas, not one per app server thread (issue 19).
     assert env["MALLOC_ARENA_MAX"] == "2"
     assert serving_env(MALLOC_ARENA_MAX="8")["MALLOC_ARENA_MAX"] == "8"
 
@@ -597,6 +599,7 @@ def test_host_0_0_0_0_allows_this_machines_names_and_addresses() -> None:
     assert env["OHIF_VIEWER_URL"] == f"http://{first_ipv4}:3001/viewer"
     assert env["RADIOLOGY_CORS_ORIGINS"].split(",") == [f"http://{host}:3001" for host in hosts]
     assert (env["PACS_API_BIND"], env["PACS_VIEWER_BIND"]) == ("0.0.0.0:8001", "0.0.0.0:3001")
+    assert env["RADIOLOGY_TRUSTED_PROXIES"] == "127.0.0.1,::1"
 
 
 def test_what_the_environment_sets_wins_over_make_runs_defaults() -> None:
@@ -631,8 +634,10 @@ def test_every_way_in_of_compose_knows_the_forwarding_destinations() -> None:
         ), service
 
 
-def test_the_viewer_port_is_read_from_the_bind_address_make_run_gives(tmp_path: Path) -> None:
-    """config/viewer_origin.py routes a request that arrived on it with config.viewer_urls."""
-    assert load_settings(tmp_path, **PRODUCTION, PACS_VIEWER_BIND="127.0.0.1:3000")["PACS_VIEWER_LISTEN_PORT"] == "3000"
-    assert load_settings(tmp_path, **PRODUCTION, PACS_VIEWER_BIND="[::]:3001")["PACS_VIEWER_LISTEN_PORT"] == "3001"
-    assert load_settings(tmp_path, **PRODUCTION)["PACS_VIEWER_LISTEN_PORT"] is None
+def test_trusted_proxies_are_ip_addresses_only(tmp_path: Path) -> None:
+    """RADIOLOGY_TRUSTED_PROXIES names the peers whose X-Forwarded-For the audit trail takes."""
+    loaded = load_settings(tmp_path, **PRODUCTION, RADIOLOGY_TRUSTED_PROXIES="127.0.0.1, [::1],192.168.1.5")
+    assert loaded["RADIOLOGY_TRUSTED_PROXIES"] == ["127.0.0.1", "192.168.1.5", "::1"]
+    assert load_settings(tmp_path, **PRODUCTION)["RADIOLOGY_TRUSTED_PROXIES"] == []
+    with pytest.raises(AssertionError, match=r"RADIOLOGY_TRUSTED_PROXIES must list IP addresses, not 'proxy\.lan'"):
+        load_settings(tmp_path, **PRODUCTION, RADIOLOGY_TRUSTED_PROXIES="127.0.0.1,proxy.lan")

@@ -530,7 +530,7 @@ class DicomListenerHeartbeat(models.Model):
     """The last sign of life of one DICOM listener (ae_title, host, port), for /healthz.
 
     The listener runs in a process of its own (supervisord's `dicom` program, docker-compose's
-    `dicom` service), apart from the gunicorn that answers /healthz; the database is the one
+    `dicom` service), apart from the app server that answers /healthz; the database is the one
     thing every process of both deployments shares. So the listener writes this row every
     `heartbeat_seconds` (dimse/heartbeat.py) and once more, with `stopped_at`, when it stops
     cleanly; /healthz reads the most recent row. A listener that stops beating without

@@ -99,19 +99,23 @@ def _ip_or_none(value: str) -> str | None:
 
 
 def client_address(request: HttpRequest) -> str | None:
-    """REMOTE_ADDR, or the last X-Forwarded-For hop when a trusted proxy is configured.
+    """REMOTE_ADDR, or the last X-Forwarded-For hop when the request came through a trusted proxy.
 
+    A proxy is trusted for every request with RADIOLOGY_TRUST_X_FORWARDED_FOR (compose: the app
+    is reached only through one), or when the request's peer is one of RADIOLOGY_TRUSTED_PROXIES
+    (`make run`: nginx on the viewer's port, while the LAN reaches the API's port directly).
     The proxy appends the address it saw to whatever the client sent (nginx's
     $proxy_add_x_forwarded_for), so only the last hop is the proxy's word; earlier hops are
     the client's own claims. Anything that is not an IP address is dropped: it would be a
     forged entry, and PostgreSQL's inet column would refuse the whole event.
     """
-    if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR:
+    peer = _ip_or_none(request.META.get("REMOTE_ADDR") or "")
+    if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR or peer in settings.RADIOLOGY_TRUSTED_PROXIES:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         last_hop = _ip_or_none(forwarded.rsplit(",", 1)[-1]) if forwarded else None
         if last_hop is not None:
             return last_hop
-    return _ip_or_none(request.META.get("REMOTE_ADDR") or "")
+    return peer
 
 
 def record(

@@ -12,7 +12,7 @@ keeps the time it was made (AuditEvent.at), not the time of the write.
 
 What that costs, said plainly in docs/security.md: an event reaches the database up to that
 long after its response, and a process killed outright (SIGKILL, a power cut) loses the events
-of that last interval. A clean stop (SIGTERM, Ctrl-C: gunicorn and the listener exit normally)
+of that last interval. A clean stop (SIGTERM, Ctrl-C: the app server and the listener exit normally)
 writes them first (atexit). RADIOLOGY_AUDIT_FLUSH_MS=0 writes each event at once, in the request's
 thread, as before (the test settings do, so a test reads its event right after its request).
 

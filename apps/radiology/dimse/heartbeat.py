@@ -1,7 +1,7 @@
 """The DICOM listener's heartbeat in the database, and what /healthz makes of it.
 
 Why the database: the listener is a process of its own (supervisord's `dicom` program under
-`make run`, docker-compose's `dicom` service), and /healthz is answered by gunicorn in another
+`make run`, docker-compose's `dicom` service), and /healthz is answered by the app server in another
 process, or another container. The database is the one thing every process of both
 deployments shares; a file would need a shared disk, a probe of the port a route between
 containers and a node list that lets the probe in.

@@ -15,7 +15,7 @@ transaction.
 
 Making the lines is pure Python that holds the GIL: ~30 us per audit event, a few ms for a
 group of them or for a STOW-RS batch. A thread waiting for the GIL (another request of the same
-gunicorn worker) gets it only when the holder lets go, which Python forces only after its
+app server worker) gets it only when the holder lets go, which Python forces only after its
 5 ms switch interval; so every ROWS_PER_GIL_RELEASE rows the GIL is let go (time.sleep(0)).
 Without that, the audit writer's group every 100 ms held up the request that wanted the GIL
 meanwhile by ~5 ms: p99 of frames at one connection 6.0 ms against 1.7 ms with no audit

@@ -21,7 +21,7 @@ waits for a helper to start.
 The helper is a new interpreter (subprocess, fork then exec at once: never a fork of a threaded
 server process) talking over a socket pair with multiprocessing's Connection (length-prefixed
 pickles). Not a multiprocessing Process: its forkserver context leaves a forkserver and a
-resource tracker behind in every gunicorn worker that ever ingested, ~25 MiB that no idle stop
+resource tracker behind in every app server worker that ever ingested, ~25 MiB that no idle stop
 gives back (issue 19's memory budget).
 """
 
@@ -56,7 +56,7 @@ HELPER_SHARE = 0.45
 ANSWER_TIMEOUT_SECONDS = 120
 # A helper unused this long is stopped (the next batch starts another, in the background): it is
 # a whole Django process (~90 MiB), and a modality's studies come in bursts minutes apart, while
-# every gunicorn worker that ever ingested would otherwise keep one (issue 19's memory budget).
+# every app server worker that ever ingested would otherwise keep one (issue 19's memory budget).
 IDLE_SECONDS = 30.0
 
 

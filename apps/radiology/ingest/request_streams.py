@@ -13,7 +13,7 @@ def request_body(request: HttpRequest) -> IO[bytes]:
     Django reads CONTENT_LENGTH bytes of wsgi.input, so a chunked body (no Content-Length)
     reads as empty; dicomweb-client sends every STOW-RS body over 1 MB chunked, and a phone
     may stream an upload the same way. A server that de-chunks the input and marks it
-    terminated (gunicorn sets wsgi.input_terminated) can be read to its end directly.
+    terminated (the app server, granian, sets wsgi.input_terminated) can be read to its end directly.
     """
     meta = request.META
     chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()

@@ -4,8 +4,8 @@ Two real servers, each started as an operator starts it, on one migrated SQLite 
 fresh PostgreSQL database when the suite runs there):
 - `manage.py runserver` (what `make run` serves): its request lines go through `django.server`,
   its 4xx warnings through `django.request`;
-- gunicorn from the repository root (it reads gunicorn.conf.py there), with the access log on
-  and a format that also writes the Referer and Authorization headers.
+- the app server (`python -m config.app_server`, granian), with the access log on and a format
+  that also writes the query string, the Referer and the Authorization header.
 Each gets requests carrying secrets in the query string, the Referer and the Authorization
 header; the captured output must not contain any secret, and must show the redaction marker
 where the secret was. `redact()` itself is checked line by line below.
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from apps.radiology.tests.gunicorn_server import REPO, GunicornServer, free_port, own_database, server_env
+from apps.radiology.tests.app_server import REPO, AppServer, free_port, own_database, server_env
 from config.log_redaction import REDACTED, redact
 
 VIEWER_SECRET = "viewerSECRET0123456789abcdefghij"
@@ -96,7 +96,7 @@ def _assert_redacted(log: str) -> None:
 def server_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
     with own_database(tmp_path, "logs") as database_url:
         env = server_env(tmp_path, database_url)
-        GunicornServer(env, tmp_path / "migrate.log").manage("migrate", "--noinput")
+        AppServer(env, tmp_path / "migrate.log").manage("migrate", "--noinput")
         yield env
 
 
@@ -140,10 +140,13 @@ def test_runserver_request_lines_and_warnings_are_redacted(server_environment: d
     assert "Forbidden: /api/v1/radiology/viewer/" in log
 
 
-def test_gunicorn_access_and_error_logs_are_redacted(server_environment: dict[str, str], tmp_path: Path) -> None:
-    access_format = '%(h)s "%(r)s" %(s)s "%(f)s" "%({authorization}i)s"'
-    env = {**server_environment, "GUNICORN_CMD_ARGS": f"--access-logfile - --access-logformat '{access_format}'"}
-    server = GunicornServer(env, tmp_path / "gunicorn.log", workers=1)
+def test_app_server_access_log_is_redacted(server_environment: dict[str, str], tmp_path: Path) -> None:
+    access_format = (
+        '"%(method)s %(path)s?%(query_string)s %(protocol)s" %(status)d '
+        '"%(header{referer})s" "%(header{authorization})s"'
+    )
+    env = {**server_environment, "PACS_ACCESS_LOG": "1", "PACS_ACCESS_LOG_FORMAT": access_format}
+    server = AppServer(env, tmp_path / "app_server.log", workers=1)
     server.start()
     try:
         statuses = _hostile_requests(server.url)
@@ -156,3 +159,18 @@ def test_gunicorn_access_and_error_logs_are_redacted(server_environment: dict[st
     assert f'"GET /api/v1/radiology/files/1/a.dcm?expires=1700000000&token={REDACTED} HTTP/1.1" 403' in log
     assert f'"http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2&token={REDACTED}" "Bearer {REDACTED}"' in log
     assert f'"Token {REDACTED}"' in log
+
+
+def test_app_server_default_access_line_has_no_query_string(server_environment: dict[str, str], tmp_path: Path) -> None:
+    server = AppServer({**server_environment, "PACS_ACCESS_LOG": "1"}, tmp_path / "app_server.log", workers=1)
+    server.start()
+    try:
+        statuses = _hostile_requests(server.url)
+    finally:
+        server.stop()
+    log = server.log_path.read_text(errors="replace")
+
+    assert statuses == [403, 403, 401, 401]
+    assert [secret for secret in SECRETS if secret in log] == []
+    assert '127.0.0.1 "GET /api/v1/radiology/files/1/a.dcm HTTP/1.1" 403 ' in log
+    assert '127.0.0.1 "GET /api/v1/radiology/viewer/ HTTP/1.1" 403 ' in log

@@ -4,7 +4,7 @@ Why: persistent connections (DATABASE_CONN_MAX_AGE, default 60 s) are checked wi
 at the start of every request that reuses one (DATABASE_CONN_HEALTH_CHECKS, default on), so a
 connection PostgreSQL dropped (a restart, a dropped link) is replaced instead of failing the
 request. Under 32 connections asking for frames that round trip was a fifth of a worker's time
-(py-spy on the gunicorn workers; bench/compare_orthanc.py's load rows): each blocking call gives
+(py-spy on the app server workers; bench/compare_orthanc.py's load rows): each blocking call gives
 up the GIL, and getting it back among a worker's busy threads is the cost, not PostgreSQL's
 answer. A connection that ended its last request without error less than RECENT_SECONDS ago is
 taken as fine; one that sat idle longer, where a restart or a dropped link is found, is checked as

@@ -647,8 +647,32 @@ def test_client_address(
     assert only_event().client_address == expected
 
 
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        # `make run`'s nginx on the viewer's origin, connecting from loopback: its last hop is recorded.
+        ("127.0.0.1", "198.51.100.20"),
+        ("::1", "198.51.100.20"),
+        # A LAN client on the API's port sending its own X-Forwarded-For: its connection's address.
+        ("10.1.2.3", "10.1.2.3"),
+    ],
+)
+def test_client_address_behind_a_trusted_proxy_address_only(
+    peer: str, expected: str, doctor: AbstractBaseUser, stored: StoredStudy, settings: Any
+) -> None:
+    settings.RADIOLOGY_TRUST_X_FORWARDED_FOR = False
+    settings.RADIOLOGY_TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
+
+    response = token_client(doctor).get(
+        f"{API}/studies/", REMOTE_ADDR=peer, headers={"X-Forwarded-For": "203.0.113.7, 198.51.100.20"}
+    )
+
+    assert response.status_code == 200
+    assert only_event().client_address == expected
+
+
 def test_a_connection_without_an_ip_address_is_still_recorded(doctor: AbstractBaseUser, stored: StoredStudy) -> None:
-    response = token_client(doctor).get(f"{API}/studies/", REMOTE_ADDR="unix:/run/gunicorn.sock")
+    response = token_client(doctor).get(f"{API}/studies/", REMOTE_ADDR="unix:/run/pacs-api.sock")
 
     assert response.status_code == 200
     assert only_event().client_address is None

@@ -957,7 +957,7 @@ def test_binary_put_ignores_the_request_content_type(tech: APIClient, order: Rad
 
 
 def test_a_whole_file_sent_chunked_is_read_to_its_end(tech: APIClient, order: RadiologyOrder) -> None:
-    """A device may stream the body with Transfer-Encoding: chunked (no Content-Length); gunicorn
+    """A device may stream the body with Transfer-Encoding: chunked (no Content-Length); the app server
     de-chunks it and sets wsgi.input_terminated, and the upload reads it to its end."""
     upload = start_upload(tech, order, CT)
 

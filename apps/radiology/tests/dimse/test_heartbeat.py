@@ -1,7 +1,7 @@
 """The DICOM listener's heartbeat (dimse/heartbeat.py) and what /healthz says about it.
 
 The listener is a process of its own; it writes its row in the database, which /healthz (in
-gunicorn) reads. Time is Django's clock (timezone.now), set by each test, so ages are exact.
+the app server) reads. Time is Django's clock (timezone.now), set by each test, so ages are exact.
 The last test runs the real `manage.py run_dicom_listener` in a process of its own, against a
 database of its own, and reads /healthz from a third process, as the deployments do.
 """
@@ -30,7 +30,7 @@ from apps.radiology.dimse.heartbeat import Heartbeat, ListenerAddress, record_be
 from apps.radiology.models import DicomListenerHeartbeat
 from apps.radiology.operations import health
 from apps.radiology.storage import free_space
-from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, free_port, own_database
+from apps.radiology.tests.app_server import REPO, VENV_BIN, free_port, own_database
 
 T0 = dt.datetime(2026, 12, 6, 9, 0, tzinfo=dt.UTC)
 LISTENER = ListenerAddress("PACSLITE", "127.0.0.1", 11112)

@@ -2,7 +2,7 @@
 
 (a) `manage.py run_dicom_listener` runs as a real process, in a session of its own, with its
 own database (a temporary SQLite file, or a fresh database on the suite's PostgreSQL server:
-gunicorn_server.own_database), store and staging directory under tmp_path, migrated first.
+app_server.own_database), store and staging directory under tmp_path, migrated first.
 storescu sends 20 small CT instances, a 256 MiB one, then 20 more, in one association; once
 the 20 first are acknowledged and the big one is arriving (pynetdicom's file for it, named
 *.dcm, has grown past 8 MiB in the staging or the temporary directory), the listener is
@@ -46,10 +46,10 @@ from apps.radiology import storage
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyImage
 from apps.radiology.operations.large_dicom import write_large_multiframe
+from apps.radiology.tests.app_server import REPO, VENV_BIN, free_port, own_database, server_env
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.dimse.conftest import MODALITY_AE, Listener
 from apps.radiology.tests.dimse.test_listener import ct_file, run_dcmtk
-from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, free_port, own_database, server_env
 from apps.radiology.tests.ingest.test_crash_safety import query, stored_files
 
 pytestmark = [

@@ -38,11 +38,11 @@ import requests
 
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.models import AuditEvent, RadiologyImage, RadiologyOrder, UnmatchedImage
+from apps.radiology.tests.app_server import free_port
 from apps.radiology.tests.conftest import MakeOrder
 from apps.radiology.tests.dimse.conftest import Listener, StartListener
 from apps.radiology.tests.dimse.test_listener import ct_file, dataset_part, dicom_events
 from apps.radiology.tests.factories import edited, read_stored
-from apps.radiology.tests.gunicorn_server import free_port
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

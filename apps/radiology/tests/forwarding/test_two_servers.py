@@ -1,6 +1,6 @@
 """Store and forward end to end: a clinic's PACS-lite forwards to a regional one over a bad link.
 
-Two real servers (gunicorn, each with its own database, store and staging directory), the
+Two real servers (the app server, each with its own database, store and staging directory), the
 clinic's forwarder process, and the fault-injecting proxy between them (two_servers.py,
 fault_proxy.py). Images go into the clinic by STOW-RS and by the upload sync protocol (a
 multi-frame instance of several MiB written by large_dicom.py); orders with the same accession

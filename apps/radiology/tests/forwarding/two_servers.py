@@ -1,7 +1,7 @@
 """A clinic and a regional PACS-lite on 127.0.0.1, the clinic's forwarder, and the bad link between them.
 
-Used by test_two_servers.py and bench/forward.py. Each side is a real gunicorn (the suite's
-GunicornServer: its own process group, so a SIGKILL takes master and workers at once) with its
+Used by test_two_servers.py and bench/forward.py. Each side is a real app server (the suite's
+AppServer: its own process group, so a SIGKILL takes master and workers at once) with its
 own database (own_database: a temporary SQLite file, or a fresh database on the suite's
 PostgreSQL server) and its own media, var and staging directories. The regional server has a
 forwarding-clinic account made by `manage.py create_forwarding_clinic`; the clinic's server and
@@ -41,15 +41,15 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from apps.radiology.operations.large_dicom import write_large_multiframe
-from apps.radiology.tests.forwarding.fault_proxy import FaultProxy
-from apps.radiology.tests.gunicorn_server import (
+from apps.radiology.tests.app_server import (
     REPO,
     VENV_BIN,
-    GunicornServer,
+    AppServer,
     OwnProcessGroup,
     own_database,
     server_env,
 )
+from apps.radiology.tests.forwarding.fault_proxy import FaultProxy
 
 CLINIC_NAME = "Ikeja Clinic"
 CLINIC_USERNAME = "ikeja"
@@ -99,7 +99,7 @@ class Side:
     root: Path
     database_url: str
     env: dict[str, str]
-    server: GunicornServer
+    server: AppServer
     tokens: dict[str, str] = field(default_factory=dict)
     orders: dict[str, int] = field(default_factory=dict)  # accession -> order id
 
@@ -241,8 +241,8 @@ class TwoServers:
         return "\n".join(
             [
                 f"--- forwarder (started {self.forwarder.starts}x) ---\n{self.forwarder.log_tail()}",
-                f"--- clinic gunicorn ---\n{self.clinic.server.log_tail()}",
-                f"--- regional gunicorn ---\n{self.regional.server.log_tail()}",
+                f"--- clinic app server ---\n{self.clinic.server.log_tail()}",
+                f"--- regional app server ---\n{self.regional.server.log_tail()}",
             ]
         )
 
@@ -281,7 +281,7 @@ def create_forwarding_clinic(regional: Side, name: str = CLINIC_NAME, username: 
 def _side(name: str, root: Path, database_url: str, **extra: str) -> Side:
     root.mkdir(parents=True, exist_ok=True)
     env = server_env(root, database_url, **extra)
-    return Side(name, root, database_url, env, GunicornServer(env, root / "gunicorn.log"))
+    return Side(name, root, database_url, env, AppServer(env, root / "app_server.log"))
 
 
 def _start(side: Side) -> None:

@@ -1,6 +1,6 @@
 """Crash safety: a real server SIGKILLed while uploads are being ingested keeps rows and files in step.
 
-The server is gunicorn (2 sync workers) in its own process group, with its own database (a
+The server is the app server (granian, 2 workers) in its own process group, with its own database (a
 temporary SQLite file, or a fresh database CREATEd on the suite's PostgreSQL server and
 dropped afterwards), media, staging and var directories under tmp_path, migrated with
 `manage.py migrate` and given users by `manage.py seed_demo --json`. In each of three
@@ -49,9 +49,9 @@ from apps.radiology import storage
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import relabelled_dicom, sample_path
 from apps.radiology.pacs_lite_service import PACSLiteService
+from apps.radiology.tests.app_server import AppServer, own_database, server_env
 from apps.radiology.tests.conftest import IngestFile, MakeOrder
 from apps.radiology.tests.factories import read_stored, stored_keys
-from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 from apps.radiology.tests.upload_helpers import DeviceFile, metadata, sha256_hex
 
 SEED = 20260116
@@ -82,7 +82,7 @@ def query(database_url: str, statement: str) -> list[tuple[Any, ...]]:
 
 @dataclass
 class Deployment:
-    server: GunicornServer
+    server: AppServer
     database_url: str
     media_root: Path
     staging_dir: Path
@@ -94,7 +94,7 @@ class Deployment:
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     with own_database(tmp_path, "crash") as database_url:
         env = server_env(tmp_path, database_url)
-        server = GunicornServer(env, tmp_path / "gunicorn.log")
+        server = AppServer(env, tmp_path / "app_server.log")
         try:
             seeded = server.seed_and_start()
             yield Deployment(

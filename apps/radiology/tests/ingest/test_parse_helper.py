@@ -26,8 +26,8 @@ from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import parse_helper
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
 from apps.radiology.pacs_lite_service import IngestItem, IngestResult, PACSLiteService
+from apps.radiology.tests.app_server import AppServer, own_database, server_env
 from apps.radiology.tests.factories import relabelled, served_json
-from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
 
 BATCH = 20
 HELPER_PART = int(BATCH * parse_helper.HELPER_SHARE)  # the last 9 of 20
@@ -234,14 +234,16 @@ def _settled_ticks(pids: list[int]) -> int:
     raise AssertionError("the parse helpers never went idle")
 
 
-def test_stow_rs_through_gunicorn_parses_on_helper_processes_and_stores_the_same(tmp_path: Path) -> None:
+def test_stow_rs_through_the_app_server_parses_on_helper_processes_and_stores_the_same(tmp_path: Path) -> None:
     """A real server with the helper on, fed by dicomweb-client: the worker starts its helper
     on its first big batch, later batches are parsed partly there, and what is stored is
     what this process parses. One worker, so every batch goes to the worker whose helper
     is watched."""
     with own_database(tmp_path, "helper") as database_url:
-        server = GunicornServer(
-            server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"), tmp_path / "gunicorn.log", workers=1
+        server = AppServer(
+            server_env(tmp_path, database_url, RADIOLOGY_INGEST_PARSE_HELPER="1"),
+            tmp_path / "app_server.log",
+            workers=1,
         )
         try:
             seeded = server.seed_and_start()

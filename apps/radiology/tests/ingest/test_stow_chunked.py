@@ -1,6 +1,6 @@
 """STOW-RS bodies sent with Transfer-Encoding: chunked (no Content-Length).
 
-dicomweb-client sends every STOW-RS body over 1 MB chunked. gunicorn de-chunks it and sets
+dicomweb-client sends every STOW-RS body over 1 MB chunked. The app server de-chunks it and sets
 wsgi.input_terminated; Django alone would read such a body as empty (it reads
 CONTENT_LENGTH bytes), and the request failed with 400 before anything was stored.
 """

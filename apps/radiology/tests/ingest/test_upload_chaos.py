@@ -1,6 +1,6 @@
 """Chaos: a device syncs a whole study over a bad link to a real server that is killed mid-upload.
 
-The server is gunicorn (2 sync workers) in its own process group, with its own database (a
+The server is the app server (granian, 2 workers) in its own process group, with its own database (a
 temporary SQLite file, or a fresh database on the same PostgreSQL server when the suite
 runs on PostgreSQL), its own media and spool directories, and the filesystem or S3 (moto's
 server) as the store. The device sends every file of one study (DICOM samples relabelled
@@ -38,7 +38,7 @@ import requests
 
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import jpeg_with_exif, relabelled_dicom
-from apps.radiology.tests.gunicorn_server import GunicornServer, own_database, server_env
+from apps.radiology.tests.app_server import AppServer, own_database, server_env
 from apps.radiology.tests.stores import s3_client
 from apps.radiology.tests.upload_helpers import DeviceFile, metadata, sha256_hex
 
@@ -46,7 +46,7 @@ SEED = 20260115
 TIMEOUT = 20  # seconds for any one HTTP request
 DEADLINE = 90  # seconds for the whole device run: the test stops by itself
 MAX_CHUNK = 12_000
-# Two gunicorn workers write at once here: the settings' SQLite defaults (BEGIN IMMEDIATE, a
+# Two app server workers write at once here: the settings' SQLite defaults (BEGIN IMMEDIATE, a
 # busy timeout, WAL) are what keep them from failing with "database is locked".
 
 
@@ -89,7 +89,7 @@ class Store:
 
 @dataclass
 class Deployment:
-    server: GunicornServer
+    server: AppServer
     store: Store
     order_id: int
     radtech_token: str
@@ -104,7 +104,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         store.bucket = request.getfixturevalue("s3_bucket")
     with own_database(tmp_path, "chaos") as database_url:
         env = server_env(tmp_path, database_url, staging="spool", **store.env())
-        server = GunicornServer(env, tmp_path / "gunicorn.log")
+        server = AppServer(env, tmp_path / "app_server.log")
         try:
             seeded = server.seed_and_start()
             tokens = seeded["tokens"]

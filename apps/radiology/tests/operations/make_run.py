@@ -3,7 +3,7 @@
 The server runs in a session of its own (as under a terminal), so a test can press Ctrl-C the way
 a terminal does (SIGINT to the foreground process group) and then look for any process of that
 session still alive. Its database is a temp SQLite file, or a fresh database on the suite's
-PostgreSQL server when the suite runs there (apps/radiology/tests/gunicorn_server.own_database).
+PostgreSQL server when the suite runs there (apps/radiology/tests/app_server.own_database).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, free_port
+from apps.radiology.tests.app_server import REPO, VENV_BIN, free_port
 
 # Variables config/ reads, and make's own: none of the suite's may reach the server.
 _DROPPED_PREFIXES = ("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_", "DEMO_")
@@ -157,8 +157,10 @@ class MakeRun:
         return pids[0]
 
     def program_master(self, name: str) -> int:
-        """The gunicorn master of program `name` ("pacs-api" or "pacs-viewer"), as supervisord runs it now."""
-        masters = [pid for pid in children_of(self.supervisor_pid()) if f"--name {name}" in command_line(pid)]
+        """The main process of program `name`, as supervisord runs it now: "pacs-api" (the app
+        server, titled so by config/app_server.py) or "nginx" (the viewer's origin)."""
+        titled = (lambda line: line.startswith("nginx: master ")) if name == "nginx" else (lambda line: line == name)
+        masters = [pid for pid in children_of(self.supervisor_pid()) if titled(command_line(pid).strip())]
         assert len(masters) == 1, masters
         return masters[0]
 

@@ -25,8 +25,8 @@ from pydicom.uid import generate_uid
 from apps.radiology.ingest import unmatched
 from apps.radiology.models import RadiologyImage, UnmatchedImage
 from apps.radiology.operations import backup
+from apps.radiology.tests.app_server import REPO, VENV_BIN, own_database, server_env
 from apps.radiology.tests.factories import relabelled
-from apps.radiology.tests.gunicorn_server import REPO, VENV_BIN, own_database, server_env
 from apps.radiology.tests.stores import s3_client
 
 PROBE = "apps.radiology.tests.operations.install_probe"

@@ -1,10 +1,12 @@
 """`make run` serves as production does (issue 17).
 
 The real target, started as a clinic starts it (apps/radiology/tests/operations/make_run.py):
-gunicorn under supervisord, DEBUG off, a secret key generated into var/, plain HTTP. Checked
-here: a STOW-RS body sent with Transfer-Encoding: chunked (as Orthanc sends it) is read to its
-end and stored; no answer is ever Django's debug page; a crashed process comes back; Ctrl-C
-leaves no process behind; the key file is 0600 and the next start uses the same key.
+granian (the API) and nginx (the viewer's origin) under supervisord, DEBUG off, a secret key
+generated into var/, plain HTTP. Checked here: a STOW-RS body sent with Transfer-Encoding:
+chunked (as Orthanc sends it) is read to its end and stored; no answer is ever Django's debug
+page; the viewer's port reaches its routes only, through nginx, recorded with the client's
+address; a crashed process comes back; Ctrl-C leaves no process behind; the key file is 0600
+and the next start uses the same key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pydicom
 import pytest
@@ -30,7 +33,7 @@ import requests
 from apps.radiology.dicomweb.multipart import MAX_BOUNDARY_LENGTH
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import relabelled_dicom
-from apps.radiology.tests.gunicorn_server import REPO, free_port, own_database
+from apps.radiology.tests.app_server import REPO, free_port, own_database
 from apps.radiology.tests.operations.make_run import START_SECONDS, MakeRun, children_of, command_line
 
 BOUNDARY = "make-run-chunked"
@@ -189,6 +192,49 @@ def test_viewer_links_name_the_viewer_port_make_run_serves(server: MakeRun) -> N
     assert link.json()["viewer_url"].startswith(f"{server.viewer}/viewer?StudyInstanceUIDs=")
 
 
+def test_the_viewer_port_is_nginx_passing_the_viewer_routes_only_with_the_client_address(server: MakeRun) -> None:
+    """The viewer's port is nginx (config/viewer_proxy.py) in front of the API's app server: DICOMweb
+    with the study's viewer token answers there, the REST API does not, and the audit trail records
+    the address nginx saw, never one the client claims (X-Forwarded-For's last hop, from loopback)."""
+    headers = {"Authorization": f"Token {server.token('doctor')}"}
+    studies = requests.get(f"{server.api}/api/v1/radiology/studies/", headers=headers, timeout=30).json()
+    first = (studies["results"] if isinstance(studies, dict) else studies)[0]
+    link = requests.get(f"{server.api}/api/v1/radiology/studies/{first['id']}/viewer-url/", headers=headers, timeout=30)
+    viewer_token = parse_qs(urlsplit(link.json()["viewer_url"]).query)["token"][0]
+    claimed = {"X-Forwarded-For": "203.0.113.9"}
+
+    found = requests.get(
+        f"{server.viewer}/api/v1/radiology/dicomweb/studies",
+        headers={"Authorization": f"Bearer {viewer_token}", "Accept": "application/dicom+json", **claimed},
+        timeout=30,
+    )
+    rest = requests.get(f"{server.viewer}/api/v1/radiology/studies/", headers={**headers, **claimed}, timeout=30)
+
+    assert found.status_code == 200, found.text
+    assert [study["0020000D"]["Value"][0] for study in found.json()] == [first["study_uid"]]
+    assert (rest.status_code, rest.json()) == (404, {"detail": "Not found.", "code": "not_found"})
+    recorded = server.manage(
+        "shell",
+        "-c",
+        "from apps.radiology.models import AuditEvent as E; "
+        "e = E.objects.filter(channel='dicomweb').order_by('-pk').first(); print(e.client_address, e.status_code)",
+    )
+    assert recorded.strip().splitlines()[-1] == "127.0.0.1 200"
+
+    # nginx (master and worker) killed: supervisord starts it again, and the viewer's port answers.
+    nginx = server.program_master("nginx")
+    os.killpg(os.getpgid(nginx), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError, requests.RequestException):
+            restarted = server.program_master("nginx") != nginx
+            if restarted and requests.get(f"{server.viewer}/app-config.js", timeout=5).status_code == 200:
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(server.log_tail())
+
+
 def _signed_image_url(server: MakeRun) -> str:
     headers = {"Authorization": f"Token {server.token('doctor')}"}
     studies = requests.get(f"{server.api}/api/v1/radiology/studies/", headers=headers, timeout=30).json()
@@ -199,8 +245,8 @@ def _signed_image_url(server: MakeRun) -> str:
 
 
 def test_a_second_make_run_on_the_same_ports_refuses_to_start(server: MakeRun, tmp_path: Path) -> None:
-    """gunicorn binds with SO_REUSEPORT (config/gunicorn_serve.py), which would let a second server on
-    the same port share its connections silently: scripts/serve.sh refuses before starting anything."""
+    """A second server on the same ports would fail inside supervisord's restarts, or with SO_REUSEPORT
+    share their connections silently: scripts/serve.sh refuses before starting anything."""
     second = MakeRun(server.var_dir, server.env["DATABASE_URL"], tmp_path / "second.log")
     second.port, second.viewer_port = server.port, server.viewer_port
     finished = subprocess.run(  # noqa: S603 (fixed argv)
@@ -221,13 +267,13 @@ def test_a_second_make_run_on_the_same_ports_refuses_to_start(server: MakeRun, t
     assert requests.get(f"{server.api}/healthz", timeout=10).status_code == 200
 
 
-def test_a_crashed_gunicorn_is_restarted_and_keeps_the_key(server: MakeRun) -> None:
+def test_a_crashed_app_server_is_restarted_and_keeps_the_key(server: MakeRun) -> None:
     signed = _signed_image_url(server)
     master = server.program_master("pacs-api")
     workers = children_of(master)
     assert len(workers) == 2  # PACS_WEB_WORKERS=2 (make_run.py)
 
-    # A worker killed: gunicorn's master starts another.
+    # A worker killed: the app server starts another (config/app_server.py respawn_failed_workers).
     os.kill(workers[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sorted(children_of(master)) in (sorted(workers), sorted(workers[1:])):
@@ -235,7 +281,7 @@ def test_a_crashed_gunicorn_is_restarted_and_keeps_the_key(server: MakeRun) -> N
     replaced = children_of(master)
     assert len(replaced) == 2 and workers[0] not in replaced
 
-    # The whole gunicorn (master and workers) killed: supervisord starts it again.
+    # The whole app server (main process and workers) killed: supervisord starts it again.
     os.killpg(os.getpgid(master), signal.SIGKILL)
     deadline = time.monotonic() + 60
     restarted = None
@@ -249,7 +295,7 @@ def test_a_crashed_gunicorn_is_restarted_and_keeps_the_key(server: MakeRun) -> N
         time.sleep(0.1)
     assert restarted not in (None, master), server.log_tail()
     server.wait_until_answering()
-    assert "--name pacs-api" in command_line(restarted)
+    assert command_line(restarted).strip() == "pacs-api"
     # A link signed before the crash still opens: the new processes read the same key.
     assert requests.get(signed, timeout=30).status_code == 200
 

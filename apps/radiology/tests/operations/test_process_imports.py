@@ -1,7 +1,7 @@
 """What each long-running process of `make run` imports at start: memory of every process.
 
-Issue 19 put the total RSS of the served processes (supervisord, two gunicorns, the DICOM
-listener, the forwarder) under 600 MiB. Part of it was keeping heavy libraries out of the
+Issue 19 put the total RSS of the served processes (supervisord, the app server, nginx, the
+DICOM listener, the forwarder) under 600 MiB. Part of it was keeping heavy libraries out of the
 processes that never use them: boto3/botocore/django-storages' S3 backend (~16 MiB) out of
 every process on the filesystem store (the default), and pydicom with numpy and Pillow
 (~24 MiB) out of the forwarder. One module-level import anywhere on the way brings them back,
@@ -51,8 +51,8 @@ VIEW_MODULES = ("config.urls", "config.viewer_urls", "apps.radiology.dicomweb.vi
 
 
 def test_a_web_worker_loads_its_views_before_its_first_request_and_never_the_s3_backend(tmp_path: Path) -> None:
-    """A gunicorn worker serving the API's and the viewer's ports, once config.wsgi is loaded (as
-    gunicorn loads it before the worker takes a request): both URLconfs and their views are
+    """An app server worker serving the API's and the viewer's origins, once config.wsgi is loaded (as
+    granian loads it before the worker takes a request): both URLconfs and their views are
     imported (the first request pays no import), and on the filesystem store no S3 library."""
     names = VIEW_MODULES + S3_LIBRARIES
     assert _which_loaded("from config.wsgi import application\n", names, tmp_path) == {

@@ -1,28 +1,20 @@
-"""gunicorn's settings for serving PACS-lite: `make run`, the systemd unit and docker-compose.
+"""gunicorn's settings as PACS-lite served with them until issue 19: the peer of bench/compare_app_servers.py.
 
-Passed as `gunicorn -c config/gunicorn_serve.py` by deploy/supervisord.conf (one gunicorn,
-bound to the API's port and the viewer's origin's) and by docker-compose.yml, so a clinic gets
-the worker model the benchmarks measured (bench/hostile_inputs.py, bench/compare_orthanc.py)
-without reading anything. The addresses to bind stay on the command line.
+    gunicorn -c bench/gunicorn_peer.py config.wsgi --bind 127.0.0.1:PORT
 
-Why these values:
+`make run`, compose and the systemd unit serve with granian now (config/app_server.py); this keeps
+the configuration that was measured against it, so the comparison can be run again.
+
+Why these values (as they were chosen for serving):
 - gthread workers: Orthanc, OHIF and dicomweb-client keep connections alive, and OHIF sends
   many small requests at once; a sync worker would hold one connection per process.
-  gthread reads a chunked request body (Orthanc's STOW-RS) to its end and marks
-  wsgi.input terminated, which apps/radiology/ingest/request_streams.py relies on.
 - timeout 300: a 2 GiB upload over a slow clinic link keeps its worker busy for minutes.
-- graceful_timeout 20: on Ctrl-C or `systemctl stop` a request in flight gets 20 s to end;
-  deploy/supervisord.conf waits 25 s before it kills what is left.
-- The same log redaction as ./gunicorn.conf.py (which -c replaces): tokens and signatures
-  never reach the access or error log.
+- graceful_timeout 20, as config/app_server.py's grace.
 """
 
 from __future__ import annotations
 
 from config.env import env_bool, env_int, usable_cores
-
-# The same class as ./gunicorn.conf.py: `-c` replaces that file, so it is named again here.
-logger_class = "config.log_redaction.RedactingGunicornLogger"
 
 worker_class = "gthread"
 # Each worker listens on its own socket (SO_REUSEPORT; gunicorn then binds in each worker, not in

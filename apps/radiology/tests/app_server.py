@@ -1,4 +1,4 @@
-"""A real PACS-lite server for tests that kill it: gunicorn in its own process group, own database.
+"""A real PACS-lite server for tests that kill it: the app server in its own process group, own database.
 
 Shared by the upload chaos test and the crash-safety test. The database is a temporary
 SQLite file, or a fresh database CREATEd on the suite's PostgreSQL server (when the suite
@@ -96,8 +96,9 @@ class OwnProcessGroup:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
-class GunicornServer(OwnProcessGroup):
-    """`gunicorn config.wsgi -w 2 --timeout 60` in its own process group (a SIGKILL takes all of it)."""
+class AppServer(OwnProcessGroup):
+    """The app server as `make run` starts it (`python -m config.app_server`, granian) with
+    `workers` workers, in its own process group (a SIGKILL takes all of it)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 2) -> None:
         super().__init__(log_path)
@@ -140,32 +141,21 @@ class GunicornServer(OwnProcessGroup):
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (our own argv)
-                [
-                    str(VENV_BIN / "gunicorn"),
-                    "config.wsgi",
-                    "-b",
-                    f"127.0.0.1:{self.port}",
-                    "-w",
-                    str(self.workers),
-                    "--timeout",
-                    "60",
-                    "--graceful-timeout",
-                    "2",
-                ],
+                [str(VENV_BIN / "python"), "-m", "config.app_server", "--bind", f"127.0.0.1:{self.port}"],
                 cwd=REPO,
-                env=self.env,
+                env={**self.env, "PACS_WEB_WORKERS": str(self.workers)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited: {self.log_tail()}"
+            assert self.process.poll() is None, f"the app server exited: {self.log_tail()}"
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.url}{READY_PATH}", timeout=1).status_code == 401:
                     return
             time.sleep(0.1)
-        raise AssertionError(f"gunicorn did not answer within 30 s: {self.log_tail()}")
+        raise AssertionError(f"the app server did not answer within 30 s: {self.log_tail()}")
 
 
 def server_env(tmp_path: Path, database_url: str, *, staging: str = "staging", **extra: str) -> dict[str, str]:
