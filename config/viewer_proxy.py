@@ -58,6 +58,8 @@ def render(*, viewer_bind: str, api_bind: str, work_dir: Path, access_log: bool)
     """nginx.conf for the viewer's origin on viewer_bind, in front of the app server on api_bind."""
     host, port = parse_bind(viewer_bind)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if host == "::":
+        listen += " ipv6only=off"  # every address, IPv4 too, as HOST=:: means for the API's port
     access = "access_log /dev/stdout pacs_no_secrets;" if access_log else "access_log off;"
     return f"""# Written by config/viewer_proxy.py at every start; edits are lost. See its docstring.
 daemon off;

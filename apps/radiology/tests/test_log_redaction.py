@@ -140,19 +140,30 @@ def test_runserver_request_lines_and_warnings_are_redacted(server_environment: d
     assert "Forbidden: /api/v1/radiology/viewer/" in log
 
 
+def _app_server_log(env: dict[str, str], tmp_path: Path) -> tuple[list[int], str]:
+    """The hostile requests' statuses and the log of an app server with its access log on."""
+    server = AppServer({**env, "PACS_ACCESS_LOG": "1"}, tmp_path / "app_server.log", workers=1)
+    server.start()
+    try:
+        statuses = _hostile_requests(server.url)
+        # granian writes an access line after its answer has gone, from another thread: wait for the
+        # five (these four requests and the start's one answered probe; whatever the format, each
+        # line names the HTTP version) before stopping.
+        deadline = time.monotonic() + 30
+        while server.log_path.read_text(errors="replace").count(" HTTP/1.1") < len(statuses) + 1:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    return statuses, server.log_path.read_text(errors="replace")
+
+
 def test_app_server_access_log_is_redacted(server_environment: dict[str, str], tmp_path: Path) -> None:
     access_format = (
         '"%(method)s %(path)s?%(query_string)s %(protocol)s" %(status)d '
         '"%(header{referer})s" "%(header{authorization})s"'
     )
-    env = {**server_environment, "PACS_ACCESS_LOG": "1", "PACS_ACCESS_LOG_FORMAT": access_format}
-    server = AppServer(env, tmp_path / "app_server.log", workers=1)
-    server.start()
-    try:
-        statuses = _hostile_requests(server.url)
-    finally:
-        server.stop()
-    log = server.log_path.read_text(errors="replace")
+    statuses, log = _app_server_log({**server_environment, "PACS_ACCESS_LOG_FORMAT": access_format}, tmp_path)
 
     assert statuses == [403, 403, 401, 401]
     _assert_redacted(log)
@@ -162,13 +173,7 @@ def test_app_server_access_log_is_redacted(server_environment: dict[str, str], t
 
 
 def test_app_server_default_access_line_has_no_query_string(server_environment: dict[str, str], tmp_path: Path) -> None:
-    server = AppServer({**server_environment, "PACS_ACCESS_LOG": "1"}, tmp_path / "app_server.log", workers=1)
-    server.start()
-    try:
-        statuses = _hostile_requests(server.url)
-    finally:
-        server.stop()
-    log = server.log_path.read_text(errors="replace")
+    statuses, log = _app_server_log(server_environment, tmp_path)
 
     assert statuses == [403, 403, 401, 401]
     assert [secret for secret in SECRETS if secret in log] == []
