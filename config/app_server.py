@@ -21,6 +21,15 @@ What the application relies on, checked with granian 2.8.7:
   back rather than have it buffered;
 - it binds one address. `make run`'s viewer origin is nginx in front of this one
   (deploy/supervisord.conf), as in docker-compose.
+Where it differs, and what makes up for it:
+- each request's environ starts from the process's environment: config/request_environ.py takes
+  it out again (DATABASE_URL and the S3 credentials would be in request.META);
+- an answer given before the request body was read closes the connection without saying so:
+  config/unread_body.py says it (Connection: close);
+- a response iterator that raises midway ends the chunked body cleanly where gunicorn broke the
+  connection off: a multipart answer then lacks only its closing boundary. DICOMweb checks
+  every stored file is there and whole, and prepares the first part, before its status line
+  (apps/radiology/dicomweb/views.py), so that happens only if storage fails during the answer.
 
 Why these values:
 - one worker process per usable core: a worker's Python runs one thread at a time (the GIL), so
@@ -44,6 +53,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
+import socket
 from typing import Any
 
 from config.env import env_bool, env_int, env_str, usable_cores
@@ -53,6 +64,14 @@ from config.env import env_bool, env_int, env_str, usable_cores
 ACCESS_LOG_FORMAT = '%(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 # Seconds a request in flight gets to end on SIGTERM (deploy/supervisord.conf's stopwaitsecs is 25).
 GRACE_SECONDS = 20
+
+
+def listen_address(host: str, port: int) -> str:
+    """The IP address to bind for `host`: granian takes addresses only, and HOST may be a name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -82,7 +101,7 @@ def build_server(host: str, port: int) -> Any:
 
     return Server(
         "config.wsgi:application",
-        address=host,
+        address=listen_address(host, port),
         port=port,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,

@@ -7,7 +7,6 @@ on a value it does not understand.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -71,14 +70,3 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def env_ip_list(name: str) -> list[str]:
-    """Read a comma-separated list of IP addresses (normalised); a name or a typo is an error."""
-    addresses = []
-    for item in env_list(name, []):
-        try:
-            addresses.append(str(ipaddress.ip_address(item.strip("[]"))))
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"{name} must list IP addresses, not {item!r}") from exc
-    return addresses

@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_ip_list, env_list, env_str, usable_cores
+from config.env import env_bool, env_int, env_list, env_str, usable_cores
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -409,10 +409,11 @@ RADIOLOGY_METADATA_PREBUILD_SECONDS: float | None = env_int("RADIOLOGY_METADATA_
 
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
-# The same, for requests from these peer addresses only: `make run`'s nginx in front of the
-# viewer's origin (config/viewer_proxy.py), while the API's port is reached directly by the LAN,
-# whose X-Forwarded-For is the client's own claim. scripts/serve_env.sh sets it.
-RADIOLOGY_TRUSTED_PROXIES = frozenset(env_ip_list("RADIOLOGY_TRUSTED_PROXIES"))
+# The same, for requests that carry this key in X-PACS-Proxy-Key: `make run`'s nginx in front of the
+# viewer's origin (config/viewer_proxy.py) sends it, while the API's port is reached directly by the
+# LAN (and perhaps through another proxy on the same box), whose X-Forwarded-For is the client's
+# own claim. scripts/serve.sh makes a new one at every start; empty: no such proxy.
+RADIOLOGY_VIEWER_PROXY_KEY = env_str("RADIOLOGY_VIEWER_PROXY_KEY", "") or ""
 # Request events are written in groups, one commit per this many milliseconds and process
 # (apps/radiology/access/audit_writer.py: a WAL flush per frame was a quarter of a worker's
 # time); 0 writes each at once. A SIGKILL or power cut loses at most this interval's events.

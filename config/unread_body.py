@@ -37,8 +37,12 @@ class _CountingInput:
         return data
 
     def read(self, size: int | None = -1) -> bytes:
-        asked = None if size is None or size < 0 else size
-        return self._seen(self._stream.read() if asked is None else self._stream.read(asked), asked)
+        if size is None or size < 0:  # all of it: the end is reached whatever came
+            data = self._stream.read()
+            self.bytes_read += len(data)
+            self.ended = True
+            return data
+        return self._seen(self._stream.read(size), size)
 
     def readline(self, size: int | None = -1) -> bytes:
         asked = None if size is None or size < 0 else size

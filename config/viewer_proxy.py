@@ -23,8 +23,9 @@ What it does not do, on purpose:
   client reads it (proxy_max_temp_file_size 0), and a request body is passed on as it arrives
   (proxy_request_buffering off), never written to nginx's temporary files.
 - trust a client's X-PACS-Viewer-Origin or X-Forwarded-For: it sets the first and appends the
-  client's address to the second; the audit trail takes that last hop only from a peer in
-  RADIOLOGY_TRUSTED_PROXIES, which scripts/serve_env.sh sets to the address nginx connects from.
+  client's address to the second; the audit trail takes that last hop only from a request that
+  carries RADIOLOGY_VIEWER_PROXY_KEY (a new one at every start of scripts/serve.sh) in
+  X-PACS-Proxy-Key, which nginx sets on every request it passes on, whatever the client sent.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from config.env import env_bool, env_str
 PROXY_TIMEOUT_SECONDS = 300
 # Connections to the app server kept alive per nginx worker: a reading room's viewers reuse them.
 UPSTREAM_KEEPALIVE = 32
+# Seconds an idle one is kept: less than the app server's 30 s (granian closes a connection idle
+# that long), so nginx never sends a request on one the app server is closing (a 502).
+UPSTREAM_KEEPALIVE_SECONDS = 20
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
 
 
@@ -54,7 +58,12 @@ def upstream_of(api_bind: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def render(*, viewer_bind: str, api_bind: str, work_dir: Path, access_log: bool) -> str:
+def _quoted(value: str | Path) -> str:
+    """A value as an nginx string: a var directory with a space in its path is still one argument."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(*, viewer_bind: str, api_bind: str, work_dir: Path, access_log: bool, proxy_key: str) -> str:
     """nginx.conf for the viewer's origin on viewer_bind, in front of the app server on api_bind."""
     host, port = parse_bind(viewer_bind)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -64,7 +73,7 @@ def render(*, viewer_bind: str, api_bind: str, work_dir: Path, access_log: bool)
     return f"""# Written by config/viewer_proxy.py at every start; edits are lost. See its docstring.
 daemon off;
 worker_processes 1;
-pid {work_dir}/nginx.pid;
+pid {_quoted(work_dir / "nginx.pid")};
 error_log stderr crit;
 
 events {{
@@ -75,11 +84,11 @@ http {{
     log_format pacs_no_secrets '$remote_addr [$time_local] "$request_method $uri $server_protocol" '
                                '$status $body_bytes_sent $request_time';
     {access}
-    client_body_temp_path {work_dir}/client_body;
-    proxy_temp_path {work_dir}/proxy;
-    fastcgi_temp_path {work_dir}/fastcgi;
-    uwsgi_temp_path {work_dir}/uwsgi;
-    scgi_temp_path {work_dir}/scgi;
+    client_body_temp_path {_quoted(work_dir / "client_body")};
+    proxy_temp_path {_quoted(work_dir / "proxy")};
+    fastcgi_temp_path {_quoted(work_dir / "fastcgi")};
+    uwsgi_temp_path {_quoted(work_dir / "uwsgi")};
+    scgi_temp_path {_quoted(work_dir / "scgi")};
     server_tokens off;
 
     # The scheme the browser used: a TLS proxy in front says so (trusted by the app only with
@@ -92,6 +101,7 @@ http {{
     upstream pacs_app {{
         server {upstream_of(api_bind)};
         keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_timeout {UPSTREAM_KEEPALIVE_SECONDS}s;
     }}
 
     server {{
@@ -108,6 +118,7 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $pacs_forwarded_proto;
             proxy_set_header X-PACS-Viewer-Origin 1;
+            proxy_set_header X-PACS-Proxy-Key {_quoted(proxy_key)};
             proxy_request_buffering off;
             proxy_max_temp_file_size 0;
             proxy_read_timeout {PROXY_TIMEOUT_SECONDS}s;
@@ -126,27 +137,33 @@ def main() -> None:
     nginx = nginx_binary()
     if nginx is None:
         sys.exit("nginx is needed for the viewer's origin: `make run` installs Debian's nginx-light (apt-get).")
-    viewer_bind, api_bind, var_dir = (
+    viewer_bind, api_bind, var_dir, proxy_key = (
         env_str("PACS_VIEWER_BIND"),
         env_str("PACS_API_BIND"),
         env_str("PACS_VAR_DIR"),
+        env_str("RADIOLOGY_VIEWER_PROXY_KEY"),
     )
-    if not (viewer_bind and api_bind and var_dir):
+    if not (viewer_bind and api_bind and var_dir and proxy_key):
         sys.exit(
-            "PACS_VIEWER_BIND, PACS_API_BIND and PACS_VAR_DIR are set by scripts/serve_env.sh: run scripts/serve.sh."
+            "PACS_VIEWER_BIND, PACS_API_BIND, PACS_VAR_DIR and RADIOLOGY_VIEWER_PROXY_KEY are set by "
+            "scripts/serve.sh: run it."
         )
     work_dir = Path(var_dir).resolve() / "nginx"
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work_dir / name).mkdir(parents=True, exist_ok=True)
     config = work_dir / "viewer.conf"
-    config.write_text(
-        render(
-            viewer_bind=viewer_bind,
-            api_bind=api_bind,
-            work_dir=work_dir,
-            access_log=env_bool("PACS_ACCESS_LOG", False),
+    # 0600 from the start: it holds the proxy key.
+    config.unlink(missing_ok=True)
+    with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as written:
+        written.write(
+            render(
+                viewer_bind=viewer_bind,
+                api_bind=api_bind,
+                work_dir=work_dir,
+                access_log=env_bool("PACS_ACCESS_LOG", False),
+                proxy_key=proxy_key,
+            )
         )
-    )
     # -e: nginx opens its compiled-in error log (/var/log/nginx, root's) before it reads any
     # configuration unless told otherwise.
     os.execv(nginx, [nginx, "-p", str(work_dir), "-c", str(config), "-e", "stderr"])  # noqa: S606

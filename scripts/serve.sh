@@ -49,6 +49,13 @@ mkdir -p "$PACS_VAR_DIR"
 # Plain HTTP (PACS_ALLOW_PLAIN_HTTP=1) shows four warnings here: what it gives up (docs/security.md).
 "$python" manage.py check --deploy --fail-level ERROR
 
+# The key the viewer's nginx sends with every request it passes on (X-PACS-Proxy-Key), new at every
+# start: the audit trail takes the client's address from X-Forwarded-For for those requests only
+# (apps/radiology/access/audit.py client_address). In no file but nginx's configuration
+# (var/nginx/viewer.conf, 0600); the programs supervisord starts inherit it.
+RADIOLOGY_VIEWER_PROXY_KEY=$("$python" -c 'import secrets; print(secrets.token_urlsafe(32))')
+export RADIOLOGY_VIEWER_PROXY_KEY
+
 api_host=$(printf '%s' "$PACS_API_BIND" | sed 's/:[0-9]*$//')
 [ "$api_host" = 0.0.0.0 ] || [ "$api_host" = "[::]" ] && api_host=$PACS_PUBLIC_HOST
 cat <<BANNER

@@ -17,9 +17,6 @@
 # - RADIOLOGY_CORS_ORIGINS: the viewer's origin on every one of those names.
 # - PACS_ROOT, PACS_BIN, PACS_VAR_DIR, PACS_API_BIND, PACS_VIEWER_BIND: what
 #   deploy/supervisord.conf reads.
-# - RADIOLOGY_TRUSTED_PROXIES: the address the viewer's nginx reaches the app server from
-#   (loopback, or HOST when it is one address): the audit trail records the client's address
-#   it forwards (X-Forwarded-For) for those requests, and for no others.
 # - MALLOC_ARENA_MAX=2 (read by glibc, not Django): an app server worker's threads share two malloc
 #   arenas rather than each keeping its own partly empty one: under 32 clients an API worker grew
 #   1-3 MiB instead of 5-6 MiB.
@@ -75,18 +72,13 @@ done
 : "${RADIOLOGY_CORS_ORIGINS:=$_pacs_origins}"
 : "${PACS_API_BIND:=$(_pacs_url_host "$HOST"):$PORT}"
 : "${PACS_VIEWER_BIND:=$(_pacs_url_host "$HOST"):$VIEWER_PORT}"
-case "$HOST" in
-    0.0.0.0 | :: | "[::]" | localhost | *[!0-9A-Fa-f.:\[\]]*) _pacs_proxy_from="127.0.0.1,::1" ;;
-    *) _pacs_proxy_from="127.0.0.1,::1,$HOST" ;;
-esac
-: "${RADIOLOGY_TRUSTED_PROXIES:=$_pacs_proxy_from}"
 # Scripts that source this file see the URLs it computed.
 PACS_PUBLIC_HOST=$(_pacs_url_host "$_pacs_public")
 
 export HOST PORT VIEWER_PORT PACS_ROOT PACS_BIN PACS_VAR_DIR DJANGO_SETTINGS_MODULE PACS_GENERATE_SECRET_KEY \
     PACS_ALLOW_PLAIN_HTTP DJANGO_ALLOWED_HOSTS OHIF_VIEWER_URL RADIOLOGY_CORS_ORIGINS PACS_API_BIND PACS_VIEWER_BIND \
-    RADIOLOGY_TRUSTED_PROXIES MALLOC_ARENA_MAX
-unset _pacs_addresses _pacs_names _pacs_public _pacs_address _pacs_hosts _pacs_origins _pacs_name _pacs_proxy_from
+    MALLOC_ARENA_MAX
+unset _pacs_addresses _pacs_names _pacs_public _pacs_address _pacs_hosts _pacs_origins _pacs_name
 
 if [ "$#" -gt 0 ]; then
     exec "$@"

@@ -26,3 +26,9 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+# Debian's nginx package enables its own service with a default site on port 80: PACS-lite runs its
+# own nginx (config/viewer_proxy.py), so the one installed here must not start at the next boot.
+if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+    rm -f /etc/nginx/sites-enabled/default
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable nginx.service >/dev/null 2>&1 || true; fi
+fi

@@ -38,7 +38,11 @@ def test_nginx_reaches_the_app_server_where_it_listens(api_bind: str, upstream: 
     ],
 )
 def test_the_configuration_is_valid_for_nginx(viewer_bind: str, listen: str, tmp_path: Path) -> None:
-    config = render(viewer_bind=viewer_bind, api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=True)
+    tmp_path = tmp_path / "a var dir"  # a space in the path: every path is quoted
+    tmp_path.mkdir()
+    config = render(
+        viewer_bind=viewer_bind, api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=True, proxy_key="k3y"
+    )
     (tmp_path / "viewer.conf").write_text(config)
     nginx = nginx_binary()
     assert nginx is not None
@@ -57,7 +61,9 @@ def test_the_configuration_is_valid_for_nginx(viewer_bind: str, listen: str, tmp
 
 
 def test_what_the_viewer_proxy_never_does(tmp_path: Path) -> None:
-    config = render(viewer_bind="127.0.0.1:3000", api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=False)
+    config = render(
+        viewer_bind="127.0.0.1:3000", api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=False, proxy_key="k3y"
+    )
     lines = [line.strip() for line in config.splitlines()]
 
     assert "access_log off;" in lines
@@ -67,7 +73,11 @@ def test_what_the_viewer_proxy_never_does(tmp_path: Path) -> None:
     assert "proxy_max_temp_file_size 0;" in lines  # an answer never goes to nginx's temporary files
     assert "proxy_set_header X-PACS-Viewer-Origin 1;" in lines  # set by nginx, whatever the client sent
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in lines
+    assert 'proxy_set_header X-PACS-Proxy-Key "k3y";' in lines  # set by nginx: the audit trail trusts it
     assert "server 127.0.0.1:8000;" in lines
-    logged = render(viewer_bind="127.0.0.1:3000", api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=True)
+    assert "keepalive_timeout 20s;" in lines  # below the app server's 30 s: never a request on a closing one
+    logged = render(
+        viewer_bind="127.0.0.1:3000", api_bind="127.0.0.1:8000", work_dir=tmp_path, access_log=True, proxy_key="k3y"
+    )
     assert "access_log /dev/stdout pacs_no_secrets;" in logged
     assert "'$remote_addr [$time_local] \"$request_method $uri $server_protocol\" '" in logged

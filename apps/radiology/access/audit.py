@@ -15,6 +15,7 @@ login page is a denial, not an "allowed".
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -102,20 +103,29 @@ def client_address(request: HttpRequest) -> str | None:
     """REMOTE_ADDR, or the last X-Forwarded-For hop when the request came through a trusted proxy.
 
     A proxy is trusted for every request with RADIOLOGY_TRUST_X_FORWARDED_FOR (compose: the app
-    is reached only through one), or when the request's peer is one of RADIOLOGY_TRUSTED_PROXIES
-    (`make run`: nginx on the viewer's port, while the LAN reaches the API's port directly).
-    The proxy appends the address it saw to whatever the client sent (nginx's
-    $proxy_add_x_forwarded_for), so only the last hop is the proxy's word; earlier hops are
+    is reached only through one), or for a request that carries RADIOLOGY_VIEWER_PROXY_KEY in
+    X-PACS-Proxy-Key (`make run`: nginx on the viewer's port sends it, while the LAN reaches the
+    API's port directly). Not by the peer's address: another proxy on the same box (a clinic's
+    TLS proxy) would pass on whatever X-Forwarded-For its client made up. The proxy appends the
+    address it saw to whatever the client sent (nginx's $proxy_add_x_forwarded_for), so only
+    the last hop is the proxy's word; earlier hops are
     the client's own claims. Anything that is not an IP address is dropped: it would be a
     forged entry, and PostgreSQL's inet column would refuse the whole event.
     """
     peer = _ip_or_none(request.META.get("REMOTE_ADDR") or "")
-    if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR or peer in settings.RADIOLOGY_TRUSTED_PROXIES:
+    if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR or _through_viewer_proxy(request):
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         last_hop = _ip_or_none(forwarded.rsplit(",", 1)[-1]) if forwarded else None
         if last_hop is not None:
             return last_hop
     return peer
+
+
+def _through_viewer_proxy(request: HttpRequest) -> bool:
+    """Whether the request carries the key `make run`'s viewer nginx sends (compared in constant time)."""
+    key = settings.RADIOLOGY_VIEWER_PROXY_KEY
+    sent = request.META.get("HTTP_X_PACS_PROXY_KEY", "")
+    return bool(key) and bool(sent) and hmac.compare_digest(sent.encode(), key.encode())
 
 
 def record(

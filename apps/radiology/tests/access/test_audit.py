@@ -648,27 +648,44 @@ def test_client_address(
 
 
 @pytest.mark.parametrize(
-    ("peer", "expected"),
+    ("sent_key", "expected"),
     [
-        # `make run`'s nginx on the viewer's origin, connecting from loopback: its last hop is recorded.
-        ("127.0.0.1", "198.51.100.20"),
-        ("::1", "198.51.100.20"),
-        # A LAN client on the API's port sending its own X-Forwarded-For: its connection's address.
-        ("10.1.2.3", "10.1.2.3"),
+        # `make run`'s nginx on the viewer's origin sends the key: its last hop is recorded.
+        ("viewer-proxy-key", "198.51.100.20"),
+        # A LAN client on the API's port, or one behind another proxy on the box (loopback peer),
+        # sending its own X-Forwarded-For: its connection's address.
+        ("", "127.0.0.1"),
+        ("a-guess", "127.0.0.1"),
+        ("viewer-proxy-ke", "127.0.0.1"),
     ],
 )
-def test_client_address_behind_a_trusted_proxy_address_only(
-    peer: str, expected: str, doctor: AbstractBaseUser, stored: StoredStudy, settings: Any
+def test_client_address_from_the_viewer_proxy_only(
+    sent_key: str, expected: str, doctor: AbstractBaseUser, stored: StoredStudy, settings: Any
 ) -> None:
     settings.RADIOLOGY_TRUST_X_FORWARDED_FOR = False
-    settings.RADIOLOGY_TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
+    settings.RADIOLOGY_VIEWER_PROXY_KEY = "viewer-proxy-key"
+    headers = {"X-Forwarded-For": "203.0.113.7, 198.51.100.20"}
+    if sent_key:
+        headers["X-PACS-Proxy-Key"] = sent_key
 
-    response = token_client(doctor).get(
-        f"{API}/studies/", REMOTE_ADDR=peer, headers={"X-Forwarded-For": "203.0.113.7, 198.51.100.20"}
-    )
+    response = token_client(doctor).get(f"{API}/studies/", REMOTE_ADDR="127.0.0.1", headers=headers)
 
     assert response.status_code == 200
     assert only_event().client_address == expected
+
+
+def test_without_a_viewer_proxy_key_no_request_is_trusted(
+    doctor: AbstractBaseUser, stored: StoredStudy, settings: Any
+) -> None:
+    settings.RADIOLOGY_TRUST_X_FORWARDED_FOR = False
+    settings.RADIOLOGY_VIEWER_PROXY_KEY = ""
+
+    response = token_client(doctor).get(
+        f"{API}/studies/", REMOTE_ADDR="10.1.2.3", headers={"X-Forwarded-For": "198.51.100.20", "X-PACS-Proxy-Key": ""}
+    )
+
+    assert response.status_code == 200
+    assert only_event().client_address == "10.1.2.3"
 
 
 def test_a_connection_without_an_ip_address_is_still_recorded(doctor: AbstractBaseUser, stored: StoredStudy) -> None:

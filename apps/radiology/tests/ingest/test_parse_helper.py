@@ -6,6 +6,7 @@ runs with the helper off (test_settings), so these tests turn it on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
@@ -204,7 +205,17 @@ def test_an_idle_helper_is_stopped_and_a_later_batch_starts_another(
 
 
 def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """Every child of process `pid`, whichever of its threads started it.
+
+    /proc/PID/task/TID/children lists the children of one thread: the app server runs requests on
+    threads it starts and ends as needed (granian's blocking threads), and a child outlives the
+    thread that started it, listed then under another thread of the process.
+    """
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            children.update(int(child) for child in (task / "children").read_text().split())
+    return sorted(children)
 
 
 def _parse_processes(worker: int) -> list[int]:
