@@ -482,9 +482,9 @@ SPECTACULAR_SETTINGS = {
 # Log records never carry patient names, ids or file contents: only database ids and UIDs.
 # Link tokens, signatures and Authorization credentials are redacted from every line by one
 # filter (config/log_redaction.py) on every handler; the app server's own handlers (granian's)
-# get it from config/app_server.py. Django's defaults put unfiltered handlers on "django" (console, mail_admins
-# with the full request) and "django.server" (runserver's request lines): both replaced here,
-# "django" now reaching the console through the root logger.
+# get it from config/app_server.py. Django's defaults put unfiltered handlers on "django"
+# (console, mail_admins with the full request) and "django.server" (runserver's request lines):
+# both replaced here, "django" now reaching the console through the root logger.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

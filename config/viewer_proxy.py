@@ -48,6 +48,11 @@ UPSTREAM_KEEPALIVE_SECONDS = 20
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
 
 
+def _host_port(host: str, port: int) -> str:
+    """host:port as nginx reads it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def upstream_of(api_bind: str) -> str:
     """Where nginx reaches the app server: its address, or loopback when it listens on every one."""
     host, port = parse_bind(api_bind)
@@ -55,7 +60,7 @@ def upstream_of(api_bind: str) -> str:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _host_port(host, port)
 
 
 def _quoted(value: str | Path) -> str:
@@ -66,7 +71,7 @@ def _quoted(value: str | Path) -> str:
 def render(*, viewer_bind: str, api_bind: str, work_dir: Path, access_log: bool, proxy_key: str) -> str:
     """nginx.conf for the viewer's origin on viewer_bind, in front of the app server on api_bind."""
     host, port = parse_bind(viewer_bind)
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    listen = _host_port(host, port)
     if host == "::":
         listen += " ipv6only=off"  # every address, IPv4 too, as HOST=:: means for the API's port
     access = "access_log /dev/stdout pacs_no_secrets;" if access_log else "access_log off;"

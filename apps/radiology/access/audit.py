@@ -108,17 +108,16 @@ def client_address(request: HttpRequest) -> str | None:
     API's port directly). Not by the peer's address: another proxy on the same box (a clinic's
     TLS proxy) would pass on whatever X-Forwarded-For its client made up. The proxy appends the
     address it saw to whatever the client sent (nginx's $proxy_add_x_forwarded_for), so only
-    the last hop is the proxy's word; earlier hops are
-    the client's own claims. Anything that is not an IP address is dropped: it would be a
-    forged entry, and PostgreSQL's inet column would refuse the whole event.
+    the last hop is the proxy's word; earlier hops are the client's own claims. Anything that
+    is not an IP address is dropped: it would be a forged entry, and PostgreSQL's inet column
+    would refuse the whole event.
     """
-    peer = _ip_or_none(request.META.get("REMOTE_ADDR") or "")
     if settings.RADIOLOGY_TRUST_X_FORWARDED_FOR or _through_viewer_proxy(request):
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         last_hop = _ip_or_none(forwarded.rsplit(",", 1)[-1]) if forwarded else None
         if last_hop is not None:
             return last_hop
-    return peer
+    return _ip_or_none(request.META.get("REMOTE_ADDR") or "")
 
 
 def _through_viewer_proxy(request: HttpRequest) -> bool:

@@ -31,6 +31,21 @@ VENV_BIN = Path(sys.executable).parent
 READY_PATH = "/api/v1/radiology/studies/"
 
 
+def children_of(pid: int) -> list[int]:
+    """Every child of process `pid`, whichever of its threads started it; [] once it is gone.
+
+    /proc/PID/task/TID/children lists the children of one thread: the app server runs requests on
+    threads it starts and ends as needed (granian's blocking threads), and a child outlives the
+    thread that started it, listed then under another thread of the process.
+    """
+    children: set[int] = set()
+    with contextlib.suppress(OSError):  # the process, or one of its threads, ended meanwhile
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children.update(int(child) for child in (task / "children").read_text().split())
+    return sorted(children)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

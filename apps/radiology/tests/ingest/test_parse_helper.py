@@ -6,7 +6,6 @@ runs with the helper off (test_settings), so these tests turn it on.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import os
@@ -27,7 +26,7 @@ from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.ingest import parse_helper
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyStudy
 from apps.radiology.pacs_lite_service import IngestItem, IngestResult, PACSLiteService
-from apps.radiology.tests.app_server import AppServer, own_database, server_env
+from apps.radiology.tests.app_server import AppServer, children_of, own_database, server_env
 from apps.radiology.tests.factories import relabelled, served_json
 
 BATCH = 20
@@ -204,24 +203,10 @@ def test_an_idle_helper_is_stopped_and_a_later_batch_starts_another(
     assert len(parsed_in_this_process) == BATCH - HELPER_PART
 
 
-def _children(pid: int) -> list[int]:
-    """Every child of process `pid`, whichever of its threads started it.
-
-    /proc/PID/task/TID/children lists the children of one thread: the app server runs requests on
-    threads it starts and ends as needed (granian's blocking threads), and a child outlives the
-    thread that started it, listed then under another thread of the process.
-    """
-    children: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            children.update(int(child) for child in (task / "children").read_text().split())
-    return sorted(children)
-
-
 def _parse_processes(worker: int) -> list[int]:
     """A server worker's parse helper: its child started with HELPER_COMMAND (nothing else)."""
     marker = parse_helper.HELPER_COMMAND.split(";")[0].encode()
-    return [child for child in _children(worker) if marker in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return [child for child in children_of(worker) if marker in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def _cpu_ticks(pids: list[int]) -> int:
@@ -278,7 +263,7 @@ def test_stow_rs_through_the_app_server_parses_on_helper_processes_and_stores_th
                 sent.extend(batch)
 
             assert server.process is not None
-            (worker,) = _children(server.process.pid)
+            (worker,) = children_of(server.process.pid)
             store_batch()  # the first big batch starts the helper (and is parsed without it)
             deadline = time.monotonic() + 60
             while not _parse_processes(worker) and time.monotonic() < deadline:
@@ -286,7 +271,7 @@ def test_stow_rs_through_the_app_server_parses_on_helper_processes_and_stores_th
             helpers = _parse_processes(worker)
             assert len(helpers) == 1, server.log_tail()  # the helper, its own interpreter
             # Nothing else of multiprocessing's (a forkserver, a resource tracker) stays behind.
-            assert _children(worker) == helpers
+            assert children_of(worker) == helpers
             idle = _settled_ticks(helpers)
             for _batch in range(6):
                 store_batch()

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from apps.radiology.tests.app_server import REPO, VENV_BIN, free_port
+from apps.radiology.tests.app_server import REPO, VENV_BIN, children_of, free_port
 
 # Variables config/ reads, and make's own: none of the suite's may reach the server.
 _DROPPED_PREFIXES = ("AWS_", "MINIO_", "RADIOLOGY_", "DATABASE_", "DJANGO_", "PACS_", "MEDIA_", "OHIF_", "DEMO_")
@@ -40,14 +40,6 @@ def session_processes(session_id: int) -> list[int]:
             if int(session) == session_id and state != "Z":
                 found.append(int(entry.name))
     return found
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of `pid`."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        return [int(child) for child in path.read_text().split()]
-    return []
 
 
 def command_line(pid: int) -> str:

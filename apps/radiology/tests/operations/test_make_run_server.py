@@ -34,8 +34,8 @@ import requests
 from apps.radiology.dicomweb.multipart import MAX_BOUNDARY_LENGTH
 from apps.radiology.imagefiles.uids import generate_uid
 from apps.radiology.operations.demo import relabelled_dicom
-from apps.radiology.tests.app_server import REPO, free_port, own_database
-from apps.radiology.tests.operations.make_run import START_SECONDS, MakeRun, children_of, command_line
+from apps.radiology.tests.app_server import REPO, children_of, free_port, own_database
+from apps.radiology.tests.operations.make_run import START_SECONDS, MakeRun, command_line
 
 BOUNDARY = "make-run-chunked"
 # What Django's technical (DEBUG) pages always carry, and its plain pages never do.
