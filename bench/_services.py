@@ -189,6 +189,14 @@ class Postgres:
     url: str
     directory: Path
 
+    def pids(self) -> list[int]:
+        """The cluster's processes: the postmaster (first line of postmaster.pid) and its children."""
+        try:
+            postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return process_tree(postmaster)
+
 
 def _as_postgres(*command: str) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
@@ -452,6 +460,25 @@ def cpu_ticks(pid: int) -> int:
     """User + system CPU time of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def cpu_times(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """pid -> (user, system) CPU time in clock ticks, for the processes still there."""
+    times = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            times[pid] = (int(fields[11]), int(fields[12]))
+    return times
+
+
+def cpu_spent_ms(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> tuple[float, float]:
+    """(user, system) milliseconds the processes of `after` spent since `before` (one started
+    meanwhile counts from 0; one that ended meanwhile is not counted)."""
+    per_tick = 1000 / os.sysconf("SC_CLK_TCK")
+    user = sum(times[0] - before.get(pid, (0, 0))[0] for pid, times in after.items())
+    system = sum(times[1] - before.get(pid, (0, 0))[1] for pid, times in after.items())
+    return user * per_tick, system * per_tick
 
 
 def tree_cpu_ticks(root: int) -> int:

@@ -9,21 +9,21 @@ application was called in-process, but ~1.5 ms under wrk against gunicorn, which
 until issue 19: its gthread worker parses HTTP in Python and hands every connection between its
 poller thread and its request threads, all under the GIL. granian (Rust, hyper) parses HTTP and
 moves bytes outside the GIL. This keeps the measurement that made the switch, and measures the
-price of the viewer's origin, nginx in front of the app server under `make run`.
+price of nginx, in front of the app servers on both ports under `make run`.
 
 What it does, all on 127.0.0.1 and in a temporary directory:
 1. PostgreSQL 15 with its defaults (fsync on) and PACS-lite exactly as `make run` serves it
-   (scripts/serve.sh: supervisord, granian with config/app_server.py: one worker per usable
-   core, 4 blocking threads each; nginx on the viewer's port, config/viewer_proxy.py);
+   (scripts/serve.sh: supervisord, one granian app server per usable core with config/app_server.py,
+   one worker and 4 blocking threads each; nginx on both ports, config/front_proxy.py);
 2. one series of 100 CT_small instances stored through STOW-RS, and the study's viewer token as
    the demo doctor gets it from the viewer-url endpoint (bench/compare_orthanc.py's viewer_of);
 3. gunicorn on another port, in the same environment (scripts/serve_env.sh, the same database,
    secret key and var directory) with the settings it served with (bench/gunicorn_peer.py:
    gthread, as many workers, 4 threads each), the same WSGI application (config.wsgi);
 4. frames and rendered JPEGs of that series with 1, 8 and 32 keep-alive connections (wrk), asked
-   of the API's port (granian), of the viewer's port (nginx, then granian: what OHIF asks) and of
-   gunicorn, taking turns `--rounds` times: requests/s, p50, p99, and the CPU of each server's
-   processes per request (/proc; the viewer's port counts nginx and granian), medians over the rounds.
+   of the API's port and of the viewer's port (each nginx, then granian: the second is what OHIF
+   asks) and of gunicorn (no nginx), taking turns `--rounds` times: requests/s, p50, p99, and the
+   CPU of each server's processes per request (/proc; nginx counted with granian), medians over the rounds.
 
 gunicorn is pinned in requirements-dev.txt for this script only.
 """
@@ -62,8 +62,8 @@ sys.path.insert(0, str(services.ROOT))
 from config.env import usable_cores
 
 CONNECTIONS = (1, 8, 32)
-GRANIAN = "granian"
-VIEWER_PORT = "granian via nginx (viewer's port)"
+GRANIAN = "nginx + granian (API's port)"
+VIEWER_PORT = "nginx + granian (viewer's port)"
 GUNICORN = "gunicorn"
 
 
@@ -200,7 +200,7 @@ def main() -> int:
         for index, parts in batches_of([study]):
             store_batch(technician, index, parts)
         viewer = viewer_of(technician, summary, study)
-        granian_pid = next(pid for pid in pacs.pids() if services._cmdline(pid).strip() == "pacs-api")
+        granian_pids = [pid for pid in pacs.pids() if services._cmdline(pid).strip() == "pacs-api"]
         nginx_pid = next(pid for pid in pacs.pids() if services._cmdline(pid).startswith("nginx: master"))
         gunicorn_base, gunicorn_pid = stack.enter_context(gunicorn(pacs.env, workdir))
         viewer_base = f"http://127.0.0.1:{pacs.env['VIEWER_PORT']}"
@@ -211,13 +211,13 @@ def main() -> int:
             )
 
         contenders = [
-            Contender(GRANIAN, viewer, [granian_pid]),
-            Contender(VIEWER_PORT, elsewhere(VIEWER_PORT, viewer_base), [nginx_pid, granian_pid]),
+            Contender(GRANIAN, viewer, [nginx_pid, *granian_pids]),
+            Contender(VIEWER_PORT, elsewhere(VIEWER_PORT, viewer_base), [nginx_pid, *granian_pids]),
             Contender(GUNICORN, elsewhere(GUNICORN, gunicorn_base), [gunicorn_pid]),
         ]
         table = measure(contenders, relative, seconds=arguments.seconds, rounds=arguments.rounds, workdir=workdir)
         rss = {
-            "granian": services.total_rss_mib(services.process_tree(granian_pid)),
+            "granian": services.total_rss_mib([p for pid in granian_pids for p in services.process_tree(pid)]),
             "nginx": services.total_rss_mib(services.process_tree(nginx_pid)),
             "gunicorn": services.total_rss_mib(services.process_tree(gunicorn_pid)),
         }
@@ -229,7 +229,8 @@ def main() -> int:
     print(f"Viewer token (Authorization: Bearer), {arguments.rounds} rounds of {arguments.seconds} s, medians.\n")
     print("\n".join(table))
     print(
-        f"\nRSS after the runs: granian (main process and workers) {rss['granian']:.0f} MiB, "
+        f"\nRSS after the runs: granian ({len(granian_pids)} app servers, main process and worker each) "
+        f"{rss['granian']:.0f} MiB, "
         f"nginx {rss['nginx']:.0f} MiB, gunicorn (arbiter and workers) {rss['gunicorn']:.0f} MiB"
     )
     return 0

@@ -20,8 +20,11 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
    against the better of the two, row by row;
 5. one client (dicomweb-client; the three servers take turns request by request): STOW-RS in
    batches of 50, QIDO, series metadata (50 and 500 instances, first and again), a frame, a
-   rendered JPEG, an instance;
-6. many clients: STOW-RS by 4 clients at once (a study each, batches of 50), then frames and
+   rendered JPEG, an instance. With each STOW-RS request, the CPU time (user and system) the
+   server's processes and its database server spent on it: CPU per instance stored, the cost
+   that decides ingest once every core is busy, and steadier than a rate on a shared machine;
+6. many clients: STOW-RS by 4 clients at once (a study each, batches of 50; CPU per instance as
+   above, over the whole run), then frames and
    rendered JPEGs with 1, 8 and 32 concurrent keep-alive connections driven by wrk (C, so
    the client costs little of the 2 cores): throughput, p50 and p99 latency. These stand for
    a reading room of OHIF viewers, so PACS-lite is asked as OHIF asks it: with the viewer token
@@ -197,12 +200,18 @@ class Server:
     frame_syntax: str  # the transfer-syntax asked for frames (see frame_accept)
     stow_url: Callable[[int], str]  # study index -> STOW-RS URL
     pids: Callable[[], list[int]]  # every process of the server
+    # The processes of the database server it keeps its index in, if that is another process.
+    database_pids: Callable[[], list[int]] = list
     session: TimedSession = field(default_factory=lambda: TimedSession())
     client: DICOMwebClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.session.headers.update(self.headers)
         self.client = self.new_client(self.session)
+
+    def cpu_times(self) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+        """(the server's processes', its database's) CPU times now (services.cpu_times)."""
+        return services.cpu_times(self.pids()), services.cpu_times(self.database_pids())
 
     def new_client(self, session: requests.Session) -> DICOMwebClient:
         return DICOMwebClient(self.dicomweb, session=session, timeout=300)
@@ -214,6 +223,43 @@ class Server:
     @property
     def frame_accept(self) -> str:
         return f'multipart/related; type="application/octet-stream"; transfer-syntax={self.frame_syntax}'
+
+
+@dataclass
+class CpuSpent:
+    """CPU time the server's processes (user, system) and its database server spent storing `instances`."""
+
+    instances: int = 0
+    user_ms: float = 0.0
+    system_ms: float = 0.0
+    database_ms: float = 0.0
+
+    def add(self, server: Server, before: tuple[dict[int, Any], dict[int, Any]], instances: int) -> None:
+        """Count what was spent since `before` (Server.cpu_times) on `instances` more instances."""
+        processes, database = server.cpu_times()
+        user, system = services.cpu_spent_ms(before[0], processes)
+        self.user_ms += user
+        self.system_ms += system
+        self.database_ms += sum(services.cpu_spent_ms(before[1], database))
+        self.instances += instances
+
+    def per_instance(self) -> float:
+        """Milliseconds of CPU per stored instance, everything counted."""
+        return (self.user_ms + self.system_ms + self.database_ms) / max(self.instances, 1)
+
+    def split(self) -> str:
+        count = max(self.instances, 1)
+        return (
+            f"{self.per_instance():.2f} ms (user {self.user_ms / count:.2f}, system {self.system_ms / count:.2f}, "
+            f"database server {self.database_ms / count:.2f})"
+        )
+
+
+def cpu_row(label: str, spent: dict[str, CpuSpent]) -> PeersRow:
+    """A row of CPU per stored instance: lower is better, no target of its own (see the notes)."""
+    return PeersRow(
+        label, "ms", spent[PACS].per_instance(), {name: spent[name].per_instance() for name in PEERS if name in spent}
+    )
 
 
 def store_batch(server: Server, study_index: int, parts: list[bytes], client: DICOMwebClient | None = None) -> None:
@@ -260,10 +306,13 @@ def one_client(
     batches = batches_of(studies)
     rates: dict[str, list[float]] = {s.name: [] for s in servers}
     totals = dict.fromkeys(rates, 0.0)
+    spent = {s.name: CpuSpent() for s in servers}
     for number, (study_index, parts) in enumerate(batches):
         for server in rotated(servers, number):
             server.session.exchange_ms = 0.0
+            before = server.cpu_times()
             store_batch(server, study_index, parts)
+            spent[server.name].add(server, before, len(parts))
             seconds = server.session.exchange_ms / 1000
             rates[server.name].append(len(parts) / seconds)
             totals[server.name] += seconds
@@ -276,11 +325,13 @@ def one_client(
         target=">= 1.5x",
         target_ratio=1.5,
     )
+    rows.append(cpu_row("CPU per instance stored, 1 client (server + its database server, user + system)", spent))
     notes.append(
         f"Ingest of {count} instances by one client: "
         + ", ".join(f"{name} {seconds:.1f} s ({count / seconds:.0f} inst/s)" for name, seconds in totals.items())
         + "."
     )
+    notes.append(cpu_note(1, spent))
 
     first, big = studies[0], studies[-1]
     small_series, big_series = first.series[0], big.series[0]
@@ -409,8 +460,9 @@ def rotated(servers: list[Server], number: int) -> list[Server]:
 # --- Many clients -------------------------------------------------------------------------
 
 
-def concurrent_stow(server: Server, studies: list[Study], first_index: int) -> float:
-    """Each of `studies` stored by its own client thread (own connection), at once: instances/s overall."""
+def concurrent_stow(server: Server, studies: list[Study], first_index: int) -> tuple[float, CpuSpent]:
+    """Each of `studies` stored by its own client thread (own connection), at once: (instances/s
+    overall, the CPU the server and its database spent)."""
     failures: list[BaseException] = []
 
     def client_run(study_index: int, study: Study) -> None:
@@ -426,6 +478,7 @@ def concurrent_stow(server: Server, studies: list[Study], first_index: int) -> f
     threads = [
         threading.Thread(target=client_run, args=(first_index + offset, study)) for offset, study in enumerate(studies)
     ]
+    before = server.cpu_times()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -434,7 +487,21 @@ def concurrent_stow(server: Server, studies: list[Study], first_index: int) -> f
     seconds = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"{server.name}: concurrent STOW-RS failed: {failures[0]!r}")
-    return sum(len(s.instances) for study in studies for s in study.series) / seconds
+    count = sum(len(s.instances) for study in studies for s in study.series)
+    spent = CpuSpent()
+    spent.add(server, before, count)
+    return count / seconds, spent
+
+
+def cpu_note(clients: int, spent: dict[str, CpuSpent]) -> str:
+    """What each server spent per instance stored, split, and what the 1.5x ingest target asks of it."""
+    pacs, best = spent[PACS].per_instance(), min(spent[name].per_instance() for name in PEERS if name in spent)
+    return (
+        f"CPU per instance stored by {clients} client{'s' if clients > 1 else ''}: "
+        + "; ".join(f"{name} {figures.split()}" for name, figures in spent.items())
+        + f". Ingest at 1.5x the better Orthanc's rate on the same cores needs about {best / 1.5:.2f} ms "
+        f"(the better Orthanc's {best:.2f} / 1.5) where PACS-lite spends {pacs:.2f}."
+    )
 
 
 # wrk runs this script in each of its threads: the paths to ask, in turn, from a file.
@@ -808,9 +875,10 @@ def main() -> int:
             "*",  # as OHIF asks
             lambda index: f"{pacs_dicomweb}/studies?radiology_order_id={order_ids[index]}",
             pacs_server.pids,
+            database.pids,
         )
 
-        def orthanc_server(name: str, base: str, pid: int) -> Server:
+        def orthanc_server(name: str, base: str, pid: int, database_pids: Callable[[], list[int]]) -> Server:
             return Server(
                 name,
                 base,
@@ -819,17 +887,20 @@ def main() -> int:
                 EXPLICIT_LITTLE,  # its plugin needs the syntax named (FIELD-NOTES)
                 lambda _index: f"{base}/dicom-web/studies",
                 lambda: [pid],
+                database_pids,
             )
 
         servers = [
             pacs,
-            orthanc_server(ORTHANC_SQLITE, orthanc_sqlite_base, orthanc_sqlite_pid),
-            orthanc_server(ORTHANC_POSTGRESQL, orthanc_pg_base, orthanc_pg_pid),
+            orthanc_server(ORTHANC_SQLITE, orthanc_sqlite_base, orthanc_sqlite_pid, list),
+            orthanc_server(ORTHANC_POSTGRESQL, orthanc_pg_base, orthanc_pg_pid, database.pids),
         ]
         rows, notes = one_client(arguments, studies, servers)
         step("one-client rows done")
 
-        stow_rates = {s.name: concurrent_stow(s, stow_studies, len(studies)) for s in servers}
+        stow_runs = {s.name: concurrent_stow(s, stow_studies, len(studies)) for s in servers}
+        stow_rates = {name: rate for name, (rate, _spent) in stow_runs.items()}
+        stow_spent = {name: spent for name, (_rate, spent) in stow_runs.items()}
         after_ingest = {s.name: services.total_rss_mib(s.pids()) for s in servers}
         rows.append(
             PeersRow(
@@ -842,6 +913,13 @@ def main() -> int:
                 target_ratio=1.5,
             )
         )
+        rows.append(
+            cpu_row(
+                f"CPU per instance stored, {STOW_CLIENTS} clients (server + its database server, user + system)",
+                stow_spent,
+            )
+        )
+        notes.append(cpu_note(STOW_CLIENTS, stow_spent))
         step("4-client STOW-RS done")
         reading_room = [viewer_of(pacs, summary, studies[-1]), *servers[1:]]
         load = many_clients(arguments, reading_room, studies[-1], workdir)

@@ -6,7 +6,7 @@ Run from the repository root (as root it runs PostgreSQL as the postgres user):
 
 Durable configuration only: a throwaway PostgreSQL 15 cluster with its own defaults (fsync on,
 synchronous_commit on) and PACS-lite exactly as `make run` serves it (scripts/serve.sh: migrate,
-collectstatic, check --deploy, supervisord with the app server, the viewer's nginx, the DICOM
+collectstatic, check --deploy, supervisord with the app server, nginx on both ports, the DICOM
 listener and the forwarder), all on 127.0.0.1 and in a temporary directory (never var/).
 
 How the data is made (through ingest, never rows written by hand):

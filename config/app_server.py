@@ -1,11 +1,13 @@
 """Serve PACS-lite's WSGI application with granian: `make run`, the systemd unit and docker-compose.
 
     python -m config.app_server --bind 127.0.0.1:8000
+    python -m config.app_server --uds var/run/api-0.sock --workers 1     (make run, behind nginx)
 
 Started by deploy/supervisord.conf (`make run`, the systemd unit) and by docker-compose.yml's
 `app` service, so a clinic gets the server the benchmarks measured (bench/compare_orthanc.py,
-bench/compare_app_servers.py) without reading anything. Only the address is a flag; the rest
-is here, with PACS_WEB_WORKERS, PACS_WEB_THREADS and PACS_ACCESS_LOG from the environment.
+bench/compare_app_servers.py) without reading anything. Only the address (and, for `make run`,
+the worker count) is a flag; the rest is here, with PACS_WEB_WORKERS, PACS_WEB_THREADS and
+PACS_ACCESS_LOG from the environment.
 
 Why granian (a Rust HTTP server with a WSGI interface) and not gunicorn, which served until
 issue 19: under wrk, with the study's viewer token, a frame cost the workers 1.70-1.89 ms of
@@ -19,8 +21,10 @@ What the application relies on, checked with granian 2.8.7:
   chunked or not, kept the worker at ~38 MiB RSS;
 - a response iterator (a frame, a whole file) is sent as it is read, and a slow reader holds it
   back rather than have it buffered;
-- it binds one address. `make run`'s viewer origin is nginx in front of this one
-  (deploy/supervisord.conf), as in docker-compose.
+- it binds one address, and its workers share one listening socket, each accepting connections
+  whether it is busy or not. So `make run` runs PACS_WEB_WORKERS of it with one worker each, on
+  unix sockets, and nginx in front hands requests to the least busy (config/front_proxy.py says
+  what a shared socket cost), on the API's port and on the viewer's.
 Where it differs, and what makes up for it:
 - each request's environ starts from the process's environment: config/request_environ.py takes
   it out again (DATABASE_URL and the S3 credentials would be in request.META);
@@ -32,8 +36,9 @@ Where it differs, and what makes up for it:
   (apps/radiology/dicomweb/views.py), so that happens only if storage fails during the answer.
 
 Why these values:
-- one worker process per usable core: a worker's Python runs one thread at a time (the GIL), so
-  a worker is at most one busy core; on 2 cores a third one added no throughput, only waiting.
+- one worker process per usable core (under `make run`: one app server per core, of one worker
+  each): a worker's Python runs one thread at a time (the GIL), so a worker is at most one busy
+  core; on 2 cores a third one added no throughput, only waiting.
 - four blocking threads per worker, the threads that run the application: a request waiting on
   the disk, PostgreSQL or a slow client's upload does not hold up its worker's other requests.
 - a worker that dies is started again (respawn_failed_workers) rather than the whole server
@@ -55,6 +60,8 @@ import argparse
 import copy
 import ipaddress
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 from config.env import env_bool, env_int, env_str, usable_cores
@@ -93,20 +100,41 @@ def logging_config() -> dict[str, Any]:
     return config
 
 
-def build_server(host: str, port: int) -> Any:
-    """The granian server for PACS-lite's WSGI application on host:port, configured as above."""
+def claim_socket(path: Path) -> None:
+    """Make way for a new unix socket at `path`: remove one left by an app server that was killed
+    (nothing accepts on it), refuse to start while a live one listens there."""
+    if not path.exists():
+        return
+    if not path.is_socket():
+        sys.exit(f"{path} exists and is not a socket: not replacing it.")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # a dead server's socket: granian cannot bind over it
+            return
+    sys.exit(f"An app server already listens on {path}: is PACS-lite already running?")
+
+
+def build_server(host: str, port: int, *, uds: Path | None = None, workers: int | None = None) -> Any:
+    """The granian server for PACS-lite's WSGI application on host:port (or the unix socket
+    `uds`, 0600), configured as above; `workers` worker processes (default PACS_WEB_WORKERS)."""
     from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
     from granian.server import Server
 
+    where: dict[str, Any] = (
+        {"uds": uds, "uds_permissions": 0o600}
+        if uds is not None
+        else {"address": listen_address(host, port), "port": port}
+    )
     return Server(
         "config.wsgi:application",
-        address=listen_address(host, port),
-        port=port,
+        **where,
         interface=Interfaces.WSGI,
         http=HTTPModes.http1,
         websockets=False,
-        workers=env_int("PACS_WEB_WORKERS", usable_cores(), minimum=1),
+        workers=workers or env_int("PACS_WEB_WORKERS", usable_cores(), minimum=1),
         blocking_threads=env_int("PACS_WEB_THREADS", 4, minimum=1),
         respawn_failed_workers=True,
         workers_kill_timeout=GRACE_SECONDS,
@@ -120,9 +148,17 @@ def build_server(host: str, port: int) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bind", type=parse_bind, required=True, metavar="HOST:PORT")
-    host, port = parser.parse_args(argv).bind
-    build_server(host, port).serve()
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bind", type=parse_bind, metavar="HOST:PORT")
+    where.add_argument("--uds", type=Path, metavar="PATH", help="a unix socket (make run's, behind nginx)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: PACS_WEB_WORKERS, else one per core)")
+    arguments = parser.parse_args(argv)
+    if arguments.uds is not None:
+        claim_socket(arguments.uds)
+        build_server("", 0, uds=arguments.uds, workers=arguments.workers).serve()
+        return
+    host, port = arguments.bind
+    build_server(host, port, workers=arguments.workers).serve()
 
 
 if __name__ == "__main__":

@@ -410,9 +410,9 @@ RADIOLOGY_METADATA_PREBUILD_SECONDS: float | None = env_int("RADIOLOGY_METADATA_
 # Only behind a proxy that appends to it: the audit trail then records X-Forwarded-For's last hop.
 RADIOLOGY_TRUST_X_FORWARDED_FOR = env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False)
 # The same, for requests that carry this key in X-PACS-Proxy-Key: `make run`'s nginx in front of the
-# viewer's origin (config/viewer_proxy.py) sends it, while the API's port is reached directly by the
-# LAN (and perhaps through another proxy on the same box), whose X-Forwarded-For is the client's
-# own claim. scripts/serve.sh makes a new one at every start; empty: no such proxy.
+# app servers on both ports (config/front_proxy.py) sends it, while another proxy on the same box
+# (a clinic's TLS proxy) would pass on an X-Forwarded-For that is its client's own claim.
+# scripts/serve.sh makes a new one at every start; empty: no such proxy.
 RADIOLOGY_VIEWER_PROXY_KEY = env_str("RADIOLOGY_VIEWER_PROXY_KEY", "") or ""
 # Request events are written in groups, one commit per this many milliseconds and process
 # (apps/radiology/access/audit_writer.py: a WAL flush per frame was a quarter of a worker's

@@ -1,7 +1,7 @@
 """Route requests that reached the viewer's origin through its proxy with config.viewer_urls.
 
 The viewer's origin is nginx on both layouts: under `make run` on VIEWER_PORT
-(config/viewer_proxy.py, passing every request to the API's app server), under docker compose
+(config/front_proxy.py, passing every request to the app servers), under docker compose
 its `nginx` service (deploy/nginx.conf, which serves the OHIF dist itself). nginx marks the
 requests it passes on with `X-PACS-Viewer-Origin: 1`, and this middleware then resolves them
 with config.viewer_urls, so the viewer's origin reaches the same short list of routes on both

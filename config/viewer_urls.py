@@ -1,7 +1,7 @@
 """URLs of the viewer's own origin (VIEWER_PORT): the OHIF dist at "/", DICOMweb beside it.
 
 Selected by config/viewer_origin.py for a request that nginx on the viewer's origin marks as its own
-(`make run`'s config/viewer_proxy.py, docker compose's deploy/nginx.conf).
+(`make run`'s config/front_proxy.py, docker compose's deploy/nginx.conf).
 
 Only what the viewers use is routed here (issue 14): OHIF's files and app-config.js, DICOMweb,
 the lite viewer page and what that page calls (its image-url endpoint and the signed file

@@ -6,9 +6,9 @@
 # Fills in the serving environment (scripts/serve_env.sh), brings the database up to date,
 # collects the static files (admin, API docs: WhiteNoise serves them from var/static with
 # DEBUG off), runs Django's checks (the deployment ones too; an error stops here), then hands
-# over to supervisord (deploy/supervisord.conf), which runs the app server (granian) for the API,
-# nginx for the viewer's origin, the DICOM listener and the forwarder, restarts whichever
-# crashes, and stops them all on Ctrl-C or SIGTERM.
+# over to supervisord (deploy/supervisord.conf), which runs the app servers (granian) behind
+# nginx on both ports, the DICOM listener and the forwarder, restarts whichever crashes, and
+# stops them all on Ctrl-C or SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set --
@@ -40,19 +40,32 @@ for bind in sys.argv[1:]:
             sys.exit(f"Cannot serve on {bind}: {error.strerror}. Is PACS-lite (or another server) already running there?")
 PY
 mkdir -p "$PACS_VAR_DIR"
-# nginx fronts the viewer's origin (config/viewer_proxy.py); say so now rather than through
-# supervisord's restarts of a program that cannot start.
-"$python" -c 'import sys; from config.viewer_proxy import nginx_binary; sys.exit(nginx_binary() is None)' \
-    || { echo "nginx is needed for the viewer's origin: install Debian's nginx-light (make run does)." >&2; exit 1; }
+# nginx fronts both ports (config/front_proxy.py); say so now rather than through supervisord's
+# restarts of a program that cannot start.
+"$python" -c 'import sys; from config.front_proxy import nginx_binary; sys.exit(nginx_binary() is None)' \
+    || { echo "nginx is needed in front of the app servers: install Debian's nginx-light (make run does)." >&2; exit 1; }
+# The app servers behind nginx: one per usable core unless PACS_WEB_WORKERS says, each on a unix
+# socket in PACS_SOCKET_DIR (var/run; a short directory of its own when that path is too long for
+# a socket's address, 107 bytes on Linux).
+if [ -z "${PACS_WEB_WORKERS:-}" ]; then
+    PACS_WEB_WORKERS=$("$python" -c 'from config.env import usable_cores; print(usable_cores())')
+fi
+if [ -z "${PACS_SOCKET_DIR:-}" ]; then
+    PACS_SOCKET_DIR="$PACS_VAR_DIR/run"
+    [ "${#PACS_SOCKET_DIR}" -le 90 ] || PACS_SOCKET_DIR=$(mktemp -d /tmp/pacs-run.XXXXXX)
+fi
+mkdir -p "$PACS_SOCKET_DIR"
+chmod 700 "$PACS_SOCKET_DIR"
+export PACS_WEB_WORKERS PACS_SOCKET_DIR
 "$python" manage.py migrate --noinput
 "$python" manage.py collectstatic --noinput --verbosity 0
 # Plain HTTP (PACS_ALLOW_PLAIN_HTTP=1) shows four warnings here: what it gives up (docs/security.md).
 "$python" manage.py check --deploy --fail-level ERROR
 
-# The key the viewer's nginx sends with every request it passes on (X-PACS-Proxy-Key), new at every
-# start: the audit trail takes the client's address from X-Forwarded-For for those requests only
+# The key nginx sends with every request it passes on (X-PACS-Proxy-Key), new at every start: the
+# audit trail takes the client's address from X-Forwarded-For for those requests only
 # (apps/radiology/access/audit.py client_address). In no file but nginx's configuration
-# (var/nginx/viewer.conf, 0600); the programs supervisord starts inherit it.
+# (var/nginx/front.conf, 0600); the programs supervisord starts inherit it.
 RADIOLOGY_VIEWER_PROXY_KEY=$("$python" -c 'import secrets; print(secrets.token_urlsafe(32))')
 export RADIOLOGY_VIEWER_PROXY_KEY
 

@@ -3,7 +3,7 @@
 # first time.
 #
 #   bash scripts/system_packages.sh serve   what `make run` serves with: nginx-light, in front of
-#                                           the viewer's origin (config/viewer_proxy.py)
+#                                           both ports (config/front_proxy.py)
 #   bash scripts/system_packages.sh         that, and what the test suite uses too: dcmtk (dcmdump
 #                                           reads what DICOMweb serves), dicom3tools, Orthanc + its
 #                                           DICOMweb plugin (it pushes a study by chunked STOW-RS)
@@ -27,7 +27,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
 # Debian's nginx package enables its own service with a default site on port 80: PACS-lite runs its
-# own nginx (config/viewer_proxy.py), so the one installed here must not start at the next boot.
+# own nginx (config/front_proxy.py), so the one installed here must not start at the next boot.
 if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
     rm -f /etc/nginx/sites-enabled/default
     if command -v systemctl >/dev/null 2>&1; then systemctl disable nginx.service >/dev/null 2>&1 || true; fi

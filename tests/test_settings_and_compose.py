@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from functools import cache
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from config.app_server import ACCESS_LOG_FORMAT, GRACE_SECONDS, build_server
+from config.app_server import ACCESS_LOG_FORMAT, GRACE_SECONDS, build_server, claim_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_SOURCE = ROOT / "config" / "settings.py"
@@ -479,14 +480,22 @@ def supervisord_conf() -> configparser.RawConfigParser:
     return parser
 
 
-def test_supervisord_runs_the_api_on_the_app_server_and_the_viewer_origin_on_nginx() -> None:
+def test_supervisord_runs_an_app_server_per_worker_behind_nginx_on_both_ports() -> None:
     conf = supervisord_conf()
     programs = sorted(section for section in conf.sections() if section.startswith("program:"))
-    assert programs == ["program:api", "program:dicom", "program:forwarder", "program:viewer"]
-    # The app server binds the API's address; nginx the viewer's, passing requests on marked as its.
-    assert conf["program:api"]["command"] == "%(ENV_PACS_BIN)s/python -m config.app_server --bind %(ENV_PACS_API_BIND)s"
-    assert conf["program:viewer"]["command"] == "%(ENV_PACS_BIN)s/python -m config.viewer_proxy"
+    assert programs == ["program:api", "program:dicom", "program:forwarder", "program:proxy"]
+    # PACS_WEB_WORKERS app servers of one worker each, on the sockets config/front_proxy.py names;
+    # nginx binds both ports and hands each request to the least busy one.
+    assert conf["program:api"]["numprocs"] == "%(ENV_PACS_WEB_WORKERS)s"
+    assert conf["program:api"]["process_name"] == "api-%(process_num)d"
+    assert conf["program:api"]["command"] == (
+        "%(ENV_PACS_BIN)s/python -m config.app_server"
+        " --uds %(ENV_PACS_SOCKET_DIR)s/api-%(process_num)d.sock --workers 1"
+    )
+    assert conf["program:proxy"]["command"] == "%(ENV_PACS_BIN)s/python -m config.front_proxy"
     assert "environment" not in conf["program:api"]
+    serve = (ROOT / "scripts" / "serve.sh").read_text()
+    assert "export PACS_WEB_WORKERS PACS_SOCKET_DIR" in serve
 
 
 def test_the_listener_and_the_forwarder_skip_the_checks_serve_sh_just_ran() -> None:
@@ -498,15 +507,15 @@ def test_the_listener_and_the_forwarder_skip_the_checks_serve_sh_just_ran() -> N
     assert serve.index("manage.py check --deploy --fail-level ERROR") < serve.index('exec "$PACS_BIN/supervisord"')
 
 
-@pytest.mark.parametrize("program", ["program:api", "program:viewer", "program:dicom", "program:forwarder"])
+@pytest.mark.parametrize("program", ["program:api", "program:proxy", "program:dicom", "program:forwarder"])
 def test_supervisord_restarts_a_program_and_stops_its_whole_process_group(program: str) -> None:
     section = supervisord_conf()[program]
     assert section["autorestart"] == "true"
     assert (section["stopasgroup"], section["killasgroup"]) == ("true", "true")
     # nginx's graceful stop is QUIT (TERM drops its connections); the others stop gracefully on TERM.
-    assert section["stopsignal"] == ("QUIT" if program == "program:viewer" else "TERM")
+    assert section["stopsignal"] == ("QUIT" if program == "program:proxy" else "TERM")
     # Requests in flight get their grace (the app server's 20 s, nginx's own) before supervisord kills.
-    assert int(section["stopwaitsecs"]) > (5 if program == "program:viewer" else GRACE_SECONDS)
+    assert int(section["stopwaitsecs"]) > (5 if program == "program:proxy" else GRACE_SECONDS)
     assert section["directory"] == "%(ENV_PACS_ROOT)s"
 
 
@@ -535,6 +544,41 @@ def test_the_serving_app_server_settings_are_the_benchmarked_ones(monkeypatch: p
         "access": ["redact_secrets"],
     }
     assert server.log_config["filters"] == {"redact_secrets": {"()": "config.log_redaction.RedactSecrets"}}
+
+
+def test_make_runs_app_servers_listen_on_a_private_socket_with_one_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PACS_WEB_WORKERS", "2")  # make run's count of app servers, not their workers
+    server = build_server("", 0, uds=tmp_path / "api-0.sock", workers=1)
+
+    assert (server.bind_uds, server.uds_permissions, server.workers) == (tmp_path / "api-0.sock", 0o600, 1)
+    assert (server.blocking_threads, server.respawn_failed_workers, server.process_name) == (4, True, "pacs-api")
+
+
+def test_a_dead_app_servers_socket_is_replaced_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    """A SIGKILLed app server leaves its socket file behind, which granian cannot bind over."""
+    dead = tmp_path / "api-0.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left:
+        left.bind(str(dead))  # bound, never listening, then closed: what a killed server leaves
+    assert dead.is_socket()
+    claim_socket(dead)
+    assert not dead.exists()
+    claim_socket(dead)  # nothing there: nothing to do
+
+    live = tmp_path / "api-1.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(live))
+        listening.listen()
+        with pytest.raises(SystemExit, match=r"An app server already listens on .*api-1\.sock"):
+            claim_socket(live)
+    assert live.is_socket()
+
+    not_a_socket = tmp_path / "api-2.sock"
+    not_a_socket.write_text("kept")
+    with pytest.raises(SystemExit, match="exists and is not a socket"):
+        claim_socket(not_a_socket)
+    assert not_a_socket.read_text() == "kept"
 
 
 def test_the_systemd_unit_runs_serve_sh_and_is_restarted() -> None:

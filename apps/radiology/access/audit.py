@@ -104,8 +104,8 @@ def client_address(request: HttpRequest) -> str | None:
 
     A proxy is trusted for every request with RADIOLOGY_TRUST_X_FORWARDED_FOR (compose: the app
     is reached only through one), or for a request that carries RADIOLOGY_VIEWER_PROXY_KEY in
-    X-PACS-Proxy-Key (`make run`: nginx on the viewer's port sends it, while the LAN reaches the
-    API's port directly). Not by the peer's address: another proxy on the same box (a clinic's
+    X-PACS-Proxy-Key (`make run`: nginx in front of the app servers, on both ports, sends it).
+    Not by the peer's address: another proxy on the same box (a clinic's
     TLS proxy) would pass on whatever X-Forwarded-For its client made up. The proxy appends the
     address it saw to whatever the client sent (nginx's $proxy_add_x_forwarded_for), so only
     the last hop is the proxy's word; earlier hops are the client's own claims. Anything that
@@ -121,7 +121,7 @@ def client_address(request: HttpRequest) -> str | None:
 
 
 def _through_viewer_proxy(request: HttpRequest) -> bool:
-    """Whether the request carries the key `make run`'s viewer nginx sends (compared in constant time)."""
+    """Whether the request carries the key `make run`'s nginx sends (compared in constant time)."""
     key = settings.RADIOLOGY_VIEWER_PROXY_KEY
     sent = request.META.get("HTTP_X_PACS_PROXY_KEY", "")
     return bool(key) and bool(sent) and hmac.compare_digest(sent.encode(), key.encode())

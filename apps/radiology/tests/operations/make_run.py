@@ -69,7 +69,7 @@ class MakeRun:
             "PACS_VAR_DIR": str(var_dir),
             "DATABASE_URL": database_url,
             "PYTHONUNBUFFERED": "1",
-            # Two workers per port, not three: the suite shares two cores with other servers.
+            # Two app servers, not three: the suite shares two cores with other servers.
             "PACS_WEB_WORKERS": "2",
             # Its own DICOM port too: two servers of the suite must not both take 11112.
             "RADIOLOGY_DICOM_PORT": str(free_port()),
@@ -148,11 +148,15 @@ class MakeRun:
         assert len(pids) == 1, pids
         return pids[0]
 
-    def program_master(self, name: str) -> int:
-        """The main process of program `name`, as supervisord runs it now: "pacs-api" (the app
-        server, titled so by config/app_server.py) or "nginx" (the viewer's origin)."""
+    def program_masters(self, name: str) -> list[int]:
+        """The main processes of program `name`, as supervisord runs them now: "pacs-api" (the app
+        servers, titled so by config/app_server.py, one per PACS_WEB_WORKERS) or "nginx" (both ports)."""
         titled = (lambda line: line.startswith("nginx: master ")) if name == "nginx" else (lambda line: line == name)
-        masters = [pid for pid in children_of(self.supervisor_pid()) if titled(command_line(pid).strip())]
+        return sorted(pid for pid in children_of(self.supervisor_pid()) if titled(command_line(pid).strip()))
+
+    def program_master(self, name: str) -> int:
+        """The one main process of program `name` (see program_masters)."""
+        masters = self.program_masters(name)
         assert len(masters) == 1, masters
         return masters[0]
 

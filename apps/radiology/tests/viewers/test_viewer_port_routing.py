@@ -1,6 +1,6 @@
 """config/viewer_origin.py: which requests are the viewer's origin, routed with config.viewer_urls.
 
-nginx on the viewer's origin (`make run`'s config/viewer_proxy.py, compose's deploy/nginx.conf)
+nginx on the viewer's origin (`make run`'s config/front_proxy.py, compose's deploy/nginx.conf)
 marks what it passes on with X-PACS-Viewer-Origin: 1; that mark alone picks the viewer's routes,
 never the port a request arrived on. The REST API is the API port's only: behind the mark it is
 404. The real nginx in front of `make run` is driven by operations/test_make_run_server.py.
