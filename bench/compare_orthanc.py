@@ -604,8 +604,8 @@ def rss_by_role(pids: list[int]) -> dict[str, float]:
                 label
                 for needle, label in (
                     ("serve_descriptor", "ingest parse helper"),
-                    ("pacs-api", "app server (granian)"),
-                    ("nginx", "viewer-origin nginx"),
+                    ("pacs-api", "app servers (granian)"),
+                    ("nginx", "nginx (both ports)"),
                     ("run_dicom_listener", "DICOM listener"),
                     ("run_forwarder", "forwarder"),
                     ("signal.pause", "forwarder (idle, no destination)"),
@@ -962,8 +962,8 @@ def main() -> int:
                 + "."
             )
         notes.append(
-            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the app server's "
-            "main process and workers, nginx on the viewer's port, the DICOM listener, the forwarder, the fatal "
+            f"PACS-lite's total RSS is the sum over its {processes} processes (supervisord, the app servers' "
+            "main processes and workers, nginx on both ports, the DICOM listener, the forwarder, the fatal "
             "listener, and a parse helper per worker that ingested in the last 30 s), "
             "shared pages counted in each as `ps` shows them; Orthanc is one process."
         )
@@ -996,8 +996,9 @@ def main() -> int:
     load_avg = f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     configuration = "\n".join(
         [
-            "- **PACS-lite**: as `make run` serves it (`scripts/serve.sh`: supervisord, granian with "
-            "`config/app_server.py`, nginx on the viewer's port, every setting at its default), "
+            "- **PACS-lite**: as `make run` serves it (`scripts/serve.sh`: supervisord, one granian app server "
+            "per core with `config/app_server.py`, nginx on both ports handing each request to the least busy, "
+            "every setting at its default), "
             "PostgreSQL 15 with its defaults (fsync on, synchronous_commit on), filesystem store (each new file "
             "fsync'd before its row commits).",
             f"- **{ORTHANC_SQLITE}**: {orthanc_version}, DicomWeb plugin {services.plugin_version()}, every option "
