@@ -45,7 +45,7 @@ viewer: setup $(OHIF_STAMP)
 	$(SERVE_ENV) $(BIN)/python manage.py write_ohif_config
 
 ## run: set everything up and serve the API on $(HOST):$(PORT) and the viewer on $(HOST):$(VIEWER_PORT)
-# as production does: granian for the API and nginx for the viewer's origin under supervisord
+# as production does: granian app servers behind nginx on both ports, under supervisord
 # (scripts/serve.sh, deploy/supervisord.conf); a crashed process is restarted, Ctrl-C stops them all.
 run: seed viewer serve-packages
 	$(SERVE_VARIABLES) exec bash scripts/serve.sh

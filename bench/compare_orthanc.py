@@ -11,8 +11,8 @@ What it does, all on 127.0.0.1 and in a temporary directory (never var/):
 2. starts one throwaway PostgreSQL 15 cluster with its defaults (fsync on, synchronous_commit
    on): PACS-lite's database and Orthanc's PostgreSQL index live in it, each its own database;
 3. starts PACS-lite exactly as `make run` serves it: scripts/serve.sh (migrate, check --deploy,
-   supervisord running granian with config/app_server.py for the API, nginx for the viewer's
-   port, the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
+   supervisord running one granian app server per core with config/app_server.py behind nginx on
+   both ports, the DICOM listener and the forwarder), with only DATABASE_URL, the ports and a var directory
    set: no benchmark-only setting;
 4. starts Orthanc twice, each with its durability defaults (SyncStorageArea true) and the
    DicomWeb plugin: with its default SQLite index, and with its PostgreSQL index plugin

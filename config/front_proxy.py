@@ -35,8 +35,15 @@ What it does not do, on purpose:
   (proxy_request_buffering off), never written to nginx's temporary files.
 - limit what the application limits: no body size limit of its own on the API's port (the
   application refuses a body too large with its own JSON 413), and the application's timeouts.
-- answer in HTML: what nginx answers itself (an app server restarting, a header too large) is
-  JSON with a `code`, as every error of the API.
+- answer in HTML: what nginx answers itself (an app server restarting, a header too large, a
+  body over the viewer's port's limit) is JSON with a `code`, as every error of the API. One
+  difference remains: nginx answers `Expect: 100-continue` itself, so a client whose upload the
+  application refuses unread (a wrong token, a body too large) sends the body anyway, where the
+  app server alone answered before it was sent.
+- hide the client behind another proxy: with RADIOLOGY_TRUST_X_FORWARDED_FOR=1 (a clinic's TLS
+  proxy in front), nginx takes the client's address from that proxy's X-Forwarded-For and appends
+  it, so the audit trail, the login lockout and the per-address rate limits see the client, not
+  the TLS proxy.
 - trust a client's X-PACS-Viewer-Origin or X-Forwarded-For: it sets the first and appends the
   client's address to the second; the audit trail takes that last hop only from a request that
   carries RADIOLOGY_VIEWER_PROXY_KEY (a new one at every start of scripts/serve.sh) in
@@ -73,10 +80,13 @@ OWN_ANSWERS = {
     502: (503, "service_unavailable", "The server is starting or restarting; try again in a few seconds."),
     503: (503, "service_unavailable", "The server is starting or restarting; try again in a few seconds."),
     504: (504, "gateway_timeout", "The server took too long to answer."),
+    413: (413, "request_too_large", "The request body is larger than this port takes."),
     414: (414, "request_too_long", "The request line is too long."),
     494: (431, "headers_too_large", "The request headers are too large."),
     400: (400, "bad_request", "The request could not be read."),
 }
+# Where those answers live: internal locations (a client asking for one gets nginx's 404).
+OWN_ANSWERS_PATH = "/.pacs-lite-error/"
 
 
 def _host_port(host: str, port: int) -> str:
@@ -103,23 +113,39 @@ def _quoted(value: str | Path) -> str:
 
 
 def _own_answers() -> str:
-    """error_page lines and the named locations that answer them as JSON."""
+    """error_page lines and the internal locations that answer them as JSON.
+
+    URIs, not named locations: nginx cannot go to a named location from an error it found in the
+    request line itself (a URI too long, a garbled line) and answers a 500 page instead.
+    """
     lines = []
     for status, (answer, code, detail) in OWN_ANSWERS.items():
         body = '{"detail":"' + detail + '","code":"' + code + '"}'
-        lines.append(f"        error_page {status} = @pacs_{status};")
-        lines.append(f"        location @pacs_{status} {{ default_type application/json; return {answer} '{body}'; }}")
+        lines.append(f"        error_page {status} ={answer} {OWN_ANSWERS_PATH}{status};")
+        lines.append(
+            f"        location = {OWN_ANSWERS_PATH}{status} {{ internal; default_type application/json; "
+            f"return {answer} '{body}'; }}"
+        )
     return "\n".join(lines)
 
 
-def _server(listen: str, *, proxy_key: str, viewer: bool) -> str:
+def _trusted_proxy() -> str:
+    """With RADIOLOGY_TRUST_X_FORWARDED_FOR=1 (another proxy, a clinic's TLS proxy, in front): the
+    client's address is the last hop that proxy appended, so nginx appends that one, not the proxy's."""
+    return """
+        set_real_ip_from 0.0.0.0/0;
+        set_real_ip_from ::/0;
+        real_ip_header X-Forwarded-For;"""
+
+
+def _server(listen: str, *, proxy_key: str, viewer: bool, trust_forwarded: bool) -> str:
     # Uploads are not the viewer's, but DICOMweb's routes are the same there (2 GB, as before).
     body_limit = "2g" if viewer else "0"
     mark = "\n            proxy_set_header X-PACS-Viewer-Origin 1;" if viewer else ""
     return f"""    server {{
         listen {listen};
         server_name _;
-        client_max_body_size {body_limit};
+        client_max_body_size {body_limit};{_trusted_proxy() if trust_forwarded else ""}
 {_own_answers()}
 
         location / {{
@@ -133,6 +159,10 @@ def _server(listen: str, *, proxy_key: str, viewer: bool) -> str:
             proxy_request_buffering off;
             proxy_max_temp_file_size 0;
             proxy_intercept_errors off;
+            # To another app server only when this one could not be reached (one restarting), never
+            # after a timeout: a request that took 300 s is not sent again.
+            proxy_next_upstream error;
+            proxy_next_upstream_tries 2;
             proxy_read_timeout {PROXY_TIMEOUT_SECONDS}s;
             proxy_send_timeout {PROXY_TIMEOUT_SECONDS}s;
         }}
@@ -149,10 +179,12 @@ def render(
     access_log: bool,
     proxy_key: str,
     user: str | None = None,
+    trust_forwarded: bool = False,
 ) -> str:
     """nginx.conf for both origins, in front of the app servers listening on `sockets`.
 
     `user`: the user nginx's workers run as, when it is started as root (else None: its own).
+    `trust_forwarded`: RADIOLOGY_TRUST_X_FORWARDED_FOR, another proxy in front (see _trusted_proxy).
     """
     access = "access_log /dev/stdout pacs_no_secrets;" if access_log else "access_log off;"
     upstreams = "\n".join(f"        server {_quoted(f'unix:{path}')};" for path in sockets)
@@ -197,8 +229,8 @@ http {{
         keepalive_timeout {UPSTREAM_KEEPALIVE_SECONDS}s;
     }}
 
-{_server(_listen(api_bind), proxy_key=proxy_key, viewer=False)}
-{_server(_listen(viewer_bind), proxy_key=proxy_key, viewer=True)}}}
+{_server(_listen(api_bind), proxy_key=proxy_key, viewer=False, trust_forwarded=trust_forwarded)}
+{_server(_listen(viewer_bind), proxy_key=proxy_key, viewer=True, trust_forwarded=trust_forwarded)}}}
 """
 
 
@@ -239,6 +271,7 @@ def main() -> None:
                 access_log=env_bool("PACS_ACCESS_LOG", False),
                 proxy_key=proxy_key,
                 user=pwd.getpwuid(0).pw_name if os.geteuid() == 0 else None,
+                trust_forwarded=env_bool("RADIOLOGY_TRUST_X_FORWARDED_FOR", False),
             )
         )
     # -e: nginx opens its compiled-in error log (/var/log/nginx, root's) before it reads any

@@ -54,8 +54,8 @@ if [ -z "${PACS_SOCKET_DIR:-}" ]; then
     PACS_SOCKET_DIR="$PACS_VAR_DIR/run"
     [ "${#PACS_SOCKET_DIR}" -le 90 ] || PACS_SOCKET_DIR=$(mktemp -d /tmp/pacs-run.XXXXXX)
 fi
-mkdir -p "$PACS_SOCKET_DIR"
-chmod 700 "$PACS_SOCKET_DIR"
+# Private when made here; a directory given in PACS_SOCKET_DIR keeps its own mode.
+[ -d "$PACS_SOCKET_DIR" ] || { mkdir -p "$PACS_SOCKET_DIR" && chmod 700 "$PACS_SOCKET_DIR"; }
 export PACS_WEB_WORKERS PACS_SOCKET_DIR
 "$python" manage.py migrate --noinput
 "$python" manage.py collectstatic --noinput --verbosity 0

@@ -109,20 +109,39 @@ def test_what_nginx_answers_itself_is_json_with_a_code(tmp_path: Path) -> None:
     api, viewer = _server_blocks(_render(tmp_path))
 
     for block in (api, viewer):
-        assert "error_page 502 = @pacs_502;" in block
+        # A URI, not a named location: nginx cannot reach one from an error in the request line.
+        assert "error_page 502 =503 /.pacs-lite-error/502;" in block
         assert (
-            "location @pacs_502 { default_type application/json; return 503 "
+            "location = /.pacs-lite-error/502 { internal; default_type application/json; return 503 "
             """'{"detail":"The server is starting or restarting; try again in a few seconds.","""
             """"code":"service_unavailable"}'; }"""
         ) in block
-    assert sorted(OWN_ANSWERS) == [400, 414, 494, 502, 503, 504]
+        assert "error_page 494 =431 /.pacs-lite-error/494;" in block
+    assert sorted(OWN_ANSWERS) == [400, 413, 414, 494, 502, 503, 504]
     assert {code for _status, code, _detail in OWN_ANSWERS.values()} == {
         "bad_request",
+        "request_too_large",
         "request_too_long",
         "headers_too_large",
         "service_unavailable",
         "gateway_timeout",
     }
+
+
+def test_a_request_goes_to_another_app_server_only_when_its_own_could_not_be_reached(tmp_path: Path) -> None:
+    for block in _server_blocks(_render(tmp_path)):
+        assert "proxy_next_upstream error;" in block  # never after a timeout: no request sent twice for 300 s
+        assert "proxy_next_upstream_tries 2;" in block
+
+
+def test_behind_a_trusted_proxy_the_client_is_that_proxys_last_hop(tmp_path: Path) -> None:
+    """RADIOLOGY_TRUST_X_FORWARDED_FOR=1: nginx appends the address the clinic's TLS proxy saw, not
+    the TLS proxy's own, so the audit trail and the per-address limits see each client."""
+    realip = ["set_real_ip_from 0.0.0.0/0;", "set_real_ip_from ::/0;", "real_ip_header X-Forwarded-For;"]
+    for block in _server_blocks(_render(tmp_path, trust_forwarded=True)):
+        assert block[3:6] == realip
+    for block in _server_blocks(_render(tmp_path)):
+        assert not any("real_ip" in line for line in block)
 
 
 def test_what_the_front_proxy_never_does(tmp_path: Path) -> None:

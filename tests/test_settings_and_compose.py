@@ -493,6 +493,12 @@ def test_supervisord_runs_an_app_server_per_worker_behind_nginx_on_both_ports() 
         " --uds %(ENV_PACS_SOCKET_DIR)s/api-%(process_num)d.sock --workers 1"
     )
     assert conf["program:proxy"]["command"] == "%(ENV_PACS_BIN)s/python -m config.front_proxy"
+    # nginx stops last (supervisord stops by reverse priority): it passes on the app servers' last answers.
+    assert int(conf["program:proxy"]["priority"]) < min(
+        int(conf[name].get("priority", "999"))
+        for name in conf.sections()
+        if name.startswith("program:") and name != "program:proxy"
+    )
     assert "environment" not in conf["program:api"]
     serve = (ROOT / "scripts" / "serve.sh").read_text()
     assert "export PACS_WEB_WORKERS PACS_SOCKET_DIR" in serve
