@@ -456,10 +456,15 @@ def status_kib(pid: int, name: str) -> int:
     raise RuntimeError(f"no {name} for {pid}")
 
 
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU time of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+def _user_system_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) CPU time of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks."""
+    return sum(_user_system_ticks(pid))
 
 
 def cpu_times(pids: list[int]) -> dict[int, tuple[int, int]]:
@@ -467,8 +472,7 @@ def cpu_times(pids: list[int]) -> dict[int, tuple[int, int]]:
     times = {}
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            times[pid] = (int(fields[11]), int(fields[12]))
+            times[pid] = _user_system_ticks(pid)
     return times
 
 
