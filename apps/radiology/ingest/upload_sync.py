@@ -418,8 +418,15 @@ def _chunk_key(upload: RadiologyUpload, start: int) -> str:
 
 
 def _discard_chunks(upload: RadiologyUpload) -> None:
+    """Delete every staged object of this upload: the counted chunks, then anything else under its prefix.
+
+    The sweep finds what no offset records: a server killed after storing a chunk but before
+    counting it leaves that object behind, and when the device resends from the counted offset
+    with other chunk boundaries, no later request names its key again.
+    """
     for offset in upload.chunk_offsets:
         storage.delete_object(_chunk_key(upload, offset))
+    storage.delete_under(f"{STAGING_PREFIX}/{upload.pk}/")
 
 
 @dataclass(frozen=True)
@@ -482,6 +489,31 @@ def purge_stale_uploads(*, older_than: dt.timedelta) -> int:
         _reset(upload)
         count += 1
     return count
+
+
+def purge_finished_upload_chunks() -> int:
+    """Drop staged objects of uploads that are no longer pending (or whose row is gone); return how many uploads.
+
+    Completing or failing an upload discards its chunks right after the status is saved; a
+    server killed between the two leaves them under a finished upload, where no request and no
+    stale-upload purge ever looks again. No age is needed: a finished upload takes no chunk
+    (a request still writing one to it deletes its own object when it finds the status changed).
+    """
+    keys = storage.iter_keys(f"{STAGING_PREFIX}/")
+    upload_ids: set[int] = set()
+    for key in keys:
+        upload_id = key[len(STAGING_PREFIX) + 1 :].split("/", 1)[0]
+        if upload_id.isdigit():
+            upload_ids.add(int(upload_id))
+    pending = set(
+        RadiologyUpload.objects.filter(pk__in=upload_ids, status=RadiologyUpload.Status.PENDING).values_list(
+            "pk", flat=True
+        )
+    )
+    finished = sorted(upload_ids - pending)
+    for upload_id in finished:
+        storage.delete_under(f"{STAGING_PREFIX}/{upload_id}/")
+    return len(finished)
 
 
 class _EmptyStream:

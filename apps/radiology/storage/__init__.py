@@ -380,6 +380,30 @@ def delete_object(key: str) -> None:
         logger.error("radiology storage clean-up failed for %s: %s", key, type(exc).__name__)
 
 
+def delete_under(prefix: str) -> None:
+    """Remove every object under `prefix` (e.g. "staging/uploads/18/"), and on the filesystem its
+    emptied directory: clean-up of a whole scratch area, logged and not raised like delete_object.
+
+    For objects nothing recorded: a process killed between writing an object and recording its
+    key leaves one that no row names, and only a listing finds it.
+    """
+    try:
+        keys = list(iter_keys(prefix))
+    except StorageFailure as exc:
+        logger.error("radiology storage clean-up could not list %s: %s", prefix, type(exc.__cause__).__name__)
+        return
+    for key in keys:
+        delete_object(key)
+    store = radiology_storage()
+    if is_s3(store):
+        return
+    base = Path(store.path(prefix))
+    deepest_first = sorted((path for path in base.rglob("*") if path.is_dir()), key=lambda path: -len(path.parts))
+    for directory in [*deepest_first, base]:
+        with contextlib.suppress(OSError):  # not empty: something new arrived
+            directory.rmdir()
+
+
 def object_exists(key: str) -> bool:
     try:
         return radiology_storage().exists(key)
@@ -578,12 +602,17 @@ def _s3_listing(store: S3Storage, prefix: str) -> Iterator[dict[str, Any]]:
 
 
 def iter_keys(prefix: str) -> Iterator[str]:
-    """Every object key under `prefix` (e.g. "radiology/"), listed page by page."""
+    """Every object key under `prefix` (e.g. "radiology/"), listed page by page.
+
+    Keys as this module names objects (an image row's file_key), not bucket keys: under an
+    S3 `location` the bucket key has it in front, and it is taken off.
+    """
     store = radiology_storage()
     try:
         if is_s3(store):
+            location = _s3_key(store, "")
             for entry in _s3_listing(store, prefix):
-                yield entry["Key"]
+                yield entry["Key"][len(location) :]
             return
         root = Path(store.path(""))
         base = root / prefix

@@ -335,7 +335,16 @@ def recover(deployment: Deployment, uploads: list[Upload]) -> set[str]:
     assert output.splitlines()[-1] == f"Removed {len(left)} file(s) left by interrupted ingests."
     assert_rows_and_files_in_step(deployment)
     assert ingest_spools(deployment.staging_dir) == set()
+    # A worker killed as it finished an upload (status saved, chunks not yet discarded) left
+    # them under a finished upload: the other cron job removes those, and keeps pending ones'.
+    output = deployment.server.manage("purge_radiology_uploads")
+    assert output.splitlines()[0] == "Purged 0 stale partial upload(s).", output
+    pending = {str(row[0]) for row in query(deployment.database_url, PENDING_UPLOADS)}
+    assert {key.split("/")[2] for key in stored_files(deployment.media_root, "staging")} <= pending
     return left
+
+
+PENDING_UPLOADS = "SELECT id FROM radiology_radiologyupload WHERE status = 'pending'"
 
 
 def test_sigkill_during_ingests_leaves_no_row_without_file_nor_file_without_row(deployment: Deployment) -> None:

@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apps.radiology import storage
 from apps.radiology.models import RadiologyImage, RadiologyOrder, RadiologyUpload
 from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys
 from apps.radiology.tests.upload_helpers import (
@@ -32,6 +33,7 @@ from apps.radiology.tests.upload_helpers import (
     upload_url,
 )
 
+NO_FINISHED = "Removed staged chunks left under 0 finished upload(s).\n"
 CT = DeviceFile("CT_small.dcm", sample_bytes("CT_small.dcm"))
 MR = DeviceFile("MR_small.dcm", sample_bytes("MR_small.dcm"))
 
@@ -71,7 +73,7 @@ def test_idle_partial_uploads_lose_their_chunks_and_restart_from_zero(
 
     output = purge("--older-than-hours", "4")
 
-    assert output == "Purged 1 stale partial upload(s).\n"
+    assert output == "Purged 1 stale partial upload(s).\n" + NO_FINISHED
     assert tech.get(upload_url(stale.pk)).json() == pending_body(stale, 0)
     stale.refresh_from_db()
     assert (stale.status, stale.received_bytes, stale.chunk_offsets) == ("pending", 0, [])
@@ -89,7 +91,7 @@ def test_the_device_of_a_purged_upload_is_told_to_start_again(
 ) -> None:
     upload = partial_upload(tech, order, CT, 30000)
     idle_for(upload, 100)
-    assert purge("--older-than-hours", "72") == "Purged 1 stale partial upload(s).\n"
+    assert purge("--older-than-hours", "72") == "Purged 1 stale partial upload(s).\n" + NO_FINISHED
 
     resumed = put_range(tech, upload.pk, CT.content, 30000, CT.size - 1)
 
@@ -116,11 +118,34 @@ def test_completed_failed_and_empty_uploads_are_left_alone(
 
     output = purge("--older-than-hours", "1")
 
-    assert output == "Purged 0 stale partial upload(s).\n"
+    assert output == "Purged 0 stale partial upload(s).\n" + NO_FINISHED
     assert {upload.pk: tech.get(upload_url(upload.pk)).json() for upload in (completed, failed, untouched)} == before
     image = RadiologyImage.objects.get()
     assert stored_keys() == [image.file_key]
     assert read_stored(image.file_key) == CT.content
+
+
+def test_chunks_left_under_finished_uploads_are_removed_whatever_their_age(
+    tech: APIClient, order: RadiologyOrder, radiology_store: str
+) -> None:
+    """A server killed after saving an upload's new status but before discarding its chunks left them."""
+    completed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, CT)).json()["id"])
+    assert put_whole(tech, completed.pk, CT.content).status_code == 201
+    failed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, MR, series_uid="1.2.3")).json()["id"])
+    assert put_whole(tech, failed.pk, MR.content).status_code == 400
+    pending = partial_upload(tech, order, MR, 2000)
+    left = [chunk_key(completed.pk, 0), chunk_key(completed.pk, 4096), chunk_key(failed.pk, 0), chunk_key(999_999, 0)]
+    for key in left:  # the last under an upload row deleted since
+        storage.save_new_object(key, io.BytesIO(b"left behind"), content_type="application/octet-stream")
+    image = RadiologyImage.objects.get()
+    before = {upload.pk: tech.get(upload_url(upload.pk)).json() for upload in (completed, failed, pending)}
+
+    output = purge()
+
+    assert output == "Purged 0 stale partial upload(s).\nRemoved staged chunks left under 3 finished upload(s).\n"
+    assert stored_keys() == sorted([image.file_key, chunk_key(pending.pk, 0), chunk_key(pending.pk, 1000)])
+    assert {upload.pk: tech.get(upload_url(upload.pk)).json() for upload in (completed, failed, pending)} == before
+    assert purge() == "Purged 0 stale partial upload(s).\n" + NO_FINISHED
 
 
 def test_default_age_is_radiology_upload_stale_hours(tech: APIClient, order: RadiologyOrder, settings: Any) -> None:
@@ -130,7 +155,7 @@ def test_default_age_is_radiology_upload_stale_hours(tech: APIClient, order: Rad
     idle_for(older, 72.1)
     idle_for(younger, 71.9)
 
-    assert purge() == "Purged 1 stale partial upload(s).\n"
+    assert purge() == "Purged 1 stale partial upload(s).\n" + NO_FINISHED
 
     assert (RadiologyUpload.objects.get(pk=older.pk).received_bytes, staged_keys(older.pk)) == (0, [])
     assert RadiologyUpload.objects.get(pk=younger.pk).received_bytes == 2000
@@ -143,8 +168,8 @@ def test_fractional_hours_and_a_second_run_purges_nothing_more(tech: APIClient, 
     idle_for(first, 0.75)
     idle_for(second, 0.6)
 
-    assert purge("--older-than-hours", "0.5") == "Purged 2 stale partial upload(s).\n"
-    assert purge("--older-than-hours", "0.5") == "Purged 0 stale partial upload(s).\n"
+    assert purge("--older-than-hours", "0.5") == "Purged 2 stale partial upload(s).\n" + NO_FINISHED
+    assert purge("--older-than-hours", "0.5") == "Purged 0 stale partial upload(s).\n" + NO_FINISHED
     assert staged_keys() == []
     assert list(RadiologyUpload.objects.order_by("pk").values_list("received_bytes", "chunk_offsets")) == [
         (0, []),

@@ -8,12 +8,14 @@ concurrent chunk does, and how an upload recovers when the store or the last req
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
 import pytest
+from django.utils import timezone
 
 from apps.radiology import storage
 from apps.radiology.errors import (
@@ -24,7 +26,13 @@ from apps.radiology.errors import (
     StorageFailure,
     UploadRangeMismatch,
 )
-from apps.radiology.ingest.upload_sync import UploadMetadata, parse_content_range, upload_receive, upload_start
+from apps.radiology.ingest.upload_sync import (
+    UploadMetadata,
+    parse_content_range,
+    purge_stale_uploads,
+    upload_receive,
+    upload_start,
+)
 from apps.radiology.models import JPEG_MIME_TYPE, RadiologyImage, RadiologyOrder, RadiologyUpload
 from apps.radiology.operations.demo import jpeg_with_exif
 from apps.radiology.tests.factories import read_stored, row_counts, sample_bytes, stored_keys
@@ -173,6 +181,40 @@ def test_an_orphan_of_an_interrupted_attempt_is_replaced(
     assert upload.status == "completed"
     assert read_stored(upload.image.file_key) == CT.content
     assert stored_keys() == [upload.image.file_key]
+
+
+def orphan_after_a_kill(radtech: Any, order: RadiologyOrder) -> tuple[RadiologyUpload, str]:
+    """An upload with 0-4999 counted, and the chunk at 5000 staged by a server killed before counting it."""
+    upload = send(start(radtech, order), 0, 4999)
+    orphan = chunk_key(upload.pk, 5000)
+    storage.save_new_object(orphan, io.BytesIO(CT.content[5000:10000]), content_type="application/octet-stream")
+    assert (fresh(upload).chunk_offsets, staged_keys()) == ([0], [chunk_key(upload.pk, 0), orphan])
+    return upload, orphan
+
+
+def test_an_uncounted_chunk_goes_when_the_device_sends_the_whole_file_instead(
+    radtech: Any, order: RadiologyOrder, radiology_store: str
+) -> None:
+    """No later request names the orphan's key: only a sweep of the upload's prefix finds it."""
+    upload, _orphan = orphan_after_a_kill(radtech, order)
+
+    upload, finished = upload_receive(upload=upload, body=io.BytesIO(CT.content), content_range=None)
+
+    assert (finished, upload.status) == (True, "completed")
+    assert read_stored(upload.image.file_key) == CT.content
+    assert stored_keys() == [upload.image.file_key]
+
+
+def test_an_uncounted_chunk_goes_when_the_upload_is_sent_back_to_byte_0(
+    radtech: Any, order: RadiologyOrder, radiology_store: str
+) -> None:
+    upload, _orphan = orphan_after_a_kill(radtech, order)
+    RadiologyUpload.objects.filter(pk=upload.pk).update(updated_at=timezone.now() - dt.timedelta(days=30))
+
+    assert purge_stale_uploads(older_than=dt.timedelta(days=1)) == 1
+
+    assert (fresh(upload).received_bytes, fresh(upload).chunk_offsets) == (0, [])
+    assert stored_keys() == []
 
 
 def test_an_incomplete_body_keeps_what_arrived_as_a_chunk_at_its_start(

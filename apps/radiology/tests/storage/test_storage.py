@@ -284,6 +284,9 @@ def test_the_s3_calls_made_here_name_objects_as_the_backend_does_under_a_locatio
     assert handle is not None
     with handle:
         assert handle.read() == b"3" * 8
+    assert list(storage.iter_keys("radiology/")) == names  # names, not bucket keys
+    storage.delete_under(f"radiology/{STUDY}/{SERIES}/{IMAGE}/")
+    assert store.connection.meta.client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
     with pytest.raises(SuspiciousOperation) as refused:
         storage.read_object_range("../outside.dcm", 0, 1)
     assert str(refused.value) == "Attempted access to '../outside.dcm' denied."
@@ -314,6 +317,41 @@ def test_delete_object_removes_and_a_failed_delete_is_logged_not_raised(
     with caplog.at_level(logging.ERROR, logger="apps.radiology.storage"):
         storage.delete_object(key)
     assert f"radiology storage clean-up failed for {key}: OSError" in caplog.text
+    assert stored_keys() == [key]
+
+
+def test_delete_under_removes_every_object_under_the_prefix_and_nothing_beside_it(
+    radiology_store: str, settings: Any
+) -> None:
+    keys = ["staging/uploads/1/000000000000000", "staging/uploads/1/later/x", "staging/uploads/10/000000000000000"]
+    for key in keys:
+        storage.save_new_object(key, io.BytesIO(b"chunk"), content_type="application/octet-stream")
+
+    storage.delete_under("staging/uploads/1/")
+
+    assert stored_keys() == ["staging/uploads/10/000000000000000"]
+    if radiology_store == "filesystem":  # the emptied directory goes too, its neighbour stays
+        staging = Path(settings.MEDIA_ROOT) / "staging" / "uploads"
+        assert sorted(path.name for path in staging.iterdir()) == ["10"]
+    storage.delete_under("staging/uploads/2/")  # nothing there: nothing happens
+    assert stored_keys() == ["staging/uploads/10/000000000000000"]
+
+
+def test_delete_under_logs_a_failed_listing_and_raises_nothing(
+    radiology_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "staging/uploads/1/000000000000000"
+    storage.save_new_object(key, io.BytesIO(b"chunk"), content_type="application/octet-stream")
+
+    def failing_listing(prefix: str) -> Any:
+        raise StorageFailure() from OSError("disk on fire")
+        yield prefix  # a generator, as iter_keys is
+
+    monkeypatch.setattr(storage, "iter_keys", failing_listing)
+    with caplog.at_level(logging.ERROR, logger="apps.radiology.storage"):
+        storage.delete_under("staging/uploads/1/")
+
+    assert "radiology storage clean-up could not list staging/uploads/1/: OSError" in caplog.text
     assert stored_keys() == [key]
 
 
