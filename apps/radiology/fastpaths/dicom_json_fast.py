@@ -32,6 +32,7 @@ test checks the copy is still pydicom's.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import struct
 from collections.abc import Callable
@@ -94,6 +95,7 @@ _NUMBER_FORMATS: Final = {
 # Red/Green/Blue Palette Color LUT Descriptor and LUT Descriptor (pydicom.tag._LUT_DESCRIPTOR_TAGS).
 _LUT_DESCRIPTORS: Final = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_FLOAT_VRS: Final = frozenset({"FL", "FD"})
 _SLOW: Final = object()  # "let pydicom convert this element"
 
 ElementJson = Callable[[DataElement], "dict[str, Any] | None"]
@@ -162,6 +164,19 @@ def _simple_codec(dataset: Dataset) -> str | None:
     if len(encodings) == 1 and encodings[0] in SIMPLE_CODECS:
         return encodings[0]
     return None
+
+
+def finite_or_none(numbers: list[Any]) -> list[Any]:
+    """`numbers` with NaN and infinities as None (JSON null, the DICOM JSON model's empty value).
+
+    A device may write them in an FL or FD value (IEEE floats), but JSON has no such numbers:
+    json.dumps would write NaN, which jsonb and SQLite's JSON refuse, failing the image's ingest.
+    One sum tells whether any is there: it is finite only if every number is.
+    """
+    total = sum(numbers)
+    if total - total == 0.0:
+        return numbers
+    return [number if math.isfinite(number) else None for number in numbers]
 
 
 def _without_nul(text: str) -> str:
@@ -268,7 +283,7 @@ class _Converter:
             return {"vr": vr}
         if not _PLAIN_DS_LIST.fullmatch(text):
             return _SLOW
-        return {"vr": vr, "Value": list(map(float, text.split("\\")))}
+        return {"vr": vr, "Value": finite_or_none(list(map(float, text.split("\\"))))}  # "1e999" is inf
 
     # values.convert_IS_string: IS per item; int() of it in convert_to_python_number.
     def is_(self, vr: str, value: bytes, codec: str | None) -> dict[str, Any] | object:
@@ -284,7 +299,10 @@ class _Converter:
         code, size = _NUMBER_FORMATS[vr]
         if not value or len(value) % size:
             return _SLOW
-        return {"vr": vr, "Value": list(struct.unpack(f"<{len(value) // size}{code}", value))}
+        numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
+        if vr in _FLOAT_VRS:
+            numbers = finite_or_none(numbers)
+        return {"vr": vr, "Value": numbers}
 
     # values.convert_ATvalue; to_json_dict formats each tag as 8 hex digits.
     def at(self, vr: str, value: bytes, codec: str | None) -> dict[str, Any] | object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -861,12 +862,15 @@ def _dicom_json_pydicom(dataset: Dataset) -> dict[str, Any]:
 
 
 def _cleaned(node: Any) -> Any:
-    """Drop nested bulk data (marked by pydicom) and NUL characters from every string, in one pass.
+    """Drop nested bulk data (marked by pydicom) and NUL characters from every string, in one pass,
+    and make NaN and infinities None (as dicom_json_fast.finite_or_none does).
 
     NUL: some devices pad text with it, and PostgreSQL can hold NUL neither in text nor in
     jsonb (SQLite would, hiding the bug)."""
     if isinstance(node, str):
         return node.replace("\x00", "") if "\x00" in node else node
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
     if isinstance(node, dict):
         return {
             key: _cleaned(value)
@@ -1064,6 +1068,8 @@ def _json_value(value: Any) -> Any:
         return [_json_value(item) for item in value]
     if isinstance(value, str):
         return value.rstrip("\x00")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN nor infinity (see _cleaned)
     if isinstance(value, int | float | bool) or value is None:
         return value
     return str(value)

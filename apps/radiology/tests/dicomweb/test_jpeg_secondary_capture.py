@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from django.test import Client
-from PIL import Image
+from PIL import Image, TiffImagePlugin, TiffTags
 
 from apps.radiology import storage
 from apps.radiology.dicomweb import pixels
@@ -240,6 +240,22 @@ def test_a_photo_stored_before_its_jpeg_process_was_recorded_stays_jpeg_baseline
     assert fragments == [kind.content + (b"\x00" if len(kind.content) % 2 else b"")]
     plan = pixels.plan_frames(image, parse_accept(OHIF_FRAMES))
     assert (plan.passthrough, plan.part_content_type) == (True, f"image/jpeg; transfer-syntax={JPEG_BASELINE}")
+
+
+def test_an_exif_float_that_is_not_a_number_is_left_out_and_the_photo_stored(put: Put) -> None:
+    """EXIF's FLOAT and DOUBLE types can hold NaN, which JSON cannot: the photo is stored all the same."""
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    directory[0x010F] = "NaN camera"  # Make
+    directory[0xC000], directory.tagtype[0xC000] = float("nan"), TiffTags.DOUBLE  # a private tag
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + directory.tobytes(8)
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").convert("RGB").save(buffer, format="JPEG", exif=exif)
+
+    stored = put(PHOTO, content=buffer.getvalue())
+
+    # Left out, as any EXIF value with nothing to say is.
+    exif = RadiologyImage.objects.get(pk=stored.image.pk).image_metadata["exif"]
+    assert (exif["Make"], "0xC000" in exif) == ("NaN camera", False)
 
 
 def test_a_12_bit_jpeg_is_refused_at_ingest(put: Put) -> None:

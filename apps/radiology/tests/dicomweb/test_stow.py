@@ -424,6 +424,25 @@ def test_stored_instances_are_found_and_retrieved(
     assert content in b"".join(response.streaming_content)
 
 
+def test_a_float_that_is_not_a_number_is_stored_and_served_as_null(
+    radtech_client: Client, doctor_client: Client, target: RadiologyOrder
+) -> None:
+    """Devices write NaN into FD values; JSON cannot hold it, and the whole ingest once failed on it."""
+    study_uid = generate_uid()
+    content = ct(study_uid, TablePosition=float("nan"), ReconstructionTargetCenterPatient=[0.0, float("inf"), -1.5])
+
+    response = stow(radtech_client, content, radiology_order_id=target.pk)
+
+    assert response.status_code == 200
+    assert_only_stored(content)
+    image = RadiologyImage.objects.select_related("series").get()
+    stored = {tag: image.image_metadata[tag] for tag in ("00189318", "00189327")}
+    assert stored == {"00189318": {"vr": "FD", "Value": [0.0, None, -1.5]}, "00189327": {"vr": "FD", "Value": [None]}}
+    url = f"{API}/studies/{study_uid}/series/{image.series.series_uid}/instances/{image.image_uid}/metadata"
+    (served,) = json_of(doctor_client.get(url))
+    assert {tag: served[tag] for tag in stored} == stored
+
+
 # --- one batch per request ---------------------------------------------------------------
 
 

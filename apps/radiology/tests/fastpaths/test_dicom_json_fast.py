@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -610,11 +609,21 @@ def test_pydicom_away_from_its_defaults_converts_everything(
     assert "0020000D" in as_json
 
 
-def test_nan_and_infinity_survive_as_pydicom_gives_them(tmp_path: Path) -> None:
-    body = explicit(0x00091009, "FD", struct.pack("<2d", float("nan"), float("inf"))) + explicit(
-        0x00090010, "LO", b"CREATOR "
+def test_nan_and_infinity_are_null_on_both_paths(tmp_path: Path) -> None:
+    """JSON has no NaN nor infinity: the model's empty value (null) stands for them, top level and nested."""
+    nested = sequence(0x00540016, [item(explicit(0x00181074, "DS", b"NaN ") + explicit(0x00189328, "FD", b"\0" * 8))])
+    body = (
+        explicit(0x00091009, "FD", struct.pack("<4d", float("nan"), float("inf"), 1.5, float("-inf")))
+        + explicit(0x00090010, "LO", b"CREATOR ")
+        + explicit(0x00189327, "FD", struct.pack("<d", float("nan")))
+        + explicit(0x00280034, "IS", b"1\\1 ")
+        + nested
+        + explicit(0x00660016, "FL", struct.pack("<2f", float("inf"), 2.0))
     )
     as_json = assert_same_as_pydicom(part10(tmp_path, body))
-    nan, infinity = as_json["00091009"]["Value"]
-    assert math.isnan(nan)
-    assert infinity == float("inf")
+
+    assert as_json["00091009"] == {"vr": "FD", "Value": [None, None, 1.5, None]}
+    assert as_json["00189327"] == {"vr": "FD", "Value": [None]}
+    assert as_json["00660016"] == {"vr": "FL", "Value": [None, 2.0]}
+    assert as_json["00540016"]["Value"][0]["00181074"] == {"vr": "DS", "Value": [None]}
+    assert "NaN" not in json.dumps(as_json) and "Infinity" not in json.dumps(as_json)
