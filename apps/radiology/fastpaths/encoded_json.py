@@ -15,12 +15,22 @@ import json
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+import orjson
+
 COMPACT = (",", ":")
 
 
 def encode(value: Any) -> str:
-    """Compact JSON text, as every stored header's text is written."""
-    return json.dumps(value, separators=COMPACT)
+    """Compact JSON text, as every stored header's text is written.
+
+    orjson writes it (json.dumps was ~6% of a STOW-RS instance's CPU). It writes non-ASCII
+    characters as UTF-8 where json.dumps escapes them, and 1e-05 as 0.00001: the same JSON.
+    What it refuses (an int beyond 64 bits, a float subclass) json.dumps writes instead.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=COMPACT)
 
 
 class EncodedJSON(dict[str, Any]):

@@ -27,6 +27,22 @@ def test_its_text_is_the_compact_json_of_the_dict() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ({"vr": "PN", "Value": [{"Alphabetic": "Adéolá^Ṣadé"}]}, '{"vr":"PN","Value":[{"Alphabetic":"Adéolá^Ṣadé"}]}'),
+        ({"vr": "FD", "Value": [1e-05, 1e16, -0.0, None]}, '{"vr":"FD","Value":[0.00001,1e+16,-0.0,null]}'),
+        # Beyond orjson (a 65-bit integer from a header pydicom read, a float subclass): json.dumps.
+        ({"vr": "IS", "Value": [2**64]}, '{"vr":"IS","Value":[18446744073709551616]}'),
+        ({"vr": "DS", "Value": [pydicom.valuerep.DSfloat("2.5")]}, '{"vr":"DS","Value":[2.5]}'),
+    ],
+    ids=["non-ASCII as UTF-8", "floats", "beyond 64 bits", "float subclass"],
+)
+def test_encode_writes_compact_json_of_the_same_value(value: dict[str, Any], text: str) -> None:
+    assert encode(value) == text
+    assert json.loads(text) == value
+
+
+@pytest.mark.parametrize(
     "change",
     [
         lambda d: d.__setitem__("x", 1),
