@@ -58,6 +58,15 @@ def partial_upload(client: APIClient, order: RadiologyOrder, device_file: Device
     return upload
 
 
+def finished_uploads(tech: APIClient, order: RadiologyOrder) -> tuple[RadiologyUpload, RadiologyUpload]:
+    """A completed upload (CT) and one failed on its content (MR declared in another series)."""
+    completed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, CT)).json()["id"])
+    assert put_whole(tech, completed.pk, CT.content).status_code == 201
+    failed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, MR, series_uid="1.2.3")).json()["id"])
+    assert put_whole(tech, failed.pk, MR.content).status_code == 400
+    return completed, failed
+
+
 def idle_for(upload: RadiologyUpload, hours: float) -> None:
     RadiologyUpload.objects.filter(pk=upload.pk).update(updated_at=timezone.now() - dt.timedelta(hours=hours))
 
@@ -107,10 +116,7 @@ def test_the_device_of_a_purged_upload_is_told_to_start_again(
 def test_completed_failed_and_empty_uploads_are_left_alone(
     tech: APIClient, order: RadiologyOrder, radiology_store: str
 ) -> None:
-    completed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, CT)).json()["id"])
-    assert put_whole(tech, completed.pk, CT.content).status_code == 201
-    failed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, MR, series_uid="1.2.3")).json()["id"])
-    assert put_whole(tech, failed.pk, MR.content).status_code == 400
+    completed, failed = finished_uploads(tech, order)
     untouched = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, MR)).json()["id"])
     before = {upload.pk: tech.get(upload_url(upload.pk)).json() for upload in (completed, failed, untouched)}
     for upload in (completed, failed, untouched):
@@ -129,10 +135,7 @@ def test_chunks_left_under_finished_uploads_are_removed_whatever_their_age(
     tech: APIClient, order: RadiologyOrder, radiology_store: str
 ) -> None:
     """A server killed after saving an upload's new status but before discarding its chunks left them."""
-    completed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, CT)).json()["id"])
-    assert put_whole(tech, completed.pk, CT.content).status_code == 201
-    failed = RadiologyUpload.objects.get(pk=post_upload(tech, metadata(order, MR, series_uid="1.2.3")).json()["id"])
-    assert put_whole(tech, failed.pk, MR.content).status_code == 400
+    completed, failed = finished_uploads(tech, order)
     pending = partial_upload(tech, order, MR, 2000)
     left = [chunk_key(completed.pk, 0), chunk_key(completed.pk, 4096), chunk_key(failed.pk, 0), chunk_key(999_999, 0)]
     for key in left:  # the last under an upload row deleted since
