@@ -398,8 +398,12 @@ def delete_under(prefix: str) -> None:
     if is_s3(store):
         return
     base = Path(store.path(prefix))
-    deepest_first = sorted((path for path in base.rglob("*") if path.is_dir()), key=lambda path: -len(path.parts))
-    for directory in [*deepest_first, base]:
+    try:
+        directories = [path for path in base.rglob("*") if path.is_dir()]
+    except OSError as exc:  # unreadable: its objects are gone, the empty directories can stay
+        logger.error("radiology storage clean-up could not list the directories of %s: %s", prefix, type(exc).__name__)
+        return
+    for directory in [*sorted(directories, key=lambda path: -len(path.parts)), base]:
         with contextlib.suppress(OSError):  # not empty: something new arrived
             directory.rmdir()
 

@@ -337,6 +337,30 @@ def test_delete_under_removes_every_object_under_the_prefix_and_nothing_beside_i
     assert stored_keys() == ["staging/uploads/10/000000000000000"]
 
 
+def test_delete_under_removes_the_objects_even_where_it_cannot_list_directories(
+    radiology_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "staging/uploads/1/000000000000000"
+    storage.save_new_object(key, io.BytesIO(b"chunk"), content_type="application/octet-stream")
+    real_rglob = Path.rglob
+    walks: list[Path] = []
+
+    def unreadable(path: Path, pattern: str) -> Any:
+        walks.append(path)
+        if len(walks) > 1:  # the objects are listed first; the walk for directories fails
+            raise PermissionError(13, "Permission denied")
+        return real_rglob(path, pattern)
+
+    monkeypatch.setattr(Path, "rglob", unreadable)
+    with caplog.at_level(logging.ERROR, logger="apps.radiology.storage"):
+        storage.delete_under("staging/uploads/1/")
+    monkeypatch.undo()
+
+    assert stored_keys() == []
+    if radiology_store == "filesystem":  # S3 has no directories to list
+        assert "could not list the directories of staging/uploads/1/: PermissionError" in caplog.text
+
+
 def test_delete_under_logs_a_failed_listing_and_raises_nothing(
     radiology_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
