@@ -491,6 +491,23 @@ def purge_stale_uploads(*, older_than: dt.timedelta) -> int:
     return count
 
 
+def staged_keys_of_finished_uploads() -> dict[str, list[str]]:
+    """Staged objects no pending upload accounts for, by the upload id in their key.
+
+    An upload no longer pending (completed, failed) or whose row is gone, or a folder under
+    staging/uploads/ that is no upload id at all: what verify_radiology_storage reports as
+    orphans and purge_finished_upload_chunks removes.
+    """
+    by_upload: dict[str, list[str]] = {}
+    for key in storage.iter_keys(f"{STAGING_PREFIX}/"):
+        by_upload.setdefault(key[len(STAGING_PREFIX) + 1 :].split("/", 1)[0], []).append(key)
+    pending = {
+        str(pk)
+        for pk in RadiologyUpload.objects.filter(status=RadiologyUpload.Status.PENDING).values_list("pk", flat=True)
+    }
+    return {upload_id: keys for upload_id, keys in by_upload.items() if upload_id not in pending}
+
+
 def purge_finished_upload_chunks() -> int:
     """Drop staged objects of uploads that are no longer pending (or whose row is gone); return how many uploads.
 
@@ -498,19 +515,9 @@ def purge_finished_upload_chunks() -> int:
     server killed between the two leaves them under a finished upload, where no request and no
     stale-upload purge ever looks again. No age is needed: a finished upload takes no chunk
     (a request still writing one to it deletes its own object when it finds the status changed).
+    A folder that is no upload id is left for an operator (verify_radiology_storage lists it).
     """
-    keys = storage.iter_keys(f"{STAGING_PREFIX}/")
-    upload_ids: set[int] = set()
-    for key in keys:
-        upload_id = key[len(STAGING_PREFIX) + 1 :].split("/", 1)[0]
-        if upload_id.isdigit():
-            upload_ids.add(int(upload_id))
-    pending = set(
-        RadiologyUpload.objects.filter(pk__in=upload_ids, status=RadiologyUpload.Status.PENDING).values_list(
-            "pk", flat=True
-        )
-    )
-    finished = sorted(upload_ids - pending)
+    finished = sorted(int(upload_id) for upload_id in staged_keys_of_finished_uploads() if upload_id.isdigit())
     for upload_id in finished:
         storage.delete_under(f"{STAGING_PREFIX}/{upload_id}/")
     return len(finished)

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from apps.radiology import storage
 from apps.radiology.errors import StorageFailure
-from apps.radiology.ingest.upload_sync import STAGING_PREFIX
+from apps.radiology.ingest.upload_sync import staged_keys_of_finished_uploads
 from apps.radiology.management.progress import progress_bar
-from apps.radiology.models import RadiologyImage, RadiologyUpload, UnmatchedImage
+from apps.radiology.models import RadiologyImage, UnmatchedImage
 
 
 class Command(BaseCommand):
@@ -112,16 +112,7 @@ class Command(BaseCommand):
             UnmatchedImage.objects.filter(status=UnmatchedImage.Status.PENDING).values_list("file_key", flat=True)
         )
         orphans += [key for key in storage.iter_keys(f"{storage.UNMATCHED_PREFIX}/") if key not in waiting]
-        pending = {
-            str(upload_id)
-            for upload_id in RadiologyUpload.objects.filter(status=RadiologyUpload.Status.PENDING).values_list(
-                "pk", flat=True
-            )
-        }
-        for key in storage.iter_keys(f"{STAGING_PREFIX}/"):
-            upload_id = key[len(STAGING_PREFIX) + 1 :].split("/", 1)[0]
-            if upload_id not in pending:
-                orphans.append(key)
+        orphans += [key for keys in staged_keys_of_finished_uploads().values() for key in keys]
         return orphans
 
     @staticmethod
